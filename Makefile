@@ -1,0 +1,31 @@
+# Two entry points for a fresh machine: `make demo` (set up + run the pipeline on the embedded
+# default data) and `make test` (set up + run the test suite). Everything else is a helper.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export SUBSAMPLE_HOME ?= $(CURDIR)/artifacts
+
+.PHONY: setup demo test server worker deploy mlflow-ui clean
+
+$(BIN)/subsample: pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(BIN)/subsample
+
+setup: $(BIN)/subsample
+
+demo: setup
+	$(BIN)/subsample demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(SUBSAMPLE_HOME)/mlflow.db --port 5000
+
+clean:
+	rm -rf artifacts .prefect

@@ -1,0 +1,1 @@
+"""Prefect wiring only: flows and deployments' entry points call ``pipeline`` functions."""

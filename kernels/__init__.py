@@ -1,0 +1,1 @@
+"""numba kernels with plain numpy reference implementations beside them. No I/O here."""

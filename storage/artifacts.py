@@ -1,0 +1,166 @@
+"""Content-addressed stage artifacts.
+
+A stage artifact is a directory ``$SUBSAMPLE_HOME/stages/<stage>/<key>/`` holding the stage's files
+and a ``manifest.json``. The key is a hash of everything that determines the output:
+
+    key = H(stage, its parameters, the content hashes of its inputs, the stage's CODE_VERSION)
+
+so a changed input or parameter gives a new key (the old artifact stays valid for the old inputs),
+and an unchanged re-run finds the artifact and skips the work. The manifest records the content
+hash of the files; :func:`open_artifact` recomputes it, so a deleted or corrupted file is detected
+and the stage rebuilds. Artifacts are built in a temporary directory and renamed into place when
+complete: a killed stage never leaves a directory that looks finished.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from storage.paths import stage_dir
+
+MANIFEST = "manifest.json"
+KEY_LENGTH = 16
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def artifact_key(
+    stage: str, params: Mapping[str, Any], inputs: Mapping[str, str], code_version: str
+) -> str:
+    """The artifact key: a hash of the stage name, its parameters, its inputs' content hashes and
+    its code version. Parameters must be JSON-serialisable (tuples become lists)."""
+    payload = _canonical(
+        {"stage": stage, "params": dict(params), "inputs": dict(inputs), "code": code_version}
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def hash_tree(root: Path) -> str:
+    """sha256 over every file under ``root`` (relative path and bytes, sorted), except the manifest."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel == MANIFEST:
+            continue
+        h.update(rel.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Artifact:
+    stage: str
+    key: str
+    path: Path
+    manifest: dict
+
+    @property
+    def content_hash(self) -> str:
+        return self.manifest["content_hash"]
+
+    @property
+    def summary(self) -> dict:
+        return self.manifest.get("summary", {})
+
+    @property
+    def params(self) -> dict:
+        return self.manifest.get("params", {})
+
+    @property
+    def inputs(self) -> dict:
+        return self.manifest.get("inputs", {})
+
+
+def artifact_path(stage: str, key: str) -> Path:
+    return stage_dir(stage) / key
+
+
+def open_artifact(stage: str, key: str, *, verify: bool = True) -> Artifact | None:
+    """The finished artifact, or None when it is missing, unfinished or fails its content hash."""
+    path = artifact_path(stage, key)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if verify and hash_tree(path) != manifest.get("content_hash"):
+        return None
+    return Artifact(stage, key, path, manifest)
+
+
+def artifact_status(stage: str, key: str) -> str:
+    """'ok', 'missing' or 'corrupt', for messages and the flow's cache report."""
+    path = artifact_path(stage, key)
+    if not (path / MANIFEST).exists():
+        return "missing"
+    return "ok" if open_artifact(stage, key) is not None else "corrupt"
+
+
+@dataclass
+class ArtifactBuilder:
+    stage: str
+    key: str
+    path: Path
+    params: dict
+    inputs: dict
+    code_version: str
+    summary: dict = field(default_factory=dict)
+
+
+@contextmanager
+def build_artifact(
+    stage: str,
+    key: str,
+    *,
+    params: Mapping[str, Any],
+    inputs: Mapping[str, str],
+    code_version: str,
+) -> Iterator[ArtifactBuilder]:
+    """Build an artifact atomically: write files under ``builder.path`` (a temporary directory),
+    set ``builder.summary``; on normal exit the manifest is written and the directory renamed into
+    place (replacing a corrupt one). On an exception the temporary directory is removed."""
+    final = artifact_path(stage, key)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    builder = ArtifactBuilder(stage, key, tmp, dict(params), dict(inputs), code_version)
+    try:
+        yield builder
+        manifest = {
+            "stage": stage,
+            "key": key,
+            "params": builder.params,
+            "inputs": builder.inputs,
+            "code_version": code_version,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "summary": builder.summary,
+            "content_hash": hash_tree(tmp),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, replacing ``dst`` if it exists, never leaving ``dst`` half-written."""
+    if dst.exists():
+        trash = dst.parent / f".trash-{dst.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(dst, trash)
+        os.replace(src, dst)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(src, dst)

@@ -1,0 +1,281 @@
+"""The dataset store: one zarr 3 group per data set, ``$SUBSAMPLE_HOME/datasets/<name>.zarr``.
+
+Layout::
+
+    images      uint8 (N, S, S, 3), chunked along N only
+    labels      int64 (N,)            optional
+    attrs       format, name, source, policy, n_images, n_quarantined, content_hash,
+                code_version, complete=True (written last)
+    quarantine.json                   [{path, reason}, ...] for every rejected source file
+
+A store is built under a temporary name and renamed into place when complete, so a killed ingest
+never leaves a store that looks finished; :func:`open_store` refuses a store without
+``complete=True``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from storage.artifacts import replace_dir
+from storage.errors import SubsampleError
+from storage.paths import dataset_path, datasets_dir
+
+FORMAT = "subsample-dataset/1"
+STORE_CODE_VERSION = "1"
+QUARANTINE_FILE = "quarantine.json"
+
+# Chunk target in bytes. bench/store_chunks.py measures write and full-read throughput over a
+# range of chunk sizes; 1-4 MiB chunks were all within noise of each other, and smaller ones
+# lose to per-chunk overhead, so aim for ~2 MiB (e.g. 682 CIFAR images, 170 CelebA-64 images).
+CHUNK_TARGET_BYTES = 2 << 20
+
+
+def chunk_len(size: int, target_bytes: int = CHUNK_TARGET_BYTES) -> int:
+    """Images per chunk for S×S×3 uint8 images."""
+    return max(1, target_bytes // (size * size * 3))
+
+
+@dataclass
+class DatasetStore:
+    """A finished, read-only data set store."""
+
+    path: Path
+    group: zarr.Group
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    @property
+    def name(self) -> str:
+        return self.attrs["name"]
+
+    @property
+    def images(self) -> zarr.Array:
+        return self.group["images"]
+
+    @property
+    def labels(self) -> zarr.Array | None:
+        return self.group["labels"] if "labels" in self.group else None
+
+    @property
+    def n(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def content_hash(self) -> str:
+        return self.attrs["content_hash"]
+
+    @property
+    def quarantine(self) -> list[dict]:
+        path = self.path / QUARANTINE_FILE
+        return json.loads(path.read_text()) if path.exists() else []
+
+    def verify(self) -> None:
+        """Recompute the content hash from the data; raise if it differs from the recorded one."""
+        labels = self.labels[:] if self.labels is not None else None
+        h = _ContentHasher(self.images.shape[1:])
+        step = self.images.chunks[0]
+        for start in range(0, self.n, step):
+            h.update(self.images[start : start + step])
+        if h.hexdigest(labels) != self.content_hash:
+            raise SubsampleError(
+                "store", f"{self.path}: content hash mismatch, the store is corrupt; re-run ingest"
+            )
+
+
+def resolve_store_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".zarr" or p.is_dir() and (p / "zarr.json").exists():
+        return p.absolute()
+    return dataset_path(str(name_or_path))
+
+
+def open_store(name_or_path: str | Path, *, verify: bool = False) -> DatasetStore:
+    """Open a finished store by data set name (or path). Raises :class:`SubsampleError` naming the
+    path and what to do when the store is missing or incomplete."""
+    path = resolve_store_path(name_or_path)
+    if not (path / "zarr.json").exists():
+        raise SubsampleError(
+            "store",
+            f"no data set store at {path}; run `subsample ingest SOURCE --name {name_or_path}` first",
+        )
+    group = zarr.open_group(str(path), mode="r")
+    if group.attrs.get("complete") is not True or group.attrs.get("format") != FORMAT:
+        raise SubsampleError(
+            "store", f"{path} is not a finished data set store (interrupted ingest?); re-run ingest"
+        )
+    store = DatasetStore(path, group)
+    if verify:
+        store.verify()
+    return store
+
+
+class _ContentHasher:
+    """sha256 over shape, image bytes in order, then labels: the data set's content identity."""
+
+    def __init__(self, image_shape: tuple[int, ...]):
+        self._h = hashlib.sha256(repr(tuple(image_shape)).encode())
+
+    def update(self, images: np.ndarray) -> None:
+        self._h.update(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
+
+    def hexdigest(self, labels: np.ndarray | None) -> str:
+        h = self._h.copy()
+        if labels is not None:
+            h.update(b"labels\0" + np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+
+class StoreBuilder:
+    """Write a store under a temporary name, appending images in order, and rename it into place
+    on :meth:`finish`. Use as a context manager: an exception removes the temporary store.
+
+    ``n_max`` is an upper bound on the image count (e.g. the number of source files); the arrays
+    are shrunk to the accepted count at the end. Appends are buffered to whole chunks.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        size: int,
+        n_max: int,
+        has_labels: bool = False,
+        attrs: dict[str, Any] | None = None,
+        chunk: int | None = None,
+    ):
+        self.final = dataset_path(name)
+        self.name = name
+        self.size = size
+        datasets_dir().mkdir(parents=True, exist_ok=True)
+        self.tmp = self.final.parent / f".{self.final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.chunk = chunk or chunk_len(size)
+        self.group = zarr.open_group(str(self.tmp), mode="w", zarr_format=3)
+        self.images = self.group.create_array(
+            "images",
+            shape=(max(n_max, 1), size, size, 3),
+            chunks=(self.chunk, size, size, 3),
+            dtype="uint8",
+            dimension_names=("n", "y", "x", "c"),
+        )
+        self.labels_out = (
+            self.group.create_array("labels", shape=(max(n_max, 1),), chunks=(max(n_max, 1),), dtype="int64")
+            if has_labels
+            else None
+        )
+        self._labels: list[np.ndarray] = []
+        self._attrs = dict(attrs or {})
+        self._buf: list[np.ndarray] = []
+        self._buffered = 0
+        self.n = 0
+        self._hasher = _ContentHasher((size, size, 3))
+
+    def __enter__(self) -> "StoreBuilder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def append(self, images: np.ndarray, labels: np.ndarray | None = None) -> None:
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1:] != (self.size, self.size, 3) or images.dtype != np.uint8:
+            raise ValueError(f"expected uint8 (k, {self.size}, {self.size}, 3), got {images.dtype} {images.shape}")
+        if (labels is None) != (self.labels_out is None):
+            raise ValueError("labels must be given for every append iff the store has labels")
+        if len(images) == 0:
+            return
+        self._hasher.update(images)
+        if labels is not None:
+            self._labels.append(np.asarray(labels, dtype=np.int64))
+        self._buf.append(images)
+        self._buffered += len(images)
+        if self._buffered >= self.chunk:
+            self._flush(whole_chunks_only=True)
+
+    def _flush(self, whole_chunks_only: bool) -> None:
+        if not self._buf:
+            return
+        data = np.concatenate(self._buf)
+        take = (len(data) // self.chunk) * self.chunk if whole_chunks_only else len(data)
+        if take:
+            self.images[self.n : self.n + take] = data[:take]
+            self.n += take
+        rest = data[take:]
+        self._buf = [rest] if len(rest) else []
+        self._buffered = len(rest)
+
+    def finish(self, quarantine: list[dict] | None = None, extra_attrs: dict | None = None) -> DatasetStore:
+        """Flush, shrink to the accepted count, write attributes (``complete`` last) and rename."""
+        self._flush(whole_chunks_only=False)
+        n = self.n
+        self.images.resize((n, self.size, self.size, 3))
+        labels = None
+        if self.labels_out is not None:
+            labels = np.concatenate(self._labels) if self._labels else np.zeros(0, np.int64)
+            self.labels_out.resize((n,))
+            if n:
+                self.labels_out[:] = labels
+        quarantine = list(quarantine or [])
+        (self.tmp / QUARANTINE_FILE).write_text(json.dumps(quarantine, indent=2))
+        attrs = {
+            **self._attrs,
+            **(extra_attrs or {}),
+            "format": FORMAT,
+            "name": self.name,
+            "n_images": n,
+            "n_quarantined": len(quarantine),
+            "size": self.size,
+            "content_hash": self._hasher.hexdigest(labels),
+            "code_version": f"subsample-gan/{_package_version()} store/{STORE_CODE_VERSION}",
+        }
+        self.group.attrs.update(attrs)
+        self.group.attrs["complete"] = True
+        replace_dir(self.tmp, self.final)
+        return open_store(self.final)
+
+
+def write_store(
+    name: str,
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    source: str = "array",
+    policy: dict | None = None,
+    quarantine: list[dict] | None = None,
+) -> DatasetStore:
+    """Write a whole in-memory array as a finished store (tests, ``.npz`` sources)."""
+    images = np.asarray(images, dtype=np.uint8)
+    with StoreBuilder(
+        name,
+        size=images.shape[1],
+        n_max=len(images),
+        has_labels=labels is not None,
+        attrs={"source": source, "policy": policy or {}},
+    ) as b:
+        b.append(images, labels)
+        return b.finish(quarantine)
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("subsample-gan")
+    except Exception:
+        return "0+unknown"
