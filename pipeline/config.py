@@ -73,3 +73,35 @@ class BatchesConfig(StageConfig):
     fill: Literal["topk", "coverage"] = Field(
         "topk", description="constructed: 'coverage' first fills with not-yet-drawn images of cells whose T2 = 0"
     )
+
+
+# --- evaluate -----------------------------------------------------------------------------------
+
+
+class EvaluateConfig(StageConfig):
+    """``subsample evaluate RUN --samples N``: IS / FID / KID (torch-fidelity) and the feature-space
+    KL, JS and sharpness of N generated images against the training set (spec §5)."""
+
+    samples: int = Field(10_000, ge=2, description="generated images N (metric names carry it: fid10k_train)")
+    seed: int = Field(0, description="seed of the latent codes z, so an evaluation is reproducible")
+    fidelity: bool = Field(True, description="compute IS / FID / KID with torch-fidelity (needs the extractor's weights)")
+    feature_extractor: str = Field(
+        "inception-v3-compat", description="torch-fidelity feature extractor (registered name)"
+    )
+    feature_layer_isc: str | None = Field(None, description="None = the extractor's default (Inception: logits_unbiased)")
+    feature_layer_fid: str | None = Field(None, description="None = the extractor's default (Inception: 2048)")
+    feature_layer_kid: str | None = Field(None, description="None = the extractor's default (Inception: 2048)")
+    isc_splits: int = Field(10, ge=1)
+    kid_subsets: int = Field(100, ge=1)
+    kid_subset_size: int = Field(1000, ge=2, description="clipped to min(N, training set size)")
+    grid: int = Field(64, ge=0, description="generated samples in the artifact's image grid")
+    weights: str | None = Field(
+        None,
+        description="local feature-extractor weights file; None = torch-fidelity's download (torch hub cache). "
+        "Its sha256 goes into the artifact key's inputs, not its path",
+    )
+    batch_size: int = Field(250, ge=1, description="generation and feature-extraction batch")
+    device: str | None = Field(None, description="None = the generator's device")
+    download_timeout_s: float = Field(20.0, gt=0, description="socket timeout when fetching extractor weights")
+
+    _execution_fields: ClassVar[frozenset[str]] = frozenset({"weights", "batch_size", "device", "download_timeout_s"})
