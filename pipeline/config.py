@@ -67,12 +67,21 @@ class BatchesConfig(StageConfig):
 
     batch_size: int = Field(1024, ge=1)
     strategy: Strategy = "constructed"
-    epochs: int = Field(1, ge=1)
-    seed: int = 0
+    epochs: int = Field(1, ge=1, description="epochs of batches stored (epoch e is seeded from (seed, e))")
+    seed: int = Field(0, ge=0)
     top_k: int = Field(8, ge=1, description="constructed: shortfall filled from the k most frequent cells")
     fill: Literal["topk", "coverage"] = Field(
         "topk", description="constructed: 'coverage' first fills with not-yet-drawn images of cells whose T2 = 0"
     )
+
+    def key_params(self) -> dict[str, Any]:
+        """``top_k`` and ``fill`` only shape constructed batches: other strategies leave them out of
+        the key, so changing them reuses the artifact."""
+        params = super().key_params()
+        if self.strategy != "constructed":
+            params.pop("top_k")
+            params.pop("fill")
+        return params
 
 
 # --- evaluate -----------------------------------------------------------------------------------

@@ -1,0 +1,584 @@
+"""Batches: construct an epoch's mini-batches from the joint table, and diagnose them (spec §3, §4).
+
+Strategies live in a registry (name → function) and all give an int64 array ``(m, B)`` of image
+indices with ``m = floor(n / B)`` batches (Eq. 4), reproducible from ``(seed, epoch)``:
+
+``random``       the baseline: a shuffled permutation cut into m batches, ``n mod B`` dropped.
+``constructed``  the paper (Section 2.2): ``T2 = round(B·T1)`` images per cell, drawn from per-cell
+                 queues that prefer not-yet-drawn images, the shortfall topped up from the k most
+                 frequent cells (or first from not-yet-drawn images of rare cells, ``fill="coverage"``).
+``dealt``        beyond the paper: every image at most once per epoch, and every batch within one
+                 image per cell of its ideal share ``B·T1`` (see :func:`dealt_batches`).
+
+Inside a batch the images are ordered by cell, so any stride slice ``batch[r::k]`` is itself
+stratified (within one image per cell of ``1/k`` of the batch's count); the sampler splits
+batches across distributed ranks that way.
+
+Diagnostics (the paper's Tables 1 and 2): :func:`coverage_per_epoch`, :func:`kl_batch_vs_dataset`
+(Eq. 10) with :func:`kl_stats`, and :func:`never_drawn` (the paper's Fig. 5).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+import numpy as np
+
+from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
+from storage.artifacts import Artifact, artifact_key, build_artifact, open_artifact
+from storage.errors import MissingArtifactError, SubsampleError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from storage.store import DatasetStore
+
+STAGE = "batches"
+CODE_VERSION = "1"
+FILL_MODES = ("topk", "coverage")
+GRID_MAX_IMAGES = 64
+
+
+class TableLike(Protocol):
+    """What batch construction needs of :class:`pipeline.tables.Table`."""
+
+    counts: np.ndarray  # int64, table shape; sums to n
+    cells: np.ndarray  # int64 (n,), flat (C-order) cell of each image
+
+    @property
+    def n(self) -> int: ...
+
+
+# --- the strategy registry -------------------------------------------------------------------
+
+StrategyFn = Callable[..., np.ndarray]
+STRATEGIES: dict[str, StrategyFn] = {}
+
+
+def register_strategy(name: str) -> Callable[[StrategyFn], StrategyFn]:
+    """Register ``fn(table, batch_size, rng, *, top_k, fill) -> int64 (m, B)`` under ``name``."""
+
+    def deco(fn: StrategyFn) -> StrategyFn:
+        STRATEGIES[name] = fn
+        return fn
+
+    return deco
+
+
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The generator of one epoch's construction: seeded from (run seed, epoch) (spec §3.4)."""
+    if seed < 0 or epoch < 0:
+        raise SubsampleError(STAGE, f"seed and epoch must be non-negative, got seed={seed}, epoch={epoch}")
+    return np.random.default_rng([seed, epoch])
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """Eq. 4: ``m = floor(n / B)``."""
+    return n // batch_size
+
+
+def construct_epoch(
+    table: TableLike,
+    *,
+    batch_size: int,
+    strategy: str,
+    seed: int,
+    epoch: int,
+    top_k: int = 8,
+    fill: str = "topk",
+) -> np.ndarray:
+    """One epoch's batches: int64 ``(m, B)`` image indices, ``m = floor(n / B)`` (Eq. 4).
+
+    The same ``(table, batch_size, strategy, seed, epoch, top_k, fill)`` always gives the same
+    array; each epoch draws from ``np.random.default_rng([seed, epoch])``.
+    """
+    n = int(table.n)
+    if batch_size < 1:
+        raise SubsampleError(STAGE, f"batch size must be at least 1, got {batch_size}")
+    if n < batch_size:
+        raise SubsampleError(
+            STAGE, f"batch size {batch_size} is larger than the data set ({n} images); choose --batch-size <= {n}"
+        )
+    if strategy not in STRATEGIES:
+        raise SubsampleError(STAGE, f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if top_k < 1:
+        raise SubsampleError(STAGE, f"top_k must be at least 1, got {top_k}")
+    if fill not in FILL_MODES:
+        raise SubsampleError(STAGE, f"unknown fill mode {fill!r}; choose one of {', '.join(FILL_MODES)}")
+    rng = epoch_rng(seed, epoch)
+    out = STRATEGIES[strategy](table, batch_size, rng, top_k=top_k, fill=fill)
+    assert out.shape == (batches_per_epoch(n, batch_size), batch_size), out.shape
+    return out
+
+
+# --- random (the baseline) -------------------------------------------------------------------
+
+
+@register_strategy("random")
+def random_batches(table: TableLike, batch_size: int, rng: np.random.Generator, **_: Any) -> np.ndarray:
+    """A shuffled permutation cut into m batches; the remainder ``n mod B`` is dropped, so the
+    coverage is Eq. 5, ``omega = (n - n mod B) / n``."""
+    n = int(table.n)
+    m = batches_per_epoch(n, batch_size)
+    return rng.permutation(n)[: m * batch_size].reshape(m, batch_size).astype(np.int64, copy=False)
+
+
+# --- constructed (the paper) -----------------------------------------------------------------
+
+
+def round_half_up_share(counts: np.ndarray, total: int, n: int) -> np.ndarray:
+    """``round(total * counts / n)`` with halves rounded up, in exact integer arithmetic
+    (``floor((2·total·c + n) / (2n))``), so no float ever decides a tie."""
+    counts = np.asarray(counts, dtype=np.int64)
+    return (2 * total * counts + n) // (2 * n)
+
+
+def largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
+    """Split the integer ``total`` over ``weights`` (int, positive sum) in proportion, exactly:
+    every part gets ``floor(total·w / W)`` and the parts with the largest remainders get one more.
+    Ties go to the earlier entry, so order the weights by priority. Sums to ``total``."""
+    weights = np.asarray(weights, dtype=np.int64)
+    wsum = int(weights.sum())
+    if total == 0:
+        return np.zeros(len(weights), np.int64)
+    if wsum <= 0:
+        raise ValueError("largest_remainder: weights must have a positive sum")
+    quota, rem = np.divmod(total * weights, wsum)
+    extra = total - int(quota.sum())
+    quota[np.argsort(-rem, kind="stable")[:extra]] += 1
+    return quota
+
+
+def cells_by_frequency(counts: np.ndarray) -> np.ndarray:
+    """Flat cell indices, most frequent first, ties by lower index."""
+    counts = np.asarray(counts).ravel()
+    return np.argsort(-counts, kind="stable")
+
+
+def count_table(table: TableLike, batch_size: int) -> np.ndarray:
+    """Spec §3.1: ``T2 = round(B·T1)`` per (flat) cell, halves up. When the rounded counts sum to
+    more than B (each cell rounds up by at most 1/2, so the excess is below half the number of
+    cells with ``T2 >= 1``), one image is taken back from each of the ``excess`` largest cells."""
+    counts = np.asarray(table.counts, dtype=np.int64).ravel()
+    n = int(table.n)
+    t2 = round_half_up_share(counts, batch_size, n)
+    excess = int(t2.sum()) - batch_size
+    if excess > 0:
+        largest = cells_by_frequency(counts)[:excess]
+        assert (t2[largest] >= 1).all()
+        t2[largest] -= 1
+    return t2
+
+
+def top_up(shortfall: int, counts: np.ndarray, room: np.ndarray, top_k: int, order: np.ndarray) -> np.ndarray:
+    """Spec §3.3: spread ``shortfall`` images over the ``top_k`` most frequent cells in proportion
+    to their probabilities (largest-remainder rule, so it sums exactly). A cell never gets more
+    than its ``room`` (members not already in this batch): what does not fit is spread again over
+    the k most frequent cells that still have room, so a batch never repeats an image."""
+    add = np.zeros(len(counts), np.int64)
+    left = int(shortfall)
+    while left > 0:
+        cand = order[(room[order] - add[order]) > 0][:top_k]
+        if len(cand) == 0:  # impossible while B <= n: the cells hold n >= B images
+            raise SubsampleError(STAGE, "internal: no cell has room for the top-up")
+        share = np.minimum(largest_remainder(left, counts[cand]), room[cand] - add[cand])
+        add[cand] += share
+        left -= int(share.sum())
+    return add
+
+
+def constructed_demand(
+    table: TableLike, batch_size: int, rng: np.random.Generator, *, top_k: int, fill: str
+) -> np.ndarray:
+    """How many images each batch draws from each cell: int64 ``(m, n_cells)``, rows sum to B.
+
+    ``T2`` (spec §3.1) is the same for every batch. With ``fill="topk"`` the top-up is too; with
+    ``fill="coverage"`` each batch first takes not-yet-drawn images of cells whose ``T2 = 0``,
+    chosen uniformly at random among them (a multivariate hypergeometric draw over their
+    remaining counts), then tops up the rest from the k most frequent cells.
+    """
+    counts = np.asarray(table.counts, dtype=np.int64).ravel()
+    n = int(table.n)
+    m = batches_per_epoch(n, batch_size)
+    t2 = count_table(table, batch_size)
+    shortfall = batch_size - int(t2.sum())
+    order = cells_by_frequency(counts)
+    if fill == "topk" or shortfall == 0:
+        row = t2 + top_up(shortfall, counts, counts - t2, top_k, order)
+        return np.broadcast_to(row, (m, len(counts))).copy()
+    rare = t2 == 0
+    drawn = np.zeros(len(counts), np.int64)
+    demand = np.empty((m, len(counts)), np.int64)
+    for j in range(m):
+        fresh = np.where(rare, np.maximum(counts - drawn, 0), 0)
+        take = min(shortfall, int(fresh.sum()))
+        cov = rng.multivariate_hypergeometric(fresh, take) if take else np.zeros_like(counts)
+        row = t2 + cov
+        row += top_up(shortfall - take, counts, counts - row, top_k, order)
+        demand[j] = row
+        drawn += row
+    return demand
+
+
+def _group_starts(sizes: np.ndarray) -> np.ndarray:
+    return np.cumsum(sizes) - sizes
+
+
+def _ranks_in_groups(sizes: np.ndarray) -> np.ndarray:
+    """0..size-1 for each group, concatenated."""
+    total = int(sizes.sum())
+    return np.arange(total, dtype=np.int64) - np.repeat(_group_starts(sizes), sizes)
+
+
+@register_strategy("constructed")
+def constructed_batches(
+    table: TableLike, batch_size: int, rng: np.random.Generator, *, top_k: int = 8, fill: str = "topk", **_: Any
+) -> np.ndarray:
+    """The paper's constructed batches (Section 2.2, spec §3), m of them built one after another.
+
+    Each batch draws ``demand[j, i]`` images from cell i (:func:`constructed_demand`). Cell i's
+    draws over the epoch come from its queue: a shuffle of its members, popped in order, refilled
+    with a fresh shuffle when empty, so an image repeats only after all its cell-mates were drawn.
+    The queue state is shared by the epoch's batches and starts afresh each epoch.
+
+    No image appears twice in a batch: a batch never asks a cell for more than its members
+    (``T2 <= count`` because ``round(B·c/n) <= c`` when ``B <= n``; the top-up is capped by the
+    room left), and when a refill happens in the middle of a batch, the fresh shuffle puts the
+    images already in that batch last, so the batch's remaining draws avoid them.
+
+    Vectorised: the queue contents of every cell for the whole epoch (``ceil(D_i / c_i)`` shuffles
+    of cell i when it is drawn ``D_i`` times) are built with one stable sort on a random order,
+    and each draw's place in the output is computed, not looped over.
+    """
+    counts = np.asarray(table.counts, dtype=np.int64).ravel()
+    cells = np.asarray(table.cells, dtype=np.int64)
+    n = int(table.n)
+    m = batches_per_epoch(n, batch_size)
+    demand = constructed_demand(table, batch_size, rng, top_k=top_k, fill=fill)  # (m, C)
+    drawn = demand.sum(axis=0)  # D_i
+    passes = np.where(drawn > 0, -(-drawn // np.maximum(counts, 1)), 0)  # shuffles of each cell's queue
+
+    # Queue contents: image x appears once per pass of its cell; order by (cell, pass), random within.
+    reps = passes[cells]
+    img = np.repeat(np.arange(n, dtype=np.int64), reps)
+    pass_of = _ranks_in_groups(reps)
+    n_pass = max(int(passes.max()), 1)
+    key = cells[img] * n_pass + pass_of
+    shuffle = rng.permutation(len(img))
+    queue = img[shuffle][np.argsort(key[shuffle], kind="stable")]
+    qstart = _group_starts(passes * counts)  # where each cell's queue starts
+
+    # A refill in the middle of a batch: put the images that batch already holds last.
+    cum = np.cumsum(demand, axis=0)  # (m, C): draws of cell i up to and including batch j
+    for i in np.flatnonzero(passes > 1):
+        c, base = int(counts[i]), int(qstart[i])
+        for p in range(1, int(passes[i])):
+            boundary = p * c
+            j = int(np.searchsorted(cum[:, i], boundary, side="right"))
+            first = int(cum[j - 1, i]) if j > 0 else 0
+            if j >= m or first >= boundary:
+                continue  # no batch straddles this refill
+            held = queue[base + first : base + boundary]
+            fresh = queue[base + boundary : base + boundary + c]
+            clash = np.isin(fresh, held)
+            queue[base + boundary : base + boundary + c] = np.concatenate([fresh[~clash], fresh[clash]])
+
+    # Cell i's first D_i queue entries, cell-major; then each to its batch, batches ordered by cell.
+    take = np.repeat(qstart - _group_starts(drawn), drawn) + np.arange(int(drawn.sum()), dtype=np.int64)
+    draws = queue[take]
+    group = demand.T.ravel()  # (cell, batch) groups in cell-major order, as in `draws`
+    within = (np.cumsum(demand, axis=1) - demand).T.ravel()  # offset of cell i inside batch j
+    batch_of = np.tile(np.arange(m, dtype=np.int64), len(counts))
+    dest = np.repeat(batch_of * batch_size + within - _group_starts(group), group) + np.arange(
+        len(draws), dtype=np.int64
+    )
+    out = np.empty(m * batch_size, np.int64)
+    out[dest] = draws
+    return out.reshape(m, batch_size)
+
+
+# --- dealt (beyond the paper) ----------------------------------------------------------------
+
+
+@register_strategy("dealt")
+def dealt_batches(table: TableLike, batch_size: int, rng: np.random.Generator, **_: Any) -> np.ndarray:
+    """Every image at most once per epoch, every batch within one image per cell of ``B·T1``.
+
+    Construction: let ``n = m·B + r`` (``0 <= r < B``). Drop ``r`` images, spread over the cells by
+    the largest-remainder rule on ``r·c_i / n`` (ties broken at random), the dropped ones chosen
+    at random inside each cell; keep ``k_i = c_i - drop_i``, ``sum k_i = m·B``. List the kept
+    images cell by cell (cells in a random order, images shuffled inside each cell) and deal
+    position q to batch ``q mod m``: every batch gets exactly B images, each at most once.
+
+    Promise: batch j holds ``a_ij`` images of cell i with ``|a_ij - B·c_i/n| < 1``, i.e.
+    ``a_ij`` is ``floor`` or ``ceil`` of the ideal share ``B·T1(i)``.
+
+    Proof. Cell i occupies ``k_i`` consecutive positions of the dealt list, so every batch gets
+    ``floor(x)`` or ``ceil(x)`` of them, ``x = k_i / m``. With ``m·B = n - r`` the ideal share is
+    ``y = B·c_i/n = (c_i - r·c_i/n) / m``, so ``x - y = (r·c_i/n - drop_i) / m`` and, since the
+    largest-remainder rule keeps ``|drop_i - r·c_i/n| < 1``, ``|x - y| < 1/m``. If x is an integer
+    every batch gets exactly x, within 1/m of y. Otherwise ``frac(x) = (k_i mod m)/m`` lies in
+    ``[1/m, 1 - 1/m]``, so ``floor(x) <= x - 1/m < y < x + 1/m <= ceil(x)``: both ``floor(x)`` and
+    ``ceil(x) = floor(x) + 1`` lie strictly within 1 of y. ∎
+
+    Coverage is Eq. 5's ``(n - r)/n``, as for random batches, but the r unused images are spread
+    over the cells in proportion instead of being a uniform random subset.
+    """
+    counts = np.asarray(table.counts, dtype=np.int64).ravel()
+    cells = np.asarray(table.cells, dtype=np.int64)
+    n = int(table.n)
+    m = batches_per_epoch(n, batch_size)
+    r = n - m * batch_size
+    n_cells = len(counts)
+
+    # Apportion the r dropped images; ties among equal remainders at random.
+    quota, rem = np.divmod(r * counts, n)
+    extra = r - int(quota.sum())
+    quota[np.lexsort((rng.random(n_cells), -rem))[:extra]] += 1
+    keep = counts - quota
+
+    # Cells in a random order, members shuffled inside each cell; drop each cell's last quota_i.
+    cell_rank = np.empty(n_cells, np.int64)
+    cell_rank[rng.permutation(n_cells)] = np.arange(n_cells)
+    perm = rng.permutation(n)
+    members = perm[np.argsort(cell_rank[cells[perm]], kind="stable")]
+    in_order = np.argsort(cell_rank, kind="stable")  # cells in dealing order
+    pos = _ranks_in_groups(counts[in_order])
+    kept = members[pos < np.repeat(keep[in_order], counts[in_order])]
+    # Position q goes to batch q mod m: row j is kept[j::m], already ordered by cell.
+    return np.ascontiguousarray(kept.reshape(batch_size, m).T).astype(np.int64, copy=False)
+
+
+# --- diagnostics (spec §4) -------------------------------------------------------------------
+
+
+def coverage_per_epoch(batches: np.ndarray, n: int) -> float | np.ndarray:
+    """Distinct images drawn / n, for one epoch ``(m, B)`` (a float) or several ``(E, m, B)``
+    (an array, one per epoch). Random batches reach Eq. 5's ``(n - n mod B) / n``."""
+    batches = np.asarray(batches)
+    if batches.ndim == 3:
+        return np.array([coverage_per_epoch(b, n) for b in batches])
+    seen = np.zeros(n, bool)
+    seen[batches.ravel()] = True
+    return float(seen.sum()) / n
+
+
+def never_drawn(batches: np.ndarray, n: int) -> np.ndarray:
+    """Indices (sorted) of the images no batch of the epoch ``(m, B)`` holds (the paper's Fig. 5)."""
+    seen = np.zeros(n, bool)
+    seen[np.asarray(batches).ravel()] = True
+    return np.flatnonzero(~seen)
+
+
+def kl_batch_vs_dataset(table: TableLike, batches: np.ndarray) -> np.ndarray:
+    """Eq. 10: ``KL(f_Xi || f_X) = sum_c f_Xi(c) log(f_Xi(c) / f_X(c))`` (natural log) on the
+    table's cells, for every batch of an epoch ``(m, B)``; returns ``(m,)``. Finite, since a
+    batch's cells all hold images of X. Counts come from one sort of ``batch·n_cells + cell``
+    codes, so memory stays O(m·B) whatever the table size."""
+    batches = np.asarray(batches)
+    m, b = batches.shape
+    counts = np.asarray(table.counts, dtype=np.int64).ravel()
+    n_cells = len(counts)
+    p = counts / float(table.n)
+    cells = np.asarray(table.cells, dtype=np.int64)[batches]
+    codes = (np.arange(m, dtype=np.int64)[:, None] * n_cells + cells).ravel()
+    pair, cnt = np.unique(codes, return_counts=True)
+    q = cnt / float(b)
+    contrib = q * np.log(q / p[pair % n_cells])
+    return np.bincount(pair // n_cells, weights=contrib, minlength=m)
+
+
+def kl_stats(kl: np.ndarray) -> dict[str, float]:
+    """Mean, (population) standard deviation, minimum, median and maximum: the paper's Tables 1-2."""
+    kl = np.asarray(kl, dtype=np.float64).ravel()
+    return {
+        "mean": float(kl.mean()),
+        "std": float(kl.std()),
+        "min": float(kl.min()),
+        "median": float(np.median(kl)),
+        "max": float(kl.max()),
+    }
+
+
+def diagnose_epoch(table: TableLike, batches: np.ndarray) -> dict[str, Any]:
+    """Coverage, KL per batch and its statistics, and the never-drawn images of one epoch."""
+    n = int(table.n)
+    kl = kl_batch_vs_dataset(table, batches)
+    nd = never_drawn(batches, n)
+    return {
+        "coverage": coverage_per_epoch(batches, n),
+        "kl": kl_stats(kl),
+        "kl_per_batch": kl.tolist(),
+        "n_never_drawn": int(len(nd)),
+        "never_drawn": nd,
+    }
+
+
+# --- the stage -------------------------------------------------------------------------------
+
+
+def _upstream(dataset: str, tables: TablesConfig, features: FeaturesConfig) -> tuple[Artifact, "DatasetStore"]:
+    from pipeline.tables import tables_artifact
+    from storage.store import open_store
+
+    table_art = tables_artifact(dataset, tables, features)
+    return table_art, open_store(dataset)
+
+
+def batches_key(table_art: Artifact, store: "DatasetStore", cfg: BatchesConfig) -> str:
+    """Key = H(batch parameters, the table's content hash, the store's content hash (the
+    never-drawn grid shows its images), CODE_VERSION)."""
+    return artifact_key(
+        STAGE, cfg.key_params(), {"tables": table_art.content_hash, "store": store.content_hash}, CODE_VERSION
+    )
+
+
+def batches_artifact(
+    dataset: str,
+    cfg: BatchesConfig,
+    tables: TablesConfig = TablesConfig(),
+    features: FeaturesConfig = FeaturesConfig(),
+) -> Artifact:
+    """The cached batches artifact for these configs; :class:`MissingArtifactError` naming the
+    command to run when it is not there (or fails verification)."""
+    table_art, store = _upstream(dataset, tables, features)
+    key = batches_key(table_art, store, cfg)
+    art = open_artifact(STAGE, key)
+    if art is None:
+        raise MissingArtifactError(
+            STAGE,
+            f"no batches artifact {key} for {dataset!r}; run `subsample batches {dataset} "
+            f"--batch-size {cfg.batch_size} --strategy {cfg.strategy} --epochs {cfg.epochs} --seed {cfg.seed}"
+            + (f" --top-k {cfg.top_k} --fill {cfg.fill}" if cfg.strategy == "constructed" else "")
+            + f" --bins {' '.join(map(str, tables.bins))}`",
+        )
+    return art
+
+
+def load_batches(artifact: Artifact) -> np.ndarray:
+    """The stored batches: int64 ``(epochs, m, B)``."""
+    return np.load(artifact.path / "batches.npy").astype(np.int64)
+
+
+def run_batches(
+    dataset: str,
+    cfg: BatchesConfig,
+    tables: TablesConfig = TablesConfig(),
+    features: FeaturesConfig = FeaturesConfig(),
+    *,
+    refresh: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``subsample batches``: construct ``cfg.epochs`` epochs of batches from the data set's table,
+    with diagnostics. Writes ``batches.npy`` (int32 epochs×m×B), ``diagnostics.json``,
+    ``diagnostics.md`` and ``never_drawn.png``; returns the summary."""
+    from pipeline.tables import load_table
+
+    t0 = time.perf_counter()
+    table_art, store = _upstream(dataset, tables, features)
+    key = batches_key(table_art, store, cfg)
+    if not refresh:
+        art = open_artifact(STAGE, key)
+        if art is not None:
+            return {**art.summary, "cache_hit": True, "seconds": round(time.perf_counter() - t0, 3)}
+
+    table = load_table(table_art)
+    n = int(table.n)
+    if n != store.n:
+        raise SubsampleError(
+            STAGE, f"table {table_art.path} covers {n} images but store {store.path} holds {store.n}; re-run tables"
+        )
+    from tqdm.auto import tqdm
+
+    epochs_out, per_epoch, kl_all = [], [], []
+    never0: np.ndarray | None = None
+    for e in tqdm(range(cfg.epochs), desc="batches", unit="epoch", disable=not progress, file=None):
+        b = construct_epoch(
+            table, batch_size=cfg.batch_size, strategy=cfg.strategy, seed=cfg.seed, epoch=e,
+            top_k=cfg.top_k, fill=cfg.fill,
+        )
+        d = diagnose_epoch(table, b)
+        if e == 0:
+            never0 = d["never_drawn"]
+        epochs_out.append(b.astype(np.int32))
+        kl_all.append(np.asarray(d["kl_per_batch"]))
+        per_epoch.append(
+            {"epoch": e, "coverage": d["coverage"], "kl": d["kl"], "n_never_drawn": d["n_never_drawn"],
+             "kl_per_batch": d["kl_per_batch"]}
+        )
+    assert never0 is not None
+    coverage = [p["coverage"] for p in per_epoch]
+    kl = kl_stats(np.concatenate(kl_all))
+    m = int(epochs_out[0].shape[0])
+
+    with build_artifact(
+        STAGE, key, params=cfg.key_params(),
+        inputs={"tables": table_art.content_hash, "store": store.content_hash}, code_version=CODE_VERSION,
+    ) as builder:
+        np.save(builder.path / "batches.npy", np.stack(epochs_out))
+        diag = {
+            "strategy": cfg.strategy, "batch_size": cfg.batch_size, "m": m, "n": n,
+            "bins": list(table.bins) if hasattr(table, "bins") else None,
+            "coverage_eq5": (n - n % cfg.batch_size) / n, "kl": kl, "epochs": per_epoch,
+        }
+        (builder.path / "diagnostics.json").write_text(json.dumps(diag, indent=1))
+        (builder.path / "diagnostics.md").write_text(diagnostics_markdown(cfg, m, n, per_epoch, kl))
+        write_never_drawn_grid(store, never0, builder.path / "never_drawn.png")
+        builder.summary = {
+            "stage": STAGE, "dataset": dataset, "key": key, "path": str(builder.path.parent / key),
+            "cache_hit": False, "seconds": 0.0, "strategy": cfg.strategy, "batch_size": cfg.batch_size,
+            "m": m, "epochs": cfg.epochs,
+            "coverage": {"per_epoch": coverage, "mean": float(np.mean(coverage))},
+            "kl": kl, "n_never_drawn": int(len(never0)),
+            "never_drawn_grid": str(builder.path.parent / key / "never_drawn.png"),
+        }
+        summary = builder.summary
+    return {**summary, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def diagnostics_markdown(
+    cfg: BatchesConfig, m: int, n: int, per_epoch: list[dict], kl: dict[str, float]
+) -> str:
+    """The paper's Tables 1-2 layout: coverage and KL(f_Xi || f_X) statistics, one row per epoch."""
+    head = (
+        f"# Batches: {cfg.strategy}, B = {cfg.batch_size}, m = {m} batches/epoch, n = {n}\n\n"
+        "| epoch | coverage | KL mean | KL std | KL min | KL median | KL max | never drawn |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    rows = [
+        f"| {p['epoch']} | {p['coverage']:.4f} | {p['kl']['mean']:.5f} | {p['kl']['std']:.5f} | "
+        f"{p['kl']['min']:.5f} | {p['kl']['median']:.5f} | {p['kl']['max']:.5f} | {p['n_never_drawn']} |"
+        for p in per_epoch
+    ]
+    mean_cov = float(np.mean([p["coverage"] for p in per_epoch]))
+    rows.append(
+        f"| all | {mean_cov:.4f} | {kl['mean']:.5f} | {kl['std']:.5f} | {kl['min']:.5f} | "
+        f"{kl['median']:.5f} | {kl['max']:.5f} | |"
+    )
+    return head + "\n".join(rows) + f"\n\nRandom batches would cover (n - n mod B)/n = {(n - n % cfg.batch_size) / n:.4f} (Eq. 5).\n"
+
+
+def write_never_drawn_grid(store: "DatasetStore", indices: np.ndarray, path: Path) -> None:
+    """An image grid of (up to 64 of) the never-drawn images, read from the store by index, with a
+    caption line saying how many there are."""
+    import torch
+    from PIL import Image, ImageDraw
+    from torchvision.utils import make_grid
+
+    shown = np.asarray(indices[:GRID_MAX_IMAGES], dtype=np.int64)
+    caption = f"{len(indices)} image(s) never drawn in epoch 0" + (
+        f" (first {len(shown)} shown)" if len(indices) > len(shown) else ""
+    )
+    if len(shown):
+        imgs = store.images.get_orthogonal_selection((shown,))
+        grid = make_grid(torch.from_numpy(np.asarray(imgs)).permute(0, 3, 1, 2), nrow=8, padding=2, pad_value=255)
+        body = Image.fromarray(grid.permute(1, 2, 0).numpy())
+        if body.width < 256:  # small images: scale up so the grid is readable
+            f = -(-256 // body.width)
+            body = body.resize((body.width * f, body.height * f), Image.NEAREST)
+    else:
+        body = Image.new("RGB", (256, 8), "white")
+    canvas = Image.new("RGB", (max(body.width, 8 * len(caption) // 1 + 8), body.height + 16), "white")
+    ImageDraw.Draw(canvas).text((4, 2), caption, fill="black")
+    canvas.paste(body, (0, 16))
+    canvas.save(path)
