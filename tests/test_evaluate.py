@@ -1,0 +1,186 @@
+"""The evaluation stage: IS/FID/KID through torch-fidelity with a tiny deterministic feature
+extractor (no Inception weights needed), the reference-statistics cache, the offline path, and
+``run_evaluate`` end to end on a freshly trained tiny generator."""
+from __future__ import annotations
+
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch_fidelity import register_feature_extractor
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+from pipeline import evaluate as ev
+from pipeline.config import EvaluateConfig
+
+TINY = "subsample-test-tiny"
+
+
+class TinyExtractor(FeatureExtractorBase):
+    """Deterministic stand-in for Inception: per-channel means and standard deviations plus a
+    4×4 average-pooled image ('stats', 54-d) and a fixed random projection of them to 10 logits
+    ('logits_unbiased', for IS). Sensitive to noise (stds) and to colour shifts (means)."""
+
+    def __init__(self, name, features_list, **kwargs):
+        super().__init__(name, features_list)
+        self.register_buffer("proj", torch.randn(54, 10, generator=torch.Generator().manual_seed(0)))
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("stats", "logits_unbiased")
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return "logits_unbiased" if metric == "isc" else "stats"
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    def forward(self, x):
+        assert x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3
+        x = x.double() / 255.0
+        stats = torch.cat([x.mean((2, 3)), x.std((2, 3)), F.adaptive_avg_pool2d(x, 4).flatten(1)], 1)
+        out = {"stats": stats.float(), "logits_unbiased": (stats @ self.proj.double()).float() * 4}
+        return tuple(out[name] for name in self.features_list)
+
+
+if TINY not in FEATURE_EXTRACTORS_REGISTRY:
+    register_feature_extractor(TINY, TinyExtractor)
+
+CFG = EvaluateConfig(samples=200, feature_extractor=TINY, kid_subsets=20, batch_size=100)
+
+
+def blob_images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
+    """Smooth mid-grey images with a random colour and a random bright square (values 60..200,
+    so added noise is rarely clipped)."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((n, size, size, 3), np.float64)
+    img[:] = rng.uniform(60, 140, (n, 1, 1, 3))
+    for i in range(n):
+        y, x = rng.integers(0, size - 6, 2)
+        img[i, y : y + 6, x : x + 6] += rng.uniform(20, 60, 3)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def noisy(images: np.ndarray, sigma: float, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(images + rng.normal(0, sigma, images.shape), 0, 255).round().astype(np.uint8)
+
+
+def scores(gen: np.ndarray, ref: np.ndarray, **kw) -> ev.FidelityResult:
+    return ev.fidelity_scores(ev.ImageArrayDataset(gen), ev.ImageArrayDataset(ref), CFG, **kw)
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise():
+    x = blob_images(200)
+    same = scores(x, x).metrics
+    assert set(same) == {"is200", "is200_std", "fid200_train", "kid200_train", "kid200_train_std"}
+    assert abs(same["fid200_train"]) < 1e-6
+    fid, kid = [], [same["kid200_train"]]
+    for sigma in (4, 12, 30, 60):
+        m = scores(noisy(x, sigma), x).metrics
+        fid.append(m["fid200_train"])
+        kid.append(m["kid200_train"])
+    assert fid[0] > 1e-4
+    assert all(a < b for a, b in zip(fid, fid[1:])), fid
+    assert all(a < b for a, b in zip(kid, kid[1:])), kid
+    # KID(X, X) is not exactly 0 (torch-fidelity's estimator keeps K_XY's diagonal), but small
+    assert abs(kid[0]) < 0.1 * kid[-1]
+    # a different draw from the same distribution is far closer than heavy noise
+    other = scores(blob_images(200, seed=5), x).metrics
+    assert other["fid200_train"] < fid[-1]
+
+
+def test_reference_statistics_are_cached_per_data_set(tmp_path):
+    x = blob_images(120, seed=2)
+    gen = noisy(x, 10)
+    cache = tmp_path / "fidelity-cache"
+    first = scores(gen, x, reference_cache_name="ds-abc", cache_root=cache)
+    assert first.reference_cache == "miss"
+    files = sorted(cache.glob("ds-abc-*"))
+    names = {f.name for f in files}
+    assert {f"ds-abc-{TINY}-features-stats.pt", f"ds-abc-{TINY}-stat-fid-stats.pt"} <= names
+    mtimes = {f: f.stat().st_mtime_ns for f in files}
+
+    class Untouchable(torch.utils.data.Dataset):
+        """The reference on the second call: reading it would mean the cache was not used."""
+
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            raise AssertionError("reference images were read again despite the cache")
+
+    second = ev.fidelity_scores(
+        ev.ImageArrayDataset(gen), Untouchable(), CFG, reference_cache_name="ds-abc", cache_root=cache
+    )
+    assert second.reference_cache == "hit"
+    assert second.metrics == pytest.approx(first.metrics)
+    assert {f: f.stat().st_mtime_ns for f in sorted(cache.glob("ds-abc-*"))} == mtimes
+    # generated images are never cached: another generator gives another FID
+    third = scores(noisy(x, 40), x, reference_cache_name="ds-abc", cache_root=cache)
+    assert third.metrics["fid120_train"] > first.metrics["fid120_train"]
+
+
+def test_store_dataset_reads_chunks_in_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path))
+    from storage.store import StoreBuilder
+
+    x = blob_images(25, size=8)
+    with StoreBuilder("blobs", size=8, n_max=25, chunk=10) as b:
+        b.append(x)
+        store = b.finish()
+    ds = ev.StoreDataset(store.images)
+    assert len(ds) == 25
+    got = np.stack([ds[i].numpy().transpose(1, 2, 0) for i in range(25)])
+    np.testing.assert_array_equal(got, x)
+    with pytest.raises(IndexError):
+        ds[25]
+
+
+def test_offline_inception_weights_give_one_clear_reason_without_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # empty hub cache
+    calls = []
+
+    def no_network(url, dst, *a, **k):
+        calls.append(url)
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(ev.WeightsUnavailable) as e:
+        ev.resolve_weights(EvaluateConfig())
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "Inception weights not available offline" in msg and "--weights PATH" in msg
+    assert "weights-inception-2015-12-05" in msg
+    assert len(calls) == 1  # one attempt, through the patched function only
+
+    # a local copy is used as given, and its hash names the cache
+    w = tmp_path / "weights.pth"
+    w.write_bytes(b"not really weights")
+    path, tag = ev.resolve_weights(EvaluateConfig(weights=str(w)))
+    assert path == str(w) and len(tag) == 16
+    # a file already in the hub cache is used without any download
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True, exist_ok=True)
+    (hub / "weights-inception-2015-12-05-6726825d.pth").write_bytes(b"x")
+    path, _ = ev.resolve_weights(EvaluateConfig())
+    assert path.endswith("weights-inception-2015-12-05-6726825d.pth") and len(calls) == 1
+
+
+def test_missing_weights_file_is_a_user_error(tmp_path):
+    from storage.errors import SubsampleError
+
+    with pytest.raises(SubsampleError, match="no such file"):
+        ev.resolve_weights(EvaluateConfig(weights=str(tmp_path / "nope.pth")))
+
+
+def test_count_tag_and_grid():
+    assert ev.count_tag(50_000) == "50k" and ev.count_tag(1000) == "1k" and ev.count_tag(1234) == "1234"
+    g = ev.image_grid(np.full((5, 4, 4, 3), 255, np.uint8), columns=3)
+    assert g.shape == (2 * 6 + 2, 3 * 6 + 2, 3)
+    assert (g == 255).sum() == 5 * 16 * 3
