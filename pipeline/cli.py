@@ -44,6 +44,47 @@ def emit(summary: dict[str, Any], as_json: bool) -> None:
 # --- features / tables / batches ----------------------------------------------------------------
 
 
+from enum import Enum  # noqa: E402  (batches: choices for --strategy / --fill)
+from typing import get_args  # noqa: E402
+
+from pipeline.config import BatchesConfig as _BatchesConfig, Strategy as _StrategyLiteral  # noqa: E402
+
+_BatchStrategy = Enum("_BatchStrategy", {s: s for s in get_args(_StrategyLiteral)}, type=str)
+_BatchFill = Enum("_BatchFill", {"topk": "topk", "coverage": "coverage"}, type=str)
+_BATCH_DEFAULTS = {k: f.default for k, f in _BatchesConfig.model_fields.items()}  # defaults in one place
+
+
+@app.command("batches")
+def batches_cmd(
+    name: str = typer.Argument(..., help="data set name (its features and tables must exist)"),
+    batch_size: int = typer.Option(_BATCH_DEFAULTS["batch_size"], "--batch-size", "-b", help="images per batch B; an epoch has floor(n / B) batches"),
+    strategy: _BatchStrategy = typer.Option(_BATCH_DEFAULTS["strategy"], "--strategy", help="random (baseline), constructed (the paper) or dealt"),
+    epochs: int = typer.Option(_BATCH_DEFAULTS["epochs"], "--epochs", help="epochs of batches to construct and store"),
+    seed: int = typer.Option(_BATCH_DEFAULTS["seed"], "--seed", help="run seed; epoch e is constructed from (seed, e)"),
+    top_k: int = typer.Option(_BATCH_DEFAULTS["top_k"], "--top-k", help="constructed: shortfall filled from the k most frequent cells"),
+    fill: _BatchFill = typer.Option(_BATCH_DEFAULTS["fill"], "--fill", help="constructed: 'coverage' first uses not-yet-drawn images of cells with T2 = 0"),
+    bins: Optional[tuple[int, int]] = typer.Option(None, "--bins", help="the table's M1 M2 (default: the tables stage's default)"),
+    feature: Optional[list[str]] = typer.Option(None, "--feature", help="feature names of the table (repeat; default: colour_moment, sharpness)"),
+    refresh: bool = typer.Option(False, "--refresh", help="rebuild even if the artifact is cached"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Construct epochs of batches from the joint table, with coverage / KL diagnostics (spec §3-4)."""
+    from pydantic import ValidationError
+
+    from pipeline.batches import run_batches
+    from pipeline.config import FeaturesConfig, TablesConfig
+
+    try:
+        cfg = _BatchesConfig(
+            batch_size=batch_size, strategy=strategy.value, epochs=epochs, seed=seed, top_k=top_k, fill=fill.value
+        )
+        tables = TablesConfig(bins=tuple(bins)) if bins else TablesConfig()
+        features = FeaturesConfig(features=tuple(feature)) if feature else FeaturesConfig()
+    except ValidationError as e:
+        raise SubsampleError("batches", "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
+    emit(run_batches(name, cfg, tables, features, refresh=refresh), as_json)
+
+
 # --- train / evaluate / presets -----------------------------------------------------------------
 
 
