@@ -492,7 +492,7 @@ def run_batches(
 
     epochs_out, per_epoch, kl_all = [], [], []
     never0: np.ndarray | None = None
-    for e in tqdm(range(cfg.epochs), desc="batches", unit="epoch", disable=not progress, file=None):
+    for e in tqdm(range(cfg.epochs), desc="batches", unit="epoch", disable=not progress):
         b = construct_epoch(
             table, batch_size=cfg.batch_size, strategy=cfg.strategy, seed=cfg.seed, epoch=e,
             top_k=cfg.top_k, fill=cfg.fill,
@@ -578,7 +578,8 @@ def write_never_drawn_grid(store: "DatasetStore", indices: np.ndarray, path: Pat
             body = body.resize((body.width * f, body.height * f), Image.NEAREST)
     else:
         body = Image.new("RGB", (256, 8), "white")
-    canvas = Image.new("RGB", (max(body.width, 8 * len(caption) // 1 + 8), body.height + 16), "white")
+    text_width = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(caption)) + 8
+    canvas = Image.new("RGB", (max(body.width, text_width), body.height + 16), "white")
     ImageDraw.Draw(canvas).text((4, 2), caption, fill="black")
     canvas.paste(body, (0, 16))
     canvas.save(path)
