@@ -110,7 +110,7 @@ class EvaluateConfig(StageConfig):
         "Its sha256 goes into the artifact key's inputs, not its path",
     )
     batch_size: int = Field(250, ge=1, description="generation and feature-extraction batch")
-    device: str | None = Field(None, description="None = the generator's device")
+    device: str | None = Field(None, description="generator and feature extractor device; None = cuda when available, else cpu")
     download_timeout_s: float = Field(20.0, gt=0, description="socket timeout when fetching extractor weights")
 
     _execution_fields: ClassVar[frozenset[str]] = frozenset({"weights", "batch_size", "device", "download_timeout_s"})
