@@ -447,24 +447,16 @@ def _train_sharpness_mean(dataset: str, features_cfg: FeaturesConfig, store: Any
 
 
 def _log_to_mlflow(run_id: str, metrics: dict[str, float], files: list[Path], key: str, step: int) -> bool:
-    """Log ``eval/<name>`` metrics and the artifact's files (under ``eval/<key>/``) to the training
-    run. Returns False (with a note on stderr) when the run cannot be found."""
-    import mlflow
-    from mlflow.entities import Metric
+    """Log ``eval/<name>`` metrics, an ``eval/key`` tag and the artifact's files (under
+    ``eval/<key>/``) to the training run. Returns False (with a note on stderr) when that fails."""
     from mlflow.exceptions import MlflowException
 
-    from storage.paths import mlflow_tracking_uri
+    from storage import tracking
 
-    client = mlflow.MlflowClient(tracking_uri=mlflow_tracking_uri())
-    now = int(time.time() * 1000)
     try:
-        client.log_batch(
-            run_id,
-            metrics=[Metric(f"eval/{k}", float(v), now, step) for k, v in metrics.items() if np.isfinite(v)],
-        )
-        client.set_tag(run_id, "eval/key", key)
-        for f in files:
-            client.log_artifact(run_id, str(f), artifact_path=f"eval/{key}")
+        tracking.log_metrics(run_id, {f"eval/{k}": v for k, v in metrics.items()}, step)
+        tracking.set_tags(run_id, {"eval/key": key})
+        tracking.log_artifacts(run_id, [(f, f"eval/{key}") for f in files])
     except MlflowException as e:
         print(f"{STAGE}: could not log to MLflow run {run_id} ({e.message}); metrics are in the artifact", file=sys.stderr)
         return False
@@ -479,7 +471,8 @@ def run_evaluate(run: str, cfg: EvaluateConfig, *, refresh: bool = False, progre
     from storage.store import open_store
 
     t0 = time.perf_counter()
-    G, info = load_generator(run)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    G, info = load_generator(run, map_location=device)
     dataset, train_key = info["dataset"], info["key"]
     train = open_artifact("train", train_key, verify=False)
     if train is None:
@@ -516,13 +509,9 @@ def run_evaluate(run: str, cfg: EvaluateConfig, *, refresh: bool = False, progre
         )
 
     t_gen = time.perf_counter()
-    device = torch.device(cfg.device) if cfg.device else None
-    if device is not None:
-        G = G.to(device)
     images = generate_images(G, cfg.samples, int(info["z_dim"]), seed=cfg.seed, batch_size=cfg.batch_size,
                              device=device, progress=progress)
     gen_seconds = round(time.perf_counter() - t_gen, 3)
-    used = device or next(G.parameters()).device
 
     ctx = EvalContext(
         images=images,
@@ -533,7 +522,7 @@ def run_evaluate(run: str, cfg: EvaluateConfig, *, refresh: bool = False, progre
         reference_cache_name=f"subsample-{store.content_hash[:16]}-w{weights_tag}",
         weights_path=weights_path,
         fidelity_skip=fidelity_skip,
-        cuda=torch.device(used).type == "cuda",
+        cuda=device.type == "cuda",
         progress=progress,
     )
     metrics, timing = evaluate_images(ctx)
@@ -563,7 +552,7 @@ def run_evaluate(run: str, cfg: EvaluateConfig, *, refresh: bool = False, progre
 
     mlflow_logged = False
     if info.get("mlflow_run_id"):
-        mlflow_logged = _log_to_mlflow(info["mlflow_run_id"], metrics, final_files, key, int(info.get("epochs", 0) or 0))
+        mlflow_logged = _log_to_mlflow(info["mlflow_run_id"], metrics, final_files, key, int(train.summary.get("epochs") or 0))
 
     return {**base, "path": str(final_files[0].parent), "cache_hit": False, "seconds": seconds,
             "metrics": metrics, "fidelity": ctx.notes.get("fidelity"),
