@@ -278,3 +278,96 @@ def test_coverage_and_never_drawn_agree():
     assert coverage_per_epoch(out, 8) == 3 / 8
     assert never_drawn(out, 8).tolist() == [1, 2, 4, 6, 7]
     assert coverage_per_epoch(np.stack([out, np.array([[0, 1], [0, 1]])]), 8).tolist() == [3 / 8, 2 / 8]
+
+
+# --- the stage: cache behaviour (needs the real features and tables stages) -------------------
+
+
+@pytest.fixture
+def toy_dataset(tmp_path, monkeypatch):
+    """A 240-image store with varied brightness and texture, its features and a 5×5 table."""
+    pytest.importorskip("pipeline.tables")
+    from pipeline.config import FeaturesConfig, TablesConfig
+    from pipeline.features import run_features
+    from pipeline.tables import run_tables
+    from storage.store import write_store
+
+    monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path))
+    rng = np.random.default_rng(0)
+    n = 240
+    base = rng.integers(0, 256, (n, 1, 1, 3)) * rng.uniform(0.2, 1.0, (n, 1, 1, 1)) ** 2
+    noise = rng.normal(0.0, 1.0, (n, 16, 16, 3)) * rng.uniform(0.0, 60.0, (n, 1, 1, 1))
+    write_store("toy", np.clip(base + noise, 0, 255).astype(np.uint8))
+    run_features("toy", FeaturesConfig(workers=1), progress=False)
+    run_tables("toy", TablesConfig(bins=(4, 4)))
+    return "toy"
+
+
+def test_stage_writes_batches_and_diagnostics_then_hits_the_cache(toy_dataset):
+    from pipeline.batches import load_batches, run_batches
+    from pipeline.config import BatchesConfig, TablesConfig
+    from pipeline.tables import load_table, tables_artifact
+    from storage.artifacts import open_artifact
+
+    import json
+    from pathlib import Path
+
+    cfg = BatchesConfig(batch_size=32, strategy="constructed", epochs=3, seed=4)
+    tables = TablesConfig(bins=(4, 4))
+    first = run_batches(toy_dataset, cfg, tables, progress=False)
+    assert first["cache_hit"] is False
+    assert first["m"] == 240 // 32 and first["epochs"] == 3 and len(first["coverage"]["per_epoch"]) == 3
+    json.dumps(first)
+    path = Path(first["path"])
+    stored = np.load(path / "batches.npy")
+    assert stored.dtype == np.int32 and stored.shape == (3, 7, 32)
+    table = load_table(tables_artifact(toy_dataset, tables))
+    for e in range(3):
+        want = construct_epoch(table, batch_size=32, strategy="constructed", seed=4, epoch=e)
+        assert np.array_equal(stored[e], want)
+    diag = json.loads((path / "diagnostics.json").read_text())
+    assert len(diag["epochs"]) == 3 and len(diag["epochs"][0]["kl_per_batch"]) == 7
+    assert first["n_never_drawn"] == len(never_drawn(stored[0], 240))
+    assert (path / "diagnostics.md").read_text().count("\n| ") == 5  # header + 3 epochs + "all"
+    assert (path / "never_drawn.png").stat().st_size > 0
+
+    again = run_batches(toy_dataset, cfg, tables, progress=False)
+    assert again["cache_hit"] is True and again["key"] == first["key"]
+    assert np.array_equal(load_batches(open_artifact("batches", first["key"])), stored)
+    assert run_batches(toy_dataset, cfg, tables, refresh=True, progress=False)["cache_hit"] is False
+
+    (path / "batches.npy").unlink()  # a damaged artifact fails verification and is rebuilt
+    rebuilt = run_batches(toy_dataset, cfg, tables, progress=False)
+    assert rebuilt["cache_hit"] is False and np.array_equal(np.load(path / "batches.npy"), stored)
+
+
+def test_stage_key_follows_the_table_and_the_parameters_that_matter(toy_dataset):
+    from pipeline.batches import run_batches
+    from pipeline.config import BatchesConfig, TablesConfig
+    from pipeline.tables import run_tables
+    from storage.errors import MissingArtifactError
+
+    base = run_batches(toy_dataset, BatchesConfig(batch_size=32, strategy="random"), TablesConfig(bins=(4, 4)), progress=False)
+    # top_k / fill do not shape random batches: same artifact
+    same = run_batches(
+        toy_dataset, BatchesConfig(batch_size=32, strategy="random", top_k=3, fill="coverage"), TablesConfig(bins=(4, 4)),
+        progress=False,
+    )
+    assert same["cache_hit"] is True and same["key"] == base["key"]
+    with pytest.raises(MissingArtifactError, match="tables"):
+        run_batches(toy_dataset, BatchesConfig(batch_size=32, strategy="random"), TablesConfig(bins=(6, 6)), progress=False)
+    run_tables(toy_dataset, TablesConfig(bins=(6, 6)))
+    other = run_batches(toy_dataset, BatchesConfig(batch_size=32, strategy="random"), TablesConfig(bins=(6, 6)), progress=False)
+    assert other["cache_hit"] is False and other["key"] != base["key"]
+    seeded = run_batches(toy_dataset, BatchesConfig(batch_size=32, strategy="random", seed=1), TablesConfig(bins=(4, 4)), progress=False)
+    assert seeded["cache_hit"] is False and seeded["key"] != base["key"]
+
+
+def test_cli_batches_prints_one_json_object(toy_dataset, capsys):
+    import json
+
+    from pipeline.cli import main
+
+    main(["batches", toy_dataset, "--batch-size", "48", "--strategy", "dealt", "--bins", "4", "4", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["stage"] == "batches" and out["strategy"] == "dealt" and out["m"] == 5 and out["coverage"]["mean"] == 1.0

@@ -112,3 +112,34 @@ def test_bad_configurations_are_clear_errors():
         SubsampleBatchSampler(table, batch_size=5000)
     with pytest.raises(SubsampleError, match="either a table"):
         SubsampleBatchSampler()
+
+
+def test_from_artifact_agrees_with_fresh_construction(tmp_path, monkeypatch):
+    pytest.importorskip("pipeline.tables")
+    from pipeline.batches import run_batches
+    from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
+    from pipeline.features import run_features
+    from pipeline.tables import load_table, run_tables, tables_artifact
+    from storage.errors import MissingArtifactError
+    from storage.store import write_store
+
+    monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path))
+    rng = np.random.default_rng(1)
+    images = np.clip(rng.normal(0, 1, (200, 8, 8, 3)) * rng.uniform(0, 80, (200, 1, 1, 1)) + rng.uniform(0, 255, (200, 1, 1, 3)), 0, 255)
+    write_store("toy", images.astype(np.uint8))
+    run_features("toy", FeaturesConfig(workers=1), progress=False)
+    tables = TablesConfig(bins=(4, 4))
+    run_tables("toy", tables)
+    cfg = BatchesConfig(batch_size=40, strategy="constructed", epochs=2, seed=7, fill="coverage")
+    with pytest.raises(MissingArtifactError, match="subsample batches toy"):
+        SubsampleBatchSampler.from_artifact("toy", cfg, tables)
+    run_batches("toy", cfg, tables, progress=False)
+    stored = SubsampleBatchSampler.from_artifact("toy", cfg, tables)
+    fresh = SubsampleBatchSampler(
+        load_table(tables_artifact("toy", tables)), batch_size=40, strategy="constructed", seed=7, fill="coverage"
+    )
+    assert stored.stored_epochs == 2 and len(stored) == len(fresh) == 5
+    for e in range(2):
+        stored.set_epoch(e)
+        fresh.set_epoch(e)
+        assert list(stored) == list(fresh)
