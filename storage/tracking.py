@@ -1,0 +1,129 @@
+"""MLflow tracking: where runs are recorded and the few calls the stages make.
+
+The tracking store is :func:`storage.paths.mlflow_tracking_uri` (SQLite ``$SUBSAMPLE_HOME/mlflow.db``
+unless ``MLFLOW_TRACKING_URI`` is set) and artifacts go under :func:`storage.paths.mlflow_artifact_root`.
+One experiment per data set, ``subsample/<dataset>``. Everything goes through an explicit
+``MlflowClient`` (no ``mlflow.start_run`` global state), so a stage can log to a run it reopens
+after a restart. The first use of a fresh SQLite store creates its tables (measured ~1.3 s on the
+2-core development machine; ~0.5 s to open it afterwards, plus ~1.1 s to import mlflow).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+from storage.paths import mlflow_artifact_root, mlflow_tracking_uri
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mlflow import MlflowClient
+
+TRAIN_KEY_TAG = "subsample.train_key"
+DATASET_TAG = "subsample.dataset"
+_PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
+_METRIC_BATCH = 1000
+_PARAM_MAX_CHARS = 6000
+
+
+def client() -> "MlflowClient":
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=mlflow_tracking_uri())
+
+
+def experiment_name(dataset: str) -> str:
+    return f"subsample/{dataset}"
+
+
+def experiment_id(dataset: str, c: "MlflowClient | None" = None) -> str:
+    """The data set's experiment, created (with its artifact location under
+    ``mlflow_artifact_root()/subsample/<dataset>``) on first use."""
+    from mlflow.exceptions import MlflowException
+
+    c = c or client()
+    name = experiment_name(dataset)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name, artifact_location=f"{mlflow_artifact_root()}/{name}")
+    except MlflowException:  # created concurrently by another process
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dicts -> ``{"a.b": "value"}`` with string values, as MLflow params want."""
+    out: dict[str, str] = {}
+    for k, v in params.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            s = str(list(v) if isinstance(v, tuple) else v)
+            out[f"{prefix}{k}"] = s[:_PARAM_MAX_CHARS]
+    return out
+
+
+def start_run(dataset: str, *, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
+    """Create a run in the data set's experiment with tags and (flattened) params; its id."""
+    from mlflow.entities import Param
+
+    c = client()
+    run = c.create_run(experiment_id(dataset, c), run_name=run_name, tags={DATASET_TAG: dataset, **tags})
+    run_id = run.info.run_id
+    flat = [Param(k, v) for k, v in flatten(params).items()]
+    for i in range(0, len(flat), _PARAM_BATCH):
+        c.log_batch(run_id, params=flat[i : i + _PARAM_BATCH])
+    return run_id
+
+
+def reopen_run(run_id: str) -> None:
+    """Mark a run that was interrupted (and is being resumed) as running again."""
+    client().update_run(run_id, status="RUNNING")
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    """Log finite numeric metrics at ``step`` in one call (non-finite values are skipped)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    ms = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)]
+    c = client()
+    for i in range(0, len(ms), _METRIC_BATCH):
+        c.log_batch(run_id, metrics=ms[i : i + _METRIC_BATCH])
+
+
+def log_artifacts(run_id: str, paths: Iterable[tuple[Path, str | None]]) -> None:
+    """Copy files or directories into the run: ``(local path, artifact sub-path or None)``."""
+    c = client()
+    for path, dest in paths:
+        path = Path(path)
+        if path.is_dir():
+            c.log_artifacts(run_id, str(path), artifact_path=dest)
+        elif path.exists():
+            c.log_artifact(run_id, str(path), artifact_path=dest)
+
+
+def set_tags(run_id: str, tags: Mapping[str, str]) -> None:
+    c = client()
+    for k, v in tags.items():
+        c.set_tag(run_id, k, str(v))
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    """``FINISHED``, ``FAILED`` or ``KILLED``."""
+    client().set_terminated(run_id, status=status)
+
+
+def run_tag(run_id: str, tag: str) -> str | None:
+    """A tag of a run, or None when the run or the tag does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_run(run_id).data.tags.get(tag)
+    except MlflowException:
+        return None
