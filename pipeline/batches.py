@@ -421,7 +421,7 @@ def _upstream(dataset: str, tables: TablesConfig, features: FeaturesConfig) -> t
     from pipeline.tables import tables_artifact
     from storage.store import open_store
 
-    table_art = tables_artifact(dataset, tables, features)
+    table_art = tables_artifact(dataset, tables, features, needed_by=STAGE)
     return table_art, open_store(dataset)
 
 
@@ -480,7 +480,11 @@ def run_batches(
     if not refresh:
         art = open_artifact(STAGE, key)
         if art is not None:
-            return {**art.summary, "cache_hit": True, "seconds": round(time.perf_counter() - t0, 3)}
+            return {
+                **art.summary, "dataset": dataset, "path": str(art.path),
+                "never_drawn_grid": str(art.path / "never_drawn.png"),
+                "cache_hit": True, "seconds": round(time.perf_counter() - t0, 3),
+            }
 
     table = load_table(table_art)
     n = int(table.n)

@@ -368,6 +368,13 @@ def test_cli_batches_prints_one_json_object(toy_dataset, capsys):
 
     from pipeline.cli import main
 
-    main(["batches", toy_dataset, "--batch-size", "48", "--strategy", "dealt", "--bins", "4", "4", "--json"])
+    with pytest.raises(SystemExit) as exit_:
+        main(["batches", toy_dataset, "--batch-size", "48", "--strategy", "dealt", "--bins", "4", "4", "--json"])
+    assert exit_.value.code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["stage"] == "batches" and out["strategy"] == "dealt" and out["m"] == 5 and out["coverage"]["mean"] == 1.0
+    with pytest.raises(SystemExit) as exit_:
+        main(["batches", toy_dataset, "--batch-size", "4800", "--bins", "4", "4", "--json"])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "batches: batch size 4800 is larger than the data set (240 images)" in captured.err
