@@ -84,6 +84,77 @@ class BatchesConfig(StageConfig):
         return params
 
 
+# --- train --------------------------------------------------------------------------------------
+
+
+class TrainConfig(StageConfig):
+    """``subsample train NAME --preset P [--set key=value ...]`` (spec §6).
+
+    Defaults are DCGAN as published (Radford et al. 2016); presets (``pipeline.presets``) override
+    them and the command line overrides presets (``pipeline.presets.resolve_train_config``). The
+    batches (strategy, B, seed) come from a :class:`BatchesConfig`. Execution-only fields (where
+    and how fast it runs, how often it checkpoints, whether it logs to MLflow) are not in the key:
+    the same run on a CPU and a GPU is the same artifact."""
+
+    preset: str | None = Field(None, description="preset the values came from (informational)")
+    # models (pipeline.models)
+    arch: str = Field("dcgan", description="registered architecture (pipeline.models.ARCHITECTURES)")
+    ngf: int = Field(64, ge=1, description="G width: channels of G's last hidden layer")
+    ndf: int = Field(64, ge=1, description="D width: channels of D's first layer")
+    z_dim: int = Field(100, ge=1)
+    spectral_norm: bool = Field(False, description="spectral norm on D's convolutions (then no batch norm in D)")
+    d_batchnorm: bool = Field(True, description="batch norm in D (off for gradient penalties)")
+    # losses (pipeline.losses)
+    loss: str = Field("nonsaturating", description="registered loss (pipeline.losses.LOSSES)")
+    gp_weight: float = Field(0.0, ge=0, description="1-centred gradient penalty on interpolates (WGAN-GP λ)")
+    r1_weight: float = Field(0.0, ge=0, description="R1 zero-centred penalty on real data (γ)")
+    l2_weight: float = Field(0.0, ge=0, description="L2 penalty on D's weights")
+    clip: float | None = Field(None, gt=0, description="WGAN weight clipping of D's parameters to [-clip, clip]")
+    d_steps: int = Field(1, ge=1, description="D steps (batches) per G step")
+    # optimisers
+    optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1, description="Adam")
+    beta2: float = Field(0.999, ge=0, lt=1, description="Adam")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD")
+    # schedule and outputs
+    epochs: int = Field(25, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many D steps in all (smoke runs)")
+    seed: int = Field(0, ge=0, description="model init, z draws, penalties' randomness")
+    sample_grid: int = Field(64, ge=1, description="fixed-z samples in each epoch's grid")
+    kl_samples: int = Field(2048, ge=1, description="fixed-z samples for the per-epoch feature KL")
+    # execution only
+    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (one is always written at the end)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "bf16", "off"] = Field("auto", description="auto: bf16 autocast on CUDA, off on CPU")
+    channels_last: bool = Field(True, description="channels-last memory format (models and data)")
+    compile: bool = Field(False, description="torch.compile G and D (D only without gradient penalties)")
+    track: bool = Field(True, description="log the run to MLflow")
+
+    _execution_fields: ClassVar[frozenset[str]] = frozenset(
+        {"preset", "checkpoint_every", "device", "amp", "channels_last", "compile", "track"}
+    )
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        from pipeline.models import ARCHITECTURES
+
+        if v not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {v!r}; registered: {', '.join(sorted(ARCHITECTURES))}")
+        return v
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, v: str) -> str:
+        from pipeline.losses import LOSSES
+
+        if v not in LOSSES:
+            raise ValueError(f"unknown loss {v!r}; registered: {', '.join(sorted(LOSSES))}")
+        return v
+
+
 # --- evaluate -----------------------------------------------------------------------------------
 
 
