@@ -1,10 +1,11 @@
 """The joint distribution table's binning and counting (spec §2), as numba kernels with numpy
 references beside them.
 
-Eq. 16 scales feature i to ``v* = v * m_i / max_i``; the bin is ``floor(v* + 0.5)`` (round half up,
-spec decision), clipped to ``0..m_i``, so axis i has ``m_i + 1`` cells. A maximum of 0 or less
-(every value 0) puts everything in bin 0. Values above the maximum (generated images binned with
-the training scale) land in the last bin, negative values in bin 0. Cells are numbered in C order
+Eq. 16 scales feature i to ``v* = v * m_i / max_i``; the bin is ``v*`` rounded half up (spec
+decision; ``floor(v* + 0.5)`` computed exactly, see :func:`round_half_up`), clipped to ``0..m_i``,
+so axis i has ``m_i + 1`` cells. A maximum of 0 or less (every value 0) puts everything in bin 0.
+Values above the maximum (generated images binned with the training scale) land in the last bin,
+negative values in bin 0. Cells are numbered in C order
 over the shape ``(m_1 + 1, ..., m_F + 1)``.
 """
 from __future__ import annotations
@@ -23,7 +24,11 @@ def cells_kernel(values, maxima, bins, out):
             m = bins[j]
             b = 0
             if maxima[j] > 0.0:
-                b = np.int64(np.floor(values[i, j] * m / maxima[j] + 0.5))
+                scaled = values[i, j] * m / maxima[j]
+                whole = np.floor(scaled)
+                b = np.int64(whole)
+                if scaled - whole >= 0.5:  # round half up, exactly (see round_half_up)
+                    b += 1
                 if b < 0:
                     b = 0
                 elif b > m:
@@ -39,12 +44,20 @@ def count_kernel(cells, counts):
         counts[cells[i]] += 1
 
 
+def round_half_up(x: np.ndarray) -> np.ndarray:
+    """``floor(x + 0.5)`` without the rounding error of the addition: for x = 0.5 - 2**-54 the sum
+    rounds to 1.0, so the literal formula would put x in bin 1. ``x - floor(x)`` is exact for
+    x >= 0, so comparing it with 0.5 rounds exactly half up."""
+    whole = np.floor(x)
+    return whole + (x - whole >= 0.5)
+
+
 def cells_reference(values: np.ndarray, maxima: np.ndarray, bins: np.ndarray) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     idx = []
     for j, m in enumerate(bins):
         if maxima[j] > 0:
-            b = np.floor(values[:, j] * int(m) / maxima[j] + 0.5)
+            b = round_half_up(values[:, j] * int(m) / maxima[j])
             b = np.clip(b, 0, m).astype(np.int64)
         else:
             b = np.zeros(len(values), np.int64)

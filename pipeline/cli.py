@@ -44,6 +44,54 @@ def emit(summary: dict[str, Any], as_json: bool) -> None:
 # --- features / tables / batches ----------------------------------------------------------------
 
 
+def _config_or_exit(stage: str, make):
+    """Build a pydantic config, turning a validation error into a one-line SubsampleError."""
+    from pydantic import ValidationError
+
+    try:
+        return make()
+    except ValidationError as e:
+        raise SubsampleError(stage, "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
+
+
+@app.command("features")
+def features_cmd(
+    name: str = typer.Argument(..., help="data set name (its store must exist: run `subsample ingest` first)"),
+    dask_address: Optional[str] = typer.Option(None, "--dask-address", help="existing Dask scheduler (tcp://host:8786); its workers must see the store path"),
+    scheduler: str = typer.Option("threads", "--scheduler", help="without --dask-address: 'threads' (default, no start-up cost) or 'local-cluster' (worker processes)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="local threads / cluster workers (default: all cores)"),
+    feature: Optional[list[str]] = typer.Option(None, "--feature", help="registered feature name (repeat; default: colour_moment, sharpness)"),
+    refresh: bool = typer.Option(False, "--refresh", help="recompute even if the artifact is cached"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Per-image features (colour moment, Eq. 14; energy-gradient sharpness, Eq. 15) of every image."""
+    from pipeline.config import FeaturesConfig
+    from pipeline.features import run_features
+
+    extra = {"features": tuple(feature)} if feature else {}
+    cfg = _config_or_exit(
+        "features", lambda: FeaturesConfig(dask_address=dask_address, scheduler=scheduler, workers=workers, **extra)
+    )
+    emit(run_features(name, cfg, refresh=refresh, progress=True), as_json)
+
+
+@app.command("tables")
+def tables_cmd(
+    name: str = typer.Argument(..., help="data set name (its features must exist: run `subsample features NAME` first)"),
+    bins: Optional[tuple[int, int]] = typer.Option(None, "--bins", help="M1 M2: bins per feature; the table has (M1+1) x (M2+1) cells (default 32 32)"),
+    feature: Optional[list[str]] = typer.Option(None, "--feature", help="feature names of the features artifact (repeat; default: colour_moment, sharpness)"),
+    refresh: bool = typer.Option(False, "--refresh", help="rebuild even if the artifact is cached"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The joint distribution table of the features (Eq. 16, round half up), with a heat map."""
+    from pipeline.config import FeaturesConfig, TablesConfig
+    from pipeline.tables import run_tables
+
+    cfg = _config_or_exit("tables", lambda: TablesConfig(bins=tuple(bins)) if bins else TablesConfig())
+    features = _config_or_exit("tables", lambda: FeaturesConfig(features=tuple(feature)) if feature else FeaturesConfig())
+    emit(run_tables(name, cfg, features, refresh=refresh), as_json)
+
+
 from enum import Enum  # noqa: E402  (batches: choices for --strategy / --fill)
 from typing import get_args  # noqa: E402
 

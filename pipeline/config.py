@@ -40,10 +40,17 @@ class FeaturesConfig(StageConfig):
     """``subsample features NAME``: per-image features (spec §1)."""
 
     features: tuple[str, ...] = Field(("colour_moment", "sharpness"), description="registered feature names, in table order")
-    dask_address: str | None = Field(None, description="existing Dask scheduler address; None = local cluster")
-    workers: int | None = Field(None, ge=1, description="local cluster workers (default: all cores)")
+    dask_address: str | None = Field(
+        None, description="existing Dask scheduler address (tcp://host:8786); the store path must be readable on its workers"
+    )
+    scheduler: Literal["threads", "local-cluster"] = Field(
+        "threads",
+        description="without --dask-address: Dask's threaded scheduler (default: no start-up cost, the numba "
+        "kernels release the GIL; measured in bench/features.py) or a distributed LocalCluster of worker processes",
+    )
+    workers: int | None = Field(None, ge=1, description="local threads or cluster workers (default: all cores)")
 
-    _execution_fields: ClassVar[frozenset[str]] = frozenset({"dask_address", "workers"})
+    _execution_fields: ClassVar[frozenset[str]] = frozenset({"dask_address", "scheduler", "workers"})
 
 
 class TablesConfig(StageConfig):

@@ -197,3 +197,16 @@ def test_count_cells_matches_bincount():
     assert count_cells(np.zeros(0, np.int64), shape).sum() == 0
     with pytest.raises(ValueError):
         count_cells(np.array([np.prod(shape)]), shape)
+
+
+def test_round_half_up_has_no_addition_error():
+    # floor(x + 0.5) is 1 for x = 0.5 - 2**-54 because the sum rounds to 1.0; the bin must be 0.
+    below_half = np.nextafter(0.5, 0.0)
+    assert np.floor(below_half + 0.5) == 1.0  # the pitfall exists
+    values = np.array([[below_half], [0.5], [np.nextafter(1.5, 0.0)], [1.5]])
+    cells = bin_cells(values, np.array([1.0]), [1])  # scale 1: v* = v, clipped to 0..1
+    assert cells.tolist() == [0, 1, 1, 1]
+    values = np.array([[below_half], [0.5], [np.nextafter(1.5, 0.0)], [1.5], [2.5]])
+    cells = bin_cells(values, np.array([4.0]), [4])  # v* = v * 4 / 4 = v exactly
+    np.testing.assert_array_equal(cells, cells_reference(values, np.array([4.0]), np.array([4])))
+    assert cells.tolist() == [0, 1, 1, 2, 3]
