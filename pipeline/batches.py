@@ -562,26 +562,24 @@ def diagnostics_markdown(
     return head + "\n".join(rows) + f"\n\nRandom batches would cover (n - n mod B)/n = {(n - n % cfg.batch_size) / n:.4f} (Eq. 5).\n"
 
 
-def write_never_drawn_grid(store: "DatasetStore", indices: np.ndarray, path: Path) -> None:
+def write_never_drawn_grid(store: "DatasetStore", indices: np.ndarray, path: Path, nrow: int = 8) -> None:
     """An image grid of (up to 64 of) the never-drawn images, read from the store by index, with a
-    caption line saying how many there are."""
-    import torch
+    caption line saying how many there are (PIL only: no torch import for a picture)."""
     from PIL import Image, ImageDraw
-    from torchvision.utils import make_grid
 
     shown = np.asarray(indices[:GRID_MAX_IMAGES], dtype=np.int64)
     caption = f"{len(indices)} image(s) never drawn in epoch 0" + (
         f" (first {len(shown)} shown)" if len(indices) > len(shown) else ""
     )
+    pad, size = 2, store.size
+    scale = max(1, -(-32 // size))  # small images: scale up so the grid is readable
+    cell = size * scale + pad
+    rows = -(-len(shown) // nrow)
+    body = Image.new("RGB", (nrow * cell + pad, max(rows * cell + pad, 8)), "white")
     if len(shown):
-        imgs = store.images.get_orthogonal_selection((shown,))
-        grid = make_grid(torch.from_numpy(np.asarray(imgs)).permute(0, 3, 1, 2), nrow=8, padding=2, pad_value=255)
-        body = Image.fromarray(grid.permute(1, 2, 0).numpy())
-        if body.width < 256:  # small images: scale up so the grid is readable
-            f = -(-256 // body.width)
-            body = body.resize((body.width * f, body.height * f), Image.NEAREST)
-    else:
-        body = Image.new("RGB", (256, 8), "white")
+        for k, img in enumerate(np.asarray(store.images.get_orthogonal_selection((shown,)))):
+            tile = Image.fromarray(img).resize((size * scale, size * scale), Image.NEAREST)
+            body.paste(tile, (pad + (k % nrow) * cell, pad + (k // nrow) * cell))
     text_width = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(caption)) + 8
     canvas = Image.new("RGB", (max(body.width, text_width), body.height + 16), "white")
     ImageDraw.Draw(canvas).text((4, 2), caption, fill="black")
