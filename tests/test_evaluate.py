@@ -184,3 +184,133 @@ def test_count_tag_and_grid():
     g = ev.image_grid(np.full((5, 4, 4, 3), 255, np.uint8), columns=3)
     assert g.shape == (2 * 6 + 2, 3 * 6 + 2, 3)
     assert (g == 255).sum() == 5 * 16 * 3
+
+
+# --- the stage end to end -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny store (256 blob images, 16×16), its features and 4×4 table, and a one-epoch smoke
+    training run: ``(home, train key, mlflow run id)``."""
+    from pipeline.config import FeaturesConfig, TablesConfig
+    from pipeline.features import run_features
+    from pipeline.presets import resolve_batches_config, resolve_train_config
+    from pipeline.tables import run_tables
+    from pipeline.train import run_train
+    from storage.store import write_store
+
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SUBSAMPLE_HOME", str(home))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        write_store("blobs", blob_images(256, size=16))
+        features, tables = FeaturesConfig(workers=1), TablesConfig(bins=(4, 4))
+        run_features("blobs", features, progress=False)
+        run_tables("blobs", tables, features)
+        s = run_train(
+            "blobs",
+            resolve_train_config("smoke", {"kl_samples": 64, "sample_grid": 4}),
+            resolve_batches_config("smoke", {"batch_size": 32}),
+            tables,
+            features,
+            progress=False,
+        )
+    return home, s["key"], s["mlflow_run_id"]
+
+
+def cli(argv: list[str]) -> int:
+    """Run ``subsample ARGV`` in-process; its exit code."""
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    return e.value.code
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """An empty torch hub cache and a network that refuses: any download attempt is recorded."""
+    calls = []
+
+    def no_network(url, dst, *a, **k):
+        calls.append(url)
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return calls
+
+
+def test_run_evaluate_end_to_end_cache_and_mlflow(trained, monkeypatch):
+    import json
+
+    from storage import tracking
+
+    home, key, run_id = trained
+    monkeypatch.setenv("SUBSAMPLE_HOME", str(home))
+    cfg = EvaluateConfig(samples=100, feature_extractor=TINY, kid_subsets=10, grid=16)
+    s = ev.run_evaluate(key, cfg, progress=False)
+    assert s["stage"] == "evaluate" and s["dataset"] == "blobs" and s["cache_hit"] is False
+    assert s["mlflow_run_id"] == run_id and s["fidelity"] == "ok" and s["fidelity_reference_cache"] == "miss"
+    m = s["metrics"]
+    for name in ("is100", "fid100_train", "kid100_train", "feature_kl100_train", "feature_js100_train",
+                 "sharpness_mean100", "sharpness_diff100_train"):
+        assert np.isfinite(m[name]), name
+    assert 0 <= m["feature_js100_train"] <= np.log(2) + 1e-12
+    assert m["sharpness_diff100_train"] == pytest.approx(m["sharpness_mean100"] - m["sharpness_mean_train"])
+    art = home / "stages" / "evaluate" / s["key"]
+    assert json.loads((art / "metrics.json").read_text())["metrics"] == m
+    assert (art / "samples.png").is_file()
+    log = home / "metrics" / f"{key}.jsonl"
+    assert [json.loads(x)["results"] for x in log.read_text().splitlines()] == [m]
+
+    # logged to the training run
+    data = tracking.client().get_run(run_id).data
+    assert data.metrics["eval/fid100_train"] == pytest.approx(m["fid100_train"])
+    assert data.metrics["eval/feature_kl100_train"] == pytest.approx(m["feature_kl100_train"])
+    assert data.tags["eval/key"] == s["key"]
+
+    # the MLflow run id names the same run: a cache hit, nothing appended; --refresh recomputes
+    # the same numbers (fixed seed) from the cached reference statistics
+    again = ev.run_evaluate(run_id, cfg, progress=False)
+    assert again["cache_hit"] is True and again["key"] == s["key"] and again["metrics"] == m
+    assert len(log.read_text().splitlines()) == 1
+    fresh = ev.run_evaluate(key, cfg, refresh=True, progress=False)
+    assert fresh["cache_hit"] is False and fresh["fidelity_reference_cache"] == "hit"
+    assert fresh["metrics"] == pytest.approx(m)
+    assert len(log.read_text().splitlines()) == 2
+    # another sample count is another evaluation
+    other = ev.run_evaluate(key, cfg.model_copy(update={"samples": 50}), progress=False)
+    assert other["key"] != s["key"] and "fid50_train" in other["metrics"]
+
+
+def test_offline_evaluation_says_so_in_one_line_and_keeps_feature_metrics(trained, offline, monkeypatch, capsys):
+    import json
+
+    home, key, _ = trained
+    monkeypatch.setenv("SUBSAMPLE_HOME", str(home))
+    assert cli(["evaluate", key, "--samples", "64", "--json"]) == 0  # default extractor: Inception
+    out, err = capsys.readouterr()
+    s = json.loads(out)  # exactly one JSON object on stdout
+    lines = [x for x in err.splitlines() if "not available offline" in x]
+    assert len(lines) == 1
+    assert lines[0].startswith("evaluate: Inception weights not available offline")
+    assert lines[0].endswith("pass --weights PATH to a local copy; IS/FID/KID skipped")
+    assert s["fidelity"].startswith("skipped: Inception weights not available offline")
+    assert "fid64_train" not in s["metrics"] and "is64" not in s["metrics"]
+    assert np.isfinite(s["metrics"]["feature_kl64_train"]) and np.isfinite(s["metrics"]["sharpness_mean64"])
+    assert offline == [offline[0]] and "weights-inception-2015-12-05" in offline[0]
+
+
+def test_no_fidelity_and_missing_run_from_the_cli(trained, monkeypatch, capsys):
+    import json
+
+    home, key, _ = trained
+    monkeypatch.setenv("SUBSAMPLE_HOME", str(home))
+    assert cli(["evaluate", key, "--samples", "32", "--no-fidelity", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["fidelity"] == "skipped: disabled (--no-fidelity)" and "feature_kl32_train" in s["metrics"]
+    assert cli(["evaluate", "0123456789abcdef", "--samples", "32", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "0123456789abcdef" in captured.err
