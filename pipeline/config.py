@@ -54,9 +54,20 @@ class FeaturesConfig(StageConfig):
 
 
 class TablesConfig(StageConfig):
-    """``subsample tables NAME --bins M1 M2``: joint histogram table (spec §2)."""
+    """``subsample tables NAME --bins M1 M2``: joint histogram table (spec §2).
 
-    bins: tuple[int, ...] = Field((32, 32), description="m_i per feature; the table has (m_i + 1) cells per axis")
+    Default bins (32, 32), chosen by measurement (bench/bins.py, CIFAR-10 subset, 5,592 images):
+    with 32 × 32 bins 2.1 % of the images sit in cells that round to zero in T2 = round(B · T1) at
+    B = 2048 and 4.5 % at B = 1024 (48 × 48: 4.9 % and 9.2 %), while constructed batches still cut
+    the batch-vs-data-set KL of random batches 3.4× (0.092 -> 0.027 at B = 2048). For small
+    batches (B = 128) use far fewer bins (8-16): at 32 × 32, 40 % of the images are in zero cells.
+    """
+
+    bins: tuple[int, ...] = Field(
+        (32, 32),
+        description="m_i per feature; the table has (m_i + 1) cells per axis. Default 32 32: the largest "
+        "m that keeps <= 5 % of CIFAR images in cells rounding to zero at B >= 1024 (bench/bins.py)",
+    )
 
     @field_validator("bins")
     @classmethod
