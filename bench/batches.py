@@ -12,26 +12,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
-
 import numpy as np
 
 from pipeline.batches import STRATEGIES, construct_epoch, diagnose_epoch
+from pipeline.tables import Table
 
 
-@dataclass(frozen=True)
-class SyntheticTable:
-    """The fields of pipeline.tables.Table that batch construction reads."""
-
-    counts: np.ndarray
-    cells: np.ndarray
-
-    @property
-    def n(self) -> int:
-        return len(self.cells)
-
-
-def skewed_table(n: int, side: int = 33, seed: int = 0) -> SyntheticTable:
+def skewed_table(n: int, side: int = 33, seed: int = 0) -> Table:
     rng = np.random.default_rng(seed)
     brightness = rng.lognormal(0.0, 0.5, n)
     sharpness = 0.5 * np.log(brightness) + rng.normal(0.0, 0.7, n)
@@ -39,7 +26,8 @@ def skewed_table(n: int, side: int = 33, seed: int = 0) -> SyntheticTable:
     s = (sharpness - sharpness.min()) / (sharpness.max() - sharpness.min())
     j = np.clip(np.round(s * (side - 1)), 0, side - 1).astype(np.int64)
     cells = i * side + j
-    return SyntheticTable(np.bincount(cells, minlength=side * side).reshape(side, side), cells)
+    counts = np.bincount(cells, minlength=side * side).reshape(side, side)
+    return Table(("colour_moment", "sharpness"), (side - 1, side - 1), np.ones(2), counts, cells)
 
 
 def best_of(repeats: int, fn) -> tuple[float, object]:

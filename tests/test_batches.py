@@ -2,8 +2,6 @@
 on tables made here with fixed seeds."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 
@@ -20,32 +18,13 @@ from pipeline.batches import (
     round_half_up_share,
     top_up,
 )
+from pipeline.tables import Table
 from storage.errors import SubsampleError
 
 
-@dataclass(frozen=True)
-class _StandInTable:
-    """The fields of pipeline.tables.Table that batch construction reads (used until it exists)."""
-
-    counts: np.ndarray
-    cells: np.ndarray
-
-    @property
-    def n(self) -> int:
-        return len(self.cells)
-
-    @property
-    def probs(self) -> np.ndarray:
-        return self.counts / self.n
-
-
-def make_table(cells: np.ndarray, shape: tuple[int, ...]):
+def make_table(cells: np.ndarray, shape: tuple[int, ...]) -> Table:
     cells = np.asarray(cells, dtype=np.int64)
-    counts = np.bincount(cells, minlength=int(np.prod(shape))).reshape(shape).astype(np.int64)
-    try:
-        from pipeline.tables import Table
-    except ImportError:
-        return _StandInTable(counts, cells)
+    counts = np.bincount(cells, minlength=int(np.prod(shape))).reshape(shape)
     return Table(
         features=tuple(f"f{i}" for i in range(len(shape))),
         bins=tuple(s - 1 for s in shape),
@@ -280,13 +259,12 @@ def test_coverage_and_never_drawn_agree():
     assert coverage_per_epoch(np.stack([out, np.array([[0, 1], [0, 1]])]), 8).tolist() == [3 / 8, 2 / 8]
 
 
-# --- the stage: cache behaviour (needs the real features and tables stages) -------------------
+# --- the stage: cache behaviour ----------------------------------------------------------------
 
 
 @pytest.fixture
 def toy_dataset(tmp_path, monkeypatch):
     """A 240-image store with varied brightness and texture, its features and a 5×5 table."""
-    pytest.importorskip("pipeline.tables")
     from pipeline.config import FeaturesConfig, TablesConfig
     from pipeline.features import run_features
     from pipeline.tables import run_tables

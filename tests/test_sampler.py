@@ -1,8 +1,6 @@
 """SubsampleBatchSampler: fresh and stored batches agree, epochs, DataLoader, rank split."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import torch
@@ -10,27 +8,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline.batches import construct_epoch
 from pipeline.sampler import SubsampleBatchSampler
+from pipeline.tables import Table
 from storage.errors import SubsampleError
 
 
-@dataclass(frozen=True)
-class _StandInTable:
-    counts: np.ndarray
-    cells: np.ndarray
-
-    @property
-    def n(self) -> int:
-        return len(self.cells)
-
-
-def make_table(n: int = 1000, seed: int = 0):
+def make_table(n: int = 1000, seed: int = 0) -> Table:
     rng = np.random.default_rng(seed)
     cells = np.minimum(rng.geometric(0.25, n) - 1, 24).astype(np.int64)  # long-tailed, 5×5 table
     counts = np.bincount(cells, minlength=25).reshape(5, 5)
-    try:
-        from pipeline.tables import Table
-    except ImportError:
-        return _StandInTable(counts, cells)
     return Table(features=("f0", "f1"), bins=(4, 4), maxima=np.ones(2), counts=counts, cells=cells)
 
 
@@ -115,7 +100,6 @@ def test_bad_configurations_are_clear_errors():
 
 
 def test_from_artifact_agrees_with_fresh_construction(tmp_path, monkeypatch):
-    pytest.importorskip("pipeline.tables")
     from pipeline.batches import run_batches
     from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
     from pipeline.features import run_features
