@@ -450,7 +450,9 @@ def batches_artifact(
             f"no batches artifact {key} for {dataset!r}; run `subsample batches {dataset} "
             f"--batch-size {cfg.batch_size} --strategy {cfg.strategy} --epochs {cfg.epochs} --seed {cfg.seed}"
             + (f" --top-k {cfg.top_k} --fill {cfg.fill}" if cfg.strategy == "constructed" else "")
-            + f" --bins {' '.join(map(str, tables.bins))}`",
+            + f" --bins {' '.join(map(str, tables.bins))}"
+            + "".join(f" --feature {f}" for f in features.features if features.features != FeaturesConfig().features)
+            + "`",
         )
     return art
 
@@ -522,7 +524,7 @@ def run_batches(
         np.save(builder.path / "batches.npy", np.stack(epochs_out))
         diag = {
             "strategy": cfg.strategy, "batch_size": cfg.batch_size, "m": m, "n": n,
-            "bins": list(table.bins) if hasattr(table, "bins") else None,
+            "bins": list(table.bins),
             "coverage_eq5": (n - n % cfg.batch_size) / n, "kl": kl, "epochs": per_epoch,
         }
         (builder.path / "diagnostics.json").write_text(json.dumps(diag, indent=1))
