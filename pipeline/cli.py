@@ -136,6 +136,71 @@ def batches_cmd(
 # --- train / evaluate / presets -----------------------------------------------------------------
 
 
+def _parse_sets(items: list[str], stage: str) -> dict[str, Any]:
+    """``["lr_d=1e-4", "clip=null", "optimizer=sgd"]`` -> dict; values are JSON when they parse
+    as JSON (numbers, true/false/null, lists), else strings. Pydantic validates them."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SubsampleError(stage, f"--set {item!r}: expected key=value, e.g. --set lr_d=1e-4")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except ValueError:
+            out[key.strip()] = raw
+    return out
+
+
+@app.command("train")
+def train_cmd(
+    name: str = typer.Argument(..., help="data set name (its features and tables must exist)"),
+    preset: str = typer.Option("paper-constructed", "--preset", "-p", help="named configuration (`subsample presets` lists them)"),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="batches: random, constructed or dealt (default: the preset's)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="images per batch B (default: the preset's)"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs (default: the preset's)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="run seed: the batches' (seed, epoch) and the model init / z draws"),
+    bins: Optional[tuple[int, int]] = typer.Option(None, "--bins", help="the table's M1 M2 (default: the tables stage's default)"),
+    feature: Optional[list[str]] = typer.Option(None, "--feature", help="feature names of the table (repeat; default: colour_moment, sharpness)"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu or cuda"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many D steps (smoke runs)"),
+    sets: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override any training field, e.g. --set lr_d=1e-4 --set loss=hinge (repeatable)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run of the same configuration from its last checkpoint"),
+    refresh: bool = typer.Option(False, "--refresh", help="train again even if the artifact is cached"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Train a GAN on the data set's batches (preset < --set < dedicated flags); logs to MLflow
+    (experiment subsample/NAME) and writes stages/train/<key>/ with the generator, grids and metrics."""
+    from pydantic import ValidationError
+
+    from pipeline.config import FeaturesConfig, TablesConfig
+    from pipeline.presets import resolve_batches_config, resolve_train_config
+    from pipeline.train import run_train
+
+    flags = {"epochs": epochs, "seed": seed, "device": device, "max_steps": max_steps}
+    cfg = resolve_train_config(preset, {**_parse_sets(sets, "train"), **{k: v for k, v in flags.items() if v is not None}})
+    batches = resolve_batches_config(preset, {"strategy": strategy, "batch_size": batch_size, "seed": seed})
+    try:
+        tables = TablesConfig(bins=tuple(bins)) if bins else TablesConfig()
+        features = FeaturesConfig(features=tuple(feature)) if feature else FeaturesConfig()
+    except ValidationError as e:
+        raise SubsampleError("train", "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
+    emit(run_train(name, cfg, batches, tables, features, resume=resume, refresh=refresh), as_json)
+
+
+@app.command("presets")
+def presets_cmd(as_json: bool = JsonOpt) -> None:
+    """List the training presets: name, one-line description, source."""
+    from pipeline.presets import preset_table
+
+    rows = preset_table()
+    if as_json:
+        print(json.dumps({"presets": rows}))
+        return
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['description']}\n{'':<{width}}  source: {r['source']}")
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     run: str = typer.Argument(..., help="train artifact key or MLflow run id"),
