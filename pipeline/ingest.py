@@ -1,0 +1,811 @@
+"""Ingest: source files → the data set store ``$SUBSAMPLE_HOME/datasets/<name>.zarr``.
+
+``subsample ingest SOURCE --name NAME --size S [--crop C]`` reads one of these sources (the kind is
+detected from the path):
+
+=================  ==============================================================================
+``images``         a folder of .jpg/.jpeg/.png/.webp/.bmp files (recursive, sorted by relative
+                   path), or one image file
+``zip``            a zip of images (CelebA's ``img_align_celeba.zip``), members read in place
+``cifar10-bin``    CIFAR-10 binary batches: ``*.bin`` files in a folder, or one ``.bin`` file
+                   (records of 1 label byte + 3,072 planar RGB bytes); ``batches.meta.txt`` names
+                   the classes
+``cifar10-python`` CIFAR-10 python batches (``data_batch_*``, ``test_batch``), unpickled with a
+                   restricted unpickler that only builds numpy arrays and plain containers
+``idx``            MNIST / Fashion-MNIST ``*-images-idx3-ubyte[.gz]`` (+ ``*-labels-idx1-ubyte``
+                   next to it), or a folder of them
+``npz``            a ``.npz`` with ``images`` (N×H×W×3 or N×H×W uint8) and optional ``labels``
+=================  ==============================================================================
+
+Every image goes through one policy (:class:`CropPolicy`): convert to RGB (grey → three equal
+channels, alpha composited on white, palette/CMYK/16-bit converted, EXIF orientation applied),
+centre-crop a square (side ``--crop`` or the short side) and resize it to S×S with Lanczos.
+
+Files are decoded in parallel by Dask (``files_per_task`` files per task, a bounded window of tasks
+in flight) and appended to the store in sorted order, so memory stays bounded and the result does
+not depend on the number of workers. A file Pillow cannot decode (corrupt, truncated, zero bytes,
+not an image, too many pixels) is quarantined: left out and listed in ``quarantine.json``.
+
+The store's ``key`` attribute is ``H(parameters, source fingerprint, CODE_VERSION)``, the
+fingerprint being a hash of the source files' relative paths, sizes and mtimes (cheap: CelebA's
+bytes are not hashed). An unchanged re-run finds the store, verifies its content hash and does no
+work.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import logging
+import math
+import multiprocessing
+import os
+import pickle
+import queue
+import re
+import sys
+import threading
+import time
+import uuid
+import warnings
+import zipfile
+from collections import Counter
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import ExitStack, closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import dask
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from pipeline.config import IngestConfig
+from storage.artifacts import artifact_key
+from storage.errors import SubsampleError
+from storage.paths import check_name, dataset_path
+from storage.store import QUARANTINE_FILE, DatasetStore, StoreBuilder, open_store
+
+CODE_VERSION = "ingest/1"
+STAGE = "ingest"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+RESAMPLE = Image.Resampling.LANCZOS
+ARRAY_BLOCK = 1024  # records per task for array sources (CIFAR, IDX, npz)
+
+log = logging.getLogger("subsample.ingest")
+
+
+# --- crop / resize policy --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CropPolicy:
+    """Centre-crop a square of side ``crop`` (clamped to the short side; None = the short side),
+    then resize it to ``size``×``size`` with Lanczos. No resampling when the crop is already S×S.
+
+    The crop box is resampled in place (Pillow's ``resize(box=...)``): the filter sees the pixels
+    just outside the box as context instead of a clamped edge, and a JPEG decoded at 1/2, 1/4 or
+    1/8 scale (draft mode) uses the same box scaled, fractional coordinates included."""
+
+    size: int
+    crop: int | None = None
+
+    def attrs(self) -> dict[str, Any]:
+        return {
+            "crop": self.crop if self.crop is not None else "short-side",
+            "size": self.size,
+            "filter": "lanczos",
+            "jpeg_draft": True,
+            "alpha": "composited on white",
+        }
+
+    def side(self, w: int, h: int) -> int:
+        return min(w, h) if self.crop is None else min(self.crop, w, h)
+
+    def box(self, w: int, h: int) -> tuple[int, int, int, int]:
+        """The crop box (left, top, right, bottom) in a w×h image."""
+        c = self.side(w, h)
+        left, top = (w - c) // 2, (h - c) // 2
+        return left, top, left + c, top + c
+
+    def draft_size(self, w: int, h: int) -> tuple[int, int]:
+        """The smallest decode size whose crop still has at least S pixels a side (JPEG draft)."""
+        c = self.side(w, h)
+        return math.ceil(self.size * w / c), math.ceil(self.size * h / c)
+
+    def apply(self, img: Image.Image, full_size: tuple[int, int], scale: float = 1.0) -> np.ndarray:
+        """Crop and resize an RGB image. ``img`` may be a JPEG draft decoded at 1/``scale`` of
+        ``full_size`` (the size the crop box is computed in)."""
+        box = self.box(*full_size)
+        if scale == 1 and box[2] - box[0] == self.size:
+            out = img if box == (0, 0) + img.size else img.crop(box)
+        else:
+            out = img.resize((self.size, self.size), RESAMPLE, box=tuple(v / scale for v in box))
+        return np.asarray(out, dtype=np.uint8)
+
+    def is_identity(self, h: int, w: int) -> bool:
+        return h == w == self.size == self.side(w, h)
+
+    def apply_array(self, images: np.ndarray) -> np.ndarray:
+        """The same policy for an array block (k, H, W, 3) uint8."""
+        k, h, w = images.shape[:3]
+        if self.is_identity(h, w):
+            return images
+        out = np.empty((k, self.size, self.size, 3), np.uint8)
+        for i, im in enumerate(images):
+            out[i] = self.apply(Image.fromarray(im), (w, h))
+        return out
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode → RGB: grey gives three equal channels, transparency is composited on white,
+    16-bit grey is scaled (not clipped) to 8 bits, palette and CMYK are converted."""
+    mode = img.mode
+    if mode == "RGB" and "transparency" not in img.info:
+        return img
+    if mode.startswith("I"):  # "I;16", "I;16B", "I;16L", "I" (16-bit PNGs): scale 0..65535 → 0..255
+        a = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
+        return Image.fromarray(((a + 128) // 257).astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        return Image.fromarray(np.clip(np.asarray(img), 0, 255).round().astype(np.uint8), "L").convert("RGB")
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+class Rejected(Exception):
+    """A source file that is left out of the store, with the reason."""
+
+
+def decode_image(src: str | os.PathLike | io.BytesIO, policy: CropPolicy, max_pixels: int) -> np.ndarray:
+    """Decode one image file to (S, S, 3) uint8 under ``policy``. Raises on anything wrong."""
+    with Image.open(src) as img:
+        w0, h0 = img.size
+        if w0 * h0 > max_pixels:
+            raise Rejected(f"too large: {w0}×{h0} = {w0 * h0:,} pixels > max_pixels {max_pixels:,}")
+        scale = 1.0
+        if policy.side(w0, h0) >= 2 * policy.size:  # JPEG: decode at 1/2, 1/4 or 1/8 scale (DCT)
+            drafted = img.draft(None, policy.draft_size(w0, h0))
+            if drafted is not None:
+                scale = w0 / drafted[1][2]
+        img.load()
+        decoded = img.size
+        ImageOps.exif_transpose(img, in_place=True)
+        full = (h0, w0) if img.size != decoded else (w0, h0)
+        return policy.apply(to_rgb(img), full, scale)
+
+
+def quarantine_reason(exc: BaseException) -> str:
+    """A short reason, ``category: detail``; the category is what the summary counts."""
+    msg = str(exc).split("\n")[0][:200]
+    if isinstance(exc, Rejected):
+        return msg
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"decompression bomb: {msg}"
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not an image: Pillow cannot identify the file"
+    if "truncat" in msg.lower():
+        return f"truncated: {msg}"
+    return f"corrupt: {type(exc).__name__}: {msg}"
+
+
+# --- readers and tasks (module level: they run in Dask workers) --------------------------------------
+
+
+@dataclass(frozen=True)
+class FolderReader:
+    root: str
+
+    def open(self, rel: str) -> str:
+        path = os.path.join(self.root, rel)
+        if os.path.getsize(path) == 0:
+            raise Rejected("zero bytes")
+        return path
+
+
+_thread_zips = threading.local()
+
+
+@dataclass(frozen=True)
+class ZipReader:
+    """Reads members in place. Each worker thread keeps its own open ZipFile for the run (``token``):
+    parsing CelebA's central directory per task would cost more than decoding."""
+
+    path: str
+    token: str
+    max_bytes: int
+
+    def _zip(self) -> zipfile.ZipFile:
+        cache = getattr(_thread_zips, "cache", None)
+        if cache is None:
+            cache = _thread_zips.cache = {}
+        zf = cache.get(self.token)
+        if zf is None:
+            zf = cache[self.token] = zipfile.ZipFile(self.path)
+        return zf
+
+    def open(self, member: str) -> io.BytesIO:
+        zf = self._zip()
+        info = zf.getinfo(member)
+        if info.file_size == 0:
+            raise Rejected("zero bytes")
+        if info.file_size > self.max_bytes:
+            raise Rejected(f"too large: {info.file_size:,} bytes uncompressed")
+        return io.BytesIO(zf.read(info))
+
+
+def close_thread_zips(token: str) -> None:
+    zf = getattr(_thread_zips, "cache", {}).pop(token, None)
+    if zf is not None:
+        zf.close()
+
+
+@dataclass
+class Block:
+    """What one task returns: accepted images in source order, their labels, rejected files."""
+
+    images: np.ndarray
+    labels: np.ndarray | None = None
+    quarantine: list[dict] = field(default_factory=list)
+
+
+def decode_files(reader: FolderReader | ZipReader, refs: list[str], policy: CropPolicy, max_pixels: int) -> Block:
+    out = np.empty((len(refs), policy.size, policy.size, 3), np.uint8)
+    n, bad = 0, []
+    for ref in refs:
+        try:
+            out[n] = decode_image(reader.open(ref), policy, max_pixels)
+            n += 1
+        except Exception as exc:  # Pillow raises many types for bad data; the reason keeps the type
+            bad.append({"path": ref, "reason": quarantine_reason(exc)})
+    return Block(out[:n], None, bad)
+
+
+def prepare_array_block(images: np.ndarray, labels: np.ndarray | None, policy: CropPolicy) -> Block:
+    """Array sources: (k, H, W) grey or (k, H, W, 3) → RGB, then the crop/resize policy."""
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    return Block(np.ascontiguousarray(policy.apply_array(images)), labels)
+
+
+def _worker_init() -> None:
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
+# --- sources ----------------------------------------------------------------------------------------
+
+
+Task = tuple[Callable[..., Block], tuple]
+
+
+@dataclass
+class Source:
+    """A detected source: its kind, the files it reads (for the fingerprint) and its tasks."""
+
+    path: Path
+    format: str
+    files: list[Path]
+    n_items: int
+    has_labels: bool = False
+    class_names: list[str] | None = None
+    n_ignored: int = 0
+    listing_quarantine: list[dict] = field(default_factory=list)
+
+    def fingerprint(self) -> str:
+        """sha256 of the format and the sorted (relative path, size, mtime_ns) of the files read."""
+        base = self.path if self.path.is_dir() else self.path.parent
+        h = hashlib.sha256(self.format.encode() + b"\n")
+        for f in sorted(self.files):
+            st = f.stat()
+            h.update(f"{f.relative_to(base).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+    def tasks(self, policy: CropPolicy, cfg: IngestConfig, token: str) -> Iterator[Task]:
+        raise NotImplementedError
+
+
+@dataclass
+class ImageFilesSource(Source):
+    root: Path = Path()
+    refs: list[str] = field(default_factory=list)
+
+    def tasks(self, policy, cfg, token):
+        reader = FolderReader(str(self.root))
+        for s in range(0, len(self.refs), cfg.files_per_task):
+            yield decode_files, (reader, self.refs[s : s + cfg.files_per_task], policy, cfg.max_pixels)
+
+
+@dataclass
+class ZipSource(Source):
+    members: list[str] = field(default_factory=list)
+
+    def tasks(self, policy, cfg, token):
+        reader = ZipReader(str(self.path), token, max_bytes=4 * cfg.max_pixels + (1 << 20))
+        for s in range(0, len(self.members), cfg.files_per_task):
+            yield decode_files, (reader, self.members[s : s + cfg.files_per_task], policy, cfg.max_pixels)
+
+
+@dataclass
+class ArraySource(Source):
+    """CIFAR, IDX and npz: ``load`` yields (images, labels) per file, in order."""
+
+    load: Callable[[], Iterator[tuple[np.ndarray, np.ndarray | None]]] = lambda: iter(())
+
+    def tasks(self, policy, cfg, token):
+        for images, labels in self.load():
+            for s in range(0, len(images), ARRAY_BLOCK):
+                lab = None if labels is None else np.asarray(labels[s : s + ARRAY_BLOCK], np.int64)
+                yield prepare_array_block, (np.asarray(images[s : s + ARRAY_BLOCK]), lab, policy)
+
+
+_CIFAR_PY = re.compile(r"^(data_batch_\d+|test_batch)$")
+_IDX_IMAGES = re.compile(r"^(?P<stem>.*)images(?P<sep>[-.])idx3-ubyte(\.gz)?$")
+_UNPICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # protocol-2 pickles written by Python 3 spell bytes this way
+    ("builtins", "bytearray"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "complex"),
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Builds numpy arrays and plain containers only: anything else a pickle names (``os.system``,
+    ``builtins.eval``, a class with ``__reduce__``) raises :class:`pickle.UnpicklingError`."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _UNPICKLE_ALLOWED:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: only numpy arrays and plain containers are allowed"
+            )
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):
+            module = "numpy._core." + module[len("numpy.core.") :]  # numpy 2: avoid the deprecated alias
+        return super().find_class(module, name)
+
+
+def restricted_load(path: Path) -> Any:
+    """Unpickle a CIFAR-10 python file without running code from it."""
+    try:
+        with open(path, "rb") as f:
+            return RestrictedUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        raise SubsampleError(STAGE, f"{path}: {e}; not a CIFAR-10 python batch, refusing to load it") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise SubsampleError(STAGE, f"{path}: not a readable CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+
+
+def _get(d: dict, key: str) -> Any:
+    return d.get(key.encode(), d.get(key))
+
+
+def _cifar_planar(records: np.ndarray) -> np.ndarray:
+    return records.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+
+
+def _open_cifar_bin(path: Path, files: list[Path]) -> ArraySource:
+    for f in files:
+        if f.stat().st_size % 3073:
+            raise SubsampleError(
+                STAGE,
+                f"{f}: {f.stat().st_size:,} bytes is not a whole number of CIFAR-10 records (3,073 bytes: "
+                "1 label + 3,072 pixels); is it a CIFAR-10 binary batch?",
+            )
+    meta = (path if path.is_dir() else path.parent) / "batches.meta.txt"
+    names = [ln.strip() for ln in meta.read_text().splitlines() if ln.strip()] if meta.is_file() else None
+
+    def load():
+        for f in files:
+            rec = np.memmap(f, dtype=np.uint8, mode="r").reshape(-1, 3073) if f.stat().st_size else np.zeros((0, 3073), np.uint8)
+            yield _cifar_planar(rec[:, 1:]), rec[:, 0]
+
+    n = sum(f.stat().st_size // 3073 for f in files)
+    return ArraySource(path, "cifar10-bin", files + ([meta] if names else []), n, True, names, load=load)
+
+
+def _open_cifar_python(path: Path, files: list[Path]) -> ArraySource:
+    meta = (path if path.is_dir() else path.parent) / "batches.meta"
+    names = None
+    if meta.is_file():
+        label_names = _get(restricted_load(meta), "label_names")
+        if label_names:
+            names = [x.decode() if isinstance(x, bytes) else str(x) for x in label_names]
+
+    def batch(f: Path) -> tuple[np.ndarray, np.ndarray]:
+        d = restricted_load(f)
+        data = _get(d, "data") if isinstance(d, dict) else None
+        labels = _get(d, "labels") if isinstance(d, dict) else None
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise SubsampleError(STAGE, f"{f}: expected a dict with b'data' uint8 (N, 3072) and b'labels'")
+        if labels is None or len(labels) != len(data):
+            raise SubsampleError(STAGE, f"{f}: b'labels' missing or not one per image")
+        return _cifar_planar(data), np.asarray(labels, np.int64)
+
+    def load():
+        for f in files:
+            yield batch(f)
+
+    # the count is only known after unpickling; 10,000 per CIFAR-10 batch is an upper bound for
+    # progress only (the store shrinks to the accepted count)
+    return ArraySource(path, "cifar10-python", files + ([meta] if meta.is_file() else []), 10_000 * len(files), True, names, load=load)
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise SubsampleError(STAGE, f"{path}: cannot read IDX file ({e})") from None
+    if len(raw) < 4 + 4 * ndim or raw[:3] != b"\0\0\x08" or raw[3] != ndim:
+        raise SubsampleError(STAGE, f"{path}: not an unsigned-byte IDX file with {ndim} dimension(s) (bad magic number)")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
+    body = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if body.size != math.prod(dims):
+        raise SubsampleError(STAGE, f"{path}: header says {dims} = {math.prod(dims):,} bytes, file holds {body.size:,}")
+    return body.reshape(dims)
+
+
+def _idx_labels_for(images: Path) -> Path | None:
+    m = _IDX_IMAGES.match(images.name)
+    assert m is not None
+    for sep in ("-", "."):
+        for gz in (".gz", ""):
+            cand = images.parent / f"{m['stem']}labels{sep}idx1-ubyte{gz}"
+            if cand.is_file():
+                return cand
+    return None
+
+
+def _open_idx(path: Path, image_files: list[Path]) -> ArraySource:
+    by_stem: dict[str, Path] = {}
+    for f in image_files:  # both foo-idx3-ubyte and foo-idx3-ubyte.gz: read one (the raw one)
+        stem = f.name.removesuffix(".gz")
+        if stem not in by_stem or not f.name.endswith(".gz"):
+            by_stem[stem] = f
+    pairs = [(f, _idx_labels_for(f)) for f in sorted(by_stem.values())]
+    has_labels = all(lab is not None for _, lab in pairs)
+
+    def load():
+        for f, lab in pairs:
+            images = _read_idx(f, 3)
+            labels = _read_idx(lab, 1) if has_labels else None
+            if labels is not None and len(labels) != len(images):
+                raise SubsampleError(STAGE, f"{lab}: {len(labels):,} labels for {len(images):,} images in {f.name}")
+            yield images, labels
+
+    files = [f for f, _ in pairs] + [lab for _, lab in pairs if lab is not None and has_labels]
+    # IDX headers give the count cheaply only for raw files; gz: an estimate for progress only
+    n = sum(_idx_count(f) for f, _ in pairs)
+    return ArraySource(path, "idx", files, n, has_labels, None, load=load)
+
+
+def _idx_count(f: Path) -> int:
+    opener = gzip.open if f.name.endswith(".gz") else open
+    try:
+        with opener(f, "rb") as fh:
+            head = fh.read(8)
+    except (OSError, EOFError) as e:
+        raise SubsampleError(STAGE, f"{f}: cannot read IDX file ({e})") from None
+    return int.from_bytes(head[4:8], "big") if len(head) == 8 else 0
+
+
+def _open_npz(path: Path) -> ArraySource:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = list(z.keys())
+            if "images" not in keys:
+                raise SubsampleError(STAGE, f"{path}: no 'images' array (has {keys}); save it with np.savez(path, images=..., labels=...)")
+            images = z["images"]
+            labels = z["labels"] if "labels" in keys else None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise SubsampleError(STAGE, f"{path}: not a readable .npz ({e})") from None
+    ok_shape = images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3))
+    if images.dtype != np.uint8 or not ok_shape:
+        raise SubsampleError(STAGE, f"{path}: 'images' must be uint8 N×H×W×3 or N×H×W, got {images.dtype} {images.shape}")
+    if labels is not None and (labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer)):
+        raise SubsampleError(STAGE, f"{path}: 'labels' must be integers, one per image; got {labels.dtype} {labels.shape}")
+
+    def load():
+        yield images, labels
+
+    return ArraySource(path, "npz", [path], len(images), labels is not None, None, load=load)
+
+
+def _is_hidden(rel: str) -> bool:
+    parts = rel.split("/")
+    return any(p.startswith(".") and p not in (".", "..") or p == "__MACOSX" for p in parts)
+
+
+def _unsafe_member(name: str) -> bool:
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or bool(re.match(r"^[A-Za-z]:", name)) or ".." in parts
+
+
+def _open_zip(path: Path) -> ZipSource:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise SubsampleError(STAGE, f"{path}: not a readable zip file ({e})") from None
+    members, bad, ignored = [], [], 0
+    for info in sorted(infos, key=lambda i: i.filename):
+        name = info.filename
+        if info.is_dir():
+            continue
+        if _unsafe_member(name):  # never read, whatever its extension: the zip is suspect
+            bad.append({"path": name, "reason": "unsafe member path: absolute or with '..'"})
+        elif _is_hidden(name) or not name.lower().endswith(IMAGE_EXTENSIONS):
+            ignored += 1
+        else:
+            members.append(name)
+    if not members and not bad:
+        raise SubsampleError(STAGE, f"{path}: the zip holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return ZipSource(path, "zip", [path], len(members), n_ignored=ignored, listing_quarantine=bad, members=members)
+
+
+def _open_image_dir(path: Path) -> ImageFilesSource:
+    refs, files, ignored = [], [], 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__MACOSX"]
+        for fn in filenames:
+            if fn.startswith(".") or not fn.lower().endswith(IMAGE_EXTENSIONS):
+                ignored += 1
+                continue
+            full = Path(dirpath) / fn
+            refs.append(full.relative_to(path).as_posix())
+    refs.sort()
+    if not refs:
+        hint = ""
+        others = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".zip", ".npz"))
+        if others:
+            hint = f"; pass {path / others[0]} itself as SOURCE"
+        raise SubsampleError(
+            STAGE, f"{path}: no image files ({', '.join(IMAGE_EXTENSIONS)}) and no CIFAR-10 or IDX files found{hint}"
+        )
+    files = [path / r for r in refs]
+    return ImageFilesSource(path, "images", files, len(refs), n_ignored=ignored, root=path, refs=refs)
+
+
+def open_source(source: str | os.PathLike) -> Source:
+    """Detect the kind of ``source``; raises :class:`SubsampleError` for a missing, empty or
+    unrecognised source before anything is written."""
+    path = Path(source).expanduser().absolute()
+    if not path.exists():
+        raise SubsampleError(STAGE, f"source {path} does not exist")
+    name = path.name.lower()
+    if path.is_dir():
+        entries = sorted(p for p in path.iterdir() if p.is_file())
+        kinds = {
+            "cifar10-bin": [p for p in entries if p.suffix.lower() == ".bin"],
+            "cifar10-python": [p for p in entries if _CIFAR_PY.match(p.name)],
+            "idx": [p for p in entries if _IDX_IMAGES.match(p.name)],
+        }
+        found = {k: v for k, v in kinds.items() if v}
+        if len(found) > 1:
+            raise SubsampleError(STAGE, f"{path}: holds files of several kinds ({', '.join(found)}); pass one file or a folder of one kind")
+        if "cifar10-bin" in found:
+            return _open_cifar_bin(path, found["cifar10-bin"])
+        if "cifar10-python" in found:
+            return _open_cifar_python(path, found["cifar10-python"])
+        if "idx" in found:
+            return _open_idx(path, found["idx"])
+        return _open_image_dir(path)
+    if name.endswith(".zip"):
+        return _open_zip(path)
+    if name.endswith(".npz"):
+        return _open_npz(path)
+    if name.endswith(".bin"):
+        return _open_cifar_bin(path, [path])
+    if _IDX_IMAGES.match(path.name):
+        return _open_idx(path, [path])
+    if _CIFAR_PY.match(path.name):
+        return _open_cifar_python(path, [path])
+    if name.endswith(IMAGE_EXTENSIONS):
+        return ImageFilesSource(path, "images", [path], 1, root=path.parent, refs=[path.name])
+    raise SubsampleError(
+        STAGE,
+        f"{path}: unknown source kind; expected a folder of images, a .zip of images, CIFAR-10 .bin or "
+        "python batches, an MNIST-style *-images-idx3-ubyte[.gz] file, or a .npz with an 'images' array",
+    )
+
+
+# --- running ------------------------------------------------------------------------------------------
+
+
+def ingest_key(cfg: IngestConfig, fingerprint: str) -> str:
+    """The store's key: parameters (not the name; the source as an absolute path), the source
+    fingerprint and the code version. Execution-only fields (workers, scheduler) are not in it."""
+    params = cfg.key_params()
+    params.pop("name")
+    params["source"] = str(Path(cfg.source).expanduser().absolute())
+    return artifact_key(STAGE, params, {"source": fingerprint}, CODE_VERSION)
+
+
+def _batched(it: Iterable, n: int) -> Iterator[list]:
+    batch: list = []
+    for x in it:
+        batch.append(x)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def run_tasks_in_order(tasks: Iterable[Task], *, workers: int, scheduler: str) -> Iterator[Block]:
+    """Run tasks with Dask's local scheduler, a window of ``2 × workers`` tasks per ``compute``,
+    yielding results in task order. A producer thread computes the next window while the caller
+    writes the last one, and waits while one finished window is unconsumed: at most three windows
+    of decoded images are in memory, whatever the data set size. Close the generator (or exhaust
+    it) to stop the producer."""
+    done = object()
+    results: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item: Any) -> None:
+        while not stop.is_set():
+            try:
+                results.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        pool: Executor
+        if scheduler == "processes":
+            ctx = multiprocessing.get_context("spawn")
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
+        else:
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="ingest")
+        try:
+            with pool:
+                for window in _batched(tasks, 2 * workers):
+                    if stop.is_set():
+                        return
+                    delayed = [dask.delayed(fn, pure=False)(*args) for fn, args in window]
+                    put(dask.compute(*delayed, scheduler=scheduler, pool=pool, num_workers=workers))
+            put(done)
+        except BaseException as e:  # handed to the caller's thread
+            put(e)
+
+    producer = threading.Thread(target=produce, name="ingest-producer", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item = results.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield from item
+    finally:
+        stop.set()
+        producer.join()
+
+
+def _cached_store(name: str, key: str) -> DatasetStore | None:
+    try:
+        store = open_store(name)
+    except SubsampleError:
+        return None
+    if store.attrs.get("key") != key:
+        return None
+    try:
+        store.verify()
+    except SubsampleError as e:
+        log.warning("%s; rebuilding", e)
+        return None
+    return store
+
+
+def _summary(store: DatasetStore, *, cache_hit: bool, seconds: float) -> dict[str, Any]:
+    attrs = store.attrs
+    quarantine = store.quarantine
+    return {
+        "stage": STAGE,
+        "dataset": store.name,
+        "key": attrs["key"],
+        "path": str(store.path),
+        "cache_hit": cache_hit,
+        "seconds": round(seconds, 3),
+        "n_images": store.n,
+        "n_quarantined": len(quarantine),
+        "quarantine": quarantine,
+        "source": attrs["source"],
+        "source_format": attrs["source_format"],
+        "size": store.size,
+        "crop": attrs["policy"]["crop"],
+        "labels": store.labels is not None,
+        "content_hash": store.content_hash,
+        "images_per_second": attrs["ingest"]["images_per_second"],
+    }
+
+
+def _quarantine_message(quarantine: list[dict], where: str) -> str:
+    kinds = Counter(q["reason"].split(":")[0] for q in quarantine)
+    detail = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+    return f"{len(quarantine)} file(s) quarantined ({detail}), {where}"
+
+
+def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Build (or find) the store ``datasets/<cfg.name>.zarr`` from ``cfg.source``; return the
+    summary. A missing/empty source, or one without a single valid image, raises
+    :class:`SubsampleError` and writes nothing."""
+    t0 = time.perf_counter()
+    try:
+        final = dataset_path(check_name(cfg.name))
+    except ValueError as e:
+        raise SubsampleError(STAGE, str(e)) from None
+    source = open_source(cfg.source)
+    fingerprint = source.fingerprint()
+    key = ingest_key(cfg, fingerprint)
+    if not refresh:
+        store = _cached_store(cfg.name, key)
+        if store is not None:
+            return _summary(store, cache_hit=True, seconds=time.perf_counter() - t0)
+
+    policy = CropPolicy(cfg.size, cfg.crop)
+    attrs = {
+        "source": str(source.path),
+        "source_format": source.format,
+        "source_fingerprint": fingerprint,
+        "key": key,
+        "policy": policy.attrs(),
+        **({"class_names": source.class_names} if source.class_names else {}),
+    }
+    quarantine = list(source.listing_quarantine)
+    token = uuid.uuid4().hex
+    builder: StoreBuilder | None = None
+    with ExitStack() as stack:
+        # Pillow warns (rather than raises) between MAX_IMAGE_PIXELS and twice that: make it an
+        # error, so those files are quarantined too. Worker threads share these filters.
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        stack.callback(close_thread_zips, token)
+        bar = stack.enter_context(
+            tqdm(total=source.n_items, desc=f"ingest {cfg.name}", unit="img", disable=not progress, file=sys.stderr)
+        )
+        blocks = stack.enter_context(
+            closing(run_tasks_in_order(source.tasks(policy, cfg, token), workers=cfg.workers, scheduler=cfg.scheduler))
+        )
+        for block in blocks:
+            quarantine += block.quarantine
+            if len(block.images) and builder is None:  # created lazily: nothing is written for no valid image
+                builder = stack.enter_context(
+                    StoreBuilder(cfg.name, size=cfg.size, n_max=source.n_items, has_labels=source.has_labels, attrs=attrs)
+                )
+            if builder is not None:
+                builder.append(block.images, block.labels)
+            bar.update(len(block.images) + len(block.quarantine))
+        bar.close()
+        quarantine.sort(key=lambda q: q["path"])
+        if builder is None:
+            what = _quarantine_message(quarantine, "e.g. " + "; ".join(f"{q['path']}: {q['reason']}" for q in quarantine[:3]))
+            raise SubsampleError(STAGE, f"{source.path}: no valid image; {what}; nothing written")
+        build_seconds = time.perf_counter() - t0
+        store = builder.finish(
+            quarantine,
+            extra_attrs={
+                "ingest": {
+                    "seconds": round(build_seconds, 3),
+                    "images_per_second": round(builder.n / build_seconds, 1),
+                    "workers": cfg.workers,
+                    "scheduler": cfg.scheduler,
+                    "n_ignored": source.n_ignored,
+                }
+            },
+        )
+    if quarantine:
+        log.warning("ingest: %s", _quarantine_message(quarantine, f"see {final / QUARANTINE_FILE}"))
+    return _summary(store, cache_hit=False, seconds=time.perf_counter() - t0)
