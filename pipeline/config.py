@@ -30,10 +30,20 @@ class IngestConfig(StageConfig):
         None, ge=1, description="centre-crop side before resizing (CelebA convention: 178); None = largest centred square"
     )
     workers: int = Field(2, ge=1, description="parallel decode workers (Dask)")
+    scheduler: Literal["threads", "processes"] = Field(
+        "threads", description="Dask local scheduler for decoding (measured in bench/ingest_throughput.py)"
+    )
     files_per_task: int = Field(256, ge=1, description="files decoded per Dask task")
     max_pixels: int = Field(64_000_000, ge=1, description="larger source images are quarantined (decompression bombs)")
 
-    _execution_fields: ClassVar[frozenset[str]] = frozenset({"workers", "files_per_task"})
+    _execution_fields: ClassVar[frozenset[str]] = frozenset({"workers", "scheduler", "files_per_task"})
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        from storage.paths import check_name
+
+        return check_name(v)
 
 
 class FeaturesConfig(StageConfig):
