@@ -41,6 +41,43 @@ def emit(summary: dict[str, Any], as_json: bool) -> None:
 # --- ingest -----------------------------------------------------------------------------------
 
 
+def _ingest_default(field: str) -> Any:
+    from pipeline.config import IngestConfig
+
+    return IngestConfig.model_fields[field].default
+
+
+@app.command("ingest")
+def ingest_cmd(
+    source: str = typer.Argument(
+        ..., help="folder of images, .zip of images, CIFAR-10 .bin/python batches (folder or file), MNIST-style IDX file or folder, or .npz"
+    ),
+    name: str = typer.Option(..., "--name", help="data set name: the store is $SUBSAMPLE_HOME/datasets/NAME.zarr"),
+    size: int = typer.Option(_ingest_default("size"), "--size", help="output side S: images are stored S×S×3 uint8"),
+    crop: Optional[int] = typer.Option(None, "--crop", help="centre-crop side before resizing (CelebA: 178); default: the short side"),
+    workers: int = typer.Option(_ingest_default("workers"), "--workers", help="parallel decode workers"),
+    scheduler: str = typer.Option(_ingest_default("scheduler"), "--scheduler", help="Dask local scheduler: threads or processes"),
+    files_per_task: int = typer.Option(_ingest_default("files_per_task"), "--files-per-task", help="files decoded per Dask task"),
+    max_pixels: int = typer.Option(_ingest_default("max_pixels"), "--max-pixels", help="quarantine larger source images"),
+    refresh: bool = typer.Option(False, "--refresh", help="rebuild even if an identical store exists"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Decode a source data set into the store datasets/NAME.zarr (centre crop, resize to S×S, RGB)."""
+    from pydantic import ValidationError
+
+    from pipeline.config import IngestConfig
+    from pipeline.ingest import run_ingest
+
+    try:
+        cfg = IngestConfig(
+            source=source, name=name, size=size, crop=crop, workers=workers, scheduler=scheduler,
+            files_per_task=files_per_task, max_pixels=max_pixels,
+        )
+    except ValidationError as e:
+        raise SubsampleError("ingest", "; ".join(f"--{'-'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
+    emit(run_ingest(cfg, refresh=refresh), as_json)
+
+
 # --- features / tables / batches ----------------------------------------------------------------
 
 
