@@ -1,0 +1,248 @@
+"""The flow's parameters: one validated :class:`RunConfig`, composed of the stage configs.
+
+A run names its data set and source once, at the top; each stage keeps its own config section
+(``ingest``, ``features``, ``tables``, ``batches``, ``train``, ``evaluate``) exactly as the stage
+command takes it. ``only`` runs a single stage (its upstream must be cached), ``refresh`` forces
+a stage and everything downstream of it. ``overrides`` (``section.field=value`` strings, the
+CLI's ``--set``) are applied on top, so a deployment run can change one field of a section
+without restating the rest (``--param overrides='["train.epochs=2"]'``).
+
+Known data sets (:data:`DATASETS`) carry the paper's image size and crop and the environment
+variable that names their source on a machine, so ``subsample run --dataset celeba`` needs no
+more flags once ``SUBSAMPLE_CELEBA_SOURCE`` is set.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from pipeline.config import (
+    BatchesConfig,
+    EvaluateConfig,
+    FeaturesConfig,
+    IngestConfig,
+    StageConfig,
+    TablesConfig,
+    TrainConfig,
+)
+from storage.errors import SubsampleError
+from storage.paths import check_name
+
+STAGES: tuple[str, ...] = ("ingest", "features", "tables", "batches", "train", "evaluate")
+Stage = Literal["ingest", "features", "tables", "batches", "train", "evaluate"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_SOURCE = REPO_ROOT / "data" / "demo"
+
+
+# IngestConfig without `source` and `name`: a run states those once, as `source` and `dataset`.
+# Derived from IngestConfig so a field the ingest stage adds is a flow parameter at once.
+IngestOptions = create_model(
+    "IngestOptions",
+    __base__=StageConfig,
+    __doc__="Ingest settings of a run (IngestConfig less source and name, which the run gives).",
+    **{
+        name: (field.annotation, field)
+        for name, field in IngestConfig.model_fields.items()
+        if name not in {"source", "name"}
+    },
+)
+
+
+@dataclass(frozen=True)
+class DatasetPreset:
+    """What a known data set needs: the paper's training resolution and where its source is."""
+
+    size: int
+    crop: Optional[int] = None
+    default_source: Optional[Path] = None
+    note: str = ""
+
+
+def source_env(dataset: str) -> str:
+    """``SUBSAMPLE_<DATASET>_SOURCE``, e.g. ``SUBSAMPLE_ANIME_FACES_SOURCE``."""
+    return "SUBSAMPLE_" + "".join(c if c.isalnum() else "_" for c in dataset.upper()) + "_SOURCE"
+
+
+DATASETS: dict[str, DatasetPreset] = {
+    "demo": DatasetPreset(32, None, DEMO_SOURCE, "2,000 CIFAR-10 images embedded in data/demo/"),
+    # The paper's CelebA protocol: centre-crop 178x178 (the aligned images are 178x218), resize to 64.
+    "celeba": DatasetPreset(64, 178, None, "img_align_celeba.zip or its folder"),
+    "cifar10": DatasetPreset(32, None, None, "cifar-10-batches-bin/ (or -py) folder"),
+    # The paper's cartoon faces at 48x48 (its Section 3 "anime faces" experiments).
+    "anime-faces": DatasetPreset(48, None, None, "folder or zip of face crops"),
+    # MNIST at 32x32 (DCGAN's convention; the 28x28 digits are padded by the resize), grey -> RGB.
+    "mnist": DatasetPreset(32, None, None, "train-images-idx3-ubyte (IDX) file"),
+}
+
+
+def dataset_defaults(dataset: str) -> dict[str, Any]:
+    """The RunConfig fields a known data set implies (its ingest size and crop); {} otherwise."""
+    preset = DATASETS.get(dataset)
+    if preset is None:
+        return {}
+    return {"ingest": {"size": preset.size, "crop": preset.crop}}
+
+
+def preset_defaults(name: str) -> dict[str, Any]:
+    """The train and batches values of a training preset (``pipeline.presets``)."""
+    from pipeline.presets import get_preset
+
+    p = get_preset(name)
+    return {"train": {**p.train, "preset": name}, "batches": dict(p.batches)}
+
+
+class RunConfig(BaseModel):
+    """Everything one run of ``train-subsample`` needs (validated; shown as a form in the UI)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: str = Field("demo", description="data set name; its store is $SUBSAMPLE_HOME/datasets/<dataset>.zarr")
+    source: Optional[str] = Field(
+        None,
+        description="source path; default: $SUBSAMPLE_<DATASET>_SOURCE, or the embedded data for 'demo'",
+    )
+    ingest: IngestOptions = Field(default_factory=IngestOptions)  # type: ignore[valid-type]
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    tables: TablesConfig = Field(default_factory=TablesConfig)
+    batches: BatchesConfig = Field(default_factory=BatchesConfig)
+    preset: Optional[str] = Field(
+        None, description="training preset (`subsample presets`): its train and batches values, under those given here"
+    )
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    only: Optional[Stage] = Field(None, description="run this one stage; its upstream must be cached")
+    refresh: Optional[Stage] = Field(None, description="rebuild this stage and everything downstream")
+    dask_address: Optional[str] = Field(
+        None, description="Dask scheduler for the features stage (tcp://host:8786); None = local cluster"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_under_given(cls, data: Any) -> Any:
+        """Defaults, then the data set's (ingest size, crop), then the preset's (train, batches),
+        then the values given: a section given as a dict keeps the fields it does not name."""
+        if not isinstance(data, dict):
+            return data
+        base: dict[str, Any] = {}
+        if isinstance(data.get("dataset"), str):
+            base = merge(base, dataset_defaults(data["dataset"]))
+        if data.get("preset"):
+            base = merge(base, preset_defaults(data["preset"]))
+        given = {k: (v.model_dump(exclude_unset=True) if isinstance(v, BaseModel) else v) for k, v in data.items()}
+        return merge(base, given)
+
+    @field_validator("dataset")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        return check_name(v)
+
+    @model_validator(mode="after")
+    def _refresh_runs(self) -> "RunConfig":
+        if self.only and self.refresh and STAGES.index(self.refresh) > STAGES.index(self.only):
+            raise ValueError(f"refresh={self.refresh} is downstream of only={self.only}: nothing would be refreshed")
+        return self
+
+    # --- what runs --------------------------------------------------------------------------
+
+    def stages(self) -> tuple[str, ...]:
+        """The stages this run executes, in order."""
+        return (self.only,) if self.only else STAGES
+
+    def refreshes(self, stage: str) -> bool:
+        """Whether ``stage`` is forced: it is ``refresh`` or downstream of it."""
+        return self.refresh is not None and STAGES.index(stage) >= STAGES.index(self.refresh)
+
+    # --- the stage configs ------------------------------------------------------------------
+
+    def resolved_source(self) -> str:
+        """``source``, else ``$SUBSAMPLE_<DATASET>_SOURCE``, else the data set's default source.
+        Resolved when ingest runs (on the worker), so a deployment can leave it to the machine."""
+        if self.source:
+            return self.source
+        env = source_env(self.dataset)
+        if os.environ.get(env):
+            return os.environ[env]
+        preset = DATASETS.get(self.dataset)
+        if preset and preset.default_source is not None:
+            return str(preset.default_source)
+        raise SubsampleError(
+            "ingest",
+            f"no source for data set {self.dataset!r}: pass --source PATH (deployment: --param source=PATH) "
+            f"or set {env}",
+        )
+
+    def ingest_config(self) -> IngestConfig:
+        return IngestConfig(source=self.resolved_source(), name=self.dataset, **self.ingest.model_dump())
+
+    def features_config(self) -> FeaturesConfig:
+        if self.dask_address:
+            return self.features.model_copy(update={"dask_address": self.dask_address})
+        return self.features
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["tables.bins=[8,8]", "only=tables"]`` -> nested dict. Values are JSON when they parse
+    as JSON (numbers, lists, true/false/null), else strings."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        path, sep, raw = item.partition("=")
+        if not sep or not path.strip():
+            raise SubsampleError("run", f"--set {item!r}: expected section.field=value, e.g. tables.bins=[8,8]")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = out
+        keys = path.strip().split(".")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise SubsampleError("run", f"--set {item!r}: {key} is set twice, as a value and as a section")
+        node[keys[-1]] = value
+    return out
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: sections merge field by field, other values are replaced."""
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def build_config(fields: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Validate ``fields`` (plus ``section.field=value`` overrides) into a RunConfig; a validation
+    error becomes a one-line :class:`SubsampleError` naming the field."""
+    # a section's unset fields stay unset, so the data set's and the preset's values fill them
+    data = {k: (v.model_dump(exclude_unset=True) if isinstance(v, BaseModel) else v) for k, v in fields.items()}
+    data = merge(data, parse_overrides(overrides))
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in e.errors()
+        )
+        raise SubsampleError("run", f"invalid configuration: {problems}") from None
+
+
+def demo_fields() -> dict[str, Any]:
+    """``subsample demo``: the embedded 2,000 CIFAR-10 images, the ``smoke`` preset (constructed
+    B=64) widened to ngf=ndf=16 and run for 10 epochs (310 steps), so the samples show colour
+    blobs rather than noise and the whole flow takes 1-3 minutes on a 2-core CPU. IS/FID/KID are
+    off: Inception on a CPU would take longer than the training (``--set evaluate.fidelity=true``)."""
+    return {
+        "dataset": "demo",
+        "preset": "smoke",
+        "tables": {"bins": [16, 16]},
+        "train": {"ngf": 16, "ndf": 16, "epochs": 10},
+        "evaluate": {"samples": 2000, "fidelity": False},
+    }
