@@ -671,10 +671,10 @@ def run_tasks_in_order(tasks: Iterable[Task], *, workers: int, scheduler: str) -
         try:
             with pool:
                 for window in _batched(tasks, 2 * workers):
-                    if stop.is_set():
-                        return
                     delayed = [dask.delayed(fn, pure=False)(*args) for fn, args in window]
                     put(dask.compute(*delayed, scheduler=scheduler, pool=pool, num_workers=workers))
+                    if stop.is_set():  # before pulling (reading, unpickling) the next window
+                        return
             put(done)
         except BaseException as e:  # handed to the caller's thread
             put(e)

@@ -7,6 +7,8 @@ import io
 import json
 import os
 import pickle
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -535,3 +537,32 @@ def test_crop_policy_box_and_draft_size():
     w, h = p.draft_size(178, 218)
     assert (w, h) == (64, 79)  # JPEG draft picks scale 1/2: 89×109, crop 89 ≥ 64
     assert CropPolicy(32).box(10, 6) == (2, 0, 8, 6) and CropPolicy(32, 4).box(10, 6) == (3, 1, 7, 5)
+
+
+# --- the parallel driver ---------------------------------------------------------------------------
+
+
+def _slow_block(i: int, delay: float) -> ingest_mod.Block:
+    time.sleep(delay)
+    return ingest_mod.Block(np.full((1, 1, 1, 3), i, np.uint8))
+
+
+def test_run_tasks_in_order_keeps_order_and_a_bounded_window():
+    pulled = []
+
+    def tasks(n):
+        for i in range(n):
+            pulled.append(i)
+            yield _slow_block, (i, 0.02 * ((7 * i) % 3))  # uneven task times: order must not depend on them
+
+    got = [int(b.images[0, 0, 0, 0]) for b in ingest_mod.run_tasks_in_order(tasks(23), workers=2, scheduler="threads")]
+    assert got == list(range(23))
+
+    pulled.clear()
+    gen = ingest_mod.run_tasks_in_order(tasks(1000), workers=2, scheduler="threads")
+    next(gen)  # the caller holds the first block and stops consuming
+    time.sleep(0.5)
+    assert len(pulled) <= 3 * 2 * 2  # the window being consumed, one queued, one computing
+    gen.close()
+    assert not any(t.name == "ingest-producer" for t in threading.enumerate())
+    assert len(pulled) <= 3 * 2 * 2
