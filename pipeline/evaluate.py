@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import os
 import socket
 import sys
 import time
@@ -211,6 +210,20 @@ def inception_weights(*, timeout_s: float = 20.0, progress: bool = False) -> Pat
     return cached
 
 
+def check_inception_weights(path: Path) -> None:
+    """Refuse a file that is not torch-fidelity's Inception state dict (rather than letting a
+    load_state_dict traceback surface in the middle of the evaluation)."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        ok = isinstance(sd, dict) and "Conv2d_1a_3x3.conv.weight" in sd and tuple(sd["fc.weight"].shape)[0] == 1008
+    except Exception:
+        ok = False
+    if not ok:
+        raise SubsampleError(
+            STAGE, f"--weights {path} is not torch-fidelity's Inception state dict (weights-inception-2015-12-05-6726825d.pth)"
+        )
+
+
 def resolve_weights(cfg: EvaluateConfig, *, progress: bool = False) -> tuple[str | None, str]:
     """``(weights path for torch-fidelity or None, weights tag)``. The tag (sha256 prefix of the
     weights file, or ``default`` for an extractor that fetches its own) names the reference cache
@@ -219,6 +232,8 @@ def resolve_weights(cfg: EvaluateConfig, *, progress: bool = False) -> tuple[str
         path = Path(cfg.weights).expanduser()
         if not path.is_file():
             raise SubsampleError(STAGE, f"--weights {path}: no such file; pass a local copy of the extractor's weights")
+        if cfg.feature_extractor == INCEPTION:
+            check_inception_weights(path)
         return str(path.absolute()), sha256_file(path)[:16]
     if cfg.feature_extractor == INCEPTION:
         path = inception_weights(timeout_s=cfg.download_timeout_s, progress=progress)
@@ -438,7 +453,7 @@ def _train_sharpness_mean(dataset: str, features_cfg: FeaturesConfig, store: Any
     from pipeline.features import features_artifact, load_features
 
     if "sharpness" in features_cfg.features:
-        values, names = load_features(features_artifact(dataset, features_cfg))
+        values, names = load_features(features_artifact(dataset, features_cfg, needed_by=STAGE))
         return float(values[:, list(names).index("sharpness")].mean())
     total, step = 0.0, int(store.images.chunks[0])
     for start in range(0, store.n, step):
@@ -492,7 +507,10 @@ def run_evaluate(run: str, cfg: EvaluateConfig, *, refresh: bool = False, progre
     base = {"stage": STAGE, "dataset": dataset, "key": key, "run": run, "train_key": train_key,
             "mlflow_run_id": info.get("mlflow_run_id"), "samples": cfg.samples}
 
-    if not refresh and (art := open_artifact(STAGE, key)) is not None:
+    art = None if refresh else open_artifact(STAGE, key)
+    if art is not None and fidelity_skip is None and cfg.fidelity and str(art.summary.get("fidelity")).startswith("skipped"):
+        art = None  # cached while the extractor's weights were unreachable; they are reachable now
+    if art is not None:
         s = art.summary
         return {**base, "path": str(art.path), "cache_hit": True, "seconds": round(time.perf_counter() - t0, 3),
                 "metrics": s.get("metrics", {}), "fidelity": s.get("fidelity"),
@@ -500,7 +518,7 @@ def run_evaluate(run: str, cfg: EvaluateConfig, *, refresh: bool = False, progre
 
     store = open_store(dataset)
     features_cfg = FeaturesConfig(**info["features"])
-    table = load_table(tables_artifact(dataset, TablesConfig(**info["tables"]), features_cfg))
+    table = load_table(tables_artifact(dataset, TablesConfig(**info["tables"]), features_cfg, needed_by=STAGE))
     image_size = int(info.get("image_size", store.size))
     if image_size != store.size:
         raise SubsampleError(

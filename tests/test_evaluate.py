@@ -159,9 +159,14 @@ def test_offline_inception_weights_give_one_clear_reason_without_network(tmp_pat
     assert "weights-inception-2015-12-05" in msg
     assert len(calls) == 1  # one attempt, through the patched function only
 
-    # a local copy is used as given, and its hash names the cache
+    # a local copy is used as given (checked to be an Inception state dict), and its hash names the cache
+    from storage.errors import SubsampleError
+
     w = tmp_path / "weights.pth"
     w.write_bytes(b"not really weights")
+    with pytest.raises(SubsampleError, match="not torch-fidelity's Inception state dict"):
+        ev.resolve_weights(EvaluateConfig(weights=str(w)))
+    torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(1), "fc.weight": torch.zeros(1008, 1)}, w)
     path, tag = ev.resolve_weights(EvaluateConfig(weights=str(w)))
     assert path == str(w) and len(tag) == 16
     # a file already in the hub cache is used without any download
