@@ -173,7 +173,10 @@ def decode_image(src: str | os.PathLike | io.BytesIO, policy: CropPolicy, max_pi
                 scale = w0 / drafted[1][2]
         img.load()
         decoded = img.size
-        ImageOps.exif_transpose(img, in_place=True)
+        try:
+            ImageOps.exif_transpose(img, in_place=True)
+        except Exception:  # a malformed EXIF block: keep the pixels as stored rather than lose the image
+            pass
         full = (h0, w0) if img.size != decoded else (w0, h0)
         return policy.apply(to_rgb(img), full, scale)
 
