@@ -24,6 +24,22 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# Prefect: `make server` (a local server and a process worker; Ctrl-C stops both), then in another
+# shell `make deploy` and `prefect deployment run train-subsample/demo` (see prefect.yaml).
+PREFECT_PORT ?= 4200
+PREFECT_API  := http://127.0.0.1:$(PREFECT_PORT)/api
+
+server: setup
+	$(BIN)/python -m flows.local_server --port $(PREFECT_PORT)
+
+worker: setup
+	SUBSAMPLE_REPO=$(CURDIR) PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect worker start --pool subsample-process --type process
+
+deploy: setup
+	PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect work-pool inspect subsample-process >/dev/null 2>&1 \
+	  || PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect work-pool create subsample-process --type process
+	PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect --no-prompt deploy --all
+
 mlflow-ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(SUBSAMPLE_HOME)/mlflow.db --port 5000
 
