@@ -70,6 +70,9 @@ from storage.store import QUARANTINE_FILE, DatasetStore, StoreBuilder, open_stor
 CODE_VERSION = "ingest/1"
 STAGE = "ingest"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# What Pillow may decode, whatever the extension says (a PNG named .jpg is fine): never EPS
+# (Ghostscript), PSD, TIFF or the other plugins a renamed file could otherwise reach.
+PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")  # JPEG covers MPO (camera) files too
 RESAMPLE = Image.Resampling.LANCZOS
 ARRAY_BLOCK = 1024  # records per task for array sources (CIFAR, IDX, npz)
 
@@ -162,7 +165,7 @@ class Rejected(Exception):
 
 def decode_image(src: str | os.PathLike | io.BytesIO, policy: CropPolicy, max_pixels: int) -> np.ndarray:
     """Decode one image file to (S, S, 3) uint8 under ``policy``. Raises on anything wrong."""
-    with Image.open(src) as img:
+    with Image.open(src, formats=PILLOW_FORMATS) as img:
         w0, h0 = img.size
         if w0 * h0 > max_pixels:
             raise Rejected(f"too large: {w0}×{h0} = {w0 * h0:,} pixels > max_pixels {max_pixels:,}")

@@ -21,7 +21,7 @@ from pipeline.cli import main
 from pipeline.config import IngestConfig
 from pipeline.ingest import CropPolicy, RestrictedUnpickler, run_ingest
 from storage.errors import SubsampleError
-from storage.paths import dataset_path, datasets_dir
+from storage.paths import dataset_path
 from storage.store import open_store
 
 
@@ -65,19 +65,20 @@ def no_leftovers(home) -> bool:
 
 
 def test_png_folder_recursive_sorted_and_other_files_ignored(tmp_path):
-    x = rgb(5)
-    names = ["b/2.png", "a.png", "b/1.PNG", "c/d/0.png", "z.bmp"]  # sorted: a, b/1, b/2, c/d/0, z
+    x = rgb(6)
+    names = ["b/2.png", "a.png", "b/1.PNG", "c/d/0.png", "z.bmp", "y.webp"]  # sorted: a, b/1, b/2, c/d/0, y, z
     src = tmp_path / "imgs"
     for a, n in zip(x, names):
         (src / n).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(a).save(src / n, "BMP" if n.endswith("bmp") else "PNG")
+        fmt = {"bmp": "BMP", "webp": "WEBP"}.get(n.rsplit(".", 1)[1], "PNG")
+        Image.fromarray(a).save(src / n, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
     (src / "README.txt").write_text("not an image, and not named like one")
     (src / ".hidden.png").write_bytes(b"macOS junk")
     s = ingest(src, size=6)
     order = [names.index(n) for n in sorted(names)]
     imgs, labels = stored()
     assert np.array_equal(imgs, x[order]) and labels is None
-    assert (s["n_images"], s["n_quarantined"], s["source_format"], s["size"]) == (5, 0, "images", 6)
+    assert (s["n_images"], s["n_quarantined"], s["source_format"], s["size"]) == (6, 0, "images", 6)
     assert s["source"] == str(src) and s["cache_hit"] is False and s["labels"] is False
     attrs = open_store("t").attrs
     assert attrs["source_format"] == "images" and attrs["key"] == s["key"] and attrs["source_fingerprint"]
@@ -362,10 +363,13 @@ def test_bad_files_are_quarantined_with_reasons_and_the_rest_ingested(tmp_path):
     (src / "bad_trunc.jpg").write_bytes(jpeg_bytes(Image.fromarray(rgb(1, 64, 64)[0]))[:400])
     (src / "bad_corrupt.png").write_bytes(png[:100] + b"\0" * 200 + png[300:])
     (src / "bad_huge.png").write_bytes(png_bytes(np.zeros((90, 90, 3), np.uint8)))
+    (src / "bad_gif.png").write_bytes(to_bytes(Image.fromarray(x[0]), "GIF"))  # decodable, but not a format we read
+    (src / "good3.jpg").write_bytes(png_bytes(x[0]))  # a PNG named .jpg is still a PNG
     s = ingest(src, size=8, max_pixels=80 * 80)
-    assert np.array_equal(stored()[0], x)
+    assert np.array_equal(stored()[0], np.concatenate([x, x[:1]]))
     reasons = {q["path"]: q["reason"] for q in s["quarantine"]}
-    assert s["n_images"] == 3 and s["n_quarantined"] == 6 and len(reasons) == 6
+    assert s["n_images"] == 4 and s["n_quarantined"] == 7 and len(reasons) == 7
+    assert reasons["bad_gif.png"].startswith("not an image")
     assert reasons["bad_zero.jpg"] == "zero bytes"
     assert reasons["bad_text.png"].startswith("not an image")
     assert reasons["bad_trunc.png"].startswith("truncated") and reasons["bad_trunc.jpg"].startswith("truncated")
