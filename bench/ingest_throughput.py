@@ -59,7 +59,8 @@ def main() -> None:
         write_jpegs(src, args.n)
         mb = sum(p.stat().st_size for p in src.iterdir()) / 1e6
         print(f"{args.n} JPEGs 178×218, {mb:.1f} MB; ingest --crop {args.crop} --size {args.size}, "
-              f"files_per_task {args.files_per_task}, {os.cpu_count()} CPUs")
+              f"files_per_task {args.files_per_task}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
+              "(other jobs on the machine lower the 2-worker figures most)")
         hashes = set()
         for scheduler in args.schedulers:
             ips = {}
@@ -72,7 +73,7 @@ def main() -> None:
                 hashes.update(r["content_hash"] for r in runs)
                 ips[workers] = s["n_images"] / s["seconds"]
                 print(f"{scheduler:>9}  workers={workers}  {ips[workers]:7.0f} images/s  ({s['seconds']:.2f} s)", flush=True)
-            print(f"{scheduler:>9}  2 workers / 1 worker = {ips[2] / ips[1]:.2f}×", flush=True)
+            print(f"{scheduler:>9}  2 workers / 1 worker = {ips[2] / ips[1]:.2f}×  (load average now {os.getloadavg()[0]:.1f})", flush=True)
         assert len(hashes) == 1, "the store depends on the scheduler or worker count"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

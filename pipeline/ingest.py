@@ -560,6 +560,10 @@ def _open_zip(path: Path) -> ZipSource:
     return ZipSource(path, "zip", [path], len(members), n_ignored=ignored, listing_quarantine=bad, members=members)
 
 
+def _has_array_files(d: Path) -> bool:
+    return any(p.suffix.lower() == ".bin" or _CIFAR_PY.match(p.name) or _IDX_IMAGES.match(p.name) for p in d.iterdir())
+
+
 def _open_image_dir(path: Path) -> ImageFilesSource:
     refs, files, ignored = [], [], 0
     for dirpath, dirnames, filenames in os.walk(path):
@@ -573,9 +577,10 @@ def _open_image_dir(path: Path) -> ImageFilesSource:
     refs.sort()
     if not refs:
         hint = ""
-        others = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".zip", ".npz"))
-        if others:
-            hint = f"; pass {path / others[0]} itself as SOURCE"
+        others = sorted(p for p in path.iterdir() if p.suffix.lower() in (".zip", ".npz") and p.is_file())
+        nested = sorted(d for d in path.iterdir() if d.is_dir() and _has_array_files(d))
+        if others or nested:
+            hint = f"; pass {(others or nested)[0]} itself as SOURCE"
         raise SubsampleError(
             STAGE, f"{path}: no image files ({', '.join(IMAGE_EXTENSIONS)}) and no CIFAR-10 or IDX files found{hint}"
         )

@@ -472,6 +472,10 @@ def test_cli_exit_2_and_nothing_written_for_missing_empty_or_all_bad_sources(tmp
     assert cli("ingest", str(tmp_path / "bad"), "--name", "t") == 2
     err = capsys.readouterr().err
     assert "no valid image" in err and "1 zero bytes" in err and "1 not an image" in err and "nothing written" in err
+    (tmp_path / "parent" / "cifar-10-batches-bin").mkdir(parents=True)
+    write_cifar_bin(tmp_path / "parent" / "cifar-10-batches-bin" / "data_batch_1.bin", rgb(1, 32, 32), np.zeros(1))
+    assert cli("ingest", str(tmp_path / "parent"), "--name", "t") == 2
+    assert f"pass {tmp_path / 'parent' / 'cifar-10-batches-bin'} itself as SOURCE" in capsys.readouterr().err
     (tmp_path / "notes.txt").write_text("?")
     assert cli("ingest", str(tmp_path / "notes.txt"), "--name", "t") == 2
     assert "unknown source kind" in capsys.readouterr().err
