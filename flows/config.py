@@ -121,6 +121,11 @@ class RunConfig(BaseModel):
     dask_address: Optional[str] = Field(
         None, description="Dask scheduler for the features stage (tcp://host:8786); None = local cluster"
     )
+    train_deployment: Optional[str] = Field(
+        None,
+        description="run the train stage as a child flow run of this deployment (e.g. train-subsample/celeba-gpu "
+        "on a GPU work pool); both workers must share $SUBSAMPLE_HOME and the MLflow tracking URI",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -96,11 +96,41 @@ def batches_task(cfg: RunConfig, upstream: Optional[dict] = None) -> dict:
 def train_task(cfg: RunConfig, upstream: Optional[dict] = None) -> dict:
     from pipeline.train import run_train
 
-    return _stage_state(
-        "train",
-        cfg,
-        lambda: run_train(cfg.dataset, cfg.train, cfg.batches, cfg.tables, cfg.features, refresh=cfg.refreshes("train")),
-    )
+    def call() -> dict:
+        if cfg.train_deployment and (cfg.refreshes("train") or not _train_cached(cfg)):
+            return _train_on(cfg.train_deployment, cfg)
+        return run_train(cfg.dataset, cfg.train, cfg.batches, cfg.tables, cfg.features, refresh=cfg.refreshes("train"))
+
+    return _stage_state("train", cfg, call)
+
+
+def _train_cached(cfg: RunConfig) -> bool:
+    try:
+        _cached_train_key(cfg)
+        return True
+    except MissingArtifactError:
+        return False
+
+
+def _train_on(deployment: str, cfg: RunConfig) -> dict:
+    """Train on another work pool (a GPU machine): a child flow run of ``deployment`` with
+    ``only=train``. It writes the artifact into the shared ``$SUBSAMPLE_HOME``, where this run then
+    finds it (a verified cache hit) and reports it as built."""
+    from prefect.deployments import run_deployment
+
+    from pipeline.train import run_train
+
+    t0 = time.perf_counter()
+    params = {**flow_parameters(cfg), "only": "train", "refresh": "train" if cfg.refreshes("train") else None,
+              "train_deployment": None}
+    child = run_deployment(deployment, parameters=params, timeout=None)
+    if not child.state or not child.state.is_completed():
+        state = child.state.name if child.state else "unknown"
+        raise SubsampleError("train", f"the train run {child.name!r} of {deployment} ended {state}: "
+                                      f"{child.state.message if child.state else ''}")
+    summary = run_train(cfg.dataset, cfg.train, cfg.batches, cfg.tables, cfg.features)
+    return {**summary, "cache_hit": False, "seconds": round(time.perf_counter() - t0, 3),
+            "trained_by": f"{deployment} ({child.name})"}
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -192,6 +222,7 @@ def train_subsample(
     only: Optional[Stage] = None,
     refresh: Optional[Stage] = None,
     dask_address: Optional[str] = None,
+    train_deployment: Optional[str] = None,
     overrides: Optional[list[str]] = None,
 ) -> dict:
     """Train a GAN on distribution-matched batches; each stage reuses its cached artifact when its
@@ -200,7 +231,7 @@ def train_subsample(
     fields = dict(
         dataset=dataset, source=source, ingest=ingest, features=features, tables=tables,
         batches=batches, preset=preset, train=train, evaluate=evaluate, only=only, refresh=refresh,
-        dask_address=dask_address,
+        dask_address=dask_address, train_deployment=train_deployment,
     )
     try:
         cfg = build_config(fields, overrides or ())

@@ -115,6 +115,33 @@ def test_demo_deployment_runs_on_a_process_worker(tmp_path):
         runs = client.search_runs(experiments)
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"
         assert (home / "datasets" / "demo.zarr").exists()
+
+        # train on "another work pool": a child run of a deployment (here the same one and pool)
+        ran = prefect(
+            "deployment", "run", "train-subsample/demo",
+            "--param", f"source={source}",
+            "--param", f"overrides={json.dumps([*TINY, 'train.seed=1'])}",
+            "--param", "train_deployment=train-subsample/demo",
+            "--watch", "--watch-timeout", "240",
+            timeout=300,
+        )
+        assert ran.returncode == 0, ran.stdout + ran.stderr + (tmp_path / "worker.log").read_text()[-5000:]
+        parent_id = re.search(r"UUID: ([0-9a-f-]{36})", ran.stdout).group(1)
+
+        async def children():
+            async with get_client() as client:
+                tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[parent_id])))
+                runs = await client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(parent_task_run_id={"any_": [t.id for t in tasks]})
+                )
+                return tasks, runs
+
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            tasks, runs = asyncio.run(children())
+        states = {t.name.rsplit("-", 1)[0]: t.state.name for t in tasks if t.state}
+        assert states["train"] == "Completed" and states["tables"] == "Cached"
+        assert len(runs) == 1 and runs[0].parameters["only"] == "train" and runs[0].state.is_completed()
+        assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == 2
     finally:
         stop(worker)
         stop(server)
