@@ -218,7 +218,8 @@ _thread_zips = threading.local()
 @dataclass(frozen=True)
 class ZipReader:
     """Reads members in place. Each worker thread keeps its own open ZipFile for the run (``token``):
-    parsing CelebA's central directory per task would cost more than decoding."""
+    parsing CelebA's central directory per task would cost more than decoding. The workers' threads
+    (or processes) end with the run, and their ZipFiles are closed with them."""
 
     path: str
     token: str
@@ -241,12 +242,6 @@ class ZipReader:
         if info.file_size > self.max_bytes:
             raise Rejected(f"too large: {info.file_size:,} bytes uncompressed")
         return io.BytesIO(zf.read(info))
-
-
-def close_thread_zips(token: str) -> None:
-    zf = getattr(_thread_zips, "cache", {}).pop(token, None)
-    if zf is not None:
-        zf.close()
 
 
 @dataclass
@@ -783,7 +778,6 @@ def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = Tru
         # error, so those files are quarantined too. Worker threads share these filters.
         stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        stack.callback(close_thread_zips, token)
         bar = stack.enter_context(
             tqdm(total=source.n_items, desc=f"ingest {cfg.name}", unit="img", disable=not progress, file=sys.stderr)
         )
