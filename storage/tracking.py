@@ -10,8 +10,10 @@ after a restart. The first use of a fresh SQLite store creates its tables (measu
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from storage.paths import mlflow_artifact_root, mlflow_tracking_uri
 
@@ -20,6 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 TRAIN_KEY_TAG = "subsample.train_key"
 DATASET_TAG = "subsample.dataset"
+PARENT_RUN_TAG = "mlflow.parentRunId"  # what mlflow.start_run(nested=True) sets; the UI nests runs by it
+COPIED_FROM_TAG = "subsample.copied_from"
 _PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 _METRIC_BATCH = 1000
 _PARAM_MAX_CHARS = 6000
@@ -66,17 +70,95 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def start_run(dataset: str, *, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
-    """Create a run in the data set's experiment with tags and (flattened) params; its id."""
+_PARENT: ContextVar[str | None] = ContextVar("subsample_mlflow_parent_run", default=None)
+
+
+@contextmanager
+def nested_under(parent_run_id: str | None) -> Iterator[None]:
+    """Runs that :func:`start_run` creates inside this block (by any stage, e.g. ``run_train``)
+    are children of ``parent_run_id`` (tag ``mlflow.parentRunId``, as ``mlflow.start_run(nested=True)``
+    sets it), so the MLflow UI shows them nested under it and compares them side by side."""
+    token = _PARENT.set(parent_run_id)
+    try:
+        yield
+    finally:
+        _PARENT.reset(token)
+
+
+def start_run(
+    dataset: str,
+    *,
+    run_name: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, Any],
+    parent_run_id: str | None = None,
+) -> str:
+    """Create a run in the data set's experiment with tags and (flattened) params; its id. The run
+    is nested under ``parent_run_id``, or under the enclosing :func:`nested_under` block's run."""
     from mlflow.entities import Param
 
     c = client()
-    run = c.create_run(experiment_id(dataset, c), run_name=run_name, tags={DATASET_TAG: dataset, **tags})
+    parent = parent_run_id or _PARENT.get()
+    all_tags = {DATASET_TAG: dataset, **tags, **({PARENT_RUN_TAG: parent} if parent else {})}
+    run = c.create_run(experiment_id(dataset, c), run_name=run_name, tags=all_tags)
     run_id = run.info.run_id
     flat = [Param(k, v) for k, v in flatten(params).items()]
     for i in range(0, len(flat), _PARAM_BATCH):
         c.log_batch(run_id, params=flat[i : i + _PARAM_BATCH])
     return run_id
+
+
+def child_runs(parent_run_id: str) -> list:
+    """The runs nested under ``parent_run_id`` (any status), oldest first."""
+    from mlflow.entities import ViewType
+
+    c = client()
+    parent = c.get_run(parent_run_id)
+    runs, token = [], None
+    while True:
+        page = c.search_runs(
+            [parent.info.experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'",
+            run_view_type=ViewType.ALL, max_results=1000, order_by=["attributes.start_time ASC"], page_token=token,
+        )
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def copy_run(
+    run_id: str,
+    *,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    exclude_metric_prefixes: tuple[str, ...] = (),
+) -> str:
+    """A new run with ``run_id``'s params, tags, status and full metric histories (less metrics
+    whose names start with ``exclude_metric_prefixes``; artifacts are not copied), tagged
+    ``subsample.copied_from``; nested under ``parent_run_id`` if given. Used when a cached result
+    belongs in a second comparison: a run has only one parent."""
+    from mlflow.entities import Metric, Param
+
+    c = client()
+    src = c.get_run(run_id)
+    keep = {k: v for k, v in src.data.tags.items() if not k.startswith("mlflow.")}
+    new_tags = {**keep, COPIED_FROM_TAG: run_id, **({PARENT_RUN_TAG: parent_run_id} if parent_run_id else {}), **(tags or {})}
+    run = c.create_run(src.info.experiment_id, run_name=src.info.run_name, tags=new_tags)
+    new_id = run.info.run_id
+    params = [Param(k, v) for k, v in src.data.params.items()]
+    for i in range(0, len(params), _PARAM_BATCH):
+        c.log_batch(new_id, params=params[i : i + _PARAM_BATCH])
+    metrics = [
+        Metric(m.key, m.value, m.timestamp, m.step)
+        for key in src.data.metrics
+        if not key.startswith(exclude_metric_prefixes)
+        for m in c.get_metric_history(run_id, key)
+    ]
+    for i in range(0, len(metrics), _METRIC_BATCH):
+        c.log_batch(new_id, metrics=metrics[i : i + _METRIC_BATCH])
+    if src.info.status != "RUNNING":
+        c.set_terminated(new_id, status=src.info.status)
+    return new_id
 
 
 def reopen_run(run_id: str) -> None:
