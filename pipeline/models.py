@@ -41,6 +41,7 @@ class ModelSpec:
     channels: int = 3
     spectral_norm: bool = False
     d_batchnorm: bool = True
+    n_classes: int = 0  # classes of the store's labels, for architectures that use them (0: none)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +53,13 @@ class Architecture:
     description: str
     generator: Callable[[ModelSpec], nn.Module]
     discriminator: Callable[[ModelSpec], nn.Module]
+    labels: bool = False  # needs the store's class labels (ModelSpec.n_classes > 0)
+    g_conditional: bool = False  # G(z, y) takes labels y (G(z) alone cycles through the classes)
+    d_conditional: bool = False  # D(x, y) takes labels y
+    # what D returns, so a training method can tell whether it can train it (pipeline.methods):
+    # "logit" (N,); "source+classes" (N, 1 + n_classes); "classes+fake" (N, n_classes + 1);
+    # "reconstruction" (N, C, S, S)
+    d_output: str = "logit"
 
 
 ARCHITECTURES: dict[str, Architecture] = {}
@@ -148,6 +156,11 @@ class DCGANDiscriminator(nn.Module):
         """images (N, C, S, S) -> logits (N,)."""
         return self.main(x).flatten()
 
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (N,), features (N, F)): the last hidden layer's activations, for feature matching."""
+        h = self.main[:-1](x)
+        return self.main[-1](h).flatten(), h.flatten(1)
+
 
 register_architecture(
     Architecture(
@@ -157,3 +170,7 @@ register_architecture(
         DCGANDiscriminator,
     )
 )
+
+# the other seed methods' and the common family's architectures register themselves (IGAN, BEGAN,
+# SAGAN, conditional DCGANs); imported last because they build on the names above
+import pipeline.architectures  # noqa: E402,F401
