@@ -139,6 +139,25 @@ class TrainConfig(StageConfig):
     l2_weight: float = Field(0.0, ge=0, description="L2 penalty on D's weights")
     clip: float | None = Field(None, gt=0, description="WGAN weight clipping of D's parameters to [-clip, clip]")
     d_steps: int = Field(1, ge=1, description="D steps (batches) per G step")
+    # training method (pipeline.methods) and its options
+    method: str = Field("gan", description="registered training method (pipeline.methods.METHODS): what a D step and a G step do")
+    real_target: float = Field(1.0, gt=0, le=1, description="gan: D's target for real images; < 1 is one-sided label smoothing (logistic losses)")
+    instance_noise: float = Field(0.0, ge=0, description="gan: σ0 of Gaussian noise on D's inputs, annealed linearly to 0 over the run's D steps")
+    lr_schedule: Literal["constant", "igan"] = Field(
+        "constant", description="igan: lr_d(t) = igan_end_lr + 1/(igan_init_set + igan_gamma·t), lr_g = igan_g_lr_ratio·lr_d, t = D step"
+    )
+    igan_end_lr: float = Field(2e-4, gt=0)
+    igan_init_set: float = Field(3000.0, gt=0)
+    igan_gamma: float = Field(10.0, ge=0)
+    igan_g_lr_ratio: float = Field(1.5, gt=0)
+    pl_switch_epochs: int | None = Field(None, ge=1, description="pl-gan: T_switch in w(t) = exp(-10(1-t)²), t = epoch/T_switch; None = epochs")
+    pl_alpha: float = Field(0.5, ge=0, description="pl-gan: weight of the piecewise adversarial term")
+    pl_beta: float = Field(0.5, ge=0, description="pl-gan: weight of the feature-matching term")
+    labelled_fraction: float = Field(0.0, ge=0, le=1, description="pl-gan with arch dcgan-semi: fraction of the training images whose labels D learns")
+    semi_test_fraction: float = Field(0.1, gt=0, lt=1, description="pl-gan semi-supervised: held-out labelled images for the test accuracy")
+    began_gamma: float = Field(0.5, gt=0, le=1, description="began: diversity ratio γ = E L(G(z)) / E L(x)")
+    began_lambda_k: float = Field(1e-3, ge=0, description="began: learning rate λ_k of k_t")
+    recon_weight: float = Field(1.0, gt=0, description="decoding-constrained: weight of the L2 reconstruction step")
     # optimisers
     optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
     lr_g: float = Field(2e-4, gt=0)
@@ -180,6 +199,15 @@ class TrainConfig(StageConfig):
 
         if v not in LOSSES:
             raise ValueError(f"unknown loss {v!r}; registered: {', '.join(sorted(LOSSES))}")
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from pipeline.methods import METHODS
+
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}; registered: {', '.join(sorted(METHODS))}")
         return v
 
 

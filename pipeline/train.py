@@ -1,7 +1,7 @@
 """The training stage: a GAN trained on the batches stage's batches (spec §6).
 
-``run_train(dataset, cfg, batches)`` trains G and D (``pipeline.models``) with a loss and
-penalties from ``pipeline.losses`` on the batches that :class:`pipeline.sampler.SubsampleBatchSampler`
+``run_train(dataset, cfg, batches)`` trains G and D (``pipeline.models``) with a training method
+(``pipeline.methods``: by default a loss and penalties from ``pipeline.losses``) on the batches that :class:`pipeline.sampler.SubsampleBatchSampler`
 constructs from the cached joint table: epoch e trains on exactly the batches ``subsample batches``
 stores for epoch e. The artifact::
 
@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig, TrainConfig
-from pipeline.losses import LOSSES, PENALTIES, clip_weights, make_optimizer
+from pipeline.losses import make_optimizer
 from pipeline.models import ModelSpec, build_discriminator, build_generator
 from storage.artifacts import artifact_key, build_artifact, open_artifact
 from storage.errors import SubsampleError
@@ -128,6 +128,7 @@ class Trainer:
     step: int = 0  # D steps so far
     g_steps: int = 0
     history: dict = field(default_factory=lambda: {"epochs": [], "loss_d": [], "loss_g": [], "g_steps_at": []})
+    method: Any = None  # the pipeline.methods.TrainingMethod taking the steps (make_trainer sets it)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
@@ -139,13 +140,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-def make_trainer(cfg: TrainConfig, image_size: int, device: torch.device) -> Trainer:
+def make_trainer(cfg: TrainConfig, image_size: int, device: torch.device, n_classes: int = 0) -> Trainer:
+    """Models, optimisers and the training method; ``n_classes`` for architectures and methods
+    that use the store's labels."""
+    from pipeline.methods import build_method
+
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     spec = ModelSpec(
         arch=cfg.arch, image_size=image_size, z_dim=cfg.z_dim, ngf=cfg.ngf, ndf=cfg.ndf,
-        spectral_norm=cfg.spectral_norm, d_batchnorm=cfg.d_batchnorm,
+        spectral_norm=cfg.spectral_norm, d_batchnorm=cfg.d_batchnorm, n_classes=n_classes,
     )
     try:
         G, D = build_generator(spec).to(device), build_discriminator(spec).to(device)
@@ -163,7 +168,9 @@ def make_trainer(cfg: TrainConfig, image_size: int, device: torch.device) -> Tra
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # fixed z, independent of the training RNG
     z_fixed = torch.randn(max(cfg.sample_grid, cfg.kl_samples), cfg.z_dim, generator=gen).to(device)
     bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
-    return Trainer(cfg, spec, device, G, D, opt_g, opt_d, G_train, D_train, z_fixed, bf16)
+    t = Trainer(cfg, spec, device, G, D, opt_g, opt_d, G_train, D_train, z_fixed, bf16)
+    t.method = build_method(t)  # checks the method fits the architecture, builds its extra modules
+    return t
 
 
 # --- one epoch -----------------------------------------------------------------------------------
@@ -175,50 +182,28 @@ class NonFiniteLoss(Exception):
         self.which, self.step = which, step
 
 
-def train_epoch(t: Trainer, images: Tensor, batches: list[Tensor], bar: Any = None) -> dict:
+def train_epoch(t: Trainer, images: Tensor, batches: list[Tensor], bar: Any = None, labels: Tensor | None = None) -> dict:
     """One pass over the epoch's batches: a D step per batch, a G step after every ``d_steps`` D
-    steps. Returns the epoch's per-step losses (host floats); raises :class:`NonFiniteLoss`."""
-    cfg, G, D, loss = t.cfg, t.G_train, t.D_train, LOSSES[t.cfg.loss]
-    penalties = [(getattr(cfg, name), fn) for name, fn in PENALTIES.items() if getattr(cfg, name)]
-    d_rec: list[Tensor] = []  # (loss_d, D(x), D(G(z))) per D step, on the device
+    steps, as the run's training method takes them (``pipeline.methods``). ``labels`` (N,) is
+    indexed like ``images`` when the method or architecture uses classes. Returns the epoch's
+    per-step losses (host floats); raises :class:`NonFiniteLoss`."""
+    cfg, method = t.cfg, t.method
+    d_rec: list[Tensor] = []  # (loss_d, D's score on real, on generated) per D step, on the device
     g_rec: list[Tensor] = []  # loss_g per G step
     out: dict[str, list] = {"d": [], "g": [], "g_steps_at": []}
-    score = torch.sigmoid if loss.probabilities else (lambda v: v)
+    method.epoch_start(t, len(batches))
     for idx in batches:
         if cfg.max_steps is not None and t.step >= cfg.max_steps:
             break
         real = to_float(images[idx].to(t.device, non_blocking=True), cfg.channels_last)
-        z = torch.randn(len(idx), cfg.z_dim, device=t.device)
-
-        # D step: D's loss on real and generated images, plus the enabled penalties
-        real.requires_grad_(cfg.r1_weight > 0)
-        with t.autocast():
-            fake = G(z)
-            real_logits, fake_logits = D(real).float(), D(fake.detach()).float()
-            loss_d = loss.d(real_logits, fake_logits)
-            for weight, penalty in penalties:
-                loss_d = loss_d + weight * penalty(D, real, fake, real_logits)
-        t.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        t.opt_d.step()
-        if cfg.clip is not None:
-            clip_weights(t.D, cfg.clip)
+        y = None if labels is None else labels[idx].to(t.device, non_blocking=True)
+        method.before_step(t, real, y)  # learning-rate schedule; decoding-constrained's reconstruction
+        d_rec.append(method.d_step(t, real, y))
         t.step += 1
-        d_rec.append(torch.stack([loss_d.detach(), score(real_logits.detach()).mean(), score(fake_logits.detach()).mean()]))
-
-        # G step on the last D step's generated images (as pytorch/examples dcgan does)
-        if t.step % cfg.d_steps == 0:
-            D.requires_grad_(False)
-            with t.autocast():
-                loss_g = loss.g(D(fake).float())
-            t.opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            t.opt_g.step()
-            D.requires_grad_(True)
+        if t.step % cfg.d_steps == 0:  # G step on the last D step's generated images (as pytorch/examples dcgan)
+            g_rec.append(method.g_step(t, real, y))
             t.g_steps += 1
-            g_rec.append(loss_g.detach())
             out["g_steps_at"].append(t.step)
-
         if len(d_rec) >= SYNC_EVERY:
             _flush(t, d_rec, g_rec, out, bar)
         if bar is not None:
@@ -280,9 +265,10 @@ def save_grid(images: Tensor, path: Path) -> None:
 
 def epoch_metrics(t: Trainer, epoch: int, losses: dict, seconds: float, batch_size: int, table: Any) -> dict:
     """One metrics.jsonl line. ``d_real``/``d_fake`` are means of sigmoid(D's logit) (``_prob``)
-    for the logistic losses and of the raw D output (``_score``) for the others."""
+    for the logistic losses, of the raw D output (``_score``) for the others, of the reconstruction
+    error (``_recon``) for BEGAN; the training method adds its own metrics after ``feature_js``."""
     d = np.asarray(losses["d"], dtype=np.float64).reshape(-1, 3)
-    kind = "prob" if LOSSES[t.cfg.loss].probabilities else "score"
+    kind = t.method.score_kind
     samples = generate(t.G, t.z_fixed[: t.cfg.kl_samples])
     div = feature_divergence(samples, table)
     steps = len(d)
@@ -296,6 +282,7 @@ def epoch_metrics(t: Trainer, epoch: int, losses: dict, seconds: float, batch_si
         f"d_fake_{kind}": float(d[:, 2].mean()) if steps else None,
         "feature_kl": div["kl"],
         "feature_js": div["js"],
+        **t.method.epoch_metrics(t),
         "seconds": round(seconds, 3),
         "images_per_second": round(steps * batch_size / seconds, 1) if seconds > 0 else None,
     }
@@ -327,7 +314,7 @@ def save_checkpoint(t: Trainer, path: Path) -> None:
     """Everything a resume needs, written atomically (temporary file + os.replace)."""
     payload = {
         "G": t.G.state_dict(), "D": t.D.state_dict(),
-        "opt_g": t.opt_g.state_dict(), "opt_d": t.opt_d.state_dict(),
+        "opt_g": t.opt_g.state_dict(), "opt_d": t.opt_d.state_dict(), "method": t.method.state_dict(),
         "epoch": t.epoch, "step": t.step, "g_steps": t.g_steps,
         "history": t.history, "rng": rng_state(), "config": t.cfg.model_dump(mode="json"),
     }
@@ -345,6 +332,7 @@ def load_checkpoint(t: Trainer, path: Path) -> None:
     t.D.load_state_dict(ck["D"])
     t.opt_g.load_state_dict(ck["opt_g"])
     t.opt_d.load_state_dict(ck["opt_d"])
+    t.method.load_state_dict(ck["method"])
     t.epoch, t.step, t.g_steps, t.history = ck["epoch"], ck["step"], ck["g_steps"], ck["history"]
     ck["rng"]["torch"] = ck["rng"]["torch"].cpu()
     ck["rng"]["cuda"] = [s.cpu() for s in ck["rng"]["cuda"]]
@@ -388,6 +376,25 @@ def _key_params(cfg: TrainConfig, batches: BatchesConfig) -> dict:
     return {**cfg.key_params(), "batches": {k: v for k, v in batches.key_params().items() if k != "epochs"}}
 
 
+def class_labels(cfg: TrainConfig, store: Any, dataset: str) -> np.ndarray | None:
+    """The store's labels (int64, N) when the architecture or the method uses classes, else None."""
+    from pipeline.methods import METHODS
+    from pipeline.models import ARCHITECTURES
+
+    if not (ARCHITECTURES[cfg.arch].labels or METHODS[cfg.method].needs_labels(cfg)):
+        return None
+    if store.labels is None:
+        raise SubsampleError(
+            STAGE, f"arch {cfg.arch!r} / method {cfg.method!r} (preset {cfg.preset or 'custom'}) trains on class labels, "
+            f"but data set {dataset} ({store.path}) has none: ingest a labelled source (CIFAR-10, IDX with its labels "
+            "file, .npz with 'labels') or pick an unconditional preset",
+        )
+    labels = np.asarray(store.labels[:], dtype=np.int64)
+    if len(labels) and labels.min() < 0:
+        raise SubsampleError(STAGE, f"data set {dataset} ({store.path}) has negative labels; classes must be 0..N-1")
+    return labels
+
+
 def work_dir(key: str) -> Path:
     return stage_dir(STAGE) / f"{key}.work"
 
@@ -418,7 +425,8 @@ def run_train(
 
     table = load_table(tables_art)
     device = resolve_device(cfg.device)
-    t = make_trainer(cfg, store.size, device)
+    labels = class_labels(cfg, store, dataset)
+    t = make_trainer(cfg, store.size, device, n_classes=0 if labels is None else int(labels.max()) + 1)
     sampler = make_sampler(table, batches)
     if len(sampler) == 0:
         raise SubsampleError(STAGE, f"{dataset} has {store.n} images, fewer than one batch of {batches.batch_size}")
@@ -437,12 +445,15 @@ def run_train(
     work.mkdir(parents=True, exist_ok=True)
     run_info = json.loads(run_file.read_text()) if resumed_from is not None and run_file.exists() else {}
     images = load_images(store, device, progress)
+    if labels is not None:
+        labels = torch.from_numpy(labels).to(images.device)
+    labels = t.method.attach_data(t, images, labels)
 
     run_id = _start_tracking(cfg, batches, tables, features, dataset, key, store, tables_art, run_info.get("mlflow_run_id"))
     run_file.write_text(json.dumps({"key": key, "dataset": dataset, "mlflow_run_id": run_id}))
 
     try:
-        _train_loop(t, table, sampler, images, batches.batch_size, work, run_id, progress)
+        _train_loop(t, table, sampler, images, batches.batch_size, work, run_id, progress, labels)
     except NonFiniteLoss as e:
         _end_tracking(run_id, "FAILED")
         last = f"{ckpt} (after epoch {_ckpt_epoch(ckpt)})" if ckpt.exists() else "none (no epoch had finished)"
@@ -497,7 +508,7 @@ def run_train(
 
 
 def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size: int, work: Path,
-                run_id: str | None, progress: bool) -> None:
+                run_id: str | None, progress: bool, labels: Tensor | None = None) -> None:
     from tqdm import tqdm
 
     cfg = t.cfg
@@ -507,7 +518,7 @@ def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size
         with tqdm(total=len(batches), desc=f"train epoch {epoch + 1}/{cfg.epochs}", unit="step",
                   disable=not progress, file=sys.stderr, leave=False) as bar:
             t0 = time.perf_counter()
-            losses = train_epoch(t, images, batches, bar)
+            losses = train_epoch(t, images, batches, bar, labels)
             seconds = time.perf_counter() - t0
         m = epoch_metrics(t, epoch, losses, seconds, batch_size, table)
         save_grid(generate(t.G, t.z_fixed[: cfg.sample_grid]), work / "grids" / f"epoch_{epoch + 1:04d}.png")
