@@ -50,6 +50,9 @@ logging.getLogger("prefect.task_runs").addFilter(_no_empty_traceback)
 
 
 # --- tasks: one per stage, each a call of the stage function -----------------------------------
+# A stage finds its inputs itself, by recomputing their keys from the configs; `upstream` (the
+# previous stage's summary) only draws the dependency in the UI's graph. Stage modules are imported
+# inside the tasks, so loading the flow (`prefect deploy`, a worker) does not import torch.
 
 
 @task(name="ingest", cache_policy=NO_CACHE)
@@ -117,13 +120,21 @@ def _train_on(deployment: str, cfg: RunConfig) -> dict:
     ``only=train``. It writes the artifact into the shared ``$SUBSAMPLE_HOME``, where this run then
     finds it (a verified cache hit) and reports it as built."""
     from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
     from pipeline.train import run_train
 
     t0 = time.perf_counter()
     params = {**flow_parameters(cfg), "only": "train", "refresh": "train" if cfg.refreshes("train") else None,
               "train_deployment": None}
-    child = run_deployment(deployment, parameters=params, timeout=None)
+    try:
+        child = run_deployment(deployment, parameters=params, timeout=None)
+    except (PrefectHTTPStatusError, ObjectNotFound) as e:  # unknown deployment, or its parameters differ
+        detail = e.response.json().get("detail", str(e)) if isinstance(e, PrefectHTTPStatusError) else str(e)
+        raise SubsampleError(
+            "train", f"cannot start a run of deployment {deployment!r}: {detail} "
+            "(deploy it from this same checkout: `make deploy`)",
+        ) from None
     if not child.state or not child.state.is_completed():
         state = child.state.name if child.state else "unknown"
         raise SubsampleError("train", f"the train run {child.name!r} of {deployment} ended {state}: "

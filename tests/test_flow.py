@@ -129,6 +129,7 @@ def test_changed_bin_count_reruns_from_tables(cold, source):
 def test_only_runs_one_stage_and_refresh_forces_it_and_downstream(cold, source):
     only = run(config(source, only="tables"))
     assert hits(only) == {"tables": True}
+    assert hits(run(config(source, only="evaluate"))) == {"evaluate": True}  # finds the cached generator
 
     refreshed = run(config(source, refresh="batches"))
     assert built(refreshed) == ["batches", "train", "evaluate"]
