@@ -340,6 +340,60 @@ def demo_cmd(
     _run_flow(demo_fields(), overrides, as_json)
 
 
+def _split_list(values: list[str]) -> Optional[list[str]]:
+    """Repeated and/or comma-separated values (``--strategies random,constructed``); None when empty."""
+    out = [v.strip() for item in values for v in item.split(",") if v.strip()]
+    return out or None
+
+
+@app.command("compare")
+def compare_cmd(
+    dataset: str = typer.Option("demo", "--dataset", "-d", help="data set name (known: demo, celeba, cifar10, anime-faces, mnist)"),
+    source: Optional[str] = typer.Option(None, "--source", help="source path (default: $SUBSAMPLE_<DATASET>_SOURCE; demo: the embedded data)"),
+    scale: str = typer.Option("smoke", "--scale", help="smoke: tiny models, minutes on a CPU; paper: the paper's settings (a GPU machine)"),
+    strategies: list[str] = typer.Option([], "--strategies", help="batch strategies (default: random, constructed, dealt); repeat or comma-separate"),
+    batch_sizes: list[str] = typer.Option([], "--batch-sizes", help="batch sizes (default: the scale's; smoke 128,1000, paper 128,512,1024,2000)"),
+    presets: list[str] = typer.Option([], "--presets", help="training presets (default: the scale's; `subsample presets` lists them)"),
+    seeds: int = typer.Option(3, "--seeds", help="seeds per configuration (at least 3)"),
+    overrides: list[str] = typer.Option([], "--set", metavar="SECTION.FIELD=VALUE", help="e.g. --set train.epochs=2 --set evaluate.samples=1000 --set tables.bins=[16,16]"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The paper's comparison (Prefect flow compare-strategies): strategies × batch sizes × presets ×
+    seeds, each a train-subsample run nested under one MLflow parent run, and a report (HTML and
+    markdown) built from what MLflow recorded."""
+    from flows.compare import build_compare_config, run
+
+    sizes = _split_list(batch_sizes)
+    try:
+        sizes_int = [int(b) for b in sizes] if sizes else None
+    except ValueError:
+        raise SubsampleError("compare", f"--batch-sizes {batch_sizes}: expected integers, e.g. --batch-sizes 128,1000") from None
+    fields = {"dataset": dataset, "source": source, "scale": scale, "strategies": _split_list(strategies),
+              "batch_sizes": sizes_int, "presets": _split_list(presets), "seeds": seeds}
+    cfg = build_compare_config(fields, overrides)
+    with _stdout_to_stderr():
+        summary = run(cfg)
+    if as_json:
+        emit(summary, True)
+        return
+    print(f"compare-strategies on {summary['dataset']} ({summary['scale']}): {summary['cells']} runs, "
+          f"{summary['cells_failed']} failed, {summary['cells_trained_now']} trained now, {summary['seconds']:.1f} s")
+    print(f"MLflow parent run: {summary['parent_run_id']}  ({summary['mlflow_tracking_uri']})")
+    print(f"report: {summary['report_html']}")
+    print(f"        {summary['report_md']}")
+
+
+@app.command("compare-report")
+def compare_report_cmd(
+    parent_run_id: str = typer.Argument(..., help="the MLflow parent run id `subsample compare` printed"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Rebuild a comparison's report from MLflow (e.g. after its runs finished on another machine)."""
+    from pipeline.report import build_report
+
+    emit(build_report(parent_run_id), as_json)
+
+
 
 def main(argv: Optional[list[str]] = None) -> None:
     try:

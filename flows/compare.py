@@ -1,0 +1,330 @@
+"""The Prefect flow ``compare-strategies``: the paper's comparison (spec §6) as one flow.
+
+It trains every cell of ``strategies × batch sizes × presets × seeds`` as a ``train-subsample``
+run, with that flow's own stage tasks: ingest, features and tables once (content-addressed, so
+every cell shares them), then batches → train → evaluate per cell. All training runs are MLflow
+runs nested under one parent run, and the report (:mod:`pipeline.report`) is built from what
+MLflow recorded for the parent's children, written to ``$SUBSAMPLE_HOME/reports/<parent run id>/``
+and logged to the parent run.
+
+A cell whose stage fails with a :class:`~storage.errors.SubsampleError` (a diverging training run:
+"non-finite D loss ...") is recorded as failed and the grid goes on; the report lists it. Any
+other exception stops the flow (the same bug would fail every cell), with the parent run marked
+``FAILED`` and a report of the cells done so far.
+
+``scale`` picks the grid defaults and the settings laid over every preset
+(:data:`pipeline.compare.SCALES`): ``smoke`` (tiny models, minutes on a CPU) or ``paper`` (the
+paper's epochs and sizes, for a GPU machine).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any, Literal, Optional
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.states import Failed
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from flows.config import IngestOptions, RunConfig, build_config, dataset_defaults, merge, parse_overrides
+from flows.train_subsample import STAGE_TASKS
+from pipeline.compare import SCALES, STRATEGIES, GridCell, Scale, cell_sections, expand_grid
+from pipeline.config import FeaturesConfig, TablesConfig
+from storage.errors import SubsampleError
+from storage.paths import check_name, mlflow_tracking_uri
+
+UPSTREAM = ("ingest", "features", "tables")  # once per comparison
+PER_CELL = ("batches", "train", "evaluate")
+
+
+class CompareConfig(BaseModel):
+    """The grid and the shared settings of one comparison (validated; a form in the Prefect UI)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: str = Field("demo", description="data set name; its store is $SUBSAMPLE_HOME/datasets/<dataset>.zarr")
+    source: Optional[str] = Field(None, description="source path; default: $SUBSAMPLE_<DATASET>_SOURCE, or the embedded data for 'demo'")
+    scale: Literal["smoke", "paper"] = Field("smoke", description="smoke: tiny models, minutes on a CPU; paper: the paper's settings, for a GPU")
+    strategies: tuple[str, ...] = Field(STRATEGIES, description="batch strategies (pipeline.batches.STRATEGIES)")
+    batch_sizes: Optional[tuple[int, ...]] = Field(None, description="batch sizes B; None = the scale's")
+    presets: Optional[tuple[str, ...]] = Field(None, description="training presets (`subsample presets`); None = the scale's")
+    seeds: int = Field(3, ge=3, description="seeds 0..seeds-1 per configuration (training and batches seed); a spread needs >= 3")
+    ingest: IngestOptions = Field(default_factory=IngestOptions)  # type: ignore[valid-type]
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    tables: TablesConfig = Field(default_factory=TablesConfig)
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig values over every preset and the scale's (e.g. epochs, device)")
+    evaluate: dict[str, Any] = Field(default_factory=dict, description="EvaluateConfig values over the scale's (e.g. samples, weights)")
+    diagnostic_epochs: Optional[int] = Field(None, ge=1, description="epochs of batches the coverage/KL tables cover; None = the scale's")
+    dask_address: Optional[str] = Field(None, description="Dask scheduler for the features stage; None = local")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dataset_ingest(cls, data: Any) -> Any:
+        """The data set's ingest convention (size, crop) under the ingest values given, resolved
+        here so the config carries it explicitly (a deployment's parameters show it)."""
+        if isinstance(data, dict) and isinstance(data.get("dataset"), str):
+            given = data.get("ingest") or {}
+            given = given.model_dump(exclude_unset=True) if isinstance(given, BaseModel) else dict(given)
+            data = {**data, "ingest": merge(dataset_defaults(data["dataset"]).get("ingest", {}), given)}
+        return data
+
+    @field_validator("dataset")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        return check_name(v)
+
+    @field_validator("strategies")
+    @classmethod
+    def _known_strategies(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from pipeline.batches import STRATEGIES as REGISTERED
+
+        unknown = [s for s in v if s not in REGISTERED]
+        if unknown or not v or len(set(v)) != len(v):
+            raise ValueError(f"give distinct strategies among {', '.join(REGISTERED)} (got {list(v)})")
+        return v
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, v: Optional[tuple[int, ...]]) -> Optional[tuple[int, ...]]:
+        if v is not None and (not v or min(v) < 1 or len(set(v)) != len(v)):
+            raise ValueError(f"give distinct positive batch sizes (got {list(v)})")
+        return v
+
+    @field_validator("presets")
+    @classmethod
+    def _known_presets(cls, v: Optional[tuple[str, ...]]) -> Optional[tuple[str, ...]]:
+        from pipeline.presets import PRESETS
+
+        if v is not None and (not v or len(set(v)) != len(v) or any(p not in PRESETS for p in v)):
+            raise ValueError(f"give distinct presets among {', '.join(PRESETS)} (got {list(v)})")
+        return v
+
+    @model_validator(mode="after")
+    def _cells_validate(self) -> "CompareConfig":
+        """Every preset's run config must validate with these train/evaluate values (a typo in a
+        field fails here, before anything trains)."""
+        for preset in self.grid_presets:
+            self.cell_run_config(GridCell(self.strategies[0], self.grid_batch_sizes[0], preset, 0))
+        return self
+
+    # --- the grid --------------------------------------------------------------------------------
+
+    @property
+    def scale_spec(self) -> Scale:
+        return SCALES[self.scale]
+
+    @property
+    def grid_batch_sizes(self) -> tuple[int, ...]:
+        return self.batch_sizes or self.scale_spec.batch_sizes
+
+    @property
+    def grid_presets(self) -> tuple[str, ...]:
+        return self.presets or self.scale_spec.presets
+
+    @property
+    def grid_seeds(self) -> tuple[int, ...]:
+        return tuple(range(self.seeds))
+
+    @property
+    def grid_diagnostic_epochs(self) -> int:
+        return self.diagnostic_epochs or self.scale_spec.diagnostic_epochs
+
+    def cells(self) -> list[GridCell]:
+        return expand_grid(self.strategies, self.grid_batch_sizes, self.grid_presets, self.grid_seeds)
+
+    def base_run_config(self) -> RunConfig:
+        """The shared upstream: ingest, features, tables (as ``train-subsample`` runs them)."""
+        return build_config(self._shared_fields())
+
+    def cell_run_config(self, cell: GridCell) -> RunConfig:
+        sections = cell_sections(cell, self.scale_spec, self.train, self.evaluate, self.grid_diagnostic_epochs)
+        return build_config({**self._shared_fields(), **sections})
+
+    def _shared_fields(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "source": self.source, "ingest": self.ingest, "features": self.features,
+                "tables": self.tables, "dask_address": self.dask_address}
+
+    def mlflow_params(self) -> dict[str, Any]:
+        """The parent run's params: the resolved grid and the settings."""
+        return {
+            "grid": {"strategies": list(self.strategies), "batch_sizes": list(self.grid_batch_sizes),
+                     "presets": list(self.grid_presets), "seeds": self.seeds,
+                     "diagnostic_epochs": self.grid_diagnostic_epochs, "cells": len(self.cells())},
+            "scale": self.scale, "dataset": self.dataset,
+            "scale_train": self.scale_spec.train, "scale_evaluate": self.scale_spec.evaluate,
+            "train": self.train, "evaluate": self.evaluate,
+            "tables": self.tables.model_dump(mode="json"), "features": self.features.model_dump(mode="json"),
+        }
+
+
+def build_compare_config(fields: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> CompareConfig:
+    """Validate ``fields`` plus ``section.field=value`` overrides (``train.epochs=2``,
+    ``evaluate.samples=1000``, ``tables.bins=[16,16]``) into a CompareConfig; a validation error
+    becomes a one-line :class:`SubsampleError` naming the field."""
+    data = {k: (v.model_dump(exclude_unset=True) if isinstance(v, BaseModel) else v) for k, v in fields.items()
+            if v is not None}
+    data = merge(data, parse_overrides(overrides))
+    try:
+        return CompareConfig.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in e.errors())
+        raise SubsampleError("compare", f"invalid comparison: {problems}") from None
+    except SubsampleError as e:  # a cell's run config (raised by build_config)
+        raise SubsampleError("compare", e.message) from None
+
+
+# --- tasks (plain functions of pipeline.compare and pipeline.report) ------------------------------
+
+
+@task(name="record", cache_policy=NO_CACHE)
+def record_task(parent_run_id: str, cell: GridCell, summaries: dict, error: Optional[str], train_key: Optional[str]) -> dict:
+    from pipeline.compare import record_cell
+
+    return record_cell(parent_run_id, cell, summaries, error=error, train_key=train_key)
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(parent_run_id: str) -> dict:
+    from pipeline.report import build_report
+
+    return build_report(parent_run_id)
+
+
+def _train_key(rc: RunConfig) -> Optional[str]:
+    """The train key of a cell whose training failed (to find its FAILED child run)."""
+    try:
+        from pipeline.tables import tables_artifact
+        from pipeline.train import train_key
+        from storage.store import open_store
+
+        return train_key(rc.train, rc.batches, tables_artifact(rc.dataset, rc.tables, rc.features).content_hash,
+                         open_store(rc.dataset).content_hash)
+    except SubsampleError:
+        return None
+
+
+def _check_batch_sizes(cfg: CompareConfig) -> None:
+    from storage.store import open_store
+
+    n = open_store(cfg.dataset).n
+    too_big = [b for b in cfg.grid_batch_sizes if b > n]
+    if too_big:
+        raise SubsampleError(
+            "compare", f"batch size(s) {', '.join(map(str, too_big))} exceed the {n} images of {cfg.dataset!r}; "
+            f"pass --batch-sizes no larger than {n}",
+        )
+
+
+# --- the flow ------------------------------------------------------------------------------------
+
+
+@flow(name="compare-strategies", description="strategies × batch sizes × presets × seeds, nested MLflow runs, a report")
+def compare_strategies(
+    dataset: str = "demo",
+    source: Optional[str] = None,
+    scale: Literal["smoke", "paper"] = "smoke",
+    strategies: Optional[list[str]] = None,
+    batch_sizes: Optional[list[int]] = None,
+    presets: Optional[list[str]] = None,
+    seeds: int = 3,
+    ingest: IngestOptions = IngestOptions(),  # type: ignore[valid-type]
+    features: FeaturesConfig = FeaturesConfig(),
+    tables: TablesConfig = TablesConfig(),
+    train: Optional[dict[str, Any]] = None,
+    evaluate: Optional[dict[str, Any]] = None,
+    diagnostic_epochs: Optional[int] = None,
+    dask_address: Optional[str] = None,
+    overrides: Optional[list[str]] = None,
+) -> dict:
+    """Train the grid (each cell a train-subsample run sharing the cached upstream stages) under
+    one MLflow parent run and write the report. Parameters: see :class:`CompareConfig`;
+    ``overrides`` are ``section.field=value`` strings applied on top."""
+    from pipeline import compare
+    from storage import tracking
+
+    fields = dict(dataset=dataset, source=source, scale=scale, strategies=strategies, batch_sizes=batch_sizes,
+                  presets=presets, seeds=seeds, ingest=ingest, features=features, tables=tables, train=train,
+                  evaluate=evaluate, diagnostic_epochs=diagnostic_epochs, dask_address=dask_address)
+    try:
+        cfg = build_compare_config(fields, overrides or ())
+    except SubsampleError as e:
+        return Failed(message=str(e), data=e)
+    started = time.perf_counter()
+
+    base = cfg.base_run_config()
+    upstream: Optional[dict] = None
+    for stage in UPSTREAM:
+        state = STAGE_TASKS[stage](base, upstream, return_state=True)
+        if not state.is_completed():
+            return Failed(message=state.message, data=state.result(raise_on_failure=False))
+        upstream = state.result()
+    try:
+        _check_batch_sizes(cfg)
+    except SubsampleError as e:
+        return Failed(message=str(e), data=e)
+
+    from storage.store import open_store
+
+    cells = cfg.cells()
+    params = {**cfg.mlflow_params(), "n_images": open_store(cfg.dataset).n}
+    parent = compare.start_parent(cfg.dataset, f"compare-{cfg.dataset}-{cfg.scale}", params, cells)
+    compare.note(f"{len(cells)} runs under MLflow parent run {parent}")
+    rows: list[dict] = []
+    status = "KILLED"
+    try:
+        with tracking.nested_under(parent):
+            for i, cell in enumerate(cells, start=1):
+                rc = cfg.cell_run_config(cell)
+                summaries: dict[str, dict] = {}
+                error: Optional[str] = None
+                prev: Optional[dict] = None
+                for stage in PER_CELL:
+                    state = STAGE_TASKS[stage].with_options(task_run_name=f"{stage} [{cell.label}]")(rc, prev, return_state=True)
+                    if not state.is_completed():
+                        exc = state.result(raise_on_failure=False)
+                        if not isinstance(exc, SubsampleError):
+                            raise exc if isinstance(exc, BaseException) else RuntimeError(state.message)
+                        error = str(exc)
+                        break
+                    prev = summaries[stage] = state.result()
+                train_key = None if "train" in summaries or error is None else _train_key(rc)
+                rows.append(record_task.with_options(task_run_name=f"record [{cell.label}]")(
+                    parent, cell, summaries, error, train_key))
+                compare.note(f"[{i}/{len(cells)}] {cell.label}: {'failed: ' + error if error else 'ok'}")
+        status = "FINISHED"
+    except Exception:
+        status = "FAILED"
+        raise
+    finally:
+        done = {(r["strategy"], r["batch_size"], r["preset"], r["seed"]) for r in rows}
+        left = [{**asdict(c), "configuration": c.configuration, "status": "not run"} for c in cells
+                if (c.strategy, c.batch_size, c.preset, c.seed) not in done]
+        compare.finish_parent(parent, rows + left, status)
+        if status != "FINISHED":  # what was done so far, for the record
+            try:
+                report_task(parent)
+            except Exception as e:  # the original error matters more
+                compare.note(f"no report of the partial run: {e}")
+    report = report_task(parent)
+    return {
+        "flow_run": flow_run.get_name(), "flow_run_id": flow_run.get_id(),
+        "dataset": cfg.dataset, "scale": cfg.scale, "parent_run_id": parent,
+        "cells": len(rows), "cells_failed": sum(r["status"] == "failed" for r in rows),
+        "cells_trained_now": sum(not r["train_cache_hit"] for r in rows if r["status"] == "ok"),
+        "report_html": report["html"], "report_md": report["md"], "report_dir": report["dir"],
+        "mlflow_tracking_uri": mlflow_tracking_uri(),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def run(cfg: CompareConfig) -> dict:
+    """Run the flow in this process (Prefect's ephemeral mode when no server is configured) and
+    return its summary; a stage's SubsampleError is raised again."""
+    params = cfg.model_dump(mode="json")
+    state = compare_strategies(**params, return_state=True)
+    if state.is_completed():
+        return state.result()
+    state.result()
+    raise SubsampleError("compare", f"flow run ended in state {state.name}: {state.message}")

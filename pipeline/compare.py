@@ -1,0 +1,250 @@
+"""The paper's comparison (spec §6) as a grid of training runs, and what each run leaves in MLflow.
+
+A comparison trains every cell of ``strategies × batch sizes × presets × seeds`` (one
+``train-subsample`` run each: batches → train → evaluate on the shared, cached ingest, features
+and tables) under one MLflow *parent* run; :mod:`pipeline.report` then reads the parent's children
+back from MLflow and writes the report. This module is the plain-Python part the flow
+``compare-strategies`` (``flows/compare.py``) wires: the scales, the grid, and
+:func:`record_cell`, which makes each cell's child run complete:
+
+- the training run itself when it was trained now (``run_train`` starts it inside
+  :func:`storage.tracking.nested_under`, so it is nested under the parent);
+- a copy of the cached training run's params, tags and metric histories otherwise (a cached
+  artifact was trained earlier, its run already has a parent or none; an MLflow run has one parent),
+  with its last sample grid and loss curve;
+- plus, on either, the cell's tags (``compare.*``), the batches stage's diagnostics (the paper's
+  Tables 1 and 2: ``batches/coverage`` per epoch, ``batches/kl_{mean,std,min,median,max}``, the
+  never-drawn images grid), and the evaluation's metrics (``eval/*``) and fidelity status.
+
+Seeds: cell seed s sets both the training seed (init, z) and the batches seed (the construction of
+every epoch), so the seed-to-seed spread covers both sources of variation.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+STRATEGIES = ("random", "constructed", "dealt")
+PAPER_PRESETS = ("paper-constructed", "paper-128a", "paper-128b", "paper-128c", "paper-128d")
+
+PARENT_TAG = "subsample.compare"  # "parent" on the comparison's parent run
+CELL_TAGS = ("compare.strategy", "compare.batch_size", "compare.preset", "compare.seed")
+FIDELITY_TAG = "eval/fidelity"  # the evaluation's IS/FID/KID status: "ok" or "skipped: <reason>"
+ERROR_TAG = "compare.error"
+GRID_ARTIFACT = "grid.json"  # on the parent: the planned cells, then each cell's run id or error
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Grid defaults and settings laid over every cell's preset (``TrainConfig`` and
+    ``EvaluateConfig`` values), plus the epochs of batches the diagnostics cover."""
+
+    name: str
+    description: str
+    batch_sizes: tuple[int, ...]
+    presets: tuple[str, ...]
+    train: dict[str, Any] = field(default_factory=dict)
+    evaluate: dict[str, Any] = field(default_factory=dict)
+    diagnostic_epochs: int = 1
+
+
+SCALES: dict[str, Scale] = {
+    "smoke": Scale(
+        "smoke",
+        "tiny DCGANs (ngf=ndf=8) for 2 epochs, feature metrics only: checks the machinery on a CPU in "
+        "minutes; its numbers say nothing about the method",
+        batch_sizes=(128, 1000),  # a small and a large batch that both fit the demo's 2,000 images
+        presets=("paper-constructed", "paper-128a"),
+        train={"ngf": 8, "ndf": 8, "epochs": 2, "sample_grid": 16, "kl_samples": 256},
+        evaluate={"samples": 500, "grid": 16, "fidelity": False},
+        diagnostic_epochs=2,
+    ),
+    "paper": Scale(
+        "paper",
+        "the paper's models, epochs and batch sizes (spec §6), IS/FID/KID on 10,000 samples: for a GPU machine",
+        batch_sizes=(128, 512, 1024, 2000),  # the paper's 2000 is 2048 for CIFAR-10 (--batch-sizes)
+        presets=PAPER_PRESETS,
+        train={},
+        evaluate={"samples": 10_000, "fidelity": True},
+        diagnostic_epochs=5,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One training run of the comparison."""
+
+    strategy: str
+    batch_size: int
+    preset: str
+    seed: int
+
+    @property
+    def configuration(self) -> str:
+        """The cell without its seed: what the report averages over seeds."""
+        return f"{self.preset} {self.strategy} B={self.batch_size}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.configuration} seed={self.seed}"
+
+    def tags(self) -> dict[str, str]:
+        return dict(zip(CELL_TAGS, (self.strategy, str(self.batch_size), self.preset, str(self.seed))))
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str]) -> Optional["GridCell"]:
+        if not all(t in tags for t in CELL_TAGS):
+            return None
+        s, b, p, seed = (tags[t] for t in CELL_TAGS)
+        return cls(s, int(b), p, int(seed))
+
+
+def expand_grid(
+    strategies: tuple[str, ...], batch_sizes: tuple[int, ...], presets: tuple[str, ...], seeds: tuple[int, ...]
+) -> list[GridCell]:
+    """Every cell, preset-major then batch size, strategy and seed (the order they train in)."""
+    return [GridCell(s, b, p, seed) for p, b, s, seed in itertools.product(presets, batch_sizes, strategies, seeds)]
+
+
+def cell_sections(cell: GridCell, scale: Scale, train: Mapping[str, Any], evaluate: Mapping[str, Any],
+                  diagnostic_epochs: int) -> dict[str, Any]:
+    """The run-config sections of one cell, over its preset's values: the cell's batches
+    (strategy, B, seed, epochs of diagnostics); the scale's then the user's training values, then
+    the cell's seed (tracked, so the child run exists); the scale's then the user's evaluation."""
+    return {
+        "preset": cell.preset,
+        "batches": {"strategy": cell.strategy, "batch_size": cell.batch_size, "seed": cell.seed,
+                    "epochs": diagnostic_epochs},
+        "train": {**scale.train, **dict(train), "seed": cell.seed, "track": True},
+        "evaluate": {**scale.evaluate, **dict(evaluate)},
+    }
+
+
+# --- MLflow records -----------------------------------------------------------------------------
+
+
+def start_parent(dataset: str, name: str, params: Mapping[str, Any], cells: list[GridCell]) -> str:
+    """The comparison's parent run, with its parameters and the planned grid (``grid.json``)."""
+    from storage import tracking
+
+    run_id = tracking.start_run(dataset, run_name=name, tags={PARENT_TAG: "parent"}, params=params)
+    log_grid(run_id, [{**asdict(c), "configuration": c.configuration, "status": "planned"} for c in cells])
+    return run_id
+
+
+def log_grid(parent_run_id: str, rows: list[dict[str, Any]]) -> None:
+    import tempfile
+
+    from storage import tracking
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / GRID_ARTIFACT
+        path.write_text(json.dumps(rows, indent=1))
+        tracking.log_artifacts(parent_run_id, [(path, None)])
+
+
+def find_child(parent_run_id: str, train_key: str) -> Optional[str]:
+    """The child of ``parent_run_id`` that trained ``train_key`` (e.g. one whose training failed)."""
+    from storage import tracking
+
+    for run in tracking.child_runs(parent_run_id):
+        if run.data.tags.get(tracking.TRAIN_KEY_TAG) == train_key:
+            return run.info.run_id
+    return None
+
+
+def record_cell(
+    parent_run_id: str,
+    cell: GridCell,
+    summaries: Mapping[str, dict],
+    *,
+    error: Optional[str] = None,
+    train_key: Optional[str] = None,
+) -> dict[str, Any]:
+    """Make the cell's child run of ``parent_run_id`` complete (see the module docstring) and
+    return the cell's row of ``grid.json``: the cell, its status, child run id, error."""
+    from storage import tracking
+
+    row: dict[str, Any] = {**asdict(cell), "configuration": cell.configuration}
+    train = summaries.get("train")
+    run_id: Optional[str] = None
+    if train and train.get("mlflow_run_id"):
+        src = train["mlflow_run_id"]
+        if tracking.run_tag(src, tracking.PARENT_RUN_TAG) == parent_run_id:
+            run_id = src
+        else:
+            # this comparison's diagnostics and evaluation are logged below, not an earlier one's
+            run_id = tracking.copy_run(src, parent_run_id=parent_run_id, exclude_metric_prefixes=("batches/", "eval/"))
+            _log_train_files(run_id, train)
+    elif train_key:
+        run_id = find_child(parent_run_id, train_key)  # training started and failed
+    if run_id is not None:
+        tags = {**cell.tags(), "compare.source_run": train["mlflow_run_id"] if train else run_id}
+        if error:
+            tags[ERROR_TAG] = error[:5000]
+        tracking.set_tags(run_id, tags)
+        if "batches" in summaries:
+            _log_batches(run_id, summaries["batches"])
+        if "evaluate" in summaries:
+            _log_evaluate(run_id, summaries["evaluate"], train)
+    row.update(status="failed" if error else "ok", run_id=run_id, error=error,
+               train_cache_hit=bool(train and train.get("cache_hit")))
+    return row
+
+
+def _log_train_files(run_id: str, train: dict) -> None:
+    """A copied run's last sample grid and loss curve, from the cached train artifact."""
+    from storage import tracking
+
+    path = Path(train.get("path", ""))
+    grids = sorted((path / "grids").glob("epoch_*.png"))
+    files: list[tuple[Path, Optional[str]]] = [(grids[-1], "grids")] if grids else []
+    files.append((path / "loss_curve.png", None))
+    tracking.log_artifacts(run_id, files)
+
+
+def _log_batches(run_id: str, batches: dict) -> None:
+    """The batches stage's diagnostics (spec §4) on the child run: coverage per epoch (step =
+    training epoch, 1-based), the KL(f_Xi || f_X) statistics over all the epochs' batches, the
+    count of images never drawn in epoch 1, and its files (diagnostics.json/.md, never_drawn.png)."""
+    from storage import tracking
+
+    for e, cov in enumerate(batches["coverage"]["per_epoch"], start=1):
+        tracking.log_metrics(run_id, {"batches/coverage": cov}, step=e)
+    stats = {f"batches/kl_{k}": v for k, v in batches["kl"].items()}
+    tracking.log_metrics(run_id, {**stats, "batches/coverage_mean": batches["coverage"]["mean"],
+                                  "batches/n_never_drawn": batches["n_never_drawn"]}, step=0)
+    tracking.set_tags(run_id, {"batches/key": batches["key"]})
+    path = Path(batches["path"])
+    tracking.log_artifacts(run_id, [(path / f, "batches") for f in ("diagnostics.json", "diagnostics.md", "never_drawn.png")])
+
+
+def _log_evaluate(run_id: str, evaluate: dict, train: Optional[dict]) -> None:
+    """``eval/<metric>`` values the child run does not hold yet (a cached evaluation logged them
+    to the run that trained the generator, or not at all), and the fidelity status as a tag."""
+    from storage import tracking
+
+    have = tracking.client().get_run(run_id).data.metrics
+    missing = {f"eval/{k}": v for k, v in evaluate.get("metrics", {}).items() if f"eval/{k}" not in have}
+    if missing:
+        tracking.log_metrics(run_id, missing, step=int((train or {}).get("epochs") or 0))
+    tracking.set_tags(run_id, {FIDELITY_TAG: str(evaluate.get("fidelity") or "unknown")[:5000],
+                               "eval/key": evaluate.get("key", "")})
+
+
+def finish_parent(parent_run_id: str, rows: list[dict[str, Any]], status: str = "FINISHED") -> None:
+    from storage import tracking
+
+    log_grid(parent_run_id, rows)
+    failed = sum(r.get("status") == "failed" for r in rows)
+    tracking.log_metrics(parent_run_id, {"cells": len(rows), "cells_failed": failed}, step=0)
+    tracking.end_run(parent_run_id, status)
+
+
+def note(message: str) -> None:
+    print(f"compare: {message}", file=sys.stderr)

@@ -1,0 +1,736 @@
+"""The comparison report, built from what MLflow recorded for a comparison's parent run.
+
+``build_report(parent_run_id)`` reads the parent's params and ``grid.json`` and every child run
+(:func:`storage.tracking.child_runs`: tags ``compare.*``, latest metrics, metric histories,
+artifacts), never the stage artifacts or the flow's memory, and writes into
+``$SUBSAMPLE_HOME/reports/<parent run id>/``:
+
+``report.html``   self-contained (the plots embedded as base64 PNG)
+``report.md``     the same text, plots linked as ``plots/*.png``
+``report.json``   every number the report shows, machine-readable
+``plots/``        the PNG plots
+
+and logs them to the parent run under ``report/``. Contents:
+
+- the batch diagnostics in the paper's layout (Tables 1 and 2: rows strategies, columns batch
+  sizes): coverage per epoch (with Eq. 5's ``(n - n mod B)/n``) and ``KL(f_Xi || f_X)`` mean, s.d.,
+  minimum, median and maximum, averaged over the seeds' constructions;
+- per configuration (preset × strategy × B): feature KL, FID, KID and IS as mean ± s.d. over seeds
+  (sample s.d., ``ddof=1``) with the number of seeds; IS/FID/KID say why when absent;
+- each strategy against random, per preset, batch size and metric: difference of means against
+  twice the pooled seed s.d., and Welch's t-test, worded plainly;
+- curves of feature KL (logged by training every epoch) and FID against epochs, metrics against
+  batch size, last-epoch sample grids (seed 0) and the never-drawn images per strategy and B.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from pipeline.compare import CELL_TAGS, ERROR_TAG, FIDELITY_TAG, GRID_ARTIFACT, GridCell
+from storage.errors import SubsampleError
+from storage.paths import home
+
+STAGE = "report"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    label: str
+    pattern: str  # MLflow metric key, the sample count captured
+    lower_is_better: bool
+    family: str  # evaluate's metric family: "feature" or "fidelity"
+
+
+EVAL_METRICS = (
+    MetricSpec("feature_kl", "feature KL", r"^eval/feature_kl(\d+k?)_train$", True, "feature"),
+    MetricSpec("fid", "FID", r"^eval/fid(\d+k?)_train$", True, "fidelity"),
+    MetricSpec("kid", "KID", r"^eval/kid(\d+k?)_train$", True, "fidelity"),
+    MetricSpec("is", "IS", r"^eval/is(\d+k?)$", False, "fidelity"),
+)
+KL_STATS = ("mean", "std", "min", "median", "max")
+SPREAD_FACTOR = 2.0  # a difference "exceeds the seed spread" when |diff| > 2 × pooled seed s.d.
+
+
+def reports_dir(parent_run_id: str) -> Path:
+    return home() / "reports" / parent_run_id
+
+
+# --- reading MLflow -------------------------------------------------------------------------------
+
+
+@dataclass
+class Member:
+    """One child run of the comparison, as MLflow recorded it."""
+
+    run_id: str
+    cell: GridCell
+    status: str  # MLflow run status
+    error: Optional[str]
+    fidelity: str  # the evaluation's IS/FID/KID status tag
+    metrics: dict[str, float]  # latest values
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # key -> [(step, value)]
+
+    def eval_key(self, spec: MetricSpec) -> Optional[str]:
+        """This run's MLflow key of ``spec`` (the largest sample count when several)."""
+        keys = [(k, m.group(1)) for k in self.metrics if (m := re.match(spec.pattern, k))]
+        if not keys:
+            return None
+        return max(keys, key=lambda kv: _count(kv[1]))[0]
+
+    def eval_value(self, spec: MetricSpec) -> Optional[float]:
+        k = self.eval_key(spec)
+        return None if k is None else self.metrics[k]
+
+
+def _count(tag: str) -> int:
+    return int(tag[:-1]) * 1000 if tag.endswith("k") else int(tag)
+
+
+@dataclass
+class ReportData:
+    parent_run_id: str
+    run_name: str
+    status: str
+    dataset: str
+    params: dict[str, str]
+    grid: list[dict[str, Any]]  # grid.json rows
+    members: list[Member]
+    experiment_id: str
+
+    @property
+    def scale(self) -> str:
+        return self.params.get("scale", "?")
+
+    @property
+    def n_images(self) -> Optional[int]:
+        v = self.params.get("n_images")
+        return int(v) if v and v.isdigit() else None
+
+    def axes(self) -> tuple[list[str], list[int], list[str], list[int]]:
+        """strategies, batch sizes, presets, seeds: the grid's order, from grid.json (else the runs)."""
+        cells = [GridCell(r["strategy"], int(r["batch_size"]), r["preset"], int(r["seed"])) for r in self.grid]
+        cells += [m.cell for m in self.members]
+        uniq = lambda xs: list(dict.fromkeys(xs))  # noqa: E731
+        return (uniq(c.strategy for c in cells), sorted(uniq(c.batch_size for c in cells)),
+                uniq(c.preset for c in cells), sorted(uniq(c.seed for c in cells)))
+
+    def select(self, *, strategy: Optional[str] = None, batch_size: Optional[int] = None,
+               preset: Optional[str] = None, seed: Optional[int] = None, ok: bool = True) -> list[Member]:
+        out = []
+        for m in self.members:
+            c = m.cell
+            if ((strategy is None or c.strategy == strategy) and (batch_size is None or c.batch_size == batch_size)
+                    and (preset is None or c.preset == preset) and (seed is None or c.seed == seed)
+                    and (not ok or (m.status == "FINISHED" and not m.error))):
+                out.append(m)
+        return sorted(out, key=lambda m: m.cell.seed)
+
+
+HISTORY_KEYS = ("feature_kl", "batches/coverage")
+
+
+def collect(parent_run_id: str) -> ReportData:
+    """The parent run and its children, read back from MLflow."""
+    from mlflow.exceptions import MlflowException
+
+    from storage import tracking
+
+    c = tracking.client()
+    try:
+        parent = c.get_run(parent_run_id)
+    except MlflowException:
+        raise SubsampleError(
+            STAGE, f"no MLflow run {parent_run_id!r} in {tracking.mlflow_tracking_uri()}; give the parent run id "
+            "that `subsample compare` printed"
+        ) from None
+    grid: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
+        try:
+            grid = json.loads(Path(c.download_artifacts(parent_run_id, GRID_ARTIFACT, tmp)).read_text())
+        except (MlflowException, OSError, ValueError):
+            grid = []
+    members = []
+    for run in tracking.child_runs(parent_run_id):
+        cell = GridCell.from_tags(run.data.tags)
+        if cell is None:
+            continue  # a run nested by hand, not a cell of this comparison
+        m = Member(
+            run_id=run.info.run_id, cell=cell, status=run.info.status, error=run.data.tags.get(ERROR_TAG),
+            fidelity=run.data.tags.get(FIDELITY_TAG, "unknown"), metrics=dict(run.data.metrics),
+        )
+        keys = [k for k in HISTORY_KEYS if k in m.metrics]
+        keys += [k for spec in EVAL_METRICS if (k := m.eval_key(spec))]
+        for k in keys:
+            hist = sorted((h.step, h.timestamp, h.value) for h in c.get_metric_history(m.run_id, k))
+            by_step: dict[int, float] = {}
+            for step, _, value in hist:  # the last value logged at each step
+                by_step[int(step)] = float(value)
+            m.history[k] = sorted(by_step.items())
+        members.append(m)
+    return ReportData(
+        parent_run_id=parent_run_id, run_name=parent.info.run_name or "", status=parent.info.status,
+        dataset=parent.data.tags.get(tracking.DATASET_TAG, "?"), params=dict(parent.data.params), grid=grid,
+        members=members, experiment_id=parent.info.experiment_id,
+    )
+
+
+# --- statistics -------------------------------------------------------------------------------------
+
+
+def mean_sd(values: list[float]) -> dict[str, Any]:
+    """Mean, sample s.d. (ddof=1; None for one value) and n."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 0:
+        return {"mean": None, "sd": None, "n": 0}
+    if len(v) == 1:
+        return {"mean": float(v[0]), "sd": None, "n": 1}
+    if np.all(v == v[0]):  # exactly: floating-point sums would give a 1e-16 "spread"
+        return {"mean": float(v[0]), "sd": 0.0, "n": int(len(v))}
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)), "n": int(len(v))}
+
+
+def compare_to_baseline(a: list[float], b: list[float], lower_is_better: bool) -> dict[str, Any]:
+    """``a`` (a strategy) against ``b`` (random) over seeds: difference of means, pooled seed s.d.
+    ``sqrt((s_a² + s_b²) / 2)``, whether ``|diff|`` exceeds twice it, and Welch's t-test."""
+    from scipy import stats
+
+    sa, sb = mean_sd(a), mean_sd(b)
+    out: dict[str, Any] = {"a": sa, "b": sb, "diff": None, "pooled_sd": None, "exceeds": None,
+                           "better": None, "t": None, "p": None}
+    if sa["n"] < 2 or sb["n"] < 2:
+        return out
+    diff = sa["mean"] - sb["mean"]
+    pooled = math.sqrt((sa["sd"] ** 2 + sb["sd"] ** 2) / 2)
+    out.update(diff=diff, pooled_sd=pooled, exceeds=abs(diff) > SPREAD_FACTOR * pooled,
+               better=(diff < 0) == lower_is_better if diff != 0 else None)
+    if pooled > 0:
+        res = stats.ttest_ind(a, b, equal_var=False)
+        out.update(t=float(res.statistic), p=float(res.pvalue))
+    return out
+
+
+# --- the report's numbers -----------------------------------------------------------------------------
+
+
+def fidelity_reason(members: list[Member]) -> str:
+    """Why IS/FID/KID are missing, from the evaluations' status tags."""
+    notes = {m.fidelity for m in members}
+    text = " ".join(notes).lower()
+    if "disabled" in text:
+        return "n/a (fidelity off at this scale)"
+    if "offline" in text or "weights" in text:
+        return "n/a (weights unavailable)"
+    if not members:
+        return "n/a (no finished run)"
+    return f"n/a ({'; '.join(sorted(notes))[:80]})"
+
+
+def summarise(data: ReportData) -> dict[str, Any]:
+    """Every number the report shows, from ``data`` (what MLflow holds)."""
+    strategies, sizes, presets, seeds = data.axes()
+    n = data.n_images
+
+    coverage, kl = {}, {}
+    for s in strategies:
+        for b in sizes:
+            runs = {m.cell.seed: m for m in data.select(strategy=s, batch_size=b)}  # one per batches seed
+            per_seed = [[v for _, v in m.history.get("batches/coverage", [])] for m in runs.values()]
+            values = [v for vs in per_seed for v in vs]
+            coverage[f"{s}|{b}"] = {
+                "mean": float(np.mean(values)) if values else None,
+                "min": float(np.min(values)) if values else None, "max": float(np.max(values)) if values else None,
+                "epochs": max((len(vs) for vs in per_seed), default=0), "seeds": len(per_seed),
+            }
+            kl[f"{s}|{b}"] = {"seeds": len(runs)}
+            for stat in KL_STATS:
+                vals = [m.metrics[f"batches/kl_{stat}"] for m in runs.values() if f"batches/kl_{stat}" in m.metrics]
+                kl[f"{s}|{b}"][stat] = float(np.mean(vals)) if vals else None
+
+    configurations = []
+    for p in presets:
+        for b in sizes:
+            for s in strategies:
+                planned = [r for r in data.grid if (r["preset"], int(r["batch_size"]), r["strategy"]) == (p, b, s)]
+                ok = data.select(preset=p, batch_size=b, strategy=s)
+                failed = [m for m in data.select(preset=p, batch_size=b, strategy=s, ok=False) if m not in ok]
+                row: dict[str, Any] = {
+                    "configuration": f"{p} {s} B={b}", "preset": p, "strategy": s, "batch_size": b,
+                    "planned": len(planned) or len(ok) + len(failed), "ok": len(ok),
+                    "failed": [{"seed": m.cell.seed, "run_id": m.run_id, "error": m.error or m.status} for m in failed]
+                    + [{"seed": r["seed"], "run_id": None, "error": r.get("error") or r.get("status")}
+                       for r in planned if r.get("status") in ("failed", "not run") and r.get("run_id") is None],
+                    "metrics": {},
+                }
+                for spec in EVAL_METRICS:
+                    vals = {m.cell.seed: v for m in ok if (v := m.eval_value(spec)) is not None}
+                    keys = sorted({k for m in ok if (k := m.eval_key(spec))})
+                    row["metrics"][spec.name] = {
+                        **mean_sd(list(vals.values())), "values": {str(k): v for k, v in vals.items()},
+                        "mlflow_keys": keys,
+                        "missing": None if vals else (fidelity_reason(ok) if spec.family == "fidelity" else "n/a (no finished run)"),
+                    }
+                configurations.append(row)
+
+    comparisons = []
+    baseline = "random"
+    for p in presets:
+        for b in sizes:
+            base = data.select(preset=p, batch_size=b, strategy=baseline)
+            for s in strategies:
+                if s == baseline or not base:
+                    continue
+                runs = data.select(preset=p, batch_size=b, strategy=s)
+                for spec in EVAL_METRICS:
+                    a = [v for m in runs if (v := m.eval_value(spec)) is not None]
+                    r = [v for m in base if (v := m.eval_value(spec)) is not None]
+                    if not a or not r:
+                        continue
+                    res = compare_to_baseline(a, r, spec.lower_is_better)
+                    comparisons.append({"preset": p, "batch_size": b, "strategy": s, "baseline": baseline,
+                                        "metric": spec.name, "label": spec.label,
+                                        "lower_is_better": spec.lower_is_better, **res,
+                                        "sentence": comparison_sentence(s, baseline, spec, b, p, res)})
+    return {
+        "parent_run_id": data.parent_run_id, "run_name": data.run_name, "status": data.status,
+        "dataset": data.dataset, "scale": data.scale, "n_images": n, "experiment_id": data.experiment_id,
+        "strategies": strategies, "batch_sizes": sizes, "presets": presets, "seeds": seeds,
+        "runs": len(data.members), "runs_ok": len(data.select()),
+        "coverage": coverage, "coverage_eq5": {str(b): (n - n % b) / n for b in sizes} if n else {},
+        "kl": kl, "configurations": configurations, "comparisons": comparisons,
+    }
+
+
+def fmt(v: Optional[float], digits: int = 4) -> str:
+    if v is None or not math.isfinite(v):
+        return "–"
+    if v == 0:
+        return "0"
+    mag = math.floor(math.log10(abs(v)))
+    if mag >= digits + 2 or mag < -4:
+        return f"{v:.{digits - 1}e}"
+    return f"{v:.{max(digits - 1 - mag, 0)}f}"
+
+
+def fmt_mean_sd(m: dict[str, Any]) -> str:
+    if not m["n"]:
+        return m.get("missing") or "n/a"
+    sd = f" ± {fmt(m['sd'])}" if m["sd"] is not None else ""
+    return f"{fmt(m['mean'])}{sd} (n={m['n']})"
+
+
+def comparison_sentence(s: str, base: str, spec: MetricSpec, b: int, p: str, r: dict[str, Any]) -> str:
+    where = f"on {spec.label} at B={b} ({p})"
+    if r["diff"] is None:
+        return f"{s} vs {base} {where}: too few seeds to compare ({r['a']['n']} vs {r['b']['n']})."
+    values = f"{fmt(r['a']['mean'])} vs {fmt(r['b']['mean'])}"
+    if r["diff"] == 0 and r["pooled_sd"] == 0:
+        return (f"{s} vs {base} {where}: identical, {fmt(r['a']['mean'])} for every seed of both "
+                f"({r['a']['n']} vs {r['b']['n']} seeds): no difference and no spread to judge.")
+    welch = f"Welch t = {r['t']:.2f}, p = {r['p']:.3g}" if r["t"] is not None else "no seed-to-seed variation"
+    seeds = f"{r['a']['n']} vs {r['b']['n']} seeds"
+    bound = f"{SPREAD_FACTOR:g} × seed s.d. ({fmt(SPREAD_FACTOR * r['pooled_sd'])})"
+    if r["exceeds"]:
+        verb = "beats" if r["better"] else "is worse than"
+        return f"{s} {verb} {base} {where} by {fmt(abs(r['diff']))}: {values}, > {bound}; {welch}; {seeds}."
+    return f"{s} vs {base} {where}: within seed spread ({values}, difference {fmt(abs(r['diff']))} ≤ {bound}; {welch}; {seeds})."
+
+
+# --- plots ---------------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _suptitle(fig, text: str) -> None:
+    """A figure title wrapped to the figure's width (a narrow grid would clip it)."""
+    import textwrap
+
+    fig.suptitle(textwrap.fill(text, max(int(fig.get_figwidth() * 11), 30)), fontsize=10)
+
+
+@contextmanager
+def _quiet_downloads():
+    """No MLflow download progress bars on stderr while the report fetches its images."""
+    old = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = old
+
+
+COLOURS = {"random": "tab:grey", "constructed": "tab:blue", "dealt": "tab:orange"}
+
+
+def _curves(data: ReportData, key_of, title: str, ylabel: str, path: Path) -> bool:
+    """One subplot per (preset, B): mean over seeds against epoch, one line per strategy, band ± s.d."""
+    strategies, sizes, presets, _ = data.axes()
+    series = {}
+    for p in presets:
+        for b in sizes:
+            for s in strategies:
+                per_step: dict[int, list[float]] = {}
+                for m in data.select(preset=p, batch_size=b, strategy=s):
+                    k = key_of(m)
+                    for step, v in (m.history.get(k, []) if k else []):
+                        per_step.setdefault(step, []).append(v)
+                if per_step:
+                    series[(p, b, s)] = sorted(per_step.items())
+    if not series:
+        return False
+    plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(len(presets), len(sizes), figsize=(max(3.6 * len(sizes), 5.5), 2.8 * len(presets) + 0.5),
+                             squeeze=False, sharex=False)
+    for i, p in enumerate(presets):
+        for j, b in enumerate(sizes):
+            ax = axes[i][j]
+            for s in strategies:
+                pts = series.get((p, b, s))
+                if not pts:
+                    continue
+                x = np.array([st for st, _ in pts])
+                mean = np.array([np.mean(v) for _, v in pts])
+                sd = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for _, v in pts])
+                n = max(len(v) for _, v in pts)
+                ax.plot(x, mean, marker="o", ms=3, color=COLOURS.get(s), label=f"{s} (n={n})")
+                ax.fill_between(x, mean - sd, mean + sd, color=COLOURS.get(s), alpha=0.2, lw=0)
+            ax.set_title(f"{p}, B={b}", fontsize=9)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.set_ylabel(ylabel, fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.legend(fontsize=7)
+    _suptitle(fig, title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _vs_batch_size(summary: dict[str, Any], path: Path) -> bool:
+    """Final metrics (mean ± s.d. over seeds) against batch size, one line per strategy."""
+    specs = [spec for spec in EVAL_METRICS
+             if any(c["metrics"][spec.name]["n"] for c in summary["configurations"])]
+    if not specs:
+        return False
+    plt = _plt()
+    presets, sizes = summary["presets"], summary["batch_sizes"]
+    fig, axes = plt.subplots(len(presets), len(specs), figsize=(max(3.8 * len(specs), 5.5), 2.8 * len(presets) + 0.5),
+                             squeeze=False)
+    xs = np.arange(len(sizes))
+    for i, p in enumerate(presets):
+        for j, spec in enumerate(specs):
+            ax = axes[i][j]
+            for k, s in enumerate(summary["strategies"]):
+                rows = {c["batch_size"]: c["metrics"][spec.name] for c in summary["configurations"]
+                        if c["preset"] == p and c["strategy"] == s}
+                have = [b in rows and rows[b]["n"] > 0 for b in sizes]
+                y = [rows[b]["mean"] if h else np.nan for b, h in zip(sizes, have)]
+                e = [(rows[b]["sd"] or 0.0) if h else 0.0 for b, h in zip(sizes, have)]
+                ax.errorbar(xs + (k - 1) * 0.06, y, yerr=e, marker="o", ms=4, capsize=3, color=COLOURS.get(s), label=s)
+            ax.set_xticks(xs, [str(b) for b in sizes])
+            ax.set_xlabel("batch size B", fontsize=8)
+            ax.set_title(f"{spec.label} ({'lower' if spec.lower_is_better else 'higher'} is better), {p}", fontsize=9)
+            ax.tick_params(labelsize=7)
+            ax.legend(fontsize=7)
+    _suptitle(fig, "final metrics against batch size (mean ± s.d. over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _montage(tiles: list[list[Optional[Path]]], row_labels: list[str], col_labels: list[Any], title: str,
+             path: Path) -> bool:
+    """Images in a grid; a column label is one string, or one per row (a title on every tile)."""
+    if not any(t for row in tiles for t in row):
+        return False
+    from PIL import Image
+
+    plt = _plt()
+    rows, cols = len(tiles), len(tiles[0])
+    images = [[np.asarray(Image.open(t).convert("RGB")) if t is not None else None for t in row] for row in tiles]
+    # tiles at (about) their native pixels, so small sample images stay legible
+    w = max(max((im.shape[1] for row in images for im in row if im is not None), default=240) / 100, 2.0)
+    h = max(max((im.shape[0] for row in images for im in row if im is not None), default=240) / 100, 2.0)
+    fig, axes = plt.subplots(rows, cols, figsize=(max((w + 0.3) * cols + 0.5, 5.5), (h + 0.4) * rows + 0.7),
+                             squeeze=False)
+    for i in range(rows):
+        for j in range(cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if images[i][j] is not None:
+                ax.imshow(images[i][j], interpolation="nearest")
+            else:
+                ax.text(0.5, 0.5, "no image", ha="center", va="center", fontsize=8, transform=ax.transAxes)
+            label = col_labels[j] if isinstance(col_labels[j], str) else col_labels[j][i]
+            if i == 0 or not isinstance(col_labels[j], str):
+                ax.set_title(label, fontsize=8)
+            if j == 0:
+                ax.set_ylabel(row_labels[i], fontsize=9)
+    _suptitle(fig, title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _download(run_id: str, artifact: str, dst: Path) -> Optional[Path]:
+    from mlflow.exceptions import MlflowException
+
+    from storage import tracking
+
+    try:
+        return Path(tracking.client().download_artifacts(run_id, artifact, str(dst)))
+    except (MlflowException, OSError):
+        return None
+
+
+def _last_grid(run_id: str, dst: Path) -> Optional[Path]:
+    from storage import tracking
+
+    grids = sorted(f.path for f in tracking.client().list_artifacts(run_id, "grids") if f.path.endswith(".png"))
+    return _download(run_id, grids[-1], dst) if grids else None
+
+
+def write_plots(data: ReportData, summary: dict[str, Any], plots: Path) -> dict[str, str]:
+    """The PNGs (name -> caption), from the histories and artifacts MLflow holds."""
+    plots.mkdir(parents=True, exist_ok=True)
+    made: dict[str, str] = {}
+    strategies, sizes, presets, seeds = data.axes()
+    if _curves(data, lambda m: "feature_kl" if "feature_kl" in m.history else None,
+               "feature KL(f_G || f_X) of fixed-z samples after each epoch (mean ± s.d. over seeds)",
+               "feature KL", plots / "feature_kl_curves.png"):
+        made["feature_kl_curves.png"] = "Feature KL against epochs (training's per-epoch metric)."
+    fid = next(spec for spec in EVAL_METRICS if spec.name == "fid")
+    if _curves(data, lambda m: m.eval_key(fid), "FID against epochs (mean ± s.d. over seeds)", "FID",
+               plots / "fid_curves.png"):
+        made["fid_curves.png"] = ("FID against epochs. The evaluation runs once, on the final generator, so each "
+                                  "run contributes one point, at its last epoch.")
+    if _vs_batch_size(summary, plots / "metrics_vs_batch_size.png"):
+        made["metrics_vs_batch_size.png"] = "Final metrics against batch size, per preset (mean ± s.d. over seeds)."
+    seed0 = seeds[0] if seeds else 0
+    with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
+        tmp = Path(tmp)
+        cols = [(b, s) for b in sizes for s in strategies]
+        tiles = []
+        for p in presets:
+            row = []
+            for b, s in cols:
+                runs = data.select(preset=p, batch_size=b, strategy=s, seed=seed0)
+                row.append(_last_grid(runs[0].run_id, tmp / runs[0].run_id) if runs else None)
+            tiles.append(row)
+        if _montage(tiles, presets, [f"{s} B={b}" for b, s in cols],
+                    f"samples after the last epoch (fixed z, seed {seed0})", plots / "samples.png"):
+            made["samples.png"] = f"Last-epoch sample grids per configuration (seed {seed0}), from each run's `grids/`."
+        tiles, titles = [], {b: [] for b in sizes}
+        for s in strategies:
+            row = []
+            for b in sizes:
+                got, count = None, None
+                for m in data.select(strategy=s, batch_size=b, seed=seed0, ok=False):
+                    got = _download(m.run_id, "batches/never_drawn.png", tmp / f"nd-{m.run_id}")
+                    count = m.metrics.get("batches/n_never_drawn")
+                    if got:
+                        break
+                row.append(got)
+                titles[b].append(f"B={b}: {int(count) if count is not None else '?'} never drawn")
+            tiles.append(row)
+        if _montage(tiles, strategies, [titles[b] for b in sizes],
+                    f"images never drawn in the first epoch (batches seed {seed0}; up to 64 shown)",
+                    plots / "never_drawn.png"):
+            made["never_drawn.png"] = (f"Images no batch of the first epoch drew (batches seed {seed0}; the paper's "
+                                       "Fig. 5). Random batches leave out n mod B images at random; constructed "
+                                       "batches leave out images of the rare cells.")
+    return made
+
+
+# --- documents ---------------------------------------------------------------------------------------
+
+
+def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:
+    """The report as blocks: ("h", level, text), ("p", text), ("ul", items), ("table", head, rows), ("img", name, caption)."""
+    S, B, P = summary["strategies"], summary["batch_sizes"], summary["presets"]
+    out: list[tuple] = [("h", 1, f"Subsample comparison on {summary['dataset']} ({summary['scale']} scale)")]
+    out.append(("p", f"MLflow parent run `{summary['parent_run_id']}` ({summary['run_name']}, {summary['status']}), "
+                     f"experiment {summary['experiment_id']}: {summary['runs']} child runs, {summary['runs_ok']} finished. "
+                     f"Grid: strategies {', '.join(S)} × B {', '.join(map(str, B))} × presets {', '.join(P)} × "
+                     f"{len(summary['seeds'])} seeds; {summary['n_images']} training images. Every number below was "
+                     "read back from MLflow (the child runs' metrics, histories, tags and artifacts)."))
+    if summary["scale"] == "smoke":
+        out.append(("p", "**Smoke scale**: tiny models trained for a few steps. These numbers check that the "
+                         "machinery works; they say nothing about the method. Run `--scale paper` on a GPU for that."))
+
+    comps = summary["comparisons"]
+    out.append(("h", 2, "Which differences exceed the seed-to-seed spread"))
+    if comps:
+        big = [c for c in comps if c["exceeds"]]
+        out.append(("p", f"{len(big)} of {len(comps)} comparisons with random batches differ by more than "
+                         f"{SPREAD_FACTOR:g} × the pooled seed s.d. (√((s_a² + s_b²)/2), sample s.d. over seeds); "
+                         "Welch's t-test is given alongside. With 3 seeds, treat single hits with care: "
+                         "many comparisons are made."))
+        out.append(("ul", [c["sentence"] for c in big] or ["None: every difference is within the seed spread."]))
+        out.append(("p", "All comparisons:"))
+        out.append(("ul", [c["sentence"] for c in comps]))
+    else:
+        out.append(("p", "No comparison possible: the grid has no random-batch baseline or no finished runs."))
+
+    out.append(("h", 2, "Batch diagnostics (the paper's Tables 1 and 2)"))
+    cov_head = ["strategy"] + [f"B={b}" for b in B]
+    cov_rows = []
+    for s in S:
+        row = [s]
+        for b in B:
+            c = summary["coverage"][f"{s}|{b}"]
+            rng = f" ({fmt(c['min'])}–{fmt(c['max'])})" if c["mean"] is not None and c["max"] - c["min"] > 5e-5 else ""
+            row.append(fmt(c["mean"]) + rng)
+        cov_rows.append(row)
+    if summary["coverage_eq5"]:
+        cov_rows.append(["Eq. 5: (n − n mod B)/n"] + [fmt(summary["coverage_eq5"][str(b)]) for b in B])
+    epochs = max((c["epochs"] for c in summary["coverage"].values()), default=0)
+    out.append(("p", f"Table 1, coverage per epoch (distinct images drawn / n): mean over {epochs} epoch(s) and the "
+                     "seeds' constructions (range in brackets when it varies)."))
+    out.append(("table", cov_head, cov_rows))
+    kl_rows = []
+    for s in S:
+        for stat in KL_STATS:
+            kl_rows.append([s if stat == "mean" else "", stat] + [fmt(summary["kl"][f"{s}|{b}"][stat]) for b in B])
+    out.append(("p", "Table 2, KL(f_Xi || f_X) of each batch against the data set (Eq. 10, natural log) over all "
+                     "batches of those epochs: mean, s.d., minimum, median, maximum, each averaged over the seeds."))
+    out.append(("table", ["strategy", "statistic"] + [f"B={b}" for b in B], kl_rows))
+    if "never_drawn.png" in plots:
+        out.append(("img", "never_drawn.png", plots["never_drawn.png"]))
+
+    out.append(("h", 2, "Results per configuration (mean ± s.d. over seeds)"))
+    keys = sorted({k for c in summary["configurations"] for spec in EVAL_METRICS for k in c["metrics"][spec.name]["mlflow_keys"]})
+    out.append(("p", "Evaluation of the final generator (MLflow keys: " + (", ".join(f"`{k}`" for k in keys) or "none")
+                     + "). Feature KL is KL(f_G || f_X) in the paper's feature space (f_X smoothed with 0.5 per "
+                     "cell); lower FID, KID and feature KL and higher IS are better. n = seeds with a finished run."))
+    head = ["preset", "B", "strategy", "runs ok"] + [spec.label for spec in EVAL_METRICS]
+    rows = []
+    for c in summary["configurations"]:
+        rows.append([c["preset"], str(c["batch_size"]), c["strategy"], f"{c['ok']}/{c['planned']}"]
+                    + [fmt_mean_sd(c["metrics"][spec.name]) for spec in EVAL_METRICS])
+    out.append(("table", head, rows))
+    failed = [(c, f) for c in summary["configurations"] for f in c["failed"]]
+    if failed:
+        out.append(("p", "Runs that did not finish:"))
+        out.append(("ul", [f"{c['configuration']} seed {f['seed']}: {f['error']}"
+                           + (f" (run `{f['run_id']}`)" if f["run_id"] else "") for c, f in failed]))
+    for name in ("metrics_vs_batch_size.png", "feature_kl_curves.png", "fid_curves.png"):
+        if name in plots:
+            out.append(("img", name, plots[name]))
+    if "fid_curves.png" not in plots:
+        reasons = {c["metrics"]["fid"]["missing"] for c in summary["configurations"] if c["metrics"]["fid"]["missing"]}
+        out.append(("p", f"No FID curves: FID {', '.join(sorted(reasons)) or 'n/a'}."))
+    if "samples.png" in plots:
+        out.append(("h", 2, "Samples"))
+        out.append(("img", "samples.png", plots["samples.png"]))
+    return out
+
+
+def _html_inline(text: str) -> str:
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", t)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+
+def render_markdown(blocks: list[tuple]) -> str:
+    lines: list[str] = []
+    for b in blocks:
+        if b[0] == "h":
+            lines += ["#" * b[1] + " " + b[2], ""]
+        elif b[0] == "p":
+            lines += [b[1], ""]
+        elif b[0] == "ul":
+            lines += [f"- {item}" for item in b[1]] + [""]
+        elif b[0] == "table":
+            head, rows = b[1], b[2]
+            lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+            lines += ["| " + " | ".join(str(x).replace("|", "\\|") for x in r) + " |" for r in rows] + [""]
+        elif b[0] == "img":
+            lines += [f"![{b[2]}](plots/{b[1]})", "", f"*{b[2]}*", ""]
+    return "\n".join(lines)
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:0.6em 0 1.2em;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #ddd}
+figcaption{font-size:0.85em;color:#555;margin-bottom:1.5em}code{background:#f5f5f5;padding:0 3px}li{margin:0.2em 0}"""
+
+
+def render_html(blocks: list[tuple], plots_dir: Path, title: str) -> str:
+    body: list[str] = []
+    for b in blocks:
+        if b[0] == "h":
+            body.append(f"<h{b[1]}>{_html_inline(b[2])}</h{b[1]}>")
+        elif b[0] == "p":
+            body.append(f"<p>{_html_inline(b[1])}</p>")
+        elif b[0] == "ul":
+            body.append("<ul>" + "".join(f"<li>{_html_inline(i)}</li>" for i in b[1]) + "</ul>")
+        elif b[0] == "table":
+            head = "".join(f"<th>{_html_inline(h)}</th>" for h in b[1])
+            rows = "".join("<tr>" + "".join(f"<td>{_html_inline(str(x))}</td>" for x in r) + "</tr>" for r in b[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif b[0] == "img":
+            data = base64.b64encode((plots_dir / b[1]).read_bytes()).decode("ascii")
+            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b[2])}">'
+                        f"<figcaption>{_html_inline(b[2])}</figcaption></figure>")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+# --- the entry point -------------------------------------------------------------------------------
+
+
+def build_report(parent_run_id: str, out_dir: Optional[Path] = None, *, log_to_mlflow: bool = True) -> dict[str, Any]:
+    """Read the comparison from MLflow, write report.html/.md/.json and plots/ into ``out_dir``
+    (default ``$SUBSAMPLE_HOME/reports/<parent run id>/``) and log them to the parent run under
+    ``report/``. Returns the paths and headline counts."""
+    data = collect(parent_run_id)
+    out = Path(out_dir) if out_dir else reports_dir(parent_run_id)
+    plots_dir = out / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(data)
+    plots = write_plots(data, summary, plots_dir)
+    blocks = _blocks(summary, plots)
+    title = f"Subsample comparison on {summary['dataset']} ({summary['scale']})"
+    (out / "report.md").write_text(render_markdown(blocks))
+    (out / "report.html").write_text(render_html(blocks, plots_dir, title))
+    (out / "report.json").write_text(json.dumps({**summary, "plots": plots}, indent=1, default=str))
+    if log_to_mlflow:
+        from storage import tracking
+
+        tracking.log_artifacts(parent_run_id, [(out / f, "report") for f in ("report.html", "report.md", "report.json")]
+                               + [(plots_dir, "report/plots")])
+    return {
+        "html": str(out / "report.html"), "md": str(out / "report.md"), "json": str(out / "report.json"),
+        "dir": str(out), "parent_run_id": parent_run_id, "runs": summary["runs"], "runs_ok": summary["runs_ok"],
+        "comparisons": len(summary["comparisons"]),
+        "exceeding_seed_spread": sum(bool(c["exceeds"]) for c in summary["comparisons"]),
+    }

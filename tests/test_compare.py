@@ -1,0 +1,275 @@
+"""The flow ``compare-strategies`` and its report, on 192 real CIFAR-10 images from the embedded
+demo data: random vs constructed batches, B=64, preset paper-128a widened down to a 4-channel DCGAN,
+two epochs of three steps, three seeds (6 training runs).
+
+One Prefect test harness serves the file. The first comparison trains the 6 runs; the second
+repeats it through the CLI with one cell made to fail, so its 5 other cells are cache hits (their
+child runs are copies of the first comparison's runs) and the failure is reported, not fatal.
+Every report number is checked against what MLflow holds, read back with ``MlflowClient``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flows.config import DEMO_SOURCE
+from storage.errors import SubsampleError
+
+N_IMAGES = 192
+RECORD = 1 + 32 * 32 * 3  # CIFAR-10 binary: label byte + 3,072 pixel bytes
+SEEDS = (0, 1, 2)
+TINY = [
+    "tables.bins=[8,8]",
+    "train.ngf=4", "train.ndf=4", "train.epochs=2", "train.kl_samples=64", "train.sample_grid=16",
+    "evaluate.samples=64", "evaluate.grid=16",
+]
+GRID = {"dataset": "tiny", "scale": "smoke", "strategies": ["random", "constructed"], "batch_sizes": [64],
+        "presets": ["paper-128a"], "seeds": 3}
+FEATURE_KL = "eval/feature_kl64_train"
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-cifar")
+    (folder / "data_batch_1.bin").write_bytes((DEMO_SOURCE / "cifar10-demo.bin").read_bytes()[: N_IMAGES * RECORD])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, harness):
+    path = tmp_path_factory.mktemp("home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SUBSAMPLE_HOME", str(path))
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path / 'mlflow.db'}")
+    yield path
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def first(home, source) -> dict:
+    from flows.compare import build_compare_config, run
+
+    return run(build_compare_config({**GRID, "source": str(source)}, TINY))
+
+
+def client():
+    from storage import tracking
+
+    return tracking.client()
+
+
+def children(parent: str) -> dict[tuple[str, int], object]:
+    from storage import tracking
+
+    runs = tracking.child_runs(parent)
+    return {(r.data.tags["compare.strategy"], int(r.data.tags["compare.seed"])): r for r in runs}
+
+
+def report_json(summary: dict) -> dict:
+    return json.loads((Path(summary["report_dir"]) / "report.json").read_text())
+
+
+# --- the grid and its MLflow runs -------------------------------------------------------------------
+
+
+def test_grid_runs_are_nested_under_one_parent(first):
+    assert first["cells"] == 6 and first["cells_failed"] == 0 and first["cells_trained_now"] == 6
+    parent = client().get_run(first["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["subsample.compare"] == "parent"
+    assert parent.data.params["grid.presets"] == "['paper-128a']" and parent.data.params["n_images"] == str(N_IMAGES)
+
+    kids = children(first["parent_run_id"])
+    assert set(kids) == {(s, seed) for s in ("random", "constructed") for seed in SEEDS}
+    for (strategy, seed), run in kids.items():
+        tags, params = run.data.tags, run.data.params
+        assert tags["mlflow.parentRunId"] == first["parent_run_id"]
+        assert "subsample.copied_from" not in tags  # trained now: the training run itself is the child
+        # what was trained is what the cell says: the batches and the seeds
+        assert (params["batches.strategy"], params["batches.batch_size"]) == (strategy, "64")
+        assert params["train.seed"] == params["batches.seed"] == str(seed)
+        assert params["train.preset"] == "paper-128a" and params["train.ngf"] == "4"
+        assert run.info.status == "FINISHED" and tags["eval/fidelity"].startswith("skipped: disabled")
+        # the batches diagnostics and the evaluation are on the child run
+        m = run.data.metrics
+        assert {"batches/kl_mean", "batches/kl_std", "batches/kl_min", "batches/kl_median", "batches/kl_max",
+                FEATURE_KL, "feature_kl"} <= set(m)
+        assert [h.step for h in client().get_metric_history(run.info.run_id, "batches/coverage")] == [1, 2]
+        assert [h.step for h in client().get_metric_history(run.info.run_id, "feature_kl")] == [1, 2]
+    # random batches cover (n - n mod B)/n = 1 here; constructed ones do not (rare cells get no draws)
+    assert kids[("random", 0)].data.metrics["batches/coverage_mean"] == 1.0
+    assert kids[("constructed", 0)].data.metrics["batches/coverage_mean"] < 1.0
+
+
+# --- the report: every configuration, the numbers MLflow holds ------------------------------------
+
+
+def test_report_numbers_are_what_mlflow_recorded(first):
+    rep = report_json(first)
+    kids = children(first["parent_run_id"])
+    assert rep["parent_run_id"] == first["parent_run_id"] and rep["runs"] == rep["runs_ok"] == 6
+    assert [(c["preset"], c["batch_size"], c["strategy"]) for c in rep["configurations"]] == [
+        ("paper-128a", 64, "random"), ("paper-128a", 64, "constructed")]
+    for conf in rep["configurations"]:
+        values = [kids[(conf["strategy"], seed)].data.metrics[FEATURE_KL] for seed in SEEDS]
+        fkl = conf["metrics"]["feature_kl"]
+        assert conf["ok"] == conf["planned"] == 3 and fkl["n"] == 3
+        assert fkl["values"] == {str(seed): v for seed, v in zip(SEEDS, values)}
+        assert fkl["mean"] == pytest.approx(np.mean(values), rel=1e-12)
+        assert fkl["sd"] == pytest.approx(np.std(values, ddof=1), rel=1e-12)
+        for name in ("fid", "kid", "is"):
+            assert conf["metrics"][name]["n"] == 0 and conf["metrics"][name]["missing"] == "n/a (fidelity off at this scale)"
+    for strategy in ("random", "constructed"):
+        runs = [kids[(strategy, seed)] for seed in SEEDS]
+        cov = [h.value for r in runs for h in client().get_metric_history(r.info.run_id, "batches/coverage")]
+        assert rep["coverage"][f"{strategy}|64"]["mean"] == pytest.approx(np.mean(cov), rel=1e-12)
+        for stat in ("mean", "std", "min", "median", "max"):
+            assert rep["kl"][f"{strategy}|64"][stat] == pytest.approx(
+                np.mean([r.data.metrics[f"batches/kl_{stat}"] for r in runs]), rel=1e-12)
+    # the comparison with random is the Welch test of those seed values
+    (comp,) = rep["comparisons"]
+    from scipy import stats
+
+    a = [kids[("constructed", s)].data.metrics[FEATURE_KL] for s in SEEDS]
+    b = [kids[("random", s)].data.metrics[FEATURE_KL] for s in SEEDS]
+    assert comp["metric"] == "feature_kl" and comp["diff"] == pytest.approx(np.mean(a) - np.mean(b), rel=1e-12)
+    if comp["t"] is not None:
+        assert comp["p"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
+
+
+def test_report_documents(first):
+    from pipeline.report import fmt_mean_sd
+
+    rep = report_json(first)
+    md = Path(first["report_md"]).read_text()
+    html = Path(first["report_html"]).read_text()
+    for conf in rep["configurations"]:
+        row = f"| paper-128a | 64 | {conf['strategy']} | 3/3 | {fmt_mean_sd(conf['metrics']['feature_kl'])} |"
+        assert row in md
+    assert md.count("n/a (fidelity off at this scale)") >= 6
+    assert rep["comparisons"][0]["sentence"] in md
+    assert "Table 1" in md and "Table 2" in md and "Eq. 5" in md
+    # markdown links the plots; the HTML embeds them (self-contained)
+    plots = {"feature_kl_curves.png", "metrics_vs_batch_size.png", "samples.png", "never_drawn.png"}
+    assert plots <= set(rep["plots"])
+    for name in plots:
+        assert f"(plots/{name})" in md and (Path(first["report_dir"]) / "plots" / name).stat().st_size > 1000
+    assert html.count('src="data:image/png;base64,') == len(rep["plots"]) and 'src="plots/' not in html
+    # and the parent run holds them
+    logged = {f.path for f in client().list_artifacts(first["parent_run_id"], "report")}
+    assert {"report/report.html", "report/report.md", "report/report.json", "report/plots"} <= logged
+
+
+# --- a second comparison: cached cells become copies, a failing cell is reported -------------------
+
+
+def test_second_comparison_copies_cached_runs_and_reports_a_failed_cell(first, source, capfd, monkeypatch):
+    import pipeline.train
+    from pipeline.cli import main
+
+    real = pipeline.train.run_train
+
+    def flaky(dataset, cfg, batches, *args, **kwargs):
+        if batches.strategy == "constructed" and cfg.seed == 2:
+            raise SubsampleError("train", "non-finite D loss at epoch 1 step 2 (injected by the test)")
+        return real(dataset, cfg, batches, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.train, "run_train", flaky)
+    capfd.readouterr()
+    args = ["compare", "--dataset", "tiny", "--source", str(source), "--strategies", "random,constructed",
+            "--batch-sizes", "64", "--presets", "paper-128a", "--seeds", "3", "--json"]
+    with pytest.raises(SystemExit) as done:  # typer exits, 0 on success
+        main(args + [a for item in TINY for a in ("--set", item)])
+    assert done.value.code in (0, None)
+    out = capfd.readouterr().out
+    second = json.loads(out)  # stdout is exactly one JSON object
+    assert second["cells"] == 6 and second["cells_failed"] == 1 and second["cells_trained_now"] == 0
+    assert second["parent_run_id"] != first["parent_run_id"]
+
+    old, new = children(first["parent_run_id"]), children(second["parent_run_id"])
+    assert len(old) == 6  # the first comparison keeps its runs
+    assert set(new) == set(old) - {("constructed", 2)}
+    for key, run in new.items():
+        src = old[key]
+        assert run.data.tags["mlflow.parentRunId"] == second["parent_run_id"]
+        assert run.data.tags["subsample.copied_from"] == src.info.run_id
+        assert run.data.params == src.data.params
+        hist = lambda r, k: [(h.step, h.value) for h in client().get_metric_history(r.info.run_id, k)]  # noqa: E731
+        assert hist(run, "feature_kl") == hist(src, "feature_kl")
+        assert hist(run, FEATURE_KL) == hist(src, FEATURE_KL)  # logged once, not copied and logged again
+        assert hist(run, "batches/coverage") == hist(src, "batches/coverage")
+        assert [f.path for f in client().list_artifacts(run.info.run_id, "grids")] == ["grids/epoch_0002.png"]
+
+    rep, rep1 = report_json(second), report_json(first)
+    assert rep["runs"] == 5 and rep["runs_ok"] == 5
+    random1, random2 = rep1["configurations"][0], rep["configurations"][0]
+    assert random2["metrics"]["feature_kl"] == random1["metrics"]["feature_kl"]
+    constructed = rep["configurations"][1]
+    assert constructed["ok"] == 2 and constructed["planned"] == 3 and constructed["metrics"]["feature_kl"]["n"] == 2
+    (failure,) = constructed["failed"]
+    assert failure["seed"] == 2 and "injected by the test" in failure["error"]
+    md = Path(second["report_md"]).read_text()
+    assert "| paper-128a | 64 | constructed | 2/3 |" in md and "injected by the test" in md
+    assert client().get_run(second["parent_run_id"]).data.metrics["cells_failed"] == 1
+
+
+# --- pieces without Prefect ---------------------------------------------------------------------------
+
+
+def test_compare_config_validation_names_the_field():
+    from flows.compare import CompareConfig, build_compare_config
+
+    cfg = build_compare_config({"dataset": "celeba", "scale": "paper"})
+    assert cfg.ingest.size == 64 and cfg.ingest.crop == 178  # the data set's convention
+    assert cfg.grid_batch_sizes == (128, 512, 1024, 2000) and len(cfg.cells()) == 3 * 4 * 5 * 3
+    smoke = CompareConfig()
+    assert smoke.scale == "smoke" and all(b <= 2000 for b in smoke.grid_batch_sizes)
+    rc = smoke.cell_run_config(smoke.cells()[0])
+    assert rc.train.ngf == 8 and rc.train.track and rc.evaluate.fidelity is False
+
+    for fields, overrides, match in [
+        ({"seeds": 2}, [], "seeds"),
+        ({"strategies": ["random", "shuffled"]}, [], "strategies"),
+        ({"presets": ["paper-999"]}, [], "presets"),
+        ({"batch_sizes": [128, 128]}, [], "batch_sizes"),
+        ({}, ["train.ngff=3"], "ngff"),
+        ({}, ["evaluate.samples=1"], "samples"),
+    ]:
+        with pytest.raises(SubsampleError, match=match) as e:
+            build_compare_config(fields, overrides)
+        assert str(e.value).startswith("compare: ")
+
+
+def test_comparison_wording_follows_the_seed_spread():
+    from pipeline.report import EVAL_METRICS, compare_to_baseline, comparison_sentence
+
+    kl = EVAL_METRICS[0]
+    far = compare_to_baseline([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], lower_is_better=True)
+    assert far["exceeds"] and far["better"] and far["diff"] == pytest.approx(-1.0)
+    assert far["pooled_sd"] == pytest.approx(0.1) and far["p"] < 0.01
+    text = comparison_sentence("constructed", "random", kl, 2000, "paper-constructed", far)
+    assert text.startswith("constructed beats random on feature KL at B=2000 (paper-constructed) by 1.000")
+    assert "> 2 × seed s.d. (0.2000)" in text and "3 vs 3 seeds" in text
+
+    near = compare_to_baseline([1.0, 1.3, 0.7], [1.1, 1.4, 0.8], lower_is_better=True)
+    assert not near["exceeds"]
+    assert "within seed spread" in comparison_sentence("dealt", "random", kl, 128, "paper-128a", near)
+
+    worse_is = compare_to_baseline([5.0, 5.1, 4.9], [7.0, 7.1, 6.9], lower_is_better=False)  # IS: higher is better
+    assert worse_is["exceeds"] and worse_is["better"] is False
+    assert compare_to_baseline([1.0], [2.0, 2.1], True)["diff"] is None  # one seed: no spread, no verdict
+    flat = compare_to_baseline([1.0, 1.0], [2.0, 2.0], True)  # no spread at all: any difference exceeds it
+    assert flat["exceeds"] and flat["t"] is None
+    assert "no seed-to-seed variation" in comparison_sentence("dealt", "random", kl, 128, "paper-128a", flat)
+    same = compare_to_baseline([7.4, 7.4, 7.4], [7.4, 7.4, 7.4], True)
+    assert "identical, 7.400 for every seed of both" in comparison_sentence("dealt", "random", kl, 128, "p", same)
