@@ -205,6 +205,12 @@ def _train_key(rc: RunConfig) -> Optional[str]:
         return None
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _check_batch_sizes(cfg: CompareConfig) -> None:
     from storage.store import open_store
 
@@ -271,6 +277,8 @@ def compare_strategies(
     params = {**cfg.mlflow_params(), "n_images": open_store(cfg.dataset).n}
     parent = compare.start_parent(cfg.dataset, f"compare-{cfg.dataset}-{cfg.scale}", params, cells)
     compare.note(f"{len(cells)} runs under MLflow parent run {parent}")
+    if cfg.scale == "paper" and not _has_cuda():
+        compare.note("paper scale without a GPU: the paper's epochs and sizes take days on a CPU (a GPU work pool: README)")
     rows: list[dict] = []
     status = "KILLED"
     try:

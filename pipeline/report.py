@@ -303,7 +303,12 @@ def summarise(data: ReportData) -> dict[str, Any]:
                                         "metric": spec.name, "label": spec.label,
                                         "lower_is_better": spec.lower_is_better, **res,
                                         "sentence": comparison_sentence(s, baseline, spec, b, p, res)})
+    settings = {
+        section: {k[len(section) + 1:]: v for k, v in data.params.items() if k.startswith(section + ".")}
+        for section in ("scale_train", "train", "scale_evaluate", "evaluate")
+    }
     return {
+        "settings": settings,
         "parent_run_id": data.parent_run_id, "run_name": data.run_name, "status": data.status,
         "dataset": data.dataset, "scale": data.scale, "n_images": n, "experiment_id": data.experiment_id,
         "strategies": strategies, "batch_sizes": sizes, "presets": presets, "seeds": seeds,
@@ -582,6 +587,11 @@ def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:
                      f"Grid: strategies {', '.join(S)} × B {', '.join(map(str, B))} × presets {', '.join(P)} × "
                      f"{len(summary['seeds'])} seeds; {summary['n_images']} training images. Every number below was "
                      "read back from MLflow (the child runs' metrics, histories, tags and artifacts)."))
+    st = summary.get("settings", {})
+    over = lambda sec: ", ".join(f"{k}={v}" for k, v in st.get(sec, {}).items()) or "none"  # noqa: E731
+    out.append(("p", f"Over each preset's training values: the scale's ({over('scale_train')}), then these given "
+                     f"values ({over('train')}), then the cell's seed. Evaluation: the scale's ({over('scale_evaluate')}), "
+                     f"then given ({over('evaluate')})."))
     if summary["scale"] == "smoke":
         out.append(("p", "**Smoke scale**: tiny models trained for a few steps. These numbers check that the "
                          "machinery works; they say nothing about the method. Run `--scale paper` on a GPU for that."))

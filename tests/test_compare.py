@@ -273,3 +273,18 @@ def test_comparison_wording_follows_the_seed_spread():
     assert "no seed-to-seed variation" in comparison_sentence("dealt", "random", kl, 128, "paper-128a", flat)
     same = compare_to_baseline([7.4, 7.4, 7.4], [7.4, 7.4, 7.4], True)
     assert "identical, 7.400 for every seed of both" in comparison_sentence("dealt", "random", kl, 128, "p", same)
+
+
+def test_missing_fidelity_metrics_say_why():
+    from pipeline.compare import GridCell
+    from pipeline.report import Member, fidelity_reason
+
+    def member(note: str) -> Member:
+        return Member("r", GridCell("random", 64, "paper-128a", 0), "FINISHED", None, note, {})
+
+    assert fidelity_reason([member("skipped: disabled (--no-fidelity)")]) == "n/a (fidelity off at this scale)"
+    offline = ("skipped: Inception weights not available offline (tried to download weights-inception-2015-12-05-"
+               "6726825d.pth into /root/.cache/torch/hub/checkpoints: [Errno -2] Name or service not known); "
+               "pass --weights PATH to a local copy")
+    assert fidelity_reason([member(offline)]) == "n/a (weights unavailable)"
+    assert fidelity_reason([]) == "n/a (no finished run)"
