@@ -76,7 +76,7 @@ DATASETS: dict[str, DatasetPreset] = {
     "cifar10": DatasetPreset(32, None, None, "cifar-10-batches-bin/ (or -py) folder"),
     # The paper's cartoon faces at 48x48 (its Section 3 "anime faces" experiments).
     "anime-faces": DatasetPreset(48, None, None, "folder or zip of face crops"),
-    # MNIST at 32x32 (DCGAN's convention; the 28x28 digits are padded by the resize), grey -> RGB.
+    # MNIST at 32x32 (DCGAN's convention: the 28x28 digits resized), grey -> three equal channels.
     "mnist": DatasetPreset(32, None, None, "train-images-idx3-ubyte (IDX) file"),
 }
 
@@ -176,9 +176,10 @@ class RunConfig(BaseModel):
         preset = DATASETS.get(self.dataset)
         if preset and preset.default_source is not None:
             return str(preset.default_source)
+        what = f" ({preset.note})" if preset and preset.note else ""
         raise SubsampleError(
             "ingest",
-            f"no source for data set {self.dataset!r}: pass --source PATH (deployment: --param source=PATH) "
+            f"no source for data set {self.dataset!r}{what}: pass --source PATH (deployment: --param source=PATH) "
             f"or set {env}",
         )
 
