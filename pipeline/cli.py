@@ -317,7 +317,7 @@ def run_cmd(
     only: Optional[str] = typer.Option(None, "--only", metavar="STAGE", help="run this one stage; its upstream must be cached"),
     refresh: Optional[str] = typer.Option(None, "--refresh", metavar="STAGE", help="rebuild this stage and everything downstream"),
     overrides: list[str] = typer.Option([], "--set", metavar="SECTION.FIELD=VALUE", help="e.g. --set tables.bins=[16,16] --set train.epochs=2 (repeatable)"),
-    dask_address: Optional[str] = typer.Option(None, "--dask-address", help="Dask scheduler for the features stage (default: a local cluster)"),
+    dask_address: Optional[str] = typer.Option(None, "--dask-address", help="Dask scheduler for the features stage (default: Dask on this machine, features.scheduler)"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Run the Prefect flow train-subsample (ingest → features → tables → batches → train → evaluate);
