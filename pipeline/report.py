@@ -617,11 +617,14 @@ def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:
         row = [s]
         for b in B:
             c = summary["coverage"][f"{s}|{b}"]
-            rng = f" ({fmt(c['min'])}–{fmt(c['max'])})" if c["mean"] is not None and c["max"] - c["min"] > 5e-5 else ""
-            row.append(fmt(c["mean"]) + rng)
+            if c["mean"] is None:
+                row.append("–")
+                continue
+            rng = f" ({c['min']:.4f}–{c['max']:.4f})" if c["max"] - c["min"] > 5e-5 else ""
+            row.append(f"{c['mean']:.4f}{rng}")
         cov_rows.append(row)
     if summary["coverage_eq5"]:
-        cov_rows.append(["Eq. 5: (n − n mod B)/n"] + [fmt(summary["coverage_eq5"][str(b)]) for b in B])
+        cov_rows.append(["Eq. 5: (n − n mod B)/n"] + [f"{summary['coverage_eq5'][str(b)]:.4f}" for b in B])
     epochs = max((c["epochs"] for c in summary["coverage"].values()), default=0)
     out.append(("p", f"Table 1, coverage per epoch (distinct images drawn / n): mean over {epochs} epoch(s) and the "
                      "seeds' constructions (range in brackets when it varies)."))
