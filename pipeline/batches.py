@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 import numpy as np
 
 from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
-from storage.artifacts import Artifact, artifact_key, build_artifact, open_artifact
+from storage.artifacts import Artifact, artifact_key, build_artifact, cached_summary, open_artifact
 from storage.errors import MissingArtifactError, SubsampleError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -479,14 +479,9 @@ def run_batches(
     t0 = time.perf_counter()
     table_art, store = _upstream(dataset, tables, features)
     key = batches_key(table_art, store, cfg)
-    if not refresh:
-        art = open_artifact(STAGE, key)
-        if art is not None:
-            return {
-                **art.summary, "dataset": dataset, "path": str(art.path),
-                "never_drawn_grid": str(art.path / "never_drawn.png"),
-                "cache_hit": True, "seconds": round(time.perf_counter() - t0, 3),
-            }
+    if not refresh and (hit := cached_summary(STAGE, key, started=t0, dataset=dataset)) is not None:
+        hit["never_drawn_grid"] = str(Path(hit["path"]) / "never_drawn.png")
+        return hit
 
     table = load_table(table_art)
     n = int(table.n)
@@ -531,12 +526,12 @@ def run_batches(
         (builder.path / "diagnostics.md").write_text(diagnostics_markdown(cfg, m, n, per_epoch, kl))
         write_never_drawn_grid(store, never0, builder.path / "never_drawn.png")
         builder.summary = {
-            "stage": STAGE, "dataset": dataset, "key": key, "path": str(builder.path.parent / key),
+            "stage": STAGE, "dataset": dataset, "key": key, "path": str(builder.final_path),
             "cache_hit": False, "seconds": 0.0, "strategy": cfg.strategy, "batch_size": cfg.batch_size,
             "m": m, "epochs": cfg.epochs,
             "coverage": {"per_epoch": coverage, "mean": float(np.mean(coverage))},
             "kl": kl, "n_never_drawn": int(len(never0)),
-            "never_drawn_grid": str(builder.path.parent / key / "never_drawn.png"),
+            "never_drawn_grid": str(builder.final_path / "never_drawn.png"),
         }
         summary = builder.summary
     return {**summary, "seconds": round(time.perf_counter() - t0, 3)}

@@ -29,7 +29,7 @@ import zarr
 
 from kernels.features import compute_features
 from pipeline.config import FeaturesConfig
-from storage.artifacts import Artifact, artifact_key, build_artifact, open_artifact
+from storage.artifacts import Artifact, artifact_key, build_artifact, cached_summary, open_artifact
 from storage.errors import MissingArtifactError, SubsampleError
 from storage.store import DatasetStore, open_store
 
@@ -194,16 +194,8 @@ def run_features(dataset: str, cfg: FeaturesConfig = FeaturesConfig(), *, refres
         raise SubsampleError(STAGE, f"data set store {store.path} has no images; re-run ingest")
     key = features_key(store, cfg)
 
-    if not refresh:
-        art = open_artifact(STAGE, key)
-        if art is not None:
-            return {
-                **art.summary,
-                "dataset": dataset,
-                "path": str(art.path),
-                "cache_hit": True,
-                "seconds": round(time.perf_counter() - t0, 3),
-            }
+    if not refresh and (hit := cached_summary(STAGE, key, started=t0, dataset=dataset)) is not None:
+        return hit
 
     with build_artifact(
         STAGE, key, params=cfg.key_params(), inputs={"store": store.content_hash}, code_version=CODE_VERSION
@@ -218,7 +210,7 @@ def run_features(dataset: str, cfg: FeaturesConfig = FeaturesConfig(), *, refres
             "stage": STAGE,
             "dataset": dataset,
             "key": key,
-            "path": str(b.path.parent / key),
+            "path": str(b.final_path),
             "cache_hit": False,
             "seconds": 0.0,
             "n_images": store.n,

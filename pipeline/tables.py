@@ -27,7 +27,7 @@ import numpy as np
 from kernels.histogram import bin_cells, count_cells, table_shape
 from pipeline.config import FeaturesConfig, TablesConfig
 from pipeline.features import features_artifact, load_features
-from storage.artifacts import Artifact, artifact_key, build_artifact, open_artifact
+from storage.artifacts import Artifact, artifact_key, build_artifact, cached_summary, open_artifact
 from storage.errors import MissingArtifactError, SubsampleError
 
 STAGE = "tables"
@@ -218,17 +218,10 @@ def run_tables(
     t0 = time.perf_counter()
     fa = features_artifact(dataset, features, needed_by=STAGE)
     key = tables_key(cfg, fa)
-    if not refresh:
-        art = open_artifact(STAGE, key)
-        if art is not None:
-            return {
-                **art.summary,
-                "dataset": dataset,
-                "path": str(art.path),
-                "heatmap": str(art.path / HEATMAP_FILE) if art.summary.get("heatmap") else None,
-                "cache_hit": True,
-                "seconds": round(time.perf_counter() - t0, 3),
-            }
+    if not refresh and (hit := cached_summary(STAGE, key, started=t0, dataset=dataset)) is not None:
+        if hit.get("heatmap"):  # recorded as an absolute path: follow the artifact if $SUBSAMPLE_HOME moved
+            hit["heatmap"] = str(Path(hit["path"]) / HEATMAP_FILE)
+        return hit
 
     values, names = load_features(fa)
     if len(cfg.bins) != len(names):
@@ -240,7 +233,7 @@ def run_tables(
         STAGE, key, params=cfg.key_params(), inputs={"features": fa.content_hash}, code_version=CODE_VERSION
     ) as b:
         save_table(table, b.path / TABLE_FILE)
-        final = b.path.parent / key
+        final = b.final_path
         title = f"{dataset}, bins {' x '.join(str(m) for m in cfg.bins)}"
         heatmap = None
         if len(names) >= 2:

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig, TrainConfig
 from pipeline.losses import make_optimizer
 from pipeline.models import ModelSpec, build_discriminator, build_generator
-from storage.artifacts import artifact_key, build_artifact, open_artifact
+from storage.artifacts import artifact_key, build_artifact, cached_summary, open_artifact
 from storage.errors import SubsampleError
 from storage.paths import stage_dir
 
@@ -419,9 +419,8 @@ def run_train(
     tables_art = tables_artifact(dataset, tables, features)
     key = train_key(cfg, batches, tables_art.content_hash, store.content_hash)
     base = {"stage": STAGE, "dataset": dataset, "key": key}
-    if not refresh and (art := open_artifact(STAGE, key)) is not None:
-        return {**art.summary, **base, "path": str(art.path), "cache_hit": True,
-                "seconds": round(time.perf_counter() - t0, 3)}
+    if not refresh and (hit := cached_summary(STAGE, key, started=t0, **base)) is not None:
+        return hit
 
     table = load_table(tables_art)
     device = resolve_device(cfg.device)

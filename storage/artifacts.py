@@ -100,6 +100,23 @@ def open_artifact(stage: str, key: str, *, verify: bool = True) -> Artifact | No
     return Artifact(stage, key, path, manifest)
 
 
+def cached_summary(stage: str, key: str, /, *, started: float, **fields: Any) -> dict | None:
+    """A stage's result on a cache hit: the verified artifact's recorded summary, updated with
+    ``fields`` (e.g. the data set name it was asked for: identical content under another name has
+    the same key), its path, ``cache_hit: True`` and the seconds since ``started``
+    (a ``time.perf_counter()`` value). None when the artifact must be built."""
+    art = open_artifact(stage, key)
+    if art is None:
+        return None
+    return {
+        **art.summary,
+        **fields,
+        "path": str(art.path),
+        "cache_hit": True,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
 def artifact_status(stage: str, key: str) -> str:
     """'ok', 'missing' or 'corrupt', for messages and the flow's cache report."""
     path = artifact_path(stage, key)
@@ -117,6 +134,11 @@ class ArtifactBuilder:
     inputs: dict
     code_version: str
     summary: dict = field(default_factory=dict)
+
+    @property
+    def final_path(self) -> Path:
+        """Where the artifact will be once finished: use it for paths recorded in the summary."""
+        return artifact_path(self.stage, self.key)
 
 
 @contextmanager
