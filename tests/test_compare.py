@@ -15,52 +15,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flows.config import DEMO_SOURCE
 from storage.errors import SubsampleError
 
-N_IMAGES = 192
-RECORD = 1 + 32 * 32 * 3  # CIFAR-10 binary: label byte + 3,072 pixel bytes
 SEEDS = (0, 1, 2)
 TINY = [
     "tables.bins=[8,8]",
     "train.ngf=4", "train.ndf=4", "train.epochs=2", "train.kl_samples=64", "train.sample_grid=16",
     "evaluate.samples=64", "evaluate.grid=16",
 ]
+N_IMAGES = 192  # what the tiny_cifar_source fixture (conftest.py) holds
 GRID = {"dataset": "tiny", "scale": "smoke", "strategies": ["random", "constructed"], "batch_sizes": [64],
         "presets": ["paper-128a"], "seeds": 3}
 FEATURE_KL = "eval/feature_kl64_train"
 
 
 @pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-cifar")
-    (folder / "data_batch_1.bin").write_bytes((DEMO_SOURCE / "cifar10-demo.bin").read_bytes()[: N_IMAGES * RECORD])
-    return folder
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory, harness):
-    path = tmp_path_factory.mktemp("home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SUBSAMPLE_HOME", str(path))
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path / 'mlflow.db'}")
-    yield path
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def first(home, source) -> dict:
+def first(flow_home, tiny_cifar_source) -> dict:
     from flows.compare import build_compare_config, run
 
-    return run(build_compare_config({**GRID, "source": str(source)}, TINY))
+    return run(build_compare_config({**GRID, "source": str(tiny_cifar_source)}, TINY))
 
 
 def client():
@@ -173,7 +146,7 @@ def test_report_documents(first):
 # --- a second comparison: cached cells become copies, a failing cell is reported -------------------
 
 
-def test_second_comparison_copies_cached_runs_and_reports_a_failed_cell(first, source, capfd, monkeypatch):
+def test_second_comparison_copies_cached_runs_and_reports_a_failed_cell(first, tiny_cifar_source, capfd, monkeypatch):
     import pipeline.train
     from pipeline.cli import main
 
@@ -186,7 +159,7 @@ def test_second_comparison_copies_cached_runs_and_reports_a_failed_cell(first, s
 
     monkeypatch.setattr(pipeline.train, "run_train", flaky)
     capfd.readouterr()
-    args = ["compare", "--dataset", "tiny", "--source", str(source), "--strategies", "random,constructed",
+    args = ["compare", "--dataset", "tiny", "--source", str(tiny_cifar_source), "--strategies", "random,constructed",
             "--batch-sizes", "64", "--presets", "paper-128a", "--seeds", "3", "--json"]
     with pytest.raises(SystemExit) as done:  # typer exits, 0 on success
         main(args + [a for item in TINY for a in ("--set", item)])

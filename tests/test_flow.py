@@ -14,11 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import DEMO_SOURCE, STAGES, RunConfig, build_config, parse_overrides
+from flows.config import STAGES, RunConfig, build_config, parse_overrides
 from storage.errors import MissingArtifactError, SubsampleError
 
-N_IMAGES = 192  # three batches of 64
-RECORD = 1 + 32 * 32 * 3  # CIFAR-10 binary: label byte + 3,072 pixel bytes
 
 TINY = [
     "tables.bins=[8,8]",
@@ -29,34 +27,6 @@ TINY = [
     "evaluate.grid=16",
     "evaluate.fidelity=false",
 ]
-
-
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory) -> Path:
-    """A CIFAR-10 binary folder with the first 192 demo images."""
-    folder = tmp_path_factory.mktemp("tiny-cifar")
-    data = (DEMO_SOURCE / "cifar10-demo.bin").read_bytes()[: N_IMAGES * RECORD]
-    (folder / "data_batch_1.bin").write_bytes(data)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory, source, harness) -> Path:
-    """A SUBSAMPLE_HOME after one cold run (checked in the first test)."""
-    path = tmp_path_factory.mktemp("home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SUBSAMPLE_HOME", str(path))
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path / 'mlflow.db'}")
-    yield path
-    mp.undo()
 
 
 def config(source: Path, *overrides: str, dataset: str = "tiny", **fields) -> RunConfig:
@@ -78,31 +48,31 @@ def built(report: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def cold(home, source) -> dict:
-    return run(config(source))
+def cold(flow_home, tiny_cifar_source) -> dict:
+    return run(config(tiny_cifar_source))
 
 
-def test_cold_run_builds_every_stage_then_a_rerun_is_all_cache_hits(cold, source):
+def test_cold_run_builds_every_stage_then_a_rerun_is_all_cache_hits(cold, tiny_cifar_source):
     assert [s["stage"] for s in cold["stages"]] == list(STAGES)
     assert built(cold) == list(STAGES)
     assert cold["mlflow_run_id"]
     assert all(Path(g).exists() for g in cold["grids"])
     assert any(name.startswith("feature_kl") for name in cold["metrics"])
 
-    again = run(config(source))
+    again = run(config(tiny_cifar_source))
     assert built(again) == []
     assert [s["key"] for s in again["stages"]] == [s["key"] for s in cold["stages"]]
     assert again["mlflow_run_id"] == cold["mlflow_run_id"]
 
 
-def test_cache_hits_are_prefect_cached_states(cold, source):
+def test_cache_hits_are_prefect_cached_states(cold, tiny_cifar_source):
     """A hit shows in the UI as Prefect's own hits do: a Completed state named Cached."""
     import asyncio
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    report = run(config(source))
+    report = run(config(tiny_cifar_source))
 
     async def states():
         async with get_client() as client:
@@ -115,35 +85,35 @@ def test_cache_hits_are_prefect_cached_states(cold, source):
     assert names == {stage: "Cached" for stage in STAGES}
 
 
-def test_changed_training_parameter_reruns_train_and_evaluate_only(cold, source):
-    report = run(config(source, "train.seed=1"))
+def test_changed_training_parameter_reruns_train_and_evaluate_only(cold, tiny_cifar_source):
+    report = run(config(tiny_cifar_source, "train.seed=1"))
     assert built(report) == ["train", "evaluate"]
     assert report["mlflow_run_id"] != cold["mlflow_run_id"]
 
 
-def test_changed_bin_count_reruns_from_tables(cold, source):
-    report = run(config(source, "tables.bins=[6,6]"))
+def test_changed_bin_count_reruns_from_tables(cold, tiny_cifar_source):
+    report = run(config(tiny_cifar_source, "tables.bins=[6,6]"))
     assert built(report) == ["tables", "batches", "train", "evaluate"]
 
 
-def test_only_runs_one_stage_and_refresh_forces_it_and_downstream(cold, source):
-    only = run(config(source, only="tables"))
+def test_only_runs_one_stage_and_refresh_forces_it_and_downstream(cold, tiny_cifar_source):
+    only = run(config(tiny_cifar_source, only="tables"))
     assert hits(only) == {"tables": True}
-    assert hits(run(config(source, only="evaluate"))) == {"evaluate": True}  # finds the cached generator
+    assert hits(run(config(tiny_cifar_source, only="evaluate"))) == {"evaluate": True}  # finds the cached generator
 
-    refreshed = run(config(source, refresh="batches"))
+    refreshed = run(config(tiny_cifar_source, refresh="batches"))
     assert built(refreshed) == ["batches", "train", "evaluate"]
 
-    both = run(config(source, only="tables", refresh="tables"))
+    both = run(config(tiny_cifar_source, only="tables", refresh="tables"))
     assert hits(both) == {"tables": False}
     assert both["stages"][0]["key"] == cold["stages"][2]["key"]
 
 
-def test_deleted_or_corrupted_artifact_is_detected_and_rebuilt(cold, source):
+def test_deleted_or_corrupted_artifact_is_detected_and_rebuilt(cold, tiny_cifar_source):
     features = Path(cold["stages"][1]["path"])
     victim = next(p for p in sorted(features.rglob("*")) if p.is_file() and p.name != "manifest.json")
     victim.unlink()
-    report = run(config(source))
+    report = run(config(tiny_cifar_source))
     # features are deterministic: the rebuilt artifact has the same content, so downstream hits
     assert built(report) == ["features"]
     assert victim.exists()
@@ -151,20 +121,20 @@ def test_deleted_or_corrupted_artifact_is_detected_and_rebuilt(cold, source):
     tables = Path(cold["stages"][2]["path"])
     victim = next(p for p in sorted(tables.rglob("*")) if p.is_file() and p.name != "manifest.json")
     victim.write_bytes(victim.read_bytes() + b"\0")
-    assert built(run(config(source))) == ["tables"]
+    assert built(run(config(tiny_cifar_source))) == ["tables"]
 
     shutil.rmtree(cold["stages"][3]["path"])
-    assert built(run(config(source))) == ["batches"]
+    assert built(run(config(tiny_cifar_source))) == ["batches"]
 
 
-def test_only_with_missing_upstream_is_one_clear_error(harness, source, tmp_path, monkeypatch):
+def test_only_with_missing_upstream_is_one_clear_error(prefect_harness, tiny_cifar_source, tmp_path, monkeypatch):
     monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path))
-    run(config(source, dataset="fresh", only="ingest"))
+    run(config(tiny_cifar_source, dataset="fresh", only="ingest"))
     with pytest.raises(MissingArtifactError, match="features"):
-        run(config(source, dataset="fresh", only="tables"))
+        run(config(tiny_cifar_source, dataset="fresh", only="tables"))
 
 
-def test_cli_json_prints_exactly_one_object_and_a_missing_upstream_exits_2(harness, source, tmp_path):
+def test_cli_json_prints_exactly_one_object_and_a_missing_upstream_exits_2(prefect_harness, tiny_cifar_source, tmp_path):
     """The real command in a child process (talking to the harness's server): stdout, at the
     file-descriptor level, holds one JSON object; a missing upstream is one line and exit code 2."""
     import os
@@ -180,7 +150,7 @@ def test_cli_json_prints_exactly_one_object_and_a_missing_upstream_exits_2(harne
             [sys.executable, "-m", "pipeline.cli", *args], env=env, capture_output=True, text=True, timeout=300
         )
 
-    ok = cli("run", "--dataset", "cli", "--source", str(source), "--only", "ingest", "--json")
+    ok = cli("run", "--dataset", "cli", "--source", str(tiny_cifar_source), "--only", "ingest", "--json")
     assert ok.returncode == 0, ok.stderr
     report = json.loads(ok.stdout)  # the whole of stdout is one JSON object
     assert [s["stage"] for s in report["stages"]] == ["ingest"]

@@ -1,0 +1,43 @@
+"""Fixtures shared by the flow-level tests (``test_flow.py``, ``test_compare.py``).
+
+Module-scoped: each test file gets one Prefect test harness (a temporary server, ~15 s to start),
+one tiny CIFAR-10 source and one SUBSAMPLE_HOME for all its tests.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows.config import DEMO_SOURCE
+
+TINY_CIFAR_IMAGES = 192  # three batches of 64
+CIFAR_RECORD = 1 + 32 * 32 * 3  # CIFAR-10 binary: label byte + 3,072 pixel bytes
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar_source(tmp_path_factory) -> Path:
+    """A CIFAR-10 binary folder holding the first 192 images of the embedded demo data."""
+    folder = tmp_path_factory.mktemp("tiny-cifar")
+    data = (DEMO_SOURCE / "cifar10-demo.bin").read_bytes()[: TINY_CIFAR_IMAGES * CIFAR_RECORD]
+    (folder / "data_batch_1.bin").write_bytes(data)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def flow_home(tmp_path_factory, prefect_harness) -> Path:
+    """A private SUBSAMPLE_HOME (and MLflow database in it) for one test module."""
+    path = tmp_path_factory.mktemp("home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SUBSAMPLE_HOME", str(path))
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path / 'mlflow.db'}")
+    yield path
+    mp.undo()
