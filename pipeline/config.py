@@ -183,31 +183,19 @@ class TrainConfig(StageConfig):
         {"preset", "checkpoint_every", "device", "amp", "channels_last", "compile", "track"}
     )
 
-    @field_validator("arch")
+    @field_validator("arch", "loss", "method")
     @classmethod
-    def _known_arch(cls, v: str) -> str:
+    def _registered(cls, v: str, info) -> str:
+        """Each of these names a registry entry (imported lazily: the registries import torch)."""
+        from pipeline.losses import LOSSES
+        from pipeline.methods import METHODS
         from pipeline.models import ARCHITECTURES
 
-        if v not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {v!r}; registered: {', '.join(sorted(ARCHITECTURES))}")
-        return v
-
-    @field_validator("loss")
-    @classmethod
-    def _known_loss(cls, v: str) -> str:
-        from pipeline.losses import LOSSES
-
-        if v not in LOSSES:
-            raise ValueError(f"unknown loss {v!r}; registered: {', '.join(sorted(LOSSES))}")
-        return v
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, v: str) -> str:
-        from pipeline.methods import METHODS
-
-        if v not in METHODS:
-            raise ValueError(f"unknown method {v!r}; registered: {', '.join(sorted(METHODS))}")
+        registry, what = {"arch": (ARCHITECTURES, "architecture"), "loss": (LOSSES, "loss"), "method": (METHODS, "method")}[
+            info.field_name
+        ]
+        if v not in registry:
+            raise ValueError(f"unknown {what} {v!r}; registered: {', '.join(sorted(registry))}")
         return v
 
 
