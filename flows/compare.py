@@ -278,7 +278,7 @@ def compare_strategies(
     parent = compare.start_parent(cfg.dataset, f"compare-{cfg.dataset}-{cfg.scale}", params, cells)
     compare.note(f"{len(cells)} runs under MLflow parent run {parent}")
     if cfg.scale == "paper" and not _has_cuda():
-        compare.note("paper scale without a GPU: the paper's epochs and sizes take days on a CPU (a GPU work pool: README)")
+        compare.note("paper scale without a GPU: the paper's epochs and sizes take days on a CPU (a GPU work pool: docs/compare.md)")
     rows: list[dict] = []
     status = "KILLED"
     try:
