@@ -10,9 +10,16 @@ and an unchanged re-run finds the artifact and skips the work. The manifest reco
 hash of the files; :func:`open_artifact` recomputes it, so a deleted or corrupted file is detected
 and the stage rebuilds. Artifacts are built in a temporary directory and renamed into place when
 complete: a killed stage never leaves a directory that looks finished.
+
+Concurrency: two processes building the same key each build in their own temporary directory
+(``.tmp-<key>-<pid>@<host>-<random>``); the first to finish renames it into place, the other finds
+a finished artifact that was not there when it started and discards its copy
+(:func:`replace_dir`). Temporary and trash directories of processes that are gone are removed by
+the next build in the same stage folder.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -24,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from storage.paths import stage_dir
+from storage.locks import owner_tag, remove_stale
+from storage.paths import check_component, inside_home, stage_dir
 
 MANIFEST = "manifest.json"
 KEY_LENGTH = 16
@@ -85,7 +93,7 @@ class Artifact:
 
 
 def artifact_path(stage: str, key: str) -> Path:
-    return stage_dir(stage) / key
+    return inside_home(stage_dir(stage) / check_component(key, "artifact key"), what=f"{stage} artifact")
 
 
 def open_artifact(stage: str, key: str, *, verify: bool = True) -> Artifact | None:
@@ -155,7 +163,9 @@ def build_artifact(
     place (replacing a corrupt one). On an exception the temporary directory is removed."""
     final = artifact_path(stage, key)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    remove_stale(final.parent, STALE_PREFIXES)
+    replaces = dir_identity(final)  # what a finished build may replace (a corrupt copy, or --refresh)
+    tmp = final.parent / f".tmp-{key}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     builder = ArtifactBuilder(stage, key, tmp, dict(params), dict(inputs), code_version)
     try:
@@ -171,18 +181,50 @@ def build_artifact(
             "content_hash": hash_tree(tmp),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-        replace_dir(tmp, final)
+        replace_dir(tmp, final, replaces=replaces)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``, replacing ``dst`` if it exists, never leaving ``dst`` half-written."""
-    if dst.exists():
-        trash = dst.parent / f".trash-{dst.name}-{uuid.uuid4().hex[:8]}"
-        os.replace(dst, trash)
-        os.replace(src, dst)
+STALE_PREFIXES = (".tmp-", ".trash-")
+
+
+def dir_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the directory at ``path``, or None when there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def replace_dir(src: Path, dst: Path, *, replaces: tuple[int, int] | None | str = "current") -> bool:
+    """Move ``src`` to ``dst``, never leaving ``dst`` half-written, safe against other processes
+    doing the same. ``replaces`` is the :func:`dir_identity` of the ``dst`` the caller set out to
+    replace (taken when its build started; ``"current"``: whatever is there now). A ``dst`` that is
+    something else was put there by another process meanwhile: it wins, ``src`` is discarded and
+    the result is False. Each rename is atomic; a rename that loses a race is retried, so no
+    FileNotFoundError or ENOTEMPTY reaches the caller."""
+    if replaces == "current":
+        replaces = dir_identity(dst)
+    for _ in range(100):
+        try:
+            os.rename(src, dst)  # atomic; fails when dst is a non-empty directory
+            return True
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        current = dir_identity(dst)
+        if current is None:
+            continue  # moved away meanwhile: try again
+        if current != replaces:  # another process's finished copy: keep it
+            shutil.rmtree(src, ignore_errors=True)
+            return False
+        trash = dst.parent / f".trash-{dst.name}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(dst, trash)
+        except FileNotFoundError:
+            continue  # another process moved it first
         shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(src, dst)
+    raise OSError(errno.EBUSY, f"could not move {src} to {dst}: it keeps changing")

@@ -1,11 +1,30 @@
 from __future__ import annotations
 
+import re
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with newlines and every other control character escaped (``\\n``, ``\\x1b``), so a
+    file name or a library's message can never split a one-line error or a log line, nor carry
+    terminal escape sequences."""
+    def esc(m: re.Match) -> str:
+        c = m.group()
+        return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c, f"\\x{ord(c):02x}")
+
+    return _CONTROL_RE.sub(esc, str(text))
+
 
 class SubsampleError(Exception):
     """An error a user can act on. The CLI prints ``<stage>: <message>`` and exits with code 2,
-    without a traceback. Always name the file or artifact and what to do."""
+    without a traceback. Always name the file or artifact and what to do. The message is made one
+    line (:func:`one_line`) and any URI password in it redacted."""
 
     def __init__(self, stage: str, message: str):
+        from storage.paths import redact_uri  # storage.paths imports this module
+
+        message = one_line(redact_uri(message))
         super().__init__(f"{stage}: {message}")
         self.stage = stage
         self.message = message

@@ -11,6 +11,16 @@ Layout::
 A store is built under a temporary name and renamed into place when complete, so a killed ingest
 never leaves a store that looks finished; :func:`open_store` refuses a store without
 ``complete=True``.
+
+Integrity: ``open_store(name, verify=True)`` (what a stage that reads the images calls) checks the
+data against the recorded content hash before the stage builds on it. Hashing the whole store on
+every stage would cost a full read, so a successful check is recorded in ``<store>/.verified.json``
+with the size and modification time of every file of the store; while they are unchanged the next
+check is a ``stat`` of each chunk file (ingest records it for the store it wrote). A chunk that is
+rewritten, truncated, swapped or deleted changes its size or mtime and the next stage hashes the
+data again, finds the mismatch and stops with one line naming the data set and the command that
+rebuilds it. (The record guards against corruption and accidents, not against someone who can
+write the home and reset mtimes: see docs/security.md.)
 """
 from __future__ import annotations
 
@@ -18,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +37,15 @@ from typing import Any
 import numpy as np
 import zarr
 
-from storage.artifacts import replace_dir
+from storage.artifacts import dir_identity, replace_dir
 from storage.errors import SubsampleError
+from storage.locks import owner_tag, remove_stale
 from storage.paths import dataset_path, datasets_dir
 
 FORMAT = "subsample-dataset/1"
 STORE_CODE_VERSION = "1"
 QUARANTINE_FILE = "quarantine.json"
+VERIFIED_FILE = ".verified.json"
 
 # Chunk target in bytes: ~2 MiB (682 images at 32 px, 170 at 64 px), no sharding.
 # bench/store_chunks.py (zarr 3.1.6, zstd, 2 shared cores, best of 2; 20,000 32 px / 6,000 64 px
@@ -97,15 +110,25 @@ class DatasetStore:
         path = self.path / QUARANTINE_FILE
         return json.loads(path.read_text()) if path.exists() else []
 
-    def verify(self) -> None:
-        """Recompute the content hash from the data; raise :class:`SubsampleError` if it differs
-        from the recorded one or a chunk cannot be read (deleted, truncated or garbled)."""
+    def rebuild_command(self) -> str:
+        source = self.attrs.get("source") or "SOURCE"
+        return f"subsample ingest {source} --name {self.attrs.get('name', 'NAME')} --refresh"
+
+    def verify(self, stage: str = "store", *, use_record: bool = False) -> None:
+        """Recompute the content hash from the data; raise :class:`SubsampleError` (stage ``stage``)
+        naming the data set and the command that rebuilds it if it differs from the recorded one or
+        a chunk cannot be read (deleted, truncated or garbled). ``use_record``: skip the hashing when
+        ``.verified.json`` shows no file changed since the last successful check."""
         def corrupt(why: str) -> str:
             name = self.attrs.get("name", "NAME")
-            return f"{self.path}: the store is corrupt ({why}); re-run `subsample ingest SOURCE --name {name} --refresh`"
+            return (f"data set {name} ({self.path}) is corrupt ({why}); rebuild it with "
+                    f"`{self.rebuild_command()}`")
 
         if self.attrs.get("n_images") != self.n or (self.labels is not None and self.labels.shape[0] != self.n):
-            raise SubsampleError("store", corrupt("image/label counts disagree with the attributes"))
+            raise SubsampleError(stage, corrupt("image/label counts disagree with the attributes"))
+        files = self._file_stats()
+        if use_record and self._record_matches(files):
+            return
         try:
             labels = self.labels[:] if self.labels is not None else None
             h = _ContentHasher(self.images.shape[1:])
@@ -113,9 +136,65 @@ class DatasetStore:
             for start in range(0, self.n, step):
                 h.update(self.images[start : start + step])
         except Exception as e:  # codec errors for garbled chunks come in many types
-            raise SubsampleError("store", corrupt(f"unreadable chunk: {type(e).__name__}: {e}")) from None
+            raise SubsampleError(stage, corrupt(f"unreadable chunk: {type(e).__name__}: {e}")) from None
         if h.hexdigest(labels) != self.content_hash:
-            raise SubsampleError("store", corrupt("content hash mismatch"))
+            raise SubsampleError(stage, corrupt("content hash mismatch"))
+        if self._file_stats() == files:  # unchanged while it was hashed
+            self.record_verified(files)
+
+    def _file_stats(self) -> dict[str, list[int]]:
+        """{relative path: [size, mtime_ns]} of every file of the store but the verification record."""
+        out = {}
+        for dirpath, _, filenames in os.walk(self.path):
+            for fn in filenames:
+                full = os.path.join(dirpath, fn)
+                rel = os.path.relpath(full, self.path)
+                if rel.startswith(VERIFIED_FILE):
+                    continue
+                st = os.stat(full)
+                out[rel] = [st.st_size, st.st_mtime_ns]
+        return dict(sorted(out.items()))
+
+    def _record_matches(self, files: dict[str, list[int]]) -> bool:
+        try:
+            record = json.loads((self.path / VERIFIED_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+        if record.get("content_hash") != self.content_hash or record.get("files") != files:
+            return False
+        racy = record.get("racy")
+        return isinstance(racy, dict) and all(_sha256_file(self.path / rel) == h for rel, h in racy.items())
+
+    def record_verified(self, files: dict | None = None) -> None:
+        """Record that the store's data match its content hash as its files are now. File times
+        have a coarse clock (a few ms, up to seconds on some file systems): a file modified in
+        the same tick as it was last written keeps its mtime, so files written within
+        ``RACY_SECONDS`` of the record are recorded by the sha256 of their bytes as well (as git
+        does for "racily clean" files)."""
+        files = files if files is not None else self._file_stats()
+        now = time.time_ns()
+        racy = {rel: _sha256_file(self.path / rel) for rel, (_, mtime) in files.items() if mtime >= now - RACY_SECONDS * 1e9}
+        record = {"content_hash": self.content_hash, "files": files, "racy": racy}
+        tmp = self.path / f"{VERIFIED_FILE}.{owner_tag()}-{uuid.uuid4().hex[:8]}"
+        try:
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, self.path / VERIFIED_FILE)
+        except OSError:  # a read-only store: it is verified again next time
+            tmp.unlink(missing_ok=True)
+
+
+RACY_SECONDS = 2
+
+
+def _sha256_file(path: Path) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
 
 
 def resolve_store_path(name_or_path: str | Path) -> Path:
@@ -125,9 +204,24 @@ def resolve_store_path(name_or_path: str | Path) -> Path:
     return dataset_path(str(name_or_path))
 
 
-def open_store(name_or_path: str | Path, *, verify: bool = False) -> DatasetStore:
+def _check_layout(group: zarr.Group) -> bool:
+    """The arrays are what the project writes: images uint8 (N, S, S, 3), labels int64 (N,)."""
+    images = group["images"]
+    if not isinstance(images, zarr.Array) or images.dtype != np.uint8 or images.ndim != 4:
+        return False
+    if images.shape[3] != 3 or images.shape[1] != images.shape[2] or images.shape[1] < 1:
+        return False
+    if "labels" in group:
+        labels = group["labels"]
+        if not isinstance(labels, zarr.Array) or labels.dtype != np.int64 or labels.ndim != 1:
+            return False
+    return True
+
+
+def open_store(name_or_path: str | Path, *, verify: bool = False, stage: str = "store") -> DatasetStore:
     """Open a finished store by data set name (or path). Raises :class:`SubsampleError` naming the
-    path and what to do when the store is missing or incomplete."""
+    path and what to do when the store is missing or incomplete. ``verify``: check the data against
+    the content hash first (cheap when nothing changed since the last check: see the module doc)."""
     try:
         path = resolve_store_path(name_or_path)
     except ValueError as e:  # not a path and not a valid data set name
@@ -140,15 +234,20 @@ def open_store(name_or_path: str | Path, *, verify: bool = False) -> DatasetStor
     try:
         group = zarr.open_group(str(path), mode="r")
         complete = group.attrs.get("complete") is True and group.attrs.get("format") == FORMAT and "images" in group
+        layout = complete and _check_layout(group)
     except Exception:  # a garbled zarr.json
-        complete = False
+        complete = layout = False
     if not complete:
         raise SubsampleError(
             "store", f"{path} is not a finished data set store (interrupted ingest?); re-run ingest"
         )
+    if not layout:
+        raise SubsampleError(
+            "store", f"{path}: the arrays are not uint8 images (N, S, S, 3) and int64 labels (N,); re-run ingest with --refresh"
+        )
     store = DatasetStore(path, group)
     if verify:
-        store.verify()
+        store.verify(stage, use_record=True)
     return store
 
 
@@ -190,8 +289,9 @@ class StoreBuilder:
         self.name = name
         self.size = size
         datasets_dir().mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(self.final)
-        self.tmp = self.final.parent / f"{_TMP_PREFIX.format(self.final.name)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        remove_stale(self.final.parent, STALE_PREFIXES)
+        self._replaces = dir_identity(self.final)  # what finish() may replace; anything newer wins
+        self.tmp = self.final.parent / f"{_TMP_PREFIX.format(self.final.name)}{owner_tag()}-{uuid.uuid4().hex[:8]}"
         self.chunk = chunk or chunk_len(size)
         self.group = zarr.open_group(str(self.tmp), mode="w", zarr_format=3)
         self.images = self.group.create_array(
@@ -278,24 +378,15 @@ class StoreBuilder:
         }
         self.group.attrs.update(attrs)
         self.group.attrs["complete"] = True
-        replace_dir(self.tmp, self.final)
+        store = DatasetStore(self.tmp, zarr.open_group(str(self.tmp), mode="r"))
+        store.record_verified()  # the data were hashed as they were appended
+        # False: another process finished a store of this name first; it is kept, this copy discarded
+        replace_dir(self.tmp, self.final, replaces=self._replaces)
         return open_store(self.final)
 
 
 _TMP_PREFIX = ".{}.tmp-"
-
-
-def _remove_stale_temps(final: Path) -> None:
-    """Remove temporary stores of ``final`` left by killed processes (pid no longer running)."""
-    prefix = _TMP_PREFIX.format(final.name)
-    for p in final.parent.glob(prefix + "*"):
-        try:
-            pid = int(p.name[len(prefix) :].split("-")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(p, ignore_errors=True)
-        except (ValueError, PermissionError):
-            continue
+STALE_PREFIXES = (".", )  # hidden entries of datasets/: temporary (.<name>.zarr.tmp-*) and trash (.trash-*) stores
 
 
 def write_store(

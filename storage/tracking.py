@@ -5,17 +5,25 @@ unless ``MLFLOW_TRACKING_URI`` is set) and artifacts go under :func:`storage.pat
 One experiment per data set, ``subsample/<dataset>``. Everything goes through an explicit
 ``MlflowClient`` (no ``mlflow.start_run`` global state), so a stage can log to a run it reopens
 after a restart. The first use of a fresh SQLite store creates its tables (measured ~1.3 s on the
-2-core development machine; ~0.5 s to open it afterwards, plus ~1.1 s to import mlflow).
+2-core development machine; ~0.5 s to open it afterwards, plus ~1.1 s to import mlflow). Two
+processes opening a fresh database at once would both run MLflow's schema migration and one would
+fail, so the first open in a process holds a lock file next to the database (``mlflow.db.lock``).
+
+A tracking server that cannot be reached (or refuses) is one line naming the URI with any password
+redacted (:func:`storage.paths.redact_uri`), never a traceback carrying it.
 """
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from urllib.parse import unquote, urlparse
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
-from storage.paths import mlflow_artifact_root, mlflow_tracking_uri
+from storage.errors import SubsampleError
+from storage.locks import file_lock
+from storage.paths import mlflow_artifact_root, mlflow_tracking_uri, redact_uri
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -29,10 +37,49 @@ _METRIC_BATCH = 1000
 _PARAM_MAX_CHARS = 6000
 
 
+_OPENED: set[str] = set()  # tracking URIs whose store this process has opened (schema created)
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:"):
+        return None
+    path = unquote(urlparse(uri).path)
+    return Path(path) if path and path != "/:memory:" else None
+
+
 def client() -> "MlflowClient":
+    """A client of the tracking store; the first call in a process opens the store under the
+    database's lock, so concurrent processes never run the schema migration twice."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=mlflow_tracking_uri())
+    uri = mlflow_tracking_uri()
+    if uri in _OPENED:
+        return MlflowClient(tracking_uri=uri)
+    db = _sqlite_path(uri)
+    with contact("open the MLflow tracking store"):
+        if db is not None:
+            with file_lock(db.with_name(db.name + ".lock")):
+                c = MlflowClient(tracking_uri=uri)  # opens the store: creates (or checks) the schema
+        else:
+            c = MlflowClient(tracking_uri=uri)
+    _OPENED.add(uri)
+    return c
+
+
+@contextmanager
+def contact(what: str, stage: str = "mlflow") -> Iterator[None]:
+    """Turn a failure to reach or use the tracking store into one :class:`SubsampleError` line
+    naming the (redacted) URI and what to do."""
+    try:
+        yield
+    except SubsampleError:
+        raise
+    except Exception as e:  # MlflowException, requests' connection errors, sqlite errors, ...
+        detail = str(getattr(e, "message", None) or e).split("\n")[0][:300]
+        raise SubsampleError(
+            stage, f"could not {what} at {redact_uri(mlflow_tracking_uri())} ({type(e).__name__}: {redact_uri(detail)}); "
+            "check MLFLOW_TRACKING_URI (unset it for the local $SUBSAMPLE_HOME/mlflow.db) or pass --set track=false"
+        ) from None
 
 
 def experiment_name(dataset: str) -> str:
@@ -100,11 +147,12 @@ def start_run(
     c = client()
     parent = parent_run_id or _PARENT.get()
     all_tags = {DATASET_TAG: dataset, **tags, **({PARENT_RUN_TAG: parent} if parent else {})}
-    run = c.create_run(experiment_id(dataset, c), run_name=run_name, tags=all_tags)
-    run_id = run.info.run_id
-    flat = [Param(k, v) for k, v in flatten(params).items()]
-    for i in range(0, len(flat), _PARAM_BATCH):
-        c.log_batch(run_id, params=flat[i : i + _PARAM_BATCH])
+    with contact("start an MLflow run"):
+        run = c.create_run(experiment_id(dataset, c), run_name=run_name, tags=all_tags)
+        run_id = run.info.run_id
+        flat = [Param(k, v) for k, v in flatten(params).items()]
+        for i in range(0, len(flat), _PARAM_BATCH):
+            c.log_batch(run_id, params=flat[i : i + _PARAM_BATCH])
     return run_id
 
 
@@ -163,7 +211,8 @@ def copy_run(
 
 def reopen_run(run_id: str) -> None:
     """Mark a run that was interrupted (and is being resumed) as running again."""
-    client().update_run(run_id, status="RUNNING")
+    with contact(f"reopen MLflow run {run_id}"):
+        client().update_run(run_id, status="RUNNING")
 
 
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int) -> None:

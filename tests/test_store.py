@@ -110,13 +110,19 @@ def test_builder_replaces_a_store_atomically():
 def test_stale_temp_stores_of_dead_processes_are_removed():
     datasets_dir().mkdir(parents=True)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = datasets_dir() / f".t.zarr.tmp-{int(dead.stdout)}-deadbeef"
-    alive = datasets_dir() / f".t.zarr.tmp-{os.getpid()}-cafef00d"  # a build still running here
-    other = datasets_dir() / f".u.zarr.tmp-{int(dead.stdout)}-deadbeef"  # another data set's
-    for p in (stale, alive, other):
+    from storage.locks import owner_tag
+
+    pid = int(dead.stdout)
+    stale = datasets_dir() / f".t.zarr.tmp-{pid}-deadbeef"  # the name format before hosts were recorded
+    alive = datasets_dir() / f".t.zarr.tmp-{owner_tag()}-cafef00d"  # a build still running here
+    other = datasets_dir() / f".u.zarr.tmp-{pid}@{owner_tag().split('@')[1]}-deadbeef"  # another data set's
+    trash = datasets_dir() / f".trash-t.zarr-{pid}@{owner_tag().split('@')[1]}-deadbeef"
+    remote = datasets_dir() / f".t.zarr.tmp-{pid}@another-host-deadbeef"  # a process elsewhere (shared home)
+    for p in (stale, alive, other, trash, remote):
         p.mkdir()
     write_store("t", images(2))
-    assert not stale.exists() and alive.exists() and other.exists()
+    assert not stale.exists() and not other.exists() and not trash.exists()
+    assert alive.exists() and remote.exists()
 
 
 def _chunk_files(store) -> list:
