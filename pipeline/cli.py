@@ -58,7 +58,8 @@ def ingest_cmd(
     workers: int = typer.Option(_ingest_default("workers"), "--workers", help="parallel decode workers"),
     scheduler: str = typer.Option(_ingest_default("scheduler"), "--scheduler", help="Dask local scheduler: threads or processes"),
     files_per_task: int = typer.Option(_ingest_default("files_per_task"), "--files-per-task", help="files decoded per Dask task"),
-    max_pixels: int = typer.Option(_ingest_default("max_pixels"), "--max-pixels", help="quarantine larger source images"),
+    max_pixels: int = typer.Option(_ingest_default("max_pixels"), "--max-pixels", help="quarantine larger source images (refuse an array source of larger images)"),
+    max_bytes: int = typer.Option(_ingest_default("max_bytes"), "--max-bytes", help="refuse a source holding more bytes (files, zip members, arrays' N×H×W×C)"),
     refresh: bool = typer.Option(False, "--refresh", help="rebuild even if an identical store exists"),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -71,7 +72,7 @@ def ingest_cmd(
     try:
         cfg = IngestConfig(
             source=source, name=name, size=size, crop=crop, workers=workers, scheduler=scheduler,
-            files_per_task=files_per_task, max_pixels=max_pixels,
+            files_per_task=files_per_task, max_pixels=max_pixels, max_bytes=max_bytes,
         )
     except ValidationError as e:
         raise SubsampleError("ingest", "; ".join(f"--{'-'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None

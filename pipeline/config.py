@@ -34,9 +34,18 @@ class IngestConfig(StageConfig):
         "threads", description="Dask local scheduler for decoding (measured in bench/ingest_throughput.py)"
     )
     files_per_task: int = Field(256, ge=1, description="files decoded per Dask task")
-    max_pixels: int = Field(64_000_000, ge=1, description="larger source images are quarantined (decompression bombs)")
+    max_pixels: int = Field(
+        64_000_000, ge=1,
+        description="larger source images are quarantined; an array source (IDX, npz) whose images are larger is refused",
+    )
+    max_bytes: int = Field(
+        64 << 30, ge=1,
+        description="the most bytes a source may hold: image files and zip members (their sizes), arrays (N×H×W×C, "
+        "from their headers), checked before anything is read; larger sources are refused (decompression bombs)",
+    )
 
-    _execution_fields: ClassVar[frozenset[str]] = frozenset({"workers", "scheduler", "files_per_task"})
+    # max_bytes only refuses a source whole; it never changes a store that is built
+    _execution_fields: ClassVar[frozenset[str]] = frozenset({"workers", "scheduler", "files_per_task", "max_bytes"})
 
     @field_validator("name")
     @classmethod
@@ -63,6 +72,9 @@ class FeaturesConfig(StageConfig):
     _execution_fields: ClassVar[frozenset[str]] = frozenset({"dask_address", "scheduler", "workers"})
 
 
+MAX_TABLE_CELLS = 1 << 24  # 16.8 M cells (128 MiB of int64 counts): far above any useful table, far below a crash
+
+
 class TablesConfig(StageConfig):
     """``subsample tables NAME --bins M1 M2``: joint histogram table (spec §2).
 
@@ -84,6 +96,14 @@ class TablesConfig(StageConfig):
     def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         if not v or any(m < 1 for m in v):
             raise ValueError("bins must be positive integers, one per feature")
+        cells = 1
+        for m in v:
+            cells *= m + 1
+        if cells > MAX_TABLE_CELLS:
+            raise ValueError(
+                f"bins {' '.join(map(str, v))} give a table of {cells:,} cells, more than {MAX_TABLE_CELLS:,} "
+                f"(int64 counts: {cells * 8 / 2**30:,.1f} GiB); use fewer bins (default 32 32)"
+            )
         return v
 
 
@@ -171,6 +191,12 @@ class TrainConfig(StageConfig):
     seed: int = Field(0, ge=0, description="model init, z draws, penalties' randomness")
     sample_grid: int = Field(64, ge=1, description="fixed-z samples in each epoch's grid")
     kl_samples: int = Field(2048, ge=1, description="fixed-z samples for the per-epoch feature KL")
+    # divergence guard (execution only: a run it stops has no artifact)
+    diverge_loss_max: float | None = Field(
+        1e6, gt=0, description="stop when |loss_d| or |loss_g| exceeds this for diverge_steps consecutive D steps; None = off "
+        "(every registered loss stays orders of magnitude below 1e6 on a healthy run)",
+    )
+    diverge_steps: int = Field(50, ge=1, description="consecutive D steps above diverge_loss_max that stop the run")
     # execution only
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (one is always written at the end)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -180,7 +206,7 @@ class TrainConfig(StageConfig):
     track: bool = Field(True, description="log the run to MLflow")
 
     _execution_fields: ClassVar[frozenset[str]] = frozenset(
-        {"preset", "checkpoint_every", "device", "amp", "channels_last", "compile", "track"}
+        {"preset", "checkpoint_every", "device", "amp", "channels_last", "compile", "track", "diverge_loss_max", "diverge_steps"}
     )
 
     @field_validator("arch", "loss", "method")

@@ -49,6 +49,7 @@ import time
 import uuid
 import warnings
 import zipfile
+import zlib
 from collections import Counter
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack, closing
@@ -63,7 +64,7 @@ from tqdm import tqdm
 
 from pipeline.config import IngestConfig
 from storage.artifacts import artifact_key
-from storage.errors import SubsampleError
+from storage.errors import SubsampleError, one_line
 from storage.paths import check_name, dataset_path
 from storage.store import QUARANTINE_FILE, DatasetStore, StoreBuilder, open_store
 
@@ -186,7 +187,7 @@ def decode_image(src: str | os.PathLike | io.BytesIO, policy: CropPolicy, max_pi
 
 def quarantine_reason(exc: BaseException) -> str:
     """A short reason, ``category: detail``; the category is what the summary counts."""
-    msg = str(exc).split("\n")[0][:200]
+    msg = one_line(str(exc).split("\n")[0])[:200]
     if isinstance(exc, Rejected):
         return msg
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
@@ -207,9 +208,20 @@ class FolderReader:
 
     def open(self, rel: str) -> str:
         path = os.path.join(self.root, rel)
+        if os.path.islink(path):  # again at read time (one lstat): the listing may be older than the file
+            check_inside_source(self.root, path)
         if os.path.getsize(path) == 0:
             raise Rejected("zero bytes")
         return path
+
+
+def check_inside_source(root: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Raise :class:`Rejected` when ``path`` (after following symlinks) leaves the source folder
+    ``root``: a symlink to a file elsewhere on the machine is never read."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise Rejected(f"symlink: points outside the source folder (to {real})")
 
 
 _thread_zips = threading.local()
@@ -241,7 +253,19 @@ class ZipReader:
             raise Rejected("zero bytes")
         if info.file_size > self.max_bytes:
             raise Rejected(f"too large: {info.file_size:,} bytes uncompressed")
-        return io.BytesIO(zf.read(info))
+        return io.BytesIO(read_member_capped(zf, info))
+
+
+def read_member_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A zip member's bytes, read a capped piece at a time and never past its declared size.
+    (``ZipFile.read`` inflates up to 2 GiB in one call before it truncates to the declared size,
+    so a member whose declared size was patched small still costs gigabytes.) A member whose data
+    run past or short of its declared size fails its CRC: Rejected."""
+    with zf.open(info) as f:
+        data = _read_capped(f, info.file_size)  # the member stream itself stops at the declared size and checks the CRC
+    if len(data) != info.file_size:
+        raise Rejected(f"corrupt: member ends after {len(data):,} of its declared {info.file_size:,} bytes")
+    return data
 
 
 @dataclass
@@ -346,43 +370,178 @@ class ArraySource(Source):
 
 _CIFAR_PY = re.compile(r"^(data_batch_\d+|test_batch)$")
 _IDX_IMAGES = re.compile(r"^(?P<stem>.*)images(?P<sep>[-.])idx3-ubyte(\.gz)?$")
-_UNPICKLE_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),  # protocol-2 pickles written by Python 3 spell bytes this way
-    ("builtins", "bytearray"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "complex"),
+CIFAR_RECORD = 3072  # 3 × 32 × 32 planar RGB bytes per image
+CIFAR_PY_MAX_FILE_BYTES = 512 << 20  # a python batch is unpickled in memory: 16× the 31 MB of a real one
+ARRAY_BLOCK_BYTES = 16 << 20  # array sources are read this many bytes (at most ARRAY_BLOCK records) at a time
+READ_PIECE = 1 << 20  # the largest single read from a compressed stream (a real cap on what one read inflates)
+
+
+# --- source limits --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceLimits:
+    """What a source may hold, checked from headers and declared sizes before anything is read:
+    ``max_pixels`` per image (H × W), ``max_bytes`` in all (image files' and zip members' sizes;
+    N × H × W × C of arrays). Array sources are then read in blocks of :data:`ARRAY_BLOCK_BYTES`,
+    so memory stays bounded whatever a header claims."""
+
+    max_pixels: int = IngestConfig.model_fields["max_pixels"].default
+    max_bytes: int = IngestConfig.model_fields["max_bytes"].default
+
+    @classmethod
+    def of(cls, cfg: IngestConfig) -> "SourceLimits":
+        return cls(cfg.max_pixels, cfg.max_bytes)
+
+    def check_images(self, path: Path, shape: tuple[int, ...], itemsize: int = 1) -> None:
+        """``shape`` (N, H, W[, C]) of an array source: no empty dimension, H × W within
+        ``max_pixels``, the whole within ``max_bytes``; else one :class:`SubsampleError` line."""
+        if any(d == 0 for d in shape):
+            raise SubsampleError(STAGE, f"{path}: images of shape {_dims(shape)} have an empty dimension; nothing to ingest")
+        n, h, w = shape[:3]
+        if h * w > self.max_pixels:
+            raise SubsampleError(
+                STAGE, f"{path}: images of {h:,}×{w:,} = {h * w:,} pixels exceed --max-pixels {self.max_pixels:,}; refusing the source"
+            )
+        self.check_bytes(path, math.prod(shape) * itemsize, f"{_dims(shape)} images")
+
+    def check_bytes(self, path: Path, nbytes: int, what: str) -> None:
+        if nbytes > self.max_bytes:
+            raise SubsampleError(
+                STAGE, f"{path}: {what} hold {nbytes:,} bytes, more than --max-bytes {self.max_bytes:,}; refusing the source "
+                "(raise --max-bytes if it is genuine)"
+            )
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "×".join(str(d) for d in shape)
+
+
+def _read_capped(f: Any, n: int) -> bytes:
+    """Exactly ``n`` bytes from ``f`` (fewer only at its end), in reads of at most
+    :data:`READ_PIECE`: a compressed stream (gzip, a zip member) never inflates more than that per
+    call, whatever the file's headers declare."""
+    parts, left = [], n
+    while left > 0:
+        piece = f.read(min(left, READ_PIECE))
+        if not piece:
+            break
+        parts.append(piece)
+        left -= len(piece)
+    return b"".join(parts)
+
+
+def _block_records(record_bytes: int) -> int:
+    return max(1, min(ARRAY_BLOCK, ARRAY_BLOCK_BYTES // max(record_bytes, 1)))
+
+
+# --- CIFAR-10 python batches: the restricted unpickler ---------------------------------------------
+
+
+class _NdarrayName:
+    """What a pickle gets for ``numpy.ndarray``: accepted only as ``_reconstruct``'s first argument
+    (how numpy pickles an array), never called: ``ndarray(shape)`` would allocate a declared shape
+    of uninitialised memory without any data behind it."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise pickle.UnpicklingError("refusing numpy.ndarray(...): an array must come with its data")
+
+
+_NDARRAY = _NdarrayName()
+
+
+class _CheckedArray(np.ndarray):
+    """The array ``_reconstruct`` builds; its state (shape, dtype, bytes) is checked before numpy
+    sees it: plain numeric dtypes only, at most 2-D, the declared shape exactly the bytes carried,
+    and 2-D uint8 arrays in CIFAR's record layout (N, 3072)."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("malformed array state")
+        shape, dtype, _, data = state[-4:]
+        if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape) or len(shape) > 2:
+            raise pickle.UnpicklingError(f"refusing an array of shape {shape!r}: CIFAR batches hold 1-D and 2-D arrays")
+        if not isinstance(dtype, np.dtype) or dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+            raise pickle.UnpicklingError(f"refusing an array of dtype {dtype!r}: only plain numbers are allowed")
+        if not isinstance(data, (bytes, bytearray)) or len(data) != math.prod(shape) * dtype.itemsize:
+            got = f"{len(data):,} bytes" if isinstance(data, (bytes, bytearray)) else type(data).__name__
+            raise pickle.UnpicklingError(f"refusing an array declaring shape {shape} of {dtype} but carrying {got}")
+        if dtype == np.uint8 and len(shape) == 2 and shape[1] != CIFAR_RECORD:
+            raise pickle.UnpicklingError(f"refusing uint8 records of shape {shape}: CIFAR-10 records are (N, {CIFAR_RECORD})")
+        super().__setstate__(state)
+
+
+def _checked_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    if subtype is not _NDARRAY or shape != (0,):
+        raise pickle.UnpicklingError(f"refusing _reconstruct({subtype!r}, {shape!r}): not how numpy pickles an array")
+    return np.ndarray.__new__(_CheckedArray, (0,), dtype=np.dtype(dtype.decode("latin1") if isinstance(dtype, bytes) else dtype))
+
+
+def _checked_bytearray(*args: Any) -> bytearray:
+    if len(args) > 2 or (args and not isinstance(args[0], (bytes, bytearray, str))):
+        raise pickle.UnpicklingError("refusing bytearray(size): only bytearray(bytes) is allowed")
+    return bytearray(*args)
+
+
+_UNPICKLE_ALLOWED: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _checked_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _checked_reconstruct,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy.core.multiarray", "scalar"): None,  # None: the real object
+    ("numpy._core.multiarray", "scalar"): None,
+    ("numpy", "dtype"): None,
+    ("_codecs", "encode"): None,  # protocol-2 pickles written by Python 3 spell bytes this way
+    ("builtins", "bytearray"): _checked_bytearray,
+    ("builtins", "set"): None,
+    ("builtins", "frozenset"): None,
+    ("builtins", "complex"): None,
 }
 
 
 class RestrictedUnpickler(pickle.Unpickler):
     """Builds numpy arrays and plain containers only: anything else a pickle names (``os.system``,
-    ``builtins.eval``, a class with ``__reduce__``) raises :class:`pickle.UnpicklingError`."""
+    ``builtins.eval``, a class with ``__reduce__``) raises :class:`pickle.UnpicklingError`, and an
+    array's declared shape is checked against the bytes it carries before numpy allocates it
+    (:class:`_CheckedArray`)."""
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _UNPICKLE_ALLOWED:
             raise pickle.UnpicklingError(
                 f"refusing to load {module}.{name}: only numpy arrays and plain containers are allowed"
             )
+        replacement = _UNPICKLE_ALLOWED[(module, name)]
+        if replacement is not None:
+            return replacement
         if module.startswith("numpy.core.") and hasattr(np, "_core"):
             module = "numpy._core." + module[len("numpy.core.") :]  # numpy 2: avoid the deprecated alias
         return super().find_class(module, name)
 
 
-def restricted_load(path: Path) -> Any:
-    """Unpickle a CIFAR-10 python file without running code from it."""
+def _plain(obj: Any) -> Any:
+    """The unpickled object with every :class:`_CheckedArray` as a plain ndarray."""
+    if isinstance(obj, _CheckedArray):
+        return obj.view(np.ndarray)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def restricted_load(path: Path, max_bytes: int = CIFAR_PY_MAX_FILE_BYTES) -> Any:
+    """Unpickle a CIFAR-10 python file without running code from it. The file (at most
+    ``max_bytes``) is read into memory first: a length the pickle declares can then never make
+    the unpickler read (allocate) more than the file holds."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise SubsampleError(STAGE, f"{path}: {size:,} bytes is more than a CIFAR-10 python batch may hold ({max_bytes:,}); refusing it")
     try:
         with open(path, "rb") as f:
-            return RestrictedUnpickler(f, encoding="bytes").load()
+            data = _read_capped(f, size)
+        return _plain(RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load())
     except pickle.UnpicklingError as e:
         raise SubsampleError(STAGE, f"{path}: {e}; not a CIFAR-10 python batch, refusing to load it") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError, OverflowError) as e:
         raise SubsampleError(STAGE, f"{path}: not a readable CIFAR-10 python batch ({type(e).__name__}: {e})") from None
 
 
@@ -394,7 +553,7 @@ def _cifar_planar(records: np.ndarray) -> np.ndarray:
     return records.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
 
 
-def _open_cifar_bin(path: Path, files: list[Path]) -> ArraySource:
+def _open_cifar_bin(path: Path, files: list[Path], limits: SourceLimits = SourceLimits()) -> ArraySource:
     for f in files:
         if f.stat().st_size % 3073:
             raise SubsampleError(
@@ -402,11 +561,15 @@ def _open_cifar_bin(path: Path, files: list[Path]) -> ArraySource:
                 f"{f}: {f.stat().st_size:,} bytes is not a whole number of CIFAR-10 records (3,073 bytes: "
                 "1 label + 3,072 pixels); is it a CIFAR-10 binary batch?",
             )
+    limits.check_bytes(path, sum(f.stat().st_size for f in files), "the CIFAR-10 binary files")
     meta = (path if path.is_dir() else path.parent) / "batches.meta.txt"
-    names = [ln.strip() for ln in meta.read_text().splitlines() if ln.strip()] if meta.is_file() else None
+    names = None
+    if meta.is_file():
+        limits.check_bytes(meta, meta.stat().st_size, "the class names file")
+        names = [ln.strip() for ln in meta.read_text(errors="replace").splitlines() if ln.strip()]
 
     def load():
-        for f in files:
+        for f in files:  # memory-mapped: blocks are read as they are sliced
             rec = np.memmap(f, dtype=np.uint8, mode="r").reshape(-1, 3073) if f.stat().st_size else np.zeros((0, 3073), np.uint8)
             yield _cifar_planar(rec[:, 1:]), rec[:, 0]
 
@@ -414,23 +577,29 @@ def _open_cifar_bin(path: Path, files: list[Path]) -> ArraySource:
     return ArraySource(path, "cifar10-bin", files + ([meta] if names else []), n, True, names, load=load)
 
 
-def _open_cifar_python(path: Path, files: list[Path]) -> ArraySource:
+def _open_cifar_python(path: Path, files: list[Path], limits: SourceLimits = SourceLimits()) -> ArraySource:
+    cap = min(limits.max_bytes, CIFAR_PY_MAX_FILE_BYTES)
     meta = (path if path.is_dir() else path.parent) / "batches.meta"
     names = None
     if meta.is_file():
-        label_names = _get(restricted_load(meta), "label_names")
+        label_names = _get(restricted_load(meta, cap), "label_names")
         if label_names:
-            names = [x.decode() if isinstance(x, bytes) else str(x) for x in label_names]
+            names = [x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in label_names]
+    limits.check_bytes(path, sum(f.stat().st_size for f in files), "the CIFAR-10 python batches")
 
     def batch(f: Path) -> tuple[np.ndarray, np.ndarray]:
-        d = restricted_load(f)
+        d = restricted_load(f, cap)
         data = _get(d, "data") if isinstance(d, dict) else None
         labels = _get(d, "labels") if isinstance(d, dict) else None
-        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != CIFAR_RECORD:
             raise SubsampleError(STAGE, f"{f}: expected a dict with b'data' uint8 (N, 3072) and b'labels'")
         if labels is None or len(labels) != len(data):
             raise SubsampleError(STAGE, f"{f}: b'labels' missing or not one per image")
-        return _cifar_planar(data), np.asarray(labels, np.int64)
+        try:
+            labels = np.asarray(labels, np.int64)
+        except (TypeError, ValueError, OverflowError):
+            raise SubsampleError(STAGE, f"{f}: b'labels' must be integers") from None
+        return _cifar_planar(data), labels
 
     def load():
         for f in files:
@@ -441,20 +610,55 @@ def _open_cifar_python(path: Path, files: list[Path]) -> ArraySource:
     return ArraySource(path, "cifar10-python", files + ([meta] if meta.is_file() else []), 10_000 * len(files), True, names, load=load)
 
 
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    opener = gzip.open if path.name.endswith(".gz") else open
+# --- IDX (MNIST): header first, then the body streamed ---------------------------------------------
+
+
+def _idx_open(path: Path) -> Any:
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def _idx_header(f: Any, path: Path, ndim: int) -> tuple[int, ...]:
+    """The dimensions in an IDX header (magic: two zero bytes, type 0x08 = unsigned byte, ndim)."""
+    head = f.read(4 + 4 * ndim)
+    if len(head) < 4 + 4 * ndim or head[:3] != b"\0\0\x08" or head[3] != ndim:
+        raise SubsampleError(STAGE, f"{path}: not an unsigned-byte IDX file with {ndim} dimension(s) (bad magic number)")
+    return tuple(int(d) for d in np.frombuffer(head, ">u4", ndim, 4))
+
+
+def _read_idx_header(path: Path, ndim: int) -> tuple[int, ...]:
+    """The dimensions of an IDX file, checked against the file's size when it is not compressed."""
     try:
-        with opener(path, "rb") as f:
-            raw = f.read()
+        with _idx_open(path) as f:
+            dims = _idx_header(f, path, ndim)
     except (OSError, EOFError) as e:
         raise SubsampleError(STAGE, f"{path}: cannot read IDX file ({e})") from None
-    if len(raw) < 4 + 4 * ndim or raw[:3] != b"\0\0\x08" or raw[3] != ndim:
-        raise SubsampleError(STAGE, f"{path}: not an unsigned-byte IDX file with {ndim} dimension(s) (bad magic number)")
-    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
-    body = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
-    if body.size != math.prod(dims):
-        raise SubsampleError(STAGE, f"{path}: header says {dims} = {math.prod(dims):,} bytes, file holds {body.size:,}")
-    return body.reshape(dims)
+    if not path.name.endswith(".gz"):
+        body = path.stat().st_size - (4 + 4 * ndim)
+        if body != math.prod(dims):
+            raise SubsampleError(STAGE, f"{path}: header says {_dims(dims)} = {math.prod(dims):,} bytes, file holds {body:,}")
+    return dims
+
+
+def _stream_idx(path: Path, ndim: int, dims: tuple[int, ...], records: int) -> Iterator[np.ndarray]:
+    """The body of an IDX file as blocks of ``records`` records, read (and inflated) a block at a
+    time; a body shorter or longer than the header says is an error naming the file."""
+    rec_shape = dims[1:]
+    rec_bytes = math.prod(rec_shape)
+    try:
+        with _idx_open(path) as f:
+            _idx_header(f, path, ndim)
+            for start in range(0, dims[0], records):
+                k = min(records, dims[0] - start)
+                raw = _read_capped(f, k * rec_bytes)
+                if len(raw) != k * rec_bytes:
+                    raise SubsampleError(
+                        STAGE, f"{path}: header says {_dims(dims)} = {math.prod(dims):,} bytes, file holds {start * rec_bytes + len(raw):,}"
+                    )
+                yield np.frombuffer(raw, np.uint8).reshape((k, *rec_shape))
+            if f.read(1):
+                raise SubsampleError(STAGE, f"{path}: more data than its header's {_dims(dims)}")
+    except (OSError, EOFError, zlib.error) as e:
+        raise SubsampleError(STAGE, f"{path}: cannot read IDX file ({type(e).__name__}: {e})") from None
 
 
 def _idx_labels_for(images: Path) -> Path | None:
@@ -468,7 +672,7 @@ def _idx_labels_for(images: Path) -> Path | None:
     return None
 
 
-def _open_idx(path: Path, image_files: list[Path]) -> ArraySource:
+def _open_idx(path: Path, image_files: list[Path], limits: SourceLimits = SourceLimits()) -> ArraySource:
     by_stem: dict[str, Path] = {}
     for f in image_files:  # both foo-idx3-ubyte and foo-idx3-ubyte.gz: read one (the raw one)
         stem = f.name.removesuffix(".gz")
@@ -477,50 +681,120 @@ def _open_idx(path: Path, image_files: list[Path]) -> ArraySource:
     pairs = [(f, _idx_labels_for(f)) for f in sorted(by_stem.values())]
     has_labels = all(lab is not None for _, lab in pairs)
 
+    # every header is read and checked before any body: a bomb is refused before allocation
+    headers, total = [], 0
+    for f, lab in pairs:
+        dims = _read_idx_header(f, 3)
+        limits.check_images(f, dims)
+        total += math.prod(dims)
+        limits.check_bytes(path, total, "the IDX files")
+        if has_labels:
+            assert lab is not None
+            ldims = _read_idx_header(lab, 1)
+            if ldims[0] != dims[0]:
+                raise SubsampleError(STAGE, f"{lab}: {ldims[0]:,} labels for {dims[0]:,} images in {f.name}")
+        headers.append(dims)
+
     def load():
-        for f, lab in pairs:
-            images = _read_idx(f, 3)
-            labels = _read_idx(lab, 1) if has_labels else None
-            if labels is not None and len(labels) != len(images):
-                raise SubsampleError(STAGE, f"{lab}: {len(labels):,} labels for {len(images):,} images in {f.name}")
-            yield images, labels
+        for (f, lab), dims in zip(pairs, headers):
+            records = _block_records(dims[1] * dims[2])
+            labels = _stream_idx(lab, 1, (dims[0],), records) if has_labels and lab is not None else None
+            for block in _stream_idx(f, 3, dims, records):
+                yield block, (next(labels) if labels is not None else None)
 
     files = [f for f, _ in pairs] + [lab for _, lab in pairs if lab is not None and has_labels]
-    # IDX headers give the count cheaply only for raw files; gz: an estimate for progress only
-    n = sum(_idx_count(f) for f, _ in pairs)
+    n = sum(d[0] for d in headers)
     return ArraySource(path, "idx", files, n, has_labels, None, load=load)
 
 
-def _idx_count(f: Path) -> int:
-    opener = gzip.open if f.name.endswith(".gz") else open
-    try:
-        with opener(f, "rb") as fh:
-            head = fh.read(8)
-    except (OSError, EOFError) as e:
-        raise SubsampleError(STAGE, f"{f}: cannot read IDX file ({e})") from None
-    return int.from_bytes(head[4:8], "big") if len(head) == 8 else 0
+# --- npz: each member's .npy header first, then the member streamed --------------------------------
 
 
-def _open_npz(path: Path) -> ArraySource:
+@dataclass(frozen=True)
+class _NpyMember:
+    name: str  # the zip member, e.g. images.npy
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    offset: int  # bytes of .npy header before the data
+
+
+def _npy_member(zf: zipfile.ZipFile, npz: Path, key: str) -> _NpyMember | None:
+    """The header of array ``key`` of an npz (None when absent), read without reading its data;
+    the member's declared size must be exactly the header plus the data the header describes."""
+    name = f"{key}.npy"
     try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = list(z.keys())
-            if "images" not in keys:
-                raise SubsampleError(STAGE, f"{path}: no 'images' array (has {keys}); save it with np.savez(path, images=..., labels=...)")
-            images = z["images"]
-            labels = z["labels"] if "labels" in keys else None
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        info = zf.getinfo(name)
+    except KeyError:
+        return None
+    try:
+        with zf.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f".npy format version {version} is not supported")
+            offset = f.tell()
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise SubsampleError(STAGE, f"{npz}: {name} is not a readable .npy array ({e})") from None
+    if dtype.hasobject:
+        raise SubsampleError(STAGE, f"{npz}: {name} holds Python objects; only numeric arrays are read (no pickles)")
+    if fortran and len(shape) > 1:
+        raise SubsampleError(STAGE, f"{npz}: {name} is stored in Fortran order; save it C-ordered: np.savez(path, {key}=np.ascontiguousarray(a))")
+    if info.file_size != offset + math.prod(shape) * dtype.itemsize:
+        raise SubsampleError(
+            STAGE, f"{npz}: {name} declares {info.file_size:,} bytes but its header describes {_dims(shape) or 'a scalar'} {dtype}; the file is corrupt"
+        )
+    return _NpyMember(name, tuple(shape), dtype, offset)
+
+
+def _stream_npy(npz: Path, m: _NpyMember, records: int) -> Iterator[np.ndarray]:
+    """Member ``m`` of ``npz`` as blocks of ``records`` rows, inflated a capped piece at a time."""
+    rec_bytes = math.prod(m.shape[1:]) * m.dtype.itemsize
+    try:
+        with zipfile.ZipFile(npz) as zf, zf.open(m.name) as f:
+            _read_capped(f, m.offset)
+            for start in range(0, m.shape[0], records):
+                k = min(records, m.shape[0] - start)
+                raw = _read_capped(f, k * rec_bytes)
+                if len(raw) != k * rec_bytes:
+                    raise SubsampleError(STAGE, f"{npz}: {m.name} ends after {start + len(raw) // max(rec_bytes, 1):,} of {m.shape[0]:,} rows")
+                yield np.frombuffer(raw, m.dtype).reshape((k, *m.shape[1:]))
+    except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as e:
+        raise SubsampleError(STAGE, f"{npz}: cannot read {m.name} ({type(e).__name__}: {e})") from None
+
+
+def _open_npz(path: Path, limits: SourceLimits = SourceLimits()) -> ArraySource:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            keys = [n.removesuffix(".npy") for n in zf.namelist() if n.endswith(".npy")]
+            images = _npy_member(zf, path, "images")
+            labels = _npy_member(zf, path, "labels")
+    except (OSError, zipfile.BadZipFile) as e:
         raise SubsampleError(STAGE, f"{path}: not a readable .npz ({e})") from None
-    ok_shape = images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3))
+    if images is None:
+        raise SubsampleError(STAGE, f"{path}: no 'images' array (has {keys}); save it with np.savez(path, images=..., labels=...)")
+    shape = images.shape
+    ok_shape = len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3))
     if images.dtype != np.uint8 or not ok_shape:
-        raise SubsampleError(STAGE, f"{path}: 'images' must be uint8 N×H×W×3 or N×H×W, got {images.dtype} {images.shape}")
-    if labels is not None and (labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer)):
+        raise SubsampleError(STAGE, f"{path}: 'images' must be uint8 N×H×W×3 or N×H×W, got {images.dtype} {shape}")
+    limits.check_images(path, shape)
+    if labels is not None and (len(labels.shape) != 1 or labels.shape[0] != shape[0] or labels.dtype.kind not in "iu"):
         raise SubsampleError(STAGE, f"{path}: 'labels' must be integers, one per image; got {labels.dtype} {labels.shape}")
 
     def load():
-        yield images, labels
+        records = _block_records(math.prod(shape[1:]))
+        label_blocks = _stream_npy(path, labels, records) if labels is not None else None
+        for block in _stream_npy(path, images, records):
+            lab = None
+            if label_blocks is not None:
+                lab = next(label_blocks)
+                if lab.dtype == np.uint64 and len(lab) and lab.max() > np.iinfo(np.int64).max:
+                    raise SubsampleError(STAGE, f"{path}: 'labels' holds values above 2**63 - 1")
+            yield block, lab
 
-    return ArraySource(path, "npz", [path], len(images), labels is not None, None, load=load)
+    return ArraySource(path, "npz", [path], shape[0], labels is not None, None, load=load)
 
 
 def _is_hidden(rel: str) -> bool:
@@ -533,7 +807,7 @@ def _unsafe_member(name: str) -> bool:
     return name.startswith(("/", "\\")) or bool(re.match(r"^[A-Za-z]:", name)) or ".." in parts
 
 
-def _open_zip(path: Path) -> ZipSource:
+def _open_zip(path: Path, limits: SourceLimits = SourceLimits()) -> ZipSource:
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
@@ -552,6 +826,8 @@ def _open_zip(path: Path) -> ZipSource:
             members.append(name)
     if not members and not bad:
         raise SubsampleError(STAGE, f"{path}: the zip holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    by_name = {i.filename: i for i in infos}
+    limits.check_bytes(path, sum(by_name[m].file_size for m in members), f"its {len(members):,} image members (declared sizes)")
     return ZipSource(path, "zip", [path], len(members), n_ignored=ignored, listing_quarantine=bad, members=members)
 
 
@@ -559,18 +835,36 @@ def _has_array_files(d: Path) -> bool:
     return any(p.suffix.lower() == ".bin" or _CIFAR_PY.match(p.name) or _IDX_IMAGES.match(p.name) for p in d.iterdir())
 
 
-def _open_image_dir(path: Path) -> ImageFilesSource:
-    refs, files, ignored = [], [], 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__MACOSX"]
+def _open_image_dir(path: Path, limits: SourceLimits = SourceLimits()) -> ImageFilesSource:
+    refs, files, ignored, bad = [], [], 0, []
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):  # symlinked folders are listed, never entered
+        for d in [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            link = Path(dirpath) / d
+            try:
+                check_inside_source(path, link)
+                ignored += 1  # a link to a folder inside the source: its files are read where they are
+            except Rejected as e:
+                bad.append({"path": link.relative_to(path).as_posix(), "reason": str(e)})
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__MACOSX" and not os.path.islink(os.path.join(dirpath, d))]
         for fn in filenames:
             if fn.startswith(".") or not fn.lower().endswith(IMAGE_EXTENSIONS):
                 ignored += 1
                 continue
             full = Path(dirpath) / fn
-            refs.append(full.relative_to(path).as_posix())
+            rel = full.relative_to(path).as_posix()
+            try:
+                check_inside_source(path, full)
+                total += full.stat().st_size
+            except Rejected as e:
+                bad.append({"path": rel, "reason": one_line(str(e))})
+                continue
+            except OSError as e:  # a dangling symlink, a file removed meanwhile
+                bad.append({"path": rel, "reason": one_line(f"unreadable: {e.strerror or e}")})
+                continue
+            refs.append(rel)
     refs.sort()
-    if not refs:
+    if not refs and not bad:
         hint = ""
         others = sorted(p for p in path.iterdir() if p.suffix.lower() in (".zip", ".npz") and p.is_file())
         nested = sorted(d for d in path.iterdir() if d.is_dir() and _has_array_files(d))
@@ -579,13 +873,26 @@ def _open_image_dir(path: Path) -> ImageFilesSource:
         raise SubsampleError(
             STAGE, f"{path}: no image files ({', '.join(IMAGE_EXTENSIONS)}) and no CIFAR-10 or IDX files found{hint}"
         )
+    limits.check_bytes(path, total, f"its {len(refs):,} image files")
     files = [path / r for r in refs]
-    return ImageFilesSource(path, "images", files, len(refs), n_ignored=ignored, root=path, refs=refs)
+    return ImageFilesSource(path, "images", files, len(refs), n_ignored=ignored, listing_quarantine=bad, root=path, refs=refs)
 
 
-def open_source(source: str | os.PathLike) -> Source:
-    """Detect the kind of ``source``; raises :class:`SubsampleError` for a missing, empty or
-    unrecognised source before anything is written."""
+def _array_files_inside(path: Path, files: list[Path]) -> list[Path]:
+    """Array-source files of folder ``path``; one leaving the folder through a symlink is refused."""
+    for f in files:
+        try:
+            check_inside_source(path, f)
+        except Rejected as e:
+            raise SubsampleError(STAGE, f"{path / f.name}: {e}; refusing the source") from None
+    return files
+
+
+def open_source(source: str | os.PathLike, limits: SourceLimits | None = None) -> Source:
+    """Detect the kind of ``source``; raises :class:`SubsampleError` for a missing, empty,
+    unrecognised or too large source (``limits``, checked from headers and declared sizes) before
+    anything is written or allocated."""
+    limits = limits or SourceLimits()
     path = Path(source).expanduser().absolute()
     if not path.exists():
         raise SubsampleError(STAGE, f"source {path} does not exist")
@@ -597,27 +904,28 @@ def open_source(source: str | os.PathLike) -> Source:
             "cifar10-python": [p for p in entries if _CIFAR_PY.match(p.name)],
             "idx": [p for p in entries if _IDX_IMAGES.match(p.name)],
         }
-        found = {k: v for k, v in kinds.items() if v}
+        found = {k: _array_files_inside(path, v) for k, v in kinds.items() if v}
         if len(found) > 1:
             raise SubsampleError(STAGE, f"{path}: holds files of several kinds ({', '.join(found)}); pass one file or a folder of one kind")
         if "cifar10-bin" in found:
-            return _open_cifar_bin(path, found["cifar10-bin"])
+            return _open_cifar_bin(path, found["cifar10-bin"], limits)
         if "cifar10-python" in found:
-            return _open_cifar_python(path, found["cifar10-python"])
+            return _open_cifar_python(path, found["cifar10-python"], limits)
         if "idx" in found:
-            return _open_idx(path, found["idx"])
-        return _open_image_dir(path)
+            return _open_idx(path, found["idx"], limits)
+        return _open_image_dir(path, limits)
     if name.endswith(".zip"):
-        return _open_zip(path)
+        return _open_zip(path, limits)
     if name.endswith(".npz"):
-        return _open_npz(path)
+        return _open_npz(path, limits)
     if name.endswith(".bin"):
-        return _open_cifar_bin(path, [path])
+        return _open_cifar_bin(path, [path], limits)
     if _IDX_IMAGES.match(path.name):
-        return _open_idx(path, [path])
+        return _open_idx(path, [path], limits)
     if _CIFAR_PY.match(path.name):
-        return _open_cifar_python(path, [path])
+        return _open_cifar_python(path, [path], limits)
     if name.endswith(IMAGE_EXTENSIONS):
+        limits.check_bytes(path, path.stat().st_size, "the image file")
         return ImageFilesSource(path, "images", [path], 1, root=path.parent, refs=[path.name])
     raise SubsampleError(
         STAGE,
@@ -738,6 +1046,14 @@ def _summary(store: DatasetStore, *, cache_hit: bool, seconds: float) -> dict[st
     }
 
 
+def rate(n: int, seconds: float) -> float | None:
+    """``n / seconds`` to three significant digits: 0.0333 for one image in 30 s, never a
+    rounded-away 0.0 for a small ingest; None when no time was measured."""
+    if seconds <= 0:
+        return None
+    return float(f"{n / seconds:.3g}")
+
+
 def _quarantine_message(quarantine: list[dict], where: str) -> str:
     kinds = Counter(q["reason"].split(":")[0] for q in quarantine)
     detail = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
@@ -753,7 +1069,7 @@ def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = Tru
         final = dataset_path(check_name(cfg.name))
     except ValueError as e:
         raise SubsampleError(STAGE, str(e)) from None
-    source = open_source(cfg.source)
+    source = open_source(cfg.source, SourceLimits.of(cfg))
     fingerprint = source.fingerprint()
     key = ingest_key(cfg, fingerprint)
     if not refresh:
@@ -804,7 +1120,7 @@ def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = Tru
             extra_attrs={
                 "ingest": {
                     "seconds": round(build_seconds, 3),
-                    "images_per_second": round(builder.n / build_seconds, 1),
+                    "images_per_second": rate(builder.n, build_seconds),
                     "workers": cfg.workers,
                     "scheduler": cfg.scheduler,
                     "n_ignored": source.n_ignored,
