@@ -142,7 +142,10 @@ def log_grid(parent_run_id: str, rows: list[dict[str, Any]]) -> None:
 
     from storage import tracking
 
-    with tempfile.TemporaryDirectory() as tmp:
+    from storage.paths import scratch_dir
+
+    scratch_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch_dir()) as tmp:  # under the home, like every write
         path = Path(tmp) / GRID_ARTIFACT
         path.write_text(json.dumps(rows, indent=1))
         tracking.log_artifacts(parent_run_id, [(path, None)])

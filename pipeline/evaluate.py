@@ -27,11 +27,16 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import json
+import os
+import re
 import socket
 import sys
 import time
 import urllib.error
+import uuid
+import zipfile
 from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +49,9 @@ from torch.utils.data import Dataset
 from pipeline.config import EvaluateConfig, FeaturesConfig, TablesConfig
 from pipeline.metrics import feature_kl, sharpness_stats
 from storage.artifacts import artifact_key, artifact_path, build_artifact, open_artifact
-from storage.errors import SubsampleError
-from storage.paths import home
+from storage.errors import SubsampleError, brief, one_line
+from storage.locks import owner_tag
+from storage.paths import home, inside_home, is_train_key, redact_uri
 
 STAGE = "evaluate"
 CODE_VERSION = "1"
@@ -58,12 +64,14 @@ def count_tag(n: int) -> str:
 
 
 def fidelity_cache_root() -> Path:
-    return home() / "fidelity-cache"
+    return inside_home(home() / "fidelity-cache", what="fidelity cache")
 
 
 def metrics_log_path(train_key: str) -> Path:
     """One JSON line per computed evaluation of one training run (stylegan2-ada's metric-*.jsonl)."""
-    return home() / "metrics" / f"{train_key}.jsonl"
+    if not is_train_key(train_key):
+        raise SubsampleError(STAGE, f"invalid train key {train_key!r} for the metrics log: expected 16 hex digits")
+    return inside_home(home() / "metrics" / f"{train_key}.jsonl", what="metrics log")
 
 
 # --- torch-fidelity inputs: Datasets yielding uint8 3×H×W tensors --------------------------------
@@ -165,7 +173,14 @@ def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
     return grid
 
 
-# --- feature-extractor weights ------------------------------------------------------------------
+# --- feature-extractor weights ---------------------------------------------------------------------
+# torch-fidelity 0.4.0 loads a weights file with torch.load(weights_only=False) (Inception, VGG16),
+# torch.jit.load (CLIP) or torch.hub.load (DINOv2, code from GitHub), and torchvision's default
+# VGG16 weights through torch.hub.load_state_dict_from_url(weights_only=False): each can run code
+# from a file. So the project loads every weights file itself, weights-only, checks it is the
+# extractor's state dict, and hands torch-fidelity those tensors re-serialised in memory: the bytes
+# torch-fidelity unpickles are ones this process wrote. Extractors whose weights cannot be loaded
+# weights-only (TorchScript archives, hub code) are refused.
 
 
 class WeightsUnavailable(Exception):
@@ -183,65 +198,160 @@ def sha256_file(path: str | Path) -> str:
 _NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, socket.timeout)
 
 
-def inception_weights(*, timeout_s: float = 20.0, progress: bool = False) -> Path:
-    """Path of torch-fidelity's Inception weights in the torch hub cache, downloading them if
-    missing (socket timeout ``timeout_s``, so a dead network fails instead of hanging). Raises
-    :class:`WeightsUnavailable` with the one-line reason when that fails."""
+def _check_inception(sd: dict) -> bool:
+    return "Conv2d_1a_3x3.conv.weight" in sd and "fc.weight" in sd and tuple(sd["fc.weight"].shape)[:1] == (1008,)
+
+
+def _check_vgg16(sd: dict) -> bool:
+    return "features.0.weight" in sd and "classifier.6.weight" in sd and tuple(sd["classifier.6.weight"].shape) == (1000, 4096)
+
+
+@dataclass(frozen=True)
+class ExtractorWeights:
+    """An extractor whose weights the project loads itself: the file torch-fidelity would fetch
+    (``url``; the sha256 prefix in its name is checked on download), what its state dict looks like."""
+
+    label: str
+    url: Callable[[], str]
+    check: Callable[[dict], bool]
+
+
+def _inception_url() -> str:
     from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
-    fname = URL_INCEPTION_V3.rsplit("/", 1)[-1]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / fname
-    if cached.is_file():
-        return cached
+    return URL_INCEPTION_V3
+
+
+def _vgg16_url() -> str:
+    import torchvision
+
+    return torchvision.models.VGG16_Weights.IMAGENET1K_V1.url
+
+
+SAFE_EXTRACTORS: dict[str, ExtractorWeights] = {
+    INCEPTION: ExtractorWeights("Inception", _inception_url, _check_inception),
+    "vgg16": ExtractorWeights("VGG16", _vgg16_url, _check_vgg16),
+}
+
+
+def _unsafe_extractor(name: str) -> str | None:
+    """Why torch-fidelity's extractor ``name`` can run code from a file, or None."""
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    cls = FEATURE_EXTRACTORS_REGISTRY.get(name)
+    mod = getattr(cls, "__module__", "")
+    if mod.endswith("feature_extractor_clip"):
+        return "its weights are a TorchScript archive (torch.jit.load)"
+    if mod.endswith("feature_extractor_dinov2"):
+        return "it runs model code fetched with torch.hub.load"
+    return None
+
+
+def weights_dir() -> Path:
+    """Where downloaded extractor weights go: under the home, like everything the project writes."""
+    return inside_home(home() / "weights", what="weights folder")
+
+
+def default_weights(extractor: str, *, timeout_s: float = 20.0, progress: bool = False) -> Path:
+    """The default weights file of a :data:`SAFE_EXTRACTORS` extractor: torch hub's cache copy when
+    present, else ``$SUBSAMPLE_HOME/weights/`` (downloaded if missing, socket timeout
+    ``timeout_s``, so a dead network fails instead of hanging; the sha256 prefix in the file name
+    is checked). Raises :class:`WeightsUnavailable` with the one-line reason when that fails."""
+    spec = SAFE_EXTRACTORS[extractor]
+    url = spec.url()
+    fname = url.rsplit("/", 1)[-1]
+    for cached in (Path(torch.hub.get_dir()) / "checkpoints" / fname, weights_dir() / fname):
+        if cached.is_file():
+            return cached
+    dest = weights_dir() / fname
     old = socket.getdefaulttimeout()
     try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
         socket.setdefaulttimeout(timeout_s)
+        prefix = torch.hub.HASH_REGEX.search(fname)
         with redirect_stdout(sys.stderr):  # torch.hub announces downloads on stdout
-            torch.hub.download_url_to_file(URL_INCEPTION_V3, str(cached), progress=progress)
-    except (*_NETWORK_ERRORS, OSError) as e:
+            torch.hub.download_url_to_file(url, str(dest), hash_prefix=prefix.group(1) if prefix else None, progress=progress)
+    except (*_NETWORK_ERRORS, OSError, RuntimeError) as e:
         reason = getattr(e, "reason", None) or e
         raise WeightsUnavailable(
-            f"Inception weights not available offline (tried to download {fname} into {cached.parent}: {reason}); "
+            f"{spec.label} weights not available offline (tried to download {fname} into {dest.parent}: {reason}); "
             "pass --weights PATH to a local copy"
         ) from None
     finally:
         socket.setdefaulttimeout(old)
-    return cached
+    return dest
+
+
+def inception_weights(*, timeout_s: float = 20.0, progress: bool = False) -> Path:
+    """Path of torch-fidelity's Inception weights (:func:`default_weights`)."""
+    return default_weights(INCEPTION, timeout_s=timeout_s, progress=progress)
+
+
+def load_state_dict_safely(path: str | Path, extractor: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, loaded weights-only (a file that would run code when
+    unpickled is refused: one :class:`SubsampleError` line), checked to be a flat state dict and,
+    for a :data:`SAFE_EXTRACTORS` extractor, that extractor's."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for code, and every kind of garbled file
+        raise SubsampleError(
+            STAGE, f"weights {path} cannot be loaded weights-only ({brief(e)}); refusing it "
+            "(a weights file must be a plain state dict of tensors)"
+        ) from None
+    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise SubsampleError(STAGE, f"weights {path} are not a state dict (a dict of named tensors)")
+    spec = SAFE_EXTRACTORS.get(extractor or "")
+    if spec is not None and not spec.check(sd):
+        fname = spec.url().rsplit("/", 1)[-1]
+        raise SubsampleError(STAGE, f"weights {path} are not torch-fidelity's {spec.label} state dict ({fname})")
+    return sd
 
 
 def check_inception_weights(path: Path) -> None:
     """Refuse a file that is not torch-fidelity's Inception state dict (rather than letting a
     load_state_dict traceback surface in the middle of the evaluation)."""
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-        ok = isinstance(sd, dict) and "Conv2d_1a_3x3.conv.weight" in sd and tuple(sd["fc.weight"].shape)[0] == 1008
-    except Exception:
-        ok = False
-    if not ok:
-        raise SubsampleError(
-            STAGE, f"--weights {path} is not torch-fidelity's Inception state dict (weights-inception-2015-12-05-6726825d.pth)"
-        )
+    load_state_dict_safely(path, INCEPTION)
+
+
+def weights_handover(path: str | Path, extractor: str) -> io.BytesIO:
+    """What torch-fidelity gets as ``feature_extractor_weights_path``: the file's tensors, loaded
+    weights-only and re-serialised in memory by this process (torch.load accepts a file object)."""
+    buf = io.BytesIO()
+    torch.save(load_state_dict_safely(path, extractor), buf)
+    buf.seek(0)
+    return buf
 
 
 def resolve_weights(cfg: EvaluateConfig, *, progress: bool = False) -> tuple[str | None, str]:
-    """``(weights path for torch-fidelity or None, weights tag)``. The tag (sha256 prefix of the
-    weights file, or ``default`` for an extractor that fetches its own) names the reference cache
-    and enters the artifact key, so other weights never reuse cached statistics."""
+    """``(weights path or None, weights tag)``, the file checked (weights-only load, the
+    extractor's state dict). The tag (sha256 prefix of the weights file, or ``default`` for a
+    registered extractor that needs none) names the reference cache and enters the artifact key,
+    so other weights never reuse cached statistics. An extractor torch-fidelity would load unsafely
+    is refused."""
+    fe = cfg.feature_extractor
+    why = _unsafe_extractor(fe)
+    if why is not None:
+        raise SubsampleError(
+            STAGE, f"feature extractor {fe!r} is refused: {why}, which can run code from a file; use "
+            f"{' or '.join(SAFE_EXTRACTORS)} (weights loaded weights-only)"
+        )
     if cfg.weights is not None:
         path = Path(cfg.weights).expanduser()
         if not path.is_file():
             raise SubsampleError(STAGE, f"--weights {path}: no such file; pass a local copy of the extractor's weights")
-        if cfg.feature_extractor == INCEPTION:
-            check_inception_weights(path)
-        return str(path.absolute()), sha256_file(path)[:16]
-    if cfg.feature_extractor == INCEPTION:
-        path = inception_weights(timeout_s=cfg.download_timeout_s, progress=progress)
-        return str(path), sha256_file(path)[:16]
-    return None, "default"
+    elif fe in SAFE_EXTRACTORS:
+        path = default_weights(fe, timeout_s=cfg.download_timeout_s, progress=progress)
+    else:
+        return None, "default"  # an extractor registered in-process (code, not a file) that needs no weights
+    load_state_dict_safely(path, fe)
+    return str(path.absolute()), sha256_file(path)[:16]
 
 
 # --- IS / FID / KID -----------------------------------------------------------------------------
+# The reference set's features and FID statistics are cached by this project, not torch-fidelity
+# (whose cache is unpickled with weights_only=False): an .npz of plain arrays per data set and
+# extractor, read with allow_pickle=False after its headers are checked. torch-fidelity's
+# metric functions (IS, FID, KID) are called on the features exactly as calculate_metrics does.
 
 
 @dataclass
@@ -250,9 +360,53 @@ class FidelityResult:
     reference_cache: str  # 'hit', 'miss' or 'off'
 
 
-def _reference_cache_files(cache_root: Path, cache_name: str, extractor: str, layers: set[str]) -> list[Path]:
-    # torch-fidelity's own naming: <input cache name>-<extractor>-features-<layer>.pt
-    return [cache_root / f"{cache_name}-{extractor}-features-{layer}.pt" for layer in sorted(layers)]
+_LAYER_RE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def reference_cache_file(cache_root: Path, cache_name: str, extractor: str, layers: set[str]) -> Path:
+    """``<cache root>/<cache name>-<extractor>-<layers>.npz``."""
+    parts = [cache_name, extractor, *sorted(layers)]
+    return cache_root / ("-".join(_LAYER_RE.sub("_", x) for x in parts) + ".npz")
+
+
+def _load_reference_cache(path: Path, layers: set[str], fid_layer: str, n_ref: int) -> dict | None:
+    """The cached reference features ``{layer: tensor}`` and FID statistics, or None when the file
+    is missing or is not what :func:`_save_reference_cache` writes (checked from the .npy headers
+    before any array is read: the right row count, float data, no Python objects)."""
+    if not path.is_file():
+        return None
+    keys = {f"feature__{layer}" for layer in layers} | {"fid_mu", "fid_sigma"}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for key in keys:
+                with zf.open(f"{key}.npy") as f:
+                    version = np.lib.format.read_magic(f)
+                    shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(f)
+                if dtype.kind != "f" or len(shape) not in (1, 2) or any(d > (1 << 16) for d in shape[1:]):
+                    raise ValueError(f"{key}: unexpected {dtype} {shape}")
+                if key.startswith("feature__") and shape[0] != n_ref:
+                    raise ValueError(f"{key}: {shape[0]} rows for {n_ref} reference images")
+        with np.load(path, allow_pickle=False) as z:
+            features = {layer: torch.from_numpy(z[f"feature__{layer}"].copy()) for layer in layers}
+            stats = {"mu": z["fid_mu"].copy(), "sigma": z["fid_sigma"].copy()}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        print(f"{STAGE}: reference cache {path} is unreadable ({one_line(str(e))[:200]}); recomputing it", file=sys.stderr)
+        return None
+    if stats["mu"].shape[0] != features[fid_layer].shape[1]:
+        return None
+    return {"features": features, "fid": stats}
+
+
+def _save_reference_cache(path: Path, features: dict, stats: dict) -> None:
+    arrays = {f"feature__{k}": v.cpu().numpy() for k, v in features.items()}
+    arrays.update(fid_mu=stats["mu"], fid_sigma=stats["sigma"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{owner_tag()}-{uuid.uuid4().hex[:8]}.tmp.npz")
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def fidelity_scores(
@@ -266,12 +420,17 @@ def fidelity_scores(
     cuda: bool = False,
     progress: bool = False,
 ) -> FidelityResult:
-    """IS of ``generated``, FID and KID between ``generated`` and ``reference`` (torch-fidelity,
-    ``cfg.feature_extractor``). With ``reference_cache_name`` the reference's features and FID
-    statistics are cached under ``cache_root`` and reused by later calls. Metric names follow
-    :func:`count_tag`: ``is{N}``, ``is{N}_std``, ``fid{N}_train``, ``kid{N}_train``, ``kid{N}_train_std``."""
+    """IS of ``generated``, FID and KID between ``generated`` and ``reference`` (torch-fidelity's
+    metric functions, ``cfg.feature_extractor``). With ``reference_cache_name`` the reference's
+    features and FID statistics are cached under ``cache_root`` and reused by later calls. Metric
+    names follow :func:`count_tag`: ``is{N}``, ``is{N}_std``, ``fid{N}_train``, ``kid{N}_train``,
+    ``kid{N}_train_std``. ``weights_path`` is loaded weights-only and handed over in memory."""
     import torch_fidelity
+    from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+    from torch_fidelity.metric_kid import kid_featuresdict_to_metric
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+    from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
     fe = cfg.feature_extractor
     if fe not in FEATURE_EXTRACTORS_REGISTRY:
@@ -281,46 +440,45 @@ def fidelity_scores(
     n, n_ref = len(generated), len(reference)
     kid_subset = min(cfg.kid_subset_size, n, n_ref)
     cls = FEATURE_EXTRACTORS_REGISTRY[fe]
-    layers = {
-        cfg.feature_layer_isc or cls.get_default_feature_layer_for_metric("isc"),
-        cfg.feature_layer_fid or cls.get_default_feature_layer_for_metric("fid"),
-        cfg.feature_layer_kid or cls.get_default_feature_layer_for_metric("kid"),
-    }
-    cache = reference_cache_name is not None
-    cache_root = Path(cache_root) if cache_root is not None else fidelity_cache_root()
-    if cache:
-        cache_root.mkdir(parents=True, exist_ok=True)
-        files = _reference_cache_files(cache_root, reference_cache_name, fe, layers)
-        reference_cache = "hit" if all(f.is_file() for f in files) else "miss"
-    else:
-        reference_cache = "off"
-    kwargs: dict[str, Any] = dict(
-        input1=generated,
-        input2=reference,
-        isc=True,
-        fid=True,
-        kid=True,
-        feature_extractor=fe,
-        feature_layer_isc=cfg.feature_layer_isc,
-        feature_layer_fid=cfg.feature_layer_fid,
-        feature_layer_kid=cfg.feature_layer_kid,
-        feature_extractor_weights_path=weights_path,
-        isc_splits=cfg.isc_splits,
-        kid_subsets=cfg.kid_subsets,
-        kid_subset_size=kid_subset,
-        batch_size=cfg.batch_size,
-        cuda=cuda,
-        cache=cache,
-        cache_root=str(cache_root),
-        input2_cache_name=reference_cache_name,
-        rng_seed=cfg.seed,
-        # Datasets are read in this process: zarr 3 runs an asyncio thread that must not be forked
-        # into DataLoader workers, and the inputs are in memory or chunk-cached anyway.
-        save_cpu_ram=True,
-        verbose=progress,
+    layer_isc = cfg.feature_layer_isc or cls.get_default_feature_layer_for_metric("isc")
+    layer_fid = cfg.feature_layer_fid or cls.get_default_feature_layer_for_metric("fid")
+    layer_kid = cfg.feature_layer_kid or cls.get_default_feature_layer_for_metric("kid")
+    layers = {layer_isc, layer_fid, layer_kid}
+    cache_file = None
+    if reference_cache_name is not None:
+        cache_root = Path(cache_root) if cache_root is not None else fidelity_cache_root()
+        cache_file = reference_cache_file(cache_root, reference_cache_name, fe, layers)
+    kwargs: dict[str, Any] = dict(  # torch-fidelity's metric options, as calculate_metrics passes them
+        isc_splits=cfg.isc_splits, kid_subsets=cfg.kid_subsets, kid_subset_size=kid_subset, rng_seed=cfg.seed, verbose=progress,
     )
+    fe_kwargs: dict[str, Any] = {"verbose": progress}
+    if weights_path is not None:
+        fe_kwargs["feature_extractor_weights_path"] = weights_handover(weights_path, fe)
     with redirect_stdout(sys.stderr):  # torch-fidelity prints some notes on stdout; --json owns it
-        raw = torch_fidelity.calculate_metrics(**kwargs)
+        try:
+            extractor = create_feature_extractor(fe, sorted(layers), cuda=cuda, **fe_kwargs)
+        except RuntimeError as e:  # load_state_dict: the weights do not fit the network
+            raise SubsampleError(STAGE, f"weights {weights_path} do not fit extractor {fe!r} ({brief(e)})") from None
+
+        def features(ds: Dataset) -> dict:
+            # save_cpu_ram: datasets are read in this process (zarr 3 runs an asyncio thread that
+            # must not be forked into DataLoader workers; the inputs are in memory or chunk-cached)
+            return get_featuresdict_from_dataset(ds, extractor, cfg.batch_size, cuda, True, progress)
+
+        f_gen = features(generated)
+        cached = _load_reference_cache(cache_file, layers, layer_fid, n_ref) if cache_file is not None else None
+        if cached is not None:
+            f_ref, stats_ref = cached["features"], cached["fid"]
+        else:
+            f_ref = features(reference)
+            stats_ref = fid_featuresdict_to_statistics(f_ref, layer_fid)
+            if cache_file is not None:
+                _save_reference_cache(cache_file, f_ref, stats_ref)
+        raw = {
+            **isc_featuresdict_to_metric(f_gen, layer_isc, **kwargs),
+            **fid_statistics_to_metric(fid_featuresdict_to_statistics(f_gen, layer_fid), stats_ref, progress),
+            **kid_featuresdict_to_metric(f_gen, f_ref, layer_kid, **kwargs),
+        }
     t = count_tag(n)
     metrics = {
         f"is{t}": raw[torch_fidelity.KEY_METRIC_ISC_MEAN],
@@ -329,7 +487,8 @@ def fidelity_scores(
         f"kid{t}_train": raw[torch_fidelity.KEY_METRIC_KID_MEAN],
         f"kid{t}_train_std": raw[torch_fidelity.KEY_METRIC_KID_STD],
     }
-    return FidelityResult({k: float(v) for k, v in metrics.items()}, reference_cache)
+    status = "off" if cache_file is None else ("hit" if cached is not None else "miss")
+    return FidelityResult({k: float(v) for k, v in metrics.items()}, status)
 
 
 # --- the metric registry ------------------------------------------------------------------------
@@ -472,8 +631,8 @@ def _log_to_mlflow(run_id: str, metrics: dict[str, float], files: list[Path], ke
         tracking.log_metrics(run_id, {f"eval/{k}": v for k, v in metrics.items()}, step)
         tracking.set_tags(run_id, {"eval/key": key})
         tracking.log_artifacts(run_id, [(f, f"eval/{key}") for f in files])
-    except MlflowException as e:
-        print(f"{STAGE}: could not log to MLflow run {run_id} ({e.message}); metrics are in the artifact", file=sys.stderr)
+    except (MlflowException, SubsampleError) as e:
+        print(f"{STAGE}: could not log to MLflow run {run_id} ({one_line(redact_uri(e.message))}); metrics are in the artifact", file=sys.stderr)
         return False
     return True
 
@@ -516,9 +675,12 @@ def run_evaluate(run: str, cfg: EvaluateConfig, *, refresh: bool = False, progre
                 "metrics": s.get("metrics", {}), "fidelity": s.get("fidelity"),
                 "fidelity_reference_cache": s.get("fidelity_reference_cache"), "metrics_log": s.get("metrics_log")}
 
-    store = open_store(dataset)
-    features_cfg = FeaturesConfig(**info["features"])
-    table = load_table(tables_artifact(dataset, TablesConfig(**info["tables"]), features_cfg, needed_by=STAGE))
+    store = open_store(dataset, verify=True, stage=STAGE)
+    try:
+        features_cfg, tables_cfg = FeaturesConfig(**info["features"]), TablesConfig(**info["tables"])
+    except (TypeError, ValueError) as e:
+        raise SubsampleError(STAGE, f"{info['path']}/generator.pt: invalid features/tables settings ({one_line(str(e))[:200]})") from None
+    table = load_table(tables_artifact(dataset, tables_cfg, features_cfg, needed_by=STAGE))
     image_size = int(info.get("image_size", store.size))
     if image_size != store.size:
         raise SubsampleError(

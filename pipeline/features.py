@@ -196,6 +196,7 @@ def run_features(dataset: str, cfg: FeaturesConfig = FeaturesConfig(), *, refres
 
     if not refresh and (hit := cached_summary(STAGE, key, started=t0, dataset=dataset)) is not None:
         return hit
+    store.verify(STAGE, use_record=True)  # the features must be of the images the content hash names
 
     with build_artifact(
         STAGE, key, params=cfg.key_params(), inputs={"store": store.content_hash}, code_version=CODE_VERSION

@@ -65,7 +65,11 @@ SPREAD_FACTOR = 2.0  # a difference "exceeds the seed spread" when |diff| > 2 ×
 
 
 def reports_dir(parent_run_id: str) -> Path:
-    return home() / "reports" / parent_run_id
+    from storage.paths import inside_home, is_run_id
+
+    if not is_run_id(parent_run_id):  # it names a folder: never a path
+        raise SubsampleError(STAGE, f"{parent_run_id!r} is not an MLflow run id (32 hex digits); give the id `subsample compare` printed")
+    return inside_home(home() / "reports" / parent_run_id, what="report folder")
 
 
 # --- reading MLflow -------------------------------------------------------------------------------

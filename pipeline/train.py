@@ -19,6 +19,16 @@ survives a kill; ``--resume`` continues from its checkpoint exactly (on a CPU a 
 run gives bit-for-bit the losses of an uninterrupted one). Every run is also an MLflow run in the
 experiment ``subsample/<dataset>`` (``storage.tracking``).
 
+Ownership: a run holds the lock ``stages/train/<key>.lock`` (its pid and host written in it) from
+the cache check to the finished artifact. A second run of the same key waits for it (saying so
+once on stderr) and then finds the artifact cached; it never touches the live ``.work`` directory.
+A ``.work`` directory whose lock is free and that holds no checkpoint (nothing to resume) is
+removed by the next run in the folder; one with a checkpoint is kept for ``--resume``.
+
+Divergence guard: besides NaN/inf, a run whose ``|loss_d|`` or ``|loss_g|`` stays above
+``diverge_loss_max`` for ``diverge_steps`` consecutive D steps stops with one line naming the
+last good checkpoint (``--set diverge_loss_max=null`` turns it off).
+
 Data path: the uint8 store is read once into one tensor, on the GPU when it fits (else in pinned
 host memory), each batch is gathered by index and converted to float [-1, 1] on the fly; no
 DataLoader in the hot path. Per-step losses stay on the device and are read back every
@@ -46,13 +56,15 @@ from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig, TrainCo
 from pipeline.losses import make_optimizer
 from pipeline.models import ModelSpec, build_discriminator, build_generator
 from storage.artifacts import artifact_key, build_artifact, cached_summary, open_artifact
-from storage.errors import SubsampleError
-from storage.paths import stage_dir
+from storage.errors import SubsampleError, brief
+from storage.locks import LockBusy, file_lock, lock_is_free
+from storage.paths import check_name, inside_home, is_run_id, is_train_key, stage_dir
 
 STAGE = "train"
 CODE_VERSION = "train/1"
 SYNC_EVERY = 50  # steps between reading losses back from the device (and the NaN check)
 GEN_CHUNK = 500  # images generated at once for grids and the feature KL
+MAX_CLASSES = 100_000  # conditional models embed one vector per class: labels are class indices, not ids
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -129,6 +141,7 @@ class Trainer:
     g_steps: int = 0
     history: dict = field(default_factory=lambda: {"epochs": [], "loss_d": [], "loss_g": [], "g_steps_at": []})
     method: Any = None  # the pipeline.methods.TrainingMethod taking the steps (make_trainer sets it)
+    steps_over_bound: int = 0  # consecutive D steps with a loss above cfg.diverge_loss_max (divergence guard)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
@@ -182,6 +195,14 @@ class NonFiniteLoss(Exception):
         self.which, self.step = which, step
 
 
+class Diverged(Exception):
+    """A loss stayed above ``diverge_loss_max`` for ``diverge_steps`` consecutive D steps."""
+
+    def __init__(self, which: str, step: int, value: float):
+        super().__init__(which, step, value)
+        self.which, self.step, self.value = which, step, value
+
+
 def train_epoch(t: Trainer, images: Tensor, batches: list[Tensor], bar: Any = None, labels: Tensor | None = None) -> dict:
     """One pass over the epoch's batches: a D step per batch, a G step after every ``d_steps`` D
     steps, as the run's training method takes them (``pipeline.methods``). ``labels`` (N,) is
@@ -224,12 +245,30 @@ def _flush(t: Trainer, d_rec: list, g_rec: list, out: dict, bar: Any) -> None:
     for v, at in zip(g, g_at):
         if not math.isfinite(v):
             raise NonFiniteLoss("G", at)
+    _check_divergence(t, d, dict(zip(g_at, g)), first_step)
     out["d"] += d
     out["g"] += g
     d_rec.clear()
     g_rec.clear()
     if bar is not None and d:
         bar.set_postfix(loss_d=f"{d[-1][0]:.3f}", loss_g=f"{g[-1]:.3f}" if g else "-", refresh=False)
+
+
+def _check_divergence(t: Trainer, d: list, g_by_step: dict[int, float], first_step: int) -> None:
+    """Count consecutive D steps whose D loss (or the G loss of a G step taken there) is above
+    ``cfg.diverge_loss_max`` in magnitude; raise :class:`Diverged` at ``cfg.diverge_steps``."""
+    bound = t.cfg.diverge_loss_max
+    if bound is None:
+        return
+    for i, row in enumerate(d):
+        step = first_step + i
+        which, value = ("D", row[0]) if abs(row[0]) > bound else ("G", g_by_step.get(step, 0.0))
+        if abs(value) > bound:
+            t.steps_over_bound += 1
+            if t.steps_over_bound >= t.cfg.diverge_steps:
+                raise Diverged(which, step, value)
+        else:
+            t.steps_over_bound = 0
 
 
 # --- samples and per-epoch metrics --------------------------------------------------------------
@@ -392,11 +431,40 @@ def class_labels(cfg: TrainConfig, store: Any, dataset: str) -> np.ndarray | Non
     labels = np.asarray(store.labels[:], dtype=np.int64)
     if len(labels) and labels.min() < 0:
         raise SubsampleError(STAGE, f"data set {dataset} ({store.path}) has negative labels; classes must be 0..N-1")
+    if len(labels) and labels.max() >= MAX_CLASSES:
+        raise SubsampleError(
+            STAGE, f"data set {dataset} ({store.path}) has labels up to {int(labels.max()):,}; arch {cfg.arch!r} / method "
+            f"{cfg.method!r} needs class indices 0..N-1 with N <= {MAX_CLASSES:,}: re-ingest the labels as class indices",
+        )
     return labels
 
 
 def work_dir(key: str) -> Path:
-    return stage_dir(STAGE) / f"{key}.work"
+    return inside_home(stage_dir(STAGE) / f"{key}.work", what="training work folder")
+
+
+def run_lock(key: str) -> Path:
+    """The lock a run of ``key`` holds while it trains (its owner's pid and host inside)."""
+    return inside_home(stage_dir(STAGE) / f"{key}.lock", what="training lock")
+
+
+def remove_stale_work() -> list[Path]:
+    """Remove ``*.work`` folders of runs that are gone (their lock is free) and that hold no
+    checkpoint (nothing ``--resume`` could continue); those with a checkpoint are kept."""
+    removed = []
+    root = stage_dir(STAGE)
+    for work in root.glob("*.work") if root.is_dir() else ():
+        key = work.name[: -len(".work")]
+        if (work / "checkpoint.pt").exists() or not lock_is_free(run_lock(key)):
+            continue
+        try:
+            with file_lock(run_lock(key), wait=False):  # taken, so no run starts on it meanwhile
+                if not (work / "checkpoint.pt").exists():
+                    shutil.rmtree(work, ignore_errors=True)
+                    removed.append(work)
+        except LockBusy:  # a run of that key is starting: it is not stale
+            continue
+    return removed
 
 
 def run_train(
@@ -411,7 +479,7 @@ def run_train(
     progress: bool = True,
 ) -> dict:
     """Train (or find cached) a GAN on ``dataset``'s batches; returns the stage summary."""
-    from pipeline.tables import load_table, tables_artifact
+    from pipeline.tables import tables_artifact
     from storage.store import open_store
 
     t0 = time.perf_counter()
@@ -421,7 +489,20 @@ def run_train(
     base = {"stage": STAGE, "dataset": dataset, "key": key}
     if not refresh and (hit := cached_summary(STAGE, key, started=t0, **base)) is not None:
         return hit
+    stage_dir(STAGE).mkdir(parents=True, exist_ok=True)
+    remove_stale_work()
+    with file_lock(run_lock(key), message=f"{STAGE}: the same run ({key}) is training in another process; waiting for it"):
+        if not refresh and (hit := cached_summary(STAGE, key, started=t0, **base)) is not None:
+            return hit  # the run we waited for finished it
+        return _train_locked(dataset, cfg, batches, tables, features, store, tables_art, key, base, t0,
+                             resume=resume, progress=progress)
 
+
+def _train_locked(dataset, cfg, batches, tables, features, store, tables_art, key, base, t0, *, resume, progress) -> dict:
+    """run_train's work, holding the run's lock."""
+    from pipeline.tables import load_table
+
+    store.verify(STAGE, use_record=True)  # the images it trains on match the store's content hash
     table = load_table(tables_art)
     device = resolve_device(cfg.device)
     labels = class_labels(cfg, store, dataset)
@@ -437,30 +518,38 @@ def run_train(
     if resume and ckpt.exists():
         load_checkpoint(t, ckpt)
         resumed_from = t.epoch
-    elif work.exists():
+    elif work.exists():  # left by a run that is gone (we hold the lock)
         if ckpt.exists():
             print(f"{STAGE}: discarding the unfinished run in {work} (pass --resume to continue it)", file=sys.stderr)
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    run_info = json.loads(run_file.read_text()) if resumed_from is not None and run_file.exists() else {}
-    images = load_images(store, device, progress)
-    if labels is not None:
-        labels = torch.from_numpy(labels).to(images.device)
-    labels = t.method.attach_data(t, images, labels)
-
-    run_id = _start_tracking(cfg, batches, tables, features, dataset, key, store, tables_art, run_info.get("mlflow_run_id"))
-    run_file.write_text(json.dumps({"key": key, "dataset": dataset, "mlflow_run_id": run_id}))
-
+    run_id = None
     try:
+        run_info = json.loads(run_file.read_text()) if resumed_from is not None and run_file.exists() else {}
+        images = load_images(store, device, progress)
+        if labels is not None:
+            labels = torch.from_numpy(labels).to(images.device)
+        labels = t.method.attach_data(t, images, labels)
+
+        run_id = _start_tracking(cfg, batches, tables, features, dataset, key, store, tables_art, run_info.get("mlflow_run_id"))
+        run_file.write_text(json.dumps({"key": key, "dataset": dataset, "mlflow_run_id": run_id}))
         _train_loop(t, table, sampler, images, batches.batch_size, work, run_id, progress, labels)
-    except NonFiniteLoss as e:
+    except (NonFiniteLoss, Diverged) as e:
         _end_tracking(run_id, "FAILED")
         last = f"{ckpt} (after epoch {_ckpt_epoch(ckpt)})" if ckpt.exists() else "none (no epoch had finished)"
+        _drop_unresumable(work)
+        if isinstance(e, Diverged):
+            raise SubsampleError(
+                STAGE, f"diverged: |loss_{e.which.lower()}| above {cfg.diverge_loss_max:g} for {cfg.diverge_steps} consecutive "
+                f"D steps (last {e.value:.3g} at epoch {t.epoch + 1} step {e.step}); stopped. Lower lr_d / lr_g (or raise "
+                f"--set diverge_loss_max=...); last good checkpoint: {last}"
+            ) from None
         raise SubsampleError(
             STAGE, f"non-finite {e.which} loss at epoch {t.epoch + 1} step {e.step}; last good checkpoint: {last}"
         ) from None
     except BaseException:
         _end_tracking(run_id, "KILLED")
+        _drop_unresumable(work)
         raise
 
     # the finished artifact
@@ -504,6 +593,12 @@ def run_train(
         tracking.set_tags(run_id, {"subsample.train_path": str(final)})
         tracking.end_run(run_id, "FINISHED")
     return {**summary, "path": str(final), "cache_hit": False, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _drop_unresumable(work: Path) -> None:
+    """A failed run's work folder is kept only when it holds a checkpoint to ``--resume`` from."""
+    if not (work / "checkpoint.pt").exists():
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size: int, work: Path,
@@ -592,28 +687,33 @@ def _end_tracking(run_id: str | None, status: str) -> None:
 
 def find_train_artifact(run: str):
     """The train artifact for ``run``: a train key, or an MLflow run id (found by the manifests'
-    ``mlflow_run_id``, else by the MLflow run's ``subsample.train_key`` tag)."""
+    ``mlflow_run_id``, else by the MLflow run's ``subsample.train_key`` tag). ``run`` is never a
+    path: anything but 16 or 32 hex digits is refused before it is joined to one."""
     from storage.paths import home
 
     root = stage_dir(STAGE)
-    if (root / run / "manifest.json").exists():
+    if not (is_train_key(run) or is_run_id(run)):
+        raise SubsampleError(
+            STAGE, f"RUN {run!r} is neither a train key (16 hex digits) nor an MLflow run id (32 hex digits); "
+            f"RUN names a finished `subsample train` run under {home()}, never a path",
+        )
+    if is_train_key(run) and (root / run / "manifest.json").exists():
         art = open_artifact(STAGE, run)
         if art is None:
             raise SubsampleError(STAGE, f"train artifact {root / run} fails its content hash; re-run the training with --refresh")
         return art
-    for manifest in root.glob("*/manifest.json"):
-        try:
-            if json.loads(manifest.read_text()).get("summary", {}).get("mlflow_run_id") == run:
-                return find_train_artifact(manifest.parent.name)
-        except (OSError, ValueError):
-            continue
-    key = None
-    if len(run) == 32 and all(c in "0123456789abcdef" for c in run):
+    if is_run_id(run):
+        for manifest in root.glob("*/manifest.json"):
+            try:
+                if json.loads(manifest.read_text()).get("summary", {}).get("mlflow_run_id") == run and is_train_key(manifest.parent.name):
+                    return find_train_artifact(manifest.parent.name)
+            except (OSError, ValueError):
+                continue
         from storage import tracking
 
         key = tracking.run_tag(run, tracking.TRAIN_KEY_TAG)
-    if key and (root / key / "manifest.json").exists():
-        return find_train_artifact(key)
+        if key and is_train_key(key) and (root / key / "manifest.json").exists():
+            return find_train_artifact(key)
     raise SubsampleError(
         STAGE,
         f"no finished training run {run!r} under {home()}: give a train key (a directory of {root}) or the MLflow "
@@ -624,10 +724,29 @@ def find_train_artifact(run: str):
 def load_generator(run: str, *, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """The trained generator of ``run`` (train key or MLflow run id), in eval mode, and its info:
     ``dataset, key, mlflow_run_id, z_dim, image_size, tables, features, batches, train, model, path``.
-    G maps z (N, z_dim) to images (N, 3, S, S) in [-1, 1]."""
+    G maps z (N, z_dim) to images (N, 3, S, S) in [-1, 1]. ``generator.pt`` is loaded weights-only
+    and its contents checked: the key it names must be its artifact's, the data set a valid name."""
     art = find_train_artifact(run)
-    ck = torch.load(art.path / "generator.pt", map_location=map_location, weights_only=True)
-    G = build_generator(ModelSpec(**ck["model"]))
-    G.load_state_dict(ck["state_dict"])
+    path = art.path / "generator.pt"
+
+    def refuse(why: str) -> SubsampleError:
+        return SubsampleError(STAGE, f"{path}: {why}; refusing to load it (re-run `subsample train` with --refresh)")
+
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # UnpicklingError for a file that would run code, and any garbled file
+        raise refuse(f"not a generator this project wrote ({brief(e)})") from None
+    if not (isinstance(ck, dict) and isinstance(ck.get("info"), dict) and isinstance(ck.get("model"), dict)
+            and isinstance(ck.get("state_dict"), dict)):
+        raise refuse("expected a dict with state_dict, model and info")
+    info = ck["info"]
+    if info.get("key") != art.key:
+        raise refuse(f"it names train key {info.get('key')!r} but lies in artifact {art.key}")
+    try:
+        check_name(info.get("dataset"))
+        G = build_generator(ModelSpec(**ck["model"]))
+        G.load_state_dict(ck["state_dict"])
+    except Exception as e:  # a bad name, spec or state dict: the file is not what train writes
+        raise refuse(f"inconsistent contents ({brief(e)})") from None
     G.to(map_location).eval()
-    return G, {**ck["info"], "path": str(art.path)}
+    return G, {**info, "path": str(art.path)}

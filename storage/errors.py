@@ -32,3 +32,15 @@ class SubsampleError(Exception):
 
 class MissingArtifactError(SubsampleError):
     """An upstream artifact a stage needs is not cached (or failed verification)."""
+
+
+_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation of torch.load")
+
+
+def brief(exc: BaseException, limit: int = 200) -> str:
+    """``TypeName: the informative part of the message`` on one line: torch.load's weights-only
+    refusal, for one, wraps the reason ("Trying to load unsupported GLOBAL posix.system ...") in
+    paragraphs of advice that would bury it."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith(_BOILERPLATE)]
+    text = "; ".join(lines).removeprefix("WeightsUnpickler error: ")
+    return f"{type(exc).__name__}: {one_line(text)[:limit]}" if text else type(exc).__name__

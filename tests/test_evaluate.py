@@ -95,6 +95,25 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise():
     assert other["fid200_train"] < fid[-1]
 
 
+def test_metrics_are_exactly_torch_fidelitys(tmp_path):
+    """The project extracts features and caches the reference itself (torch-fidelity's cache is
+    unpickled unsafely) but computes IS/FID/KID with torch-fidelity's own functions: the numbers
+    are those of torch_fidelity.calculate_metrics on the same inputs, cached or not."""
+    import torch_fidelity
+
+    x, gen = blob_images(120, seed=3), noisy(blob_images(120, seed=3), 15)
+    raw = torch_fidelity.calculate_metrics(
+        input1=ev.ImageArrayDataset(gen), input2=ev.ImageArrayDataset(x), isc=True, fid=True, kid=True,
+        feature_extractor=TINY, isc_splits=CFG.isc_splits, kid_subsets=CFG.kid_subsets, kid_subset_size=100,
+        batch_size=CFG.batch_size, cuda=False, cache=False, rng_seed=CFG.seed, save_cpu_ram=True, verbose=False,
+    )
+    for kw in ({}, {"reference_cache_name": "r", "cache_root": tmp_path}, {"reference_cache_name": "r", "cache_root": tmp_path}):
+        m = ev.fidelity_scores(ev.ImageArrayDataset(gen), ev.ImageArrayDataset(x), CFG.model_copy(update={"kid_subset_size": 100}), **kw).metrics
+        assert m["fid120_train"] == raw[torch_fidelity.KEY_METRIC_FID]
+        assert m["is120"] == raw[torch_fidelity.KEY_METRIC_ISC_MEAN] and m["is120_std"] == raw[torch_fidelity.KEY_METRIC_ISC_STD]
+        assert m["kid120_train"] == raw[torch_fidelity.KEY_METRIC_KID_MEAN]
+
+
 def test_reference_statistics_are_cached_per_data_set(tmp_path):
     x = blob_images(120, seed=2)
     gen = noisy(x, 10)
@@ -102,8 +121,7 @@ def test_reference_statistics_are_cached_per_data_set(tmp_path):
     first = scores(gen, x, reference_cache_name="ds-abc", cache_root=cache)
     assert first.reference_cache == "miss"
     files = sorted(cache.glob("ds-abc-*"))
-    names = {f.name for f in files}
-    assert {f"ds-abc-{TINY}-features-stats.pt", f"ds-abc-{TINY}-stat-fid-stats.pt"} <= names
+    assert [f.name for f in files] == [f"ds-abc-{TINY}-logits_unbiased-stats.npz"]  # the project's cache, plain arrays
     mtimes = {f: f.stat().st_mtime_ns for f in files}
 
     class Untouchable(torch.utils.data.Dataset):
@@ -144,6 +162,7 @@ def test_store_dataset_reads_chunks_in_order(tmp_path, monkeypatch):
 
 def test_offline_inception_weights_give_one_clear_reason_without_network(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # empty hub cache
+    monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path / "home"))  # downloads go to $SUBSAMPLE_HOME/weights
     calls = []
 
     def no_network(url, dst, *a, **k):
@@ -164,15 +183,22 @@ def test_offline_inception_weights_give_one_clear_reason_without_network(tmp_pat
 
     w = tmp_path / "weights.pth"
     w.write_bytes(b"not really weights")
+    with pytest.raises(SubsampleError, match="cannot be loaded weights-only"):
+        ev.resolve_weights(EvaluateConfig(weights=str(w)))
+    torch.save({"some.weight": torch.zeros(3)}, w)
     with pytest.raises(SubsampleError, match="not torch-fidelity's Inception state dict"):
         ev.resolve_weights(EvaluateConfig(weights=str(w)))
-    torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(1), "fc.weight": torch.zeros(1008, 1)}, w)
+    fake = {"Conv2d_1a_3x3.conv.weight": torch.zeros(1), "fc.weight": torch.zeros(1008, 1)}
+    torch.save(fake, w)
     path, tag = ev.resolve_weights(EvaluateConfig(weights=str(w)))
     assert path == str(w) and len(tag) == 16
-    # a file already in the hub cache is used without any download
+    # a file already in the hub cache is used without any download, checked like any other
     hub = tmp_path / "torch" / "hub" / "checkpoints"
     hub.mkdir(parents=True, exist_ok=True)
     (hub / "weights-inception-2015-12-05-6726825d.pth").write_bytes(b"x")
+    with pytest.raises(SubsampleError, match="cannot be loaded weights-only"):
+        ev.resolve_weights(EvaluateConfig())
+    torch.save(fake, hub / "weights-inception-2015-12-05-6726825d.pth")
     path, _ = ev.resolve_weights(EvaluateConfig())
     assert path.endswith("weights-inception-2015-12-05-6726825d.pth") and len(calls) == 1
 
