@@ -1120,7 +1120,7 @@ def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = Tru
             extra_attrs={
                 "ingest": {
                     "seconds": round(build_seconds, 3),
-                    "images_per_second": rate(builder.n, build_seconds),
+                    "images_per_second": rate(builder.n_appended, build_seconds),  # .n counts flushed chunks only
                     "workers": cfg.workers,
                     "scheduler": cfg.scheduler,
                     "n_ignored": source.n_ignored,

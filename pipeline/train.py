@@ -622,7 +622,9 @@ def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size
         t.history["g_steps_at"] += losses["g_steps_at"]
         t.epoch = epoch + 1
         done = t.epoch >= cfg.epochs or (cfg.max_steps is not None and t.step >= cfg.max_steps)
-        if t.epoch % cfg.checkpoint_every == 0 or done:
+        # a checkpoint taken while the losses are above the divergence bound would not be a good
+        # one to resume from: keep the previous one (the last epoch always saves: the artifact needs it)
+        if (t.epoch % cfg.checkpoint_every == 0 and t.steps_over_bound == 0) or done:
             save_checkpoint(t, work / "checkpoint.pt")
         _write_metrics(t.history, work / "metrics.jsonl")
         if run_id:

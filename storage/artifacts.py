@@ -97,15 +97,21 @@ def artifact_path(stage: str, key: str) -> Path:
 
 
 def open_artifact(stage: str, key: str, *, verify: bool = True) -> Artifact | None:
-    """The finished artifact, or None when it is missing, unfinished or fails its content hash."""
+    """The finished artifact, or None when it is missing, unfinished or fails its content hash.
+    A read that another process's replacement of the directory cut short is read again."""
     path = artifact_path(stage, key)
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    if verify and hash_tree(path) != manifest.get("content_hash"):
-        return None
-    return Artifact(stage, key, path, manifest)
+    for attempt in range(5):
+        before = dir_identity(path)
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+            ok = not verify or hash_tree(path) == manifest.get("content_hash")
+        except (OSError, ValueError):
+            ok = False
+        after = dir_identity(path)
+        if after == before and (after is not None or attempt >= 2):
+            return Artifact(stage, key, path, manifest) if ok else None
+        time.sleep(0.02 * (attempt + 1))  # None: between the two renames of a replacement
+    return None
 
 
 def cached_summary(stage: str, key: str, /, *, started: float, **fields: Any) -> dict | None:
@@ -226,5 +232,12 @@ def replace_dir(src: Path, dst: Path, *, replaces: tuple[int, int] | None | str 
             os.rename(dst, trash)
         except FileNotFoundError:
             continue  # another process moved it first
-        shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.rename(src, dst)  # at once: readers see no store/artifact for two renames only
+            return True
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
     raise OSError(errno.EBUSY, f"could not move {src} to {dst}: it keeps changing")

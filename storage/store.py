@@ -226,6 +226,19 @@ def open_store(name_or_path: str | Path, *, verify: bool = False, stage: str = "
         path = resolve_store_path(name_or_path)
     except ValueError as e:  # not a path and not a valid data set name
         raise SubsampleError("store", str(e)) from None
+    for attempt in range(5):  # a store another process replaced while it was read is read again
+        before = dir_identity(path)
+        try:
+            return _open_store(path, name_or_path, verify, stage)
+        except (SubsampleError, OSError):
+            after = dir_identity(path)
+            if after == before and (after is not None or attempt >= 2):
+                raise
+            time.sleep(0.02 * (attempt + 1))  # None: between the two renames of a replacement
+    return _open_store(path, name_or_path, verify, stage)
+
+
+def _open_store(path: Path, name_or_path: str | Path, verify: bool, stage: str) -> DatasetStore:
     if not (path / "zarr.json").exists():
         raise SubsampleError(
             "store",
@@ -337,6 +350,11 @@ class StoreBuilder:
         self._buffered += len(images)
         if self._buffered >= self.chunk:
             self._flush(whole_chunks_only=True)
+
+    @property
+    def n_appended(self) -> int:
+        """Images appended so far (``n`` counts only those already flushed to whole chunks)."""
+        return self.n + self._buffered
 
     def _flush(self, whole_chunks_only: bool) -> None:
         if not self._buf:
