@@ -33,7 +33,7 @@ from flows.train_subsample import STAGE_TASKS
 from pipeline.compare import SCALES, STRATEGIES, GridCell, Scale, cell_sections, expand_grid
 from pipeline.config import FeaturesConfig, TablesConfig
 from storage.errors import SubsampleError
-from storage.paths import check_name, mlflow_tracking_uri
+from storage.paths import check_name, mlflow_tracking_uri, redact_uri
 
 UPSTREAM = ("ingest", "features", "tables")  # once per comparison
 PER_CELL = ("batches", "train", "evaluate")
@@ -322,7 +322,7 @@ def compare_strategies(
         "cells": len(rows), "cells_failed": sum(r["status"] == "failed" for r in rows),
         "cells_trained_now": sum(not r["train_cache_hit"] for r in rows if r["status"] == "ok"),
         "report_html": report["html"], "report_md": report["md"], "report_dir": report["dir"],
-        "mlflow_tracking_uri": mlflow_tracking_uri(),
+        "mlflow_tracking_uri": redact_uri(mlflow_tracking_uri()),  # printed: never a password
         "seconds": round(time.perf_counter() - started, 3),
     }
 

@@ -459,7 +459,7 @@ def batches_artifact(
 
 def load_batches(artifact: Artifact) -> np.ndarray:
     """The stored batches: int64 ``(epochs, m, B)``."""
-    return np.load(artifact.path / "batches.npy").astype(np.int64)
+    return np.load(artifact.path / "batches.npy", allow_pickle=False).astype(np.int64)
 
 
 def run_batches(

@@ -650,3 +650,29 @@ def test_symlinks_leaving_a_folder_source_are_quarantined(tmp_path, monkeypatch,
     reasons = {q["path"]: q["reason"] for q in s["quarantine"]}
     assert set(reasons) == {"link.png", "dir"}
     assert all(r.startswith("symlink: points outside the source folder") for r in reasons.values())
+
+
+# --- what holds already and must keep holding -------------------------------------------------------
+
+
+def test_every_load_in_the_project_is_weights_only_or_pickle_free():
+    """Every torch.load in the project's code passes weights_only=True, every np.load
+    allow_pickle=False; pickle is only used through the restricted unpickler (ingest)."""
+    import ast
+
+    bad = []
+    for path in sorted(p for d in ("pipeline", "storage", "flows", "kernels", "bench") for p in (ROOT / d).rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = ast.unparse(node.func)
+            kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
+            where = f"{path.relative_to(ROOT)}:{node.lineno} {name}"
+            if name == "torch.load" and kw.get("weights_only") != "True":
+                bad.append(where)
+            if name == "np.load" and kw.get("allow_pickle") != "False":
+                bad.append(where)
+            if name in ("pickle.load", "pickle.loads", "torch.jit.load", "torch.hub.load", "pickle.Unpickler"):
+                bad.append(where)
+    assert bad == []
