@@ -35,6 +35,11 @@ class IngestConfig(StageConfig):
     )
     files_per_task: int = Field(256, ge=1, description="files decoded per Dask task")
     max_pixels: int = Field(64_000_000, ge=1, description="larger source images are quarantined (decompression bombs)")
+    split: Literal["train", "test", "all"] = Field(
+        "train",
+        description="CIFAR-10 sources: the training batches (data_batch_*), the test batch (test_batch) or all; "
+        "recorded in the store's attributes. Other sources: train only",
+    )
 
     _execution_fields: ClassVar[frozenset[str]] = frozenset({"workers", "scheduler", "files_per_task"})
 

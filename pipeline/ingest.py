@@ -12,6 +12,11 @@ detected from the path):
                    the classes
 ``cifar10-python`` CIFAR-10 python batches (``data_batch_*``, ``test_batch``), unpickled with a
                    restricted unpickler that only builds numpy arrays and plain containers
+
+CIFAR-10 folders hold the training batches and the test batch: ``--split train`` (the default)
+reads the training batches (every file but ``test_batch[.bin]``), ``test`` the test batch, ``all``
+both; the split is recorded in the store's attributes. A single batch file given as the source
+must belong to the split asked for.
 ``idx``            MNIST / Fashion-MNIST ``*-images-idx3-ubyte[.gz]`` (+ ``*-labels-idx1-ubyte``
                    next to it), or a folder of them
 ``npz``            a ``.npz`` with ``images`` (N×H×W×3 or N×H×W uint8) and optional ``labels``
@@ -583,9 +588,34 @@ def _open_image_dir(path: Path) -> ImageFilesSource:
     return ImageFilesSource(path, "images", files, len(refs), n_ignored=ignored, root=path, refs=refs)
 
 
-def open_source(source: str | os.PathLike) -> Source:
+def _is_cifar_test(path: Path) -> bool:
+    return path.name in ("test_batch", "test_batch.bin")
+
+
+def cifar_split(path: Path, files: list[Path], split: str) -> list[Path]:
+    """The files of a CIFAR-10 source that belong to ``split`` (train: all but the test batch)."""
+    chosen = files if split == "all" else [f for f in files if _is_cifar_test(f) == (split == "test")]
+    if not chosen:
+        have = ", ".join(f.name for f in files)
+        other = "test" if split == "train" else "train"
+        raise SubsampleError(
+            STAGE, f"{path}: no CIFAR-10 {split} batch among {have}; pass --split {other} or --split all "
+            "(run: --set ingest.split=...)",
+        )
+    return chosen
+
+
+def open_source(source: str | os.PathLike, split: str = "train") -> Source:
     """Detect the kind of ``source``; raises :class:`SubsampleError` for a missing, empty or
-    unrecognised source before anything is written."""
+    unrecognised source before anything is written. ``split`` picks CIFAR-10's training or test
+    batches (or all); other kinds have no split and take only ``train``."""
+    src = _open_source(source, split)
+    if src.format not in ("cifar10-bin", "cifar10-python") and split != "train":
+        raise SubsampleError(STAGE, f"{src.path}: --split {split} applies to CIFAR-10 sources only ({src.format} has no test split)")
+    return src
+
+
+def _open_source(source: str | os.PathLike, split: str) -> Source:
     path = Path(source).expanduser().absolute()
     if not path.exists():
         raise SubsampleError(STAGE, f"source {path} does not exist")
@@ -601,9 +631,9 @@ def open_source(source: str | os.PathLike) -> Source:
         if len(found) > 1:
             raise SubsampleError(STAGE, f"{path}: holds files of several kinds ({', '.join(found)}); pass one file or a folder of one kind")
         if "cifar10-bin" in found:
-            return _open_cifar_bin(path, found["cifar10-bin"])
+            return _open_cifar_bin(path, cifar_split(path, found["cifar10-bin"], split))
         if "cifar10-python" in found:
-            return _open_cifar_python(path, found["cifar10-python"])
+            return _open_cifar_python(path, cifar_split(path, found["cifar10-python"], split))
         if "idx" in found:
             return _open_idx(path, found["idx"])
         return _open_image_dir(path)
@@ -612,11 +642,11 @@ def open_source(source: str | os.PathLike) -> Source:
     if name.endswith(".npz"):
         return _open_npz(path)
     if name.endswith(".bin"):
-        return _open_cifar_bin(path, [path])
+        return _open_cifar_bin(path, cifar_split(path, [path], split))
     if _IDX_IMAGES.match(path.name):
         return _open_idx(path, [path])
     if _CIFAR_PY.match(path.name):
-        return _open_cifar_python(path, [path])
+        return _open_cifar_python(path, cifar_split(path, [path], split))
     if name.endswith(IMAGE_EXTENSIONS):
         return ImageFilesSource(path, "images", [path], 1, root=path.parent, refs=[path.name])
     raise SubsampleError(
@@ -634,6 +664,8 @@ def ingest_key(cfg: IngestConfig, fingerprint: str) -> str:
     fingerprint and the code version. Execution-only fields (workers, scheduler) are not in it."""
     params = cfg.key_params()
     params.pop("name")
+    if params.get("split") == "train":  # the default: stores built before splits existed keep their key
+        params.pop("split")
     params["source"] = str(Path(cfg.source).expanduser().absolute())
     return artifact_key(STAGE, params, {"source": fingerprint}, CODE_VERSION)
 
@@ -732,6 +764,7 @@ def _summary(store: DatasetStore, *, cache_hit: bool, seconds: float) -> dict[st
         "source_format": attrs["source_format"],
         "size": store.size,
         "crop": attrs["policy"]["crop"],
+        **({"split": attrs["split"]} if "split" in attrs else {}),
         "labels": store.labels is not None,
         "content_hash": store.content_hash,
         "images_per_second": attrs["ingest"]["images_per_second"],
@@ -753,7 +786,7 @@ def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = Tru
         final = dataset_path(check_name(cfg.name))
     except ValueError as e:
         raise SubsampleError(STAGE, str(e)) from None
-    source = open_source(cfg.source)
+    source = open_source(cfg.source, cfg.split)
     fingerprint = source.fingerprint()
     key = ingest_key(cfg, fingerprint)
     if not refresh:
@@ -768,6 +801,8 @@ def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = Tru
         "source_fingerprint": fingerprint,
         "key": key,
         "policy": policy.attrs(),
+        **({"split": cfg.split, "split_files": sorted(f.name for f in source.files if f.suffix != ".txt" and f.name != "batches.meta")}
+           if source.format.startswith("cifar10") else {}),
         **({"class_names": source.class_names} if source.class_names else {}),
     }
     quarantine = list(source.listing_quarantine)
