@@ -153,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'; missing ' + str(missing) if missing else ''}{'; GenAI mode: ' + str(genai) if genai else ''}"
                   f"{'' if png.exists() else '; no screenshot: ' + shot.stderr.strip()[-300:]})")
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(15)
+        from flows.local_server import stop
+
+        stop(server)  # SIGTERM to its process group, SIGKILL what is left after 15 s
         log.close()
     return 0 if ok else 1
 

@@ -303,8 +303,8 @@ def machine_defaults(device: str) -> tuple[dict[str, Any], str]:
         return {"preset": preset, "evaluate": {}}, f"GPU found: preset {preset!r} (the paper's)"
     return (
         {"preset": preset, "evaluate": {"samples": 2000, "fidelity": False}},
-        f"no GPU: preset {preset!r} (CPU-sized; the paper's is paper-constructed, days on a CPU) "
-        "and an evaluation of 2,000 samples without IS/FID/KID (--set evaluate.fidelity=true adds them)",
+        f"no GPU: preset {preset!r} (CPU-sized; the paper's is paper-constructed, days on a CPU; --preset P picks one)"
+        "; an evaluation of 2,000 samples without IS/FID/KID (--set evaluate.fidelity=true adds them)",
     )
 
 
@@ -487,7 +487,7 @@ def resolve_config(
         check_batch_sizes(dataset, [int(effective(data, "batches", "batch_size"))], source, reads_source, stage,
                           str(effective(data, "ingest", "split")))
     if why:
-        note(f"{stage}: {why}")
+        note(f"{stage}: {why.split('; an evaluation')[0] if only == 'train' else why}")
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
