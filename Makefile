@@ -24,10 +24,14 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# Prefect: `make server` (a local server and a process worker; Ctrl-C stops both), then in another
-# shell `make deploy` and `prefect deployment run train-subsample/demo` (see prefect.yaml).
+# Prefect: `make server` (a local server, UI and API on PREFECT_PORT, and a process worker; Ctrl-C
+# stops both), then in another shell `make deploy` and `.venv/bin/prefect deployment run
+# train-subsample/demo`. `make deploy` registers the 9 deployments of prefect.yaml: train-subsample/
+# demo, celeba, cifar10, anime-faces, mnist and compare-strategies/compare-demo, compare-cifar10,
+# compare-celeba, compare-anime-faces. It talks to PREFECT_API_URL when that is set, else to
+# http://127.0.0.1:$(PREFECT_PORT)/api.
 PREFECT_PORT ?= 4200
-PREFECT_API  := http://127.0.0.1:$(PREFECT_PORT)/api
+PREFECT_API  := $(if $(PREFECT_API_URL),$(PREFECT_API_URL),http://127.0.0.1:$(PREFECT_PORT)/api)
 
 server: setup
 	$(BIN)/python -m flows.local_server --port $(PREFECT_PORT)
@@ -40,8 +44,12 @@ deploy: setup
 	  || PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect work-pool create subsample-process --type process
 	PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect --no-prompt deploy --all
 
+# MLflow UI on MLFLOW_PORT; first prints each experiment's runs-table link (it opens with the
+# strategy, B, seed and metric columns).
+MLFLOW_PORT ?= 5000
 mlflow-ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(SUBSAMPLE_HOME)/mlflow.db --port 5000
+	$(BIN)/python -m storage.tracking http://127.0.0.1:$(MLFLOW_PORT)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(SUBSAMPLE_HOME)/mlflow.db --port $(MLFLOW_PORT)
 
 clean:
 	rm -rf artifacts .prefect

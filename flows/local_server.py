@@ -1,13 +1,20 @@
-"""A local Prefect server and a process worker for the deployments in ``prefect.yaml``.
+"""Prefect servers: a local server with a process worker, and the CLI's temporary server.
 
-``make server`` runs ``python -m flows.local_server``: ``prefect server start`` in the background,
-then, once ``/api/health`` answers, ``prefect worker start --pool subsample-process --type process``;
-Ctrl-C stops both. ``tests/test_deployment.py`` starts the same two processes with the same
-functions. The server keeps its database under ``$PREFECT_HOME``.
+``make server`` runs ``python -m flows.local_server``: ``prefect server start`` in the background
+(its UI told to call the API on the chosen port), then, once ``/api/health`` answers, ``prefect
+worker start --pool subsample-process --type process``; Ctrl-C stops both.
+``tests/test_deployment.py`` starts the same two processes with the same functions. The server
+keeps its database under ``$PREFECT_HOME``.
+
+:func:`start_temporary_server` is what ``subsample run/demo/compare`` call, after validating their
+configuration, when no ``PREFECT_API_URL`` is set: Prefect's own temporary (ephemeral) server,
+started with a longer start-up timeout than Prefect's 20 s and under a lock per ``PREFECT_HOME``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -16,7 +23,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Callable, Iterator, Optional
 
 from flows.config import REPO_ROOT
 
@@ -33,13 +40,114 @@ def api_url(host: str, port: int) -> str:
     return f"http://{host}:{port}/api"
 
 
+def server_env(host: str, port: int, env: Optional[dict] = None) -> dict:
+    """The server's environment. Prefect's UI asks its API at ``PREFECT_UI_API_URL``, which
+    defaults to ``PREFECT_API_URL`` or else to ``PREFECT_SERVER_API_HOST:PORT`` (4200), not to
+    ``--port``: so the UI of a server on 4255 would call 4200. Set all three to this server."""
+    out = dict(env if env is not None else os.environ)
+    out.pop("PREFECT_API_URL", None)  # a server does not talk to another server
+    out.update(
+        PREFECT_SERVER_API_HOST=host,
+        PREFECT_SERVER_API_PORT=str(port),
+        PREFECT_UI_API_URL=api_url(host, port),
+    )
+    return out
+
+
 def start_server(host: str, port: int, *, env: Optional[dict] = None, log: Optional[IO] = None) -> subprocess.Popen:
     """``prefect server start`` as a child process (its own process group, so it can be stopped
-    with everything it starts)."""
+    with everything it starts); its UI calls the API on the same host and port."""
     return subprocess.Popen(
         [prefect_exe(), "server", "start", "--host", host, "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT if log else None, start_new_session=True,
+        env=server_env(host, port, env), stdout=log, stderr=subprocess.STDOUT if log else None,
+        start_new_session=True,
     )
+
+
+# --- the CLI's temporary server ---------------------------------------------------------------
+
+# Prefect waits 20 s for its temporary server (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS).
+# The first start in a fresh PREFECT_HOME creates and migrates its SQLite database, which took
+# 13-40 s on the 2-core development machine with both cores busy: 20 s failed the README's first
+# command. The CLI waits this long instead, unless the user set Prefect's setting.
+TEMPORARY_SERVER_TIMEOUT_S = 300
+LOCK_FILE = ".subsample-server-start.lock"
+
+
+@contextlib.contextmanager
+def home_lock(path: Path, on_wait: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if missing), released on exit or when the
+    process dies, so a crashed holder never blocks the next run. ``on_wait`` is called once if
+    another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def temporary_server_timeout() -> tuple[int, bool]:
+    """``(seconds, set by the user)``: Prefect's start-up timeout setting when the user set it
+    (environment or profile), else :data:`TEMPORARY_SERVER_TIMEOUT_S`."""
+    from prefect.settings import get_current_settings
+
+    eph = get_current_settings().server.ephemeral
+    if "startup_timeout_seconds" in eph.model_fields_set:
+        return int(eph.startup_timeout_seconds), True
+    return TEMPORARY_SERVER_TIMEOUT_S, False
+
+
+def start_temporary_server(note: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> Optional[str]:
+    """Start Prefect's temporary server for this process, now, and return its API URL; None
+    when a server is configured (``PREFECT_API_URL``) or Prefect's ephemeral mode is off.
+
+    Prefect would start the same server on the flow's first API call, with a 20 s timeout. Here it
+    is started with :func:`temporary_server_timeout` and under an exclusive lock on
+    ``$PREFECT_HOME/.subsample-server-start.lock`` held until the server answers: two commands
+    started at once on a fresh PREFECT_HOME would otherwise both create and migrate the one SQLite
+    database and clash. The second waits, then starts its own server on the migrated database
+    (both then share it, as any two Prefect processes on one PREFECT_HOME do). The flow engine
+    reuses the started server: Prefect keeps one ``SubprocessASGIServer`` per process."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return None
+    server = SubprocessASGIServer()
+    if server.running:
+        return server.api_url
+    timeout, by_user = temporary_server_timeout()
+    home = Path(settings.home)
+    db_url = settings.server.database.connection_url
+    db_url = db_url.get_secret_value() if db_url is not None else ""
+    db = Path(db_url.split(":///", 1)[1]) if db_url.startswith("sqlite") and ":///" in db_url else None
+    first = db is not None and not db.exists()
+    note(
+        f"prefect: starting Prefect's temporary server{' (first start in this PREFECT_HOME: it creates its database)' if first else ''}; "
+        f"waiting up to {timeout} s for it to answer"
+        f"{' (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)' if by_user else ''}; PREFECT_HOME={home}"
+    )
+    waiting = lambda: note(f"prefect: waiting for another command that is starting a temporary server in PREFECT_HOME={home}")  # noqa: E731
+    with home_lock(home / LOCK_FILE, waiting):
+        try:
+            server.start(timeout=timeout)
+        except RuntimeError as e:
+            from storage.errors import SubsampleError
+
+            detail = str(e).splitlines()[0][:300]
+            raise SubsampleError(
+                "prefect", f"the temporary server did not start within {timeout} s ({detail}); set "
+                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=600, or start one with `make server` and "
+                "export PREFECT_API_URL=http://127.0.0.1:4200/api",
+            ) from None
+    return server.api_url
 
 
 def wait_healthy(url: str, timeout_s: float = 120.0, proc: Optional[subprocess.Popen] = None) -> None:
@@ -89,7 +197,7 @@ def stop(proc: Optional[subprocess.Popen], timeout_s: float = 15.0) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="A local Prefect server and a process worker for prefect.yaml's deployments.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4200)
     args = parser.parse_args(argv)
@@ -104,9 +212,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         try:
             server = start_server(args.host, args.port, log=log)
             wait_healthy(url, proc=server)
-            print(f"Prefect server: http://{args.host}:{args.port} (log: {home / 'server.log'})", flush=True)
+            print(f"Prefect server and UI: http://{args.host}:{args.port} (log: {home / 'server.log'})", flush=True)
             print(f"In another shell: export PREFECT_API_URL={url}; make deploy; "
-                  "prefect deployment run train-subsample/demo", flush=True)
+                  ".venv/bin/prefect deployment run train-subsample/demo", flush=True)
             worker = start_worker(url)
             worker.wait()
         except KeyboardInterrupt:

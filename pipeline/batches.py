@@ -29,6 +29,7 @@ import numpy as np
 from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
 from storage.artifacts import Artifact, artifact_key, build_artifact, cached_summary, open_artifact
 from storage.errors import MissingArtifactError, SubsampleError
+from storage.paths import stage_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from storage.store import DatasetStore
@@ -455,6 +456,30 @@ def batches_artifact(
             + "`",
         )
     return art
+
+
+def built_batches(
+    dataset: str, tables: TablesConfig = TablesConfig(), features: FeaturesConfig = FeaturesConfig()
+) -> list[tuple[BatchesConfig, str]]:
+    """The batches ``subsample batches`` built from this data set's current table, newest first:
+    ``(config, artifact key)``. What ``subsample train`` trains on when not told otherwise. Only
+    manifests are read (an artifact that fails verification is rebuilt by training's own check)."""
+    try:
+        table_art, store = _upstream(dataset, tables, features)
+    except SubsampleError:
+        return []
+    want = {"tables": table_art.content_hash, "store": store.content_hash}
+    found: list[tuple[float, BatchesConfig, str]] = []
+    for manifest in stage_dir(STAGE).glob("*/manifest.json"):
+        try:
+            m = json.loads(manifest.read_text())
+            if m.get("inputs") != want or m.get("code_version") != CODE_VERSION:
+                continue
+            cfg = BatchesConfig(**m["params"])
+            found.append((manifest.stat().st_mtime, cfg, manifest.parent.name))
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+    return [(cfg, key) for _, cfg, key in sorted(found, key=lambda x: x[0], reverse=True)]
 
 
 def load_batches(artifact: Artifact) -> np.ndarray:

@@ -40,6 +40,10 @@ def emit(summary: dict[str, Any], as_json: bool) -> None:
 
 # --- ingest -----------------------------------------------------------------------------------
 
+from enum import Enum  # noqa: E402  (choices for --split, --strategy, --fill)
+
+_Split = Enum("_Split", {s: s for s in ("train", "test", "all")}, type=str)
+
 
 def _ingest_default(field: str) -> Any:
     from pipeline.config import IngestConfig
@@ -60,6 +64,7 @@ def ingest_cmd(
     files_per_task: int = typer.Option(_ingest_default("files_per_task"), "--files-per-task", help="files decoded per Dask task"),
     max_pixels: int = typer.Option(_ingest_default("max_pixels"), "--max-pixels", help="quarantine larger source images (refuse an array source of larger images)"),
     max_bytes: int = typer.Option(_ingest_default("max_bytes"), "--max-bytes", help="refuse a source holding more bytes (files, zip members, arrays' N×H×W×C)"),
+    split: _Split = typer.Option(_ingest_default("split"), "--split", help="CIFAR-10 folders: the training batches (data_batch_*), the test batch, or all"),
     refresh: bool = typer.Option(False, "--refresh", help="rebuild even if an identical store exists"),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -72,7 +77,7 @@ def ingest_cmd(
     try:
         cfg = IngestConfig(
             source=source, name=name, size=size, crop=crop, workers=workers, scheduler=scheduler,
-            files_per_task=files_per_task, max_pixels=max_pixels, max_bytes=max_bytes,
+            files_per_task=files_per_task, max_pixels=max_pixels, max_bytes=max_bytes, split=split.value,
         )
     except ValidationError as e:
         raise SubsampleError("ingest", "; ".join(f"--{'-'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
@@ -113,10 +118,19 @@ def features_cmd(
     emit(run_features(name, cfg, refresh=refresh, progress=True), as_json)
 
 
+def _dataset_bins(name: str) -> Optional[tuple[int, ...]]:
+    """The data set's own table size when it has one (the demo: 16 16), so every command builds
+    and finds the same table as ``subsample run`` (flows.config.dataset_defaults)."""
+    from flows.config import dataset_defaults
+
+    bins = dataset_defaults(name).get("tables", {}).get("bins")
+    return tuple(bins) if bins else None
+
+
 @app.command("tables")
 def tables_cmd(
     name: str = typer.Argument(..., help="data set name (its features must exist: run `subsample features NAME` first)"),
-    bins: Optional[tuple[int, int]] = typer.Option(None, "--bins", help="M1 M2: bins per feature; the table has (M1+1) x (M2+1) cells (default 32 32)"),
+    bins: Optional[tuple[int, int]] = typer.Option(None, "--bins", help="M1 M2: bins per feature; the table has (M1+1) x (M2+1) cells (default: the data set's, else 32 32)"),
     feature: Optional[list[str]] = typer.Option(None, "--feature", help="feature names of the features artifact (repeat; default: colour_moment, sharpness)"),
     refresh: bool = typer.Option(False, "--refresh", help="rebuild even if the artifact is cached"),
     as_json: bool = JsonOpt,
@@ -125,12 +139,12 @@ def tables_cmd(
     from pipeline.config import FeaturesConfig, TablesConfig
     from pipeline.tables import run_tables
 
+    bins = bins or _dataset_bins(name)
     cfg = _config_or_exit("tables", lambda: TablesConfig(bins=tuple(bins)) if bins else TablesConfig())
     features = _config_or_exit("tables", lambda: FeaturesConfig(features=tuple(feature)) if feature else FeaturesConfig())
     emit(run_tables(name, cfg, features, refresh=refresh), as_json)
 
 
-from enum import Enum  # noqa: E402  (batches: choices for --strategy / --fill)
 from typing import get_args  # noqa: E402
 
 from pipeline.config import BatchesConfig as _BatchesConfig, Strategy as _StrategyLiteral  # noqa: E402
@@ -149,7 +163,7 @@ def batches_cmd(
     seed: int = typer.Option(_BATCH_DEFAULTS["seed"], "--seed", help="run seed; epoch e is constructed from (seed, e)"),
     top_k: int = typer.Option(_BATCH_DEFAULTS["top_k"], "--top-k", help="constructed: shortfall filled from the k most frequent cells"),
     fill: _BatchFill = typer.Option(_BATCH_DEFAULTS["fill"], "--fill", help="constructed: 'coverage' first uses not-yet-drawn images of cells with T2 = 0"),
-    bins: Optional[tuple[int, int]] = typer.Option(None, "--bins", help="the table's M1 M2 (default: the tables stage's default)"),
+    bins: Optional[tuple[int, int]] = typer.Option(None, "--bins", help="the table's M1 M2 (default: the data set's, else 32 32)"),
     feature: Optional[list[str]] = typer.Option(None, "--feature", help="feature names of the table (repeat; default: colour_moment, sharpness)"),
     refresh: bool = typer.Option(False, "--refresh", help="rebuild even if the artifact is cached"),
     as_json: bool = JsonOpt,
@@ -164,6 +178,7 @@ def batches_cmd(
         cfg = _BatchesConfig(
             batch_size=batch_size, strategy=strategy.value, epochs=epochs, seed=seed, top_k=top_k, fill=fill.value
         )
+        bins = bins or _dataset_bins(name)
         tables = TablesConfig(bins=tuple(bins)) if bins else TablesConfig()
         features = FeaturesConfig(features=tuple(feature)) if feature else FeaturesConfig()
     except ValidationError as e:
@@ -174,30 +189,28 @@ def batches_cmd(
 # --- train / evaluate / presets -----------------------------------------------------------------
 
 
-def _parse_sets(items: list[str], stage: str) -> dict[str, Any]:
-    """``["lr_d=1e-4", "clip=null", "optimizer=sgd"]`` -> dict; values are JSON when they parse
-    as JSON (numbers, true/false/null, lists), else strings. Pydantic validates them."""
-    out: dict[str, Any] = {}
+def _train_sets(items: list[str]) -> list[str]:
+    """``subsample train``'s ``--set key=value`` are training fields: ``lr_d=1e-4`` is
+    ``train.lr_d=1e-4``; ``preset=P`` and ``SECTION.FIELD=V`` (``batches.top_k=4``) pass as they are."""
+    from flows.config import RunConfig
+
+    out = []
     for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise SubsampleError(stage, f"--set {item!r}: expected key=value, e.g. --set lr_d=1e-4")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except ValueError:
-            out[key.strip()] = raw
+        key = item.partition("=")[0].strip()
+        head = key.split(".")[0]
+        out.append(item if key == "preset" or ("." in key and head in RunConfig.model_fields) else f"train.{item}")
     return out
 
 
 @app.command("train")
 def train_cmd(
     name: str = typer.Argument(..., help="data set name (its features and tables must exist)"),
-    preset: str = typer.Option("paper-constructed", "--preset", "-p", help="named configuration (`subsample presets` lists them)"),
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="batches: random, constructed or dealt (default: the preset's)"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="images per batch B (default: the preset's)"),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="named configuration (`subsample presets`; default: the data set's, else demo on a CPU, paper-constructed on a GPU)"),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="batches: random, constructed or dealt (default: the batches `subsample batches` built, else the preset's)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="images per batch B (default: the batches `subsample batches` built, else the preset's)"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs (default: the preset's)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="run seed: the batches' (seed, epoch) and the model init / z draws"),
-    bins: Optional[tuple[int, int]] = typer.Option(None, "--bins", help="the table's M1 M2 (default: the tables stage's default)"),
+    bins: Optional[tuple[int, int]] = typer.Option(None, "--bins", help="the table's M1 M2 (default: the data set's, else 32 32)"),
     feature: Optional[list[str]] = typer.Option(None, "--feature", help="feature names of the table (repeat; default: colour_moment, sharpness)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu or cuda"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many D steps (smoke runs)"),
@@ -206,23 +219,27 @@ def train_cmd(
     refresh: bool = typer.Option(False, "--refresh", help="train again even if the artifact is cached"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Train a GAN on the data set's batches (preset < --set < dedicated flags); logs to MLflow
-    (experiment subsample/NAME) and writes stages/train/<key>/ with the generator, grids and metrics."""
-    from pydantic import ValidationError
+    """Train a GAN on the data set's batches (defaults < the machine's < the data set's < preset <
+    --set < flags); logs to MLflow (experiment subsample/NAME) and writes stages/train/<key>/ with
+    the generator, grids and metrics."""
+    from flows.config import resolve_config, train_batches
 
-    from pipeline.config import FeaturesConfig, TablesConfig
-    from pipeline.presets import resolve_batches_config, resolve_train_config
+    sets = _train_sets(sets)
+    flags = {
+        "preset": preset,
+        "train": {"epochs": epochs, "seed": seed, "device": device, "max_steps": max_steps},
+        "batches": {"strategy": strategy, "batch_size": batch_size, "seed": seed},
+        "tables": {"bins": list(bins) if bins else None},
+        "features": {"features": list(feature) if feature else None},
+    }
+    cfg = resolve_config("train", {"dataset": name, "only": "train"}, sets, flags)
+    chose_batches = any(v is not None for v in (strategy, batch_size, seed)) or any(s.startswith("batches.") for s in sets)
+    chose_preset = preset is not None or any(s.startswith("preset=") for s in sets)
+    cfg = train_batches(cfg, chose_batches=chose_batches, chose_preset=chose_preset)
+
     from pipeline.train import run_train
 
-    flags = {"epochs": epochs, "seed": seed, "device": device, "max_steps": max_steps}
-    cfg = resolve_train_config(preset, {**_parse_sets(sets, "train"), **{k: v for k, v in flags.items() if v is not None}})
-    batches = resolve_batches_config(preset, {"strategy": strategy, "batch_size": batch_size, "seed": seed})
-    try:
-        tables = TablesConfig(bins=tuple(bins)) if bins else TablesConfig()
-        features = FeaturesConfig(features=tuple(feature)) if feature else FeaturesConfig()
-    except ValidationError as e:
-        raise SubsampleError("train", "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
-    emit(run_train(name, cfg, batches, tables, features, resume=resume, refresh=refresh), as_json)
+    emit(run_train(cfg.dataset, cfg.train, cfg.batches, cfg.tables, cfg.features, resume=resume, refresh=refresh), as_json)
 
 
 @app.command("presets")
@@ -242,12 +259,12 @@ def presets_cmd(as_json: bool = JsonOpt) -> None:
 @app.command("evaluate")
 def evaluate_cmd(
     run: str = typer.Argument(..., help="train artifact key or MLflow run id"),
-    samples: int = typer.Option(10_000, "--samples", "-n", min=2, help="generated images N (names: fid10k_train, is10k, ...)"),
+    samples: Optional[int] = typer.Option(None, "--samples", "-n", min=2, help="generated images N (names: fid10k_train, is10k, ...; default 10,000 with a GPU, 2,000 on a CPU)"),
     batch_size: int = typer.Option(250, "--batch-size", min=1, help="generation and feature-extraction batch"),
     weights: Optional[str] = typer.Option(
         None, "--weights", help="local copy of the feature extractor's weights (default: torch-fidelity's download)"
     ),
-    no_fidelity: bool = typer.Option(False, "--no-fidelity", help="skip IS/FID/KID; feature-space metrics only"),
+    fidelity: Optional[bool] = typer.Option(None, "--fidelity/--no-fidelity", help="IS/FID/KID with torch-fidelity (default: on with a GPU, off on a CPU); --no-fidelity: feature-space metrics only"),
     feature_extractor: str = typer.Option("inception-v3-compat", "--feature-extractor", help="torch-fidelity extractor"),
     seed: int = typer.Option(0, "--seed", help="seed of the latent codes"),
     device: Optional[str] = typer.Option(None, "--device", help="default: the generator's device"),
@@ -255,18 +272,14 @@ def evaluate_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Evaluate a trained generator against its training set: IS, FID, KID (torch-fidelity), feature-space KL/JS and sharpness (spec §5)."""
-    from pipeline.config import EvaluateConfig
+    from flows.config import resolve_evaluate_config
+
+    cfg = resolve_evaluate_config({
+        "samples": samples, "batch_size": batch_size, "weights": weights, "fidelity": fidelity,
+        "feature_extractor": feature_extractor, "seed": seed, "device": device,
+    })
     from pipeline.evaluate import run_evaluate
 
-    cfg = EvaluateConfig(
-        samples=samples,
-        batch_size=batch_size,
-        weights=weights,
-        fidelity=not no_fidelity,
-        feature_extractor=feature_extractor,
-        seed=seed,
-        device=device,
-    )
     emit(run_evaluate(run, cfg, refresh=refresh), as_json)
 
 
@@ -293,12 +306,14 @@ def _stdout_to_stderr():
         os.close(saved)
 
 
-def _run_flow(fields: dict[str, Any], overrides: list[str], as_json: bool) -> None:
-    from flows.config import build_config
+def _run_flow(cfg: Any, as_json: bool) -> None:
+    """Run the validated config as the flow train-subsample: the temporary Prefect server (when no
+    PREFECT_API_URL is set) starts only now, after every check that needs none."""
+    from flows.local_server import start_temporary_server
     from flows.train_subsample import run
 
-    cfg = build_config(fields, overrides)
-    with _stdout_to_stderr():
+    with _stdout_to_stderr():  # the server process inherits fd 1: keep it off --json's stdout
+        start_temporary_server()
         report = run(cfg)
     if as_json:
         emit(report, True)
@@ -315,6 +330,7 @@ def _run_flow(fields: dict[str, Any], overrides: list[str], as_json: bool) -> No
 def run_cmd(
     dataset: str = typer.Option("demo", "--dataset", "-d", help="data set name (known: demo, celeba, cifar10, anime-faces, mnist)"),
     source: Optional[str] = typer.Option(None, "--source", help="source path (default: $SUBSAMPLE_<DATASET>_SOURCE; demo: the embedded data)"),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="training preset (default: the data set's, else demo on a CPU, paper-constructed on a GPU)"),
     only: Optional[str] = typer.Option(None, "--only", metavar="STAGE", help="run this one stage; its upstream must be cached"),
     refresh: Optional[str] = typer.Option(None, "--refresh", metavar="STAGE", help="rebuild this stage and everything downstream"),
     overrides: list[str] = typer.Option([], "--set", metavar="SECTION.FIELD=VALUE", help="e.g. --set tables.bins=[16,16] --set train.epochs=2 (repeatable)"),
@@ -323,10 +339,10 @@ def run_cmd(
 ) -> None:
     """Run the Prefect flow train-subsample (ingest → features → tables → batches → train → evaluate);
     every stage whose inputs, parameters and code are unchanged is a cache hit."""
-    from flows.config import dataset_defaults
+    from flows.config import resolve_config
 
-    fields = {**dataset_defaults(dataset), "dataset": dataset, "source": source, "only": only, "refresh": refresh, "dask_address": dask_address}
-    _run_flow(fields, overrides, as_json)
+    fields = {"dataset": dataset, "source": source, "only": only, "refresh": refresh, "dask_address": dask_address}
+    _run_flow(resolve_config("run", fields, overrides, {"preset": preset}), as_json)
 
 
 @app.command("demo")
@@ -335,10 +351,10 @@ def demo_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """The whole flow on the embedded demo data (2,000 CIFAR-10 images) with short training
-    settings: a few minutes on a laptop CPU, no server needed."""
-    from flows.config import demo_fields
+    settings: a few minutes on a laptop CPU, no server needed. The same as `subsample run --dataset demo`."""
+    from flows.config import demo_fields, resolve_config
 
-    _run_flow(demo_fields(), overrides, as_json)
+    _run_flow(resolve_config("demo", demo_fields(), overrides), as_json)
 
 
 def _split_list(values: list[str]) -> Optional[list[str]]:
@@ -362,7 +378,13 @@ def compare_cmd(
     """The paper's comparison (Prefect flow compare-strategies): strategies × batch sizes × presets ×
     seeds, each a train-subsample run nested under one MLflow parent run, and a report (HTML and
     markdown) built from what MLflow recorded."""
+    from flows.config import check_batch_sizes, check_preset, check_source
+
+    for p in _split_list(presets) or []:
+        check_preset(p, "compare")
+    check_source(dataset, source, "compare")
     from flows.compare import build_compare_config, run
+    from flows.local_server import start_temporary_server
 
     sizes = _split_list(batch_sizes)
     try:
@@ -372,7 +394,9 @@ def compare_cmd(
     fields = {"dataset": dataset, "source": source, "scale": scale, "strategies": _split_list(strategies),
               "batch_sizes": sizes_int, "presets": _split_list(presets), "seeds": seeds}
     cfg = build_compare_config(fields, overrides)
+    check_batch_sizes(cfg.dataset, list(cfg.grid_batch_sizes), cfg.source or cfg.base_run_config().resolved_source(), True, "compare")
     with _stdout_to_stderr():
+        start_temporary_server()
         summary = run(cfg)
     if as_json:
         emit(summary, True)

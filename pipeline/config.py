@@ -43,6 +43,11 @@ class IngestConfig(StageConfig):
         description="the most bytes a source may hold: image files and zip members (their sizes), arrays (N×H×W×C, "
         "from their headers), checked before anything is read; larger sources are refused (decompression bombs)",
     )
+    split: Literal["train", "test", "all"] = Field(
+        "train",
+        description="CIFAR-10 sources: the training batches (data_batch_*), the test batch (test_batch) or all; "
+        "recorded in the store's attributes. Other sources: train only",
+    )
 
     # max_bytes only refuses a source whole; it never changes a store that is built
     _execution_fields: ClassVar[frozenset[str]] = frozenset({"workers", "scheduler", "files_per_task", "max_bytes"})

@@ -12,6 +12,11 @@ detected from the path):
                    the classes
 ``cifar10-python`` CIFAR-10 python batches (``data_batch_*``, ``test_batch``), unpickled with a
                    restricted unpickler that only builds numpy arrays and plain containers
+
+CIFAR-10 folders hold the training batches and the test batch: ``--split train`` (the default)
+reads the training batches (every file but ``test_batch[.bin]``), ``test`` the test batch, ``all``
+both; the split is recorded in the store's attributes. A single batch file given as the source
+must belong to the split asked for.
 ``idx``            MNIST / Fashion-MNIST ``*-images-idx3-ubyte[.gz]`` (+ ``*-labels-idx1-ubyte``
                    next to it), or a folder of them
 ``npz``            a ``.npz`` with ``images`` (N×H×W×3 or N×H×W uint8) and optional ``labels``
@@ -888,11 +893,35 @@ def _array_files_inside(path: Path, files: list[Path]) -> list[Path]:
     return files
 
 
-def open_source(source: str | os.PathLike, limits: SourceLimits | None = None) -> Source:
+def _is_cifar_test(path: Path) -> bool:
+    return path.name in ("test_batch", "test_batch.bin")
+
+
+def cifar_split(path: Path, files: list[Path], split: str) -> list[Path]:
+    """The files of a CIFAR-10 source that belong to ``split`` (train: all but the test batch)."""
+    chosen = files if split == "all" else [f for f in files if _is_cifar_test(f) == (split == "test")]
+    if not chosen:
+        have = ", ".join(f.name for f in files)
+        other = "test" if split == "train" else "train"
+        raise SubsampleError(
+            STAGE, f"{path}: no CIFAR-10 {split} batch among {have}; pass --split {other} or --split all "
+            "(run: --set ingest.split=...)",
+        )
+    return chosen
+
+
+def open_source(source: str | os.PathLike, limits: SourceLimits | None = None, split: str = "train") -> Source:
     """Detect the kind of ``source``; raises :class:`SubsampleError` for a missing, empty,
     unrecognised or too large source (``limits``, checked from headers and declared sizes) before
-    anything is written or allocated."""
-    limits = limits or SourceLimits()
+    anything is written or allocated. ``split`` picks CIFAR-10's training or test batches (or
+    all); other kinds have no split and take only ``train``."""
+    src = _open_source(source, limits or SourceLimits(), split)
+    if src.format not in ("cifar10-bin", "cifar10-python") and split != "train":
+        raise SubsampleError(STAGE, f"{src.path}: --split {split} applies to CIFAR-10 sources only ({src.format} has no test split)")
+    return src
+
+
+def _open_source(source: str | os.PathLike, limits: SourceLimits, split: str) -> Source:
     path = Path(source).expanduser().absolute()
     if not path.exists():
         raise SubsampleError(STAGE, f"source {path} does not exist")
@@ -908,9 +937,9 @@ def open_source(source: str | os.PathLike, limits: SourceLimits | None = None) -
         if len(found) > 1:
             raise SubsampleError(STAGE, f"{path}: holds files of several kinds ({', '.join(found)}); pass one file or a folder of one kind")
         if "cifar10-bin" in found:
-            return _open_cifar_bin(path, found["cifar10-bin"], limits)
+            return _open_cifar_bin(path, cifar_split(path, found["cifar10-bin"], split), limits)
         if "cifar10-python" in found:
-            return _open_cifar_python(path, found["cifar10-python"], limits)
+            return _open_cifar_python(path, cifar_split(path, found["cifar10-python"], split), limits)
         if "idx" in found:
             return _open_idx(path, found["idx"], limits)
         return _open_image_dir(path, limits)
@@ -919,11 +948,11 @@ def open_source(source: str | os.PathLike, limits: SourceLimits | None = None) -
     if name.endswith(".npz"):
         return _open_npz(path, limits)
     if name.endswith(".bin"):
-        return _open_cifar_bin(path, [path], limits)
+        return _open_cifar_bin(path, cifar_split(path, [path], split), limits)
     if _IDX_IMAGES.match(path.name):
         return _open_idx(path, [path], limits)
     if _CIFAR_PY.match(path.name):
-        return _open_cifar_python(path, [path], limits)
+        return _open_cifar_python(path, cifar_split(path, [path], split), limits)
     if name.endswith(IMAGE_EXTENSIONS):
         limits.check_bytes(path, path.stat().st_size, "the image file")
         return ImageFilesSource(path, "images", [path], 1, root=path.parent, refs=[path.name])
@@ -942,6 +971,8 @@ def ingest_key(cfg: IngestConfig, fingerprint: str) -> str:
     fingerprint and the code version. Execution-only fields (workers, scheduler) are not in it."""
     params = cfg.key_params()
     params.pop("name")
+    if params.get("split") == "train":  # the default: stores built before splits existed keep their key
+        params.pop("split")
     params["source"] = str(Path(cfg.source).expanduser().absolute())
     return artifact_key(STAGE, params, {"source": fingerprint}, CODE_VERSION)
 
@@ -1040,6 +1071,7 @@ def _summary(store: DatasetStore, *, cache_hit: bool, seconds: float) -> dict[st
         "source_format": attrs["source_format"],
         "size": store.size,
         "crop": attrs["policy"]["crop"],
+        **({"split": attrs["split"]} if "split" in attrs else {}),
         "labels": store.labels is not None,
         "content_hash": store.content_hash,
         "images_per_second": attrs["ingest"]["images_per_second"],
@@ -1069,7 +1101,7 @@ def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = Tru
         final = dataset_path(check_name(cfg.name))
     except ValueError as e:
         raise SubsampleError(STAGE, str(e)) from None
-    source = open_source(cfg.source, SourceLimits.of(cfg))
+    source = open_source(cfg.source, SourceLimits.of(cfg), cfg.split)
     fingerprint = source.fingerprint()
     key = ingest_key(cfg, fingerprint)
     if not refresh:
@@ -1084,6 +1116,8 @@ def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = Tru
         "source_fingerprint": fingerprint,
         "key": key,
         "policy": policy.attrs(),
+        **({"split": cfg.split, "split_files": sorted(f.name for f in source.files if f.suffix != ".txt" and f.name != "batches.meta")}
+           if source.format.startswith("cifar10") else {}),
         **({"class_names": source.class_names} if source.class_names else {}),
     }
     quarantine = list(source.listing_quarantine)

@@ -63,6 +63,8 @@ from storage.paths import check_name, inside_home, is_run_id, is_train_key, stag
 STAGE = "train"
 CODE_VERSION = "train/1"
 SYNC_EVERY = 50  # steps between reading losses back from the device (and the NaN check)
+ESTIMATE_STEPS = 10  # steps timed (after the first, which warms up) for the up-front time estimate
+LONG_RUN_S = 180  # a run estimated to take longer says so, with the estimate, after those steps
 GEN_CHUNK = 500  # images generated at once for grids and the feature KL
 MAX_CLASSES = 100_000  # conditional models embed one vector per class: labels are class indices, not ids
 
@@ -142,6 +144,7 @@ class Trainer:
     history: dict = field(default_factory=lambda: {"epochs": [], "loss_d": [], "loss_g": [], "g_steps_at": []})
     method: Any = None  # the pipeline.methods.TrainingMethod taking the steps (make_trainer sets it)
     steps_over_bound: int = 0  # consecutive D steps with a loss above cfg.diverge_loss_max (divergence guard)
+    clock: Any = None  # a RunClock: the up-front time estimate (timing only, no effect on training)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
@@ -186,6 +189,69 @@ def make_trainer(cfg: TrainConfig, image_size: int, device: torch.device, n_clas
     return t
 
 
+# --- the up-front estimate -------------------------------------------------------------------------
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 120:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+@dataclass
+class RunClock:
+    """Times the first :data:`ESTIMATE_STEPS` steps after the first (which warms up: allocations,
+    kernel selection) and, when the whole run would take longer than :data:`LONG_RUN_S`, says how
+    long on stderr before the run goes on: steps, images/s measured, and the estimate. Training
+    steps only: the per-epoch samples and checkpoints add a little."""
+
+    total_steps: int  # D steps this invocation will take
+    steps_per_epoch: int
+    epochs: int
+    batch_size: int
+    device: torch.device
+    note: Any = None  # callable(str); default: print to stderr
+    first_step: int = -1
+    t0: float = 0.0
+    estimate_s: float | None = None  # set once measured
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # once or twice per run: the queued steps must finish
+        return time.perf_counter()
+
+    def tick(self, step: int) -> None:
+        if self.estimate_s is not None:
+            return
+        if self.first_step < 0:
+            self.first_step, self.t0 = step, self._now()
+            return
+        timed = step - self.first_step
+        elapsed = time.perf_counter() - self.t0
+        if timed < ESTIMATE_STEPS and elapsed < 30 and step - self.first_step + 1 < self.total_steps:
+            return
+        elapsed = self._now() - self.t0
+        per_step = elapsed / max(timed, 1)
+        self.estimate_s = per_step * self.total_steps
+        if self.estimate_s > LONG_RUN_S:
+            ips = self.batch_size / per_step
+            message = (
+                f"{STAGE}: about {_duration(self.estimate_s)} for {self.total_steps:,} steps ({self.epochs} epochs x "
+                f"{self.steps_per_epoch} of B={self.batch_size}) at {ips:,.0f} images/s, measured on {timed} steps on "
+                f"{self.device.type}; Ctrl-C stops it, --resume continues from its last epoch"
+            )
+            if self.note is not None:
+                self.note(message)
+            else:
+                from tqdm import tqdm
+
+                tqdm.write(message, file=sys.stderr)  # above the progress bar, not inside it
+
+
 # --- one epoch -----------------------------------------------------------------------------------
 
 
@@ -221,6 +287,8 @@ def train_epoch(t: Trainer, images: Tensor, batches: list[Tensor], bar: Any = No
         method.before_step(t, real, y)  # learning-rate schedule; decoding-constrained's reconstruction
         d_rec.append(method.d_step(t, real, y))
         t.step += 1
+        if t.clock is not None:
+            t.clock.tick(t.step)
         if t.step % cfg.d_steps == 0:  # G step on the last D step's generated images (as pytorch/examples dcgan)
             g_rec.append(method.g_step(t, real, y))
             t.g_steps += 1
@@ -606,6 +674,11 @@ def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size
     from tqdm import tqdm
 
     cfg = t.cfg
+    per_epoch = len(sampler)
+    total = (cfg.epochs - t.epoch) * per_epoch
+    if cfg.max_steps is not None:
+        total = min(total, max(cfg.max_steps - t.step, 0))
+    t.clock = RunClock(total, per_epoch, cfg.epochs - t.epoch, batch_size, t.device) if total > 1 else None
     while t.epoch < cfg.epochs and (cfg.max_steps is None or t.step < cfg.max_steps):
         epoch = t.epoch
         batches = epoch_indices(sampler, epoch, images.device)
@@ -651,6 +724,12 @@ def _ckpt_epoch(path: Path) -> int | str:
         return "?"
 
 
+def run_name(cfg: TrainConfig, batches: BatchesConfig, key: str) -> str:
+    """``paper-128a-random-B128-seed0-3f2a1c``: preset, strategy, B and seed at a glance in the
+    MLflow runs table, and the key's start to tell reruns apart."""
+    return f"{cfg.preset or 'custom'}-{batches.strategy}-B{batches.batch_size}-seed{batches.seed}-{key[:6]}"
+
+
 def _start_tracking(cfg, batches, tables, features, dataset, key, store, tables_art, run_id) -> str | None:
     """The MLflow run: the resumed one, or a new one with every parameter logged."""
     if not cfg.track:
@@ -669,7 +748,7 @@ def _start_tracking(cfg, batches, tables, features, dataset, key, store, tables_
         "image_size": store.size, "tables_content_hash": tables_art.content_hash,
         "code_version": CODE_VERSION, "train_key": key,
     }
-    name = f"{cfg.preset or 'custom'}-{batches.strategy}-B{batches.batch_size}-{key[:6]}"
+    name = run_name(cfg, batches, key)
     return tracking.start_run(dataset, run_name=name, tags={tracking.TRAIN_KEY_TAG: key}, params=params)
 
 

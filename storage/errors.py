@@ -44,3 +44,12 @@ def brief(exc: BaseException, limit: int = 200) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith(_BOILERPLATE)]
     text = "; ".join(lines).removeprefix("WeightsUnpickler error: ")
     return f"{type(exc).__name__}: {one_line(text)[:limit]}" if text else type(exc).__name__
+
+
+def did_you_mean(word: str, choices, *, what: str = "") -> str:
+    """`` (did you mean 'lr_d'?)`` when a choice is close to ``word`` (difflib), else ``""``;
+    appended to an unknown-name message."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {what + close[0]!r}?)" if close else ""

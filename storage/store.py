@@ -38,7 +38,7 @@ import numpy as np
 import zarr
 
 from storage.artifacts import dir_identity, replace_dir
-from storage.errors import SubsampleError
+from storage.errors import SubsampleError, did_you_mean
 from storage.locks import owner_tag, remove_stale
 from storage.paths import dataset_path, datasets_dir
 
@@ -197,6 +197,14 @@ def _sha256_file(path: Path) -> str | None:
     return h.hexdigest()
 
 
+def store_names() -> list[str]:
+    """Names of the finished-looking stores under ``$SUBSAMPLE_HOME/datasets`` (sorted)."""
+    root = datasets_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name[: -len(".zarr")] for p in root.glob("*.zarr") if (p / "zarr.json").exists())
+
+
 def resolve_store_path(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
     if p.suffix == ".zarr" or p.is_dir() and (p / "zarr.json").exists():
@@ -240,9 +248,12 @@ def open_store(name_or_path: str | Path, *, verify: bool = False, stage: str = "
 
 def _open_store(path: Path, name_or_path: str | Path, verify: bool, stage: str) -> DatasetStore:
     if not (path / "zarr.json").exists():
+        names = store_names()
+        known = f"; stores here: {', '.join(names)}" if names else ""
         raise SubsampleError(
             "store",
-            f"no data set store at {path}; run `subsample ingest SOURCE --name {name_or_path}` first",
+            f"no data set store at {path}{did_you_mean(str(name_or_path), names)}; "
+            f"run `subsample ingest SOURCE --name {name_or_path}` first{known}",
         )
     try:
         group = zarr.open_group(str(path), mode="r")

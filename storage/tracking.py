@@ -2,7 +2,10 @@
 
 The tracking store is :func:`storage.paths.mlflow_tracking_uri` (SQLite ``$SUBSAMPLE_HOME/mlflow.db``
 unless ``MLFLOW_TRACKING_URI`` is set) and artifacts go under :func:`storage.paths.mlflow_artifact_root`.
-One experiment per data set, ``subsample/<dataset>``. Everything goes through an explicit
+One experiment per data set, ``subsample/<dataset>``, created as a model-training experiment
+(MLflow 3's ``mlflow.experimentKind`` tag, :data:`EXPERIMENT_KIND`: without it the UI may open the
+experiment in its GenAI mode, on traces) with a shared view of its runs table showing the metrics
+that matter (:func:`runs_table_url`). Everything goes through an explicit
 ``MlflowClient`` (no ``mlflow.start_run`` global state), so a stage can log to a run it reopens
 after a restart. The first use of a fresh SQLite store creates its tables (measured ~1.3 s on the
 2-core development machine; ~0.5 s to open it afterwards, plus ~1.1 s to import mlflow). Two
@@ -32,6 +35,19 @@ TRAIN_KEY_TAG = "subsample.train_key"
 DATASET_TAG = "subsample.dataset"
 PARENT_RUN_TAG = "mlflow.parentRunId"  # what mlflow.start_run(nested=True) sets; the UI nests runs by it
 COPIED_FROM_TAG = "subsample.copied_from"
+# MLflow 3.17's UI reads the experiment's kind from this tag (mlflow/server/js: ExperimentKind
+# CUSTOM_MODEL_DEVELOPMENT = "custom_model_development", set through setExperimentTag with key
+# "mlflow.experimentKind"); model development opens on the runs table.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# A runs-table view stored in the experiment (the UI's "share view": tag mlflow.sharedViewState.<key>,
+# JSON of its view state, opened by ?viewStateShareKey=<key>). The UI's own default shows no
+# metric column and cannot be changed by the server; this view can, and the link opens it.
+VIEW_KEY = "subsample-runs"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+VIEW_PARAMS = ("batches.strategy", "batches.batch_size", "batches.seed", "train.preset")
+VIEW_METRICS = ("eval/fid10k_train", "eval/feature_kl10k_train", "eval/feature_kl2k_train", "feature_kl", "loss_d",
+                "loss_g", "eval/fid2k_train")
 _PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 _METRIC_BATCH = 1000
 _PARAM_MAX_CHARS = 6000
@@ -86,23 +102,74 @@ def experiment_name(dataset: str) -> str:
     return f"subsample/{dataset}"
 
 
+def runs_view_state() -> dict[str, Any]:
+    """The runs-table view stored in each experiment: strategy, B, seed, preset, epochs and the
+    training and evaluation metrics as columns (the UI's column keys: ``params.`name```)."""
+    columns = [f"params.`{p}`" for p in VIEW_PARAMS] + [f"metrics.`{m}`" for m in VIEW_METRICS]
+    return {"selectedColumns": columns, "columnOrder": columns, "runsHiddenMode": "SHOW_ALL",
+            "orderByKey": "attributes.start_time", "orderByAsc": False}
+
+
+VIEW_NAME = "subsample: strategy, B, seed, metrics"
+_VIEW_CREATED_MS = 1_767_225_600_000  # fixed (2026-01-01), so the tag's value never changes
+
+
+def experiment_tags() -> dict[str, str]:
+    """The kind tag and the runs view, as the UI saves a view: an envelope ``{name, createdAt,
+    updatedAt, state}`` whose ``state`` is the view state's JSON (mlflow/server/js: saved views,
+    tag prefix ``mlflow.sharedViewState.``); it is listed under the runs table's Views menu."""
+    import json
+
+    view = {"name": VIEW_NAME, "createdAt": _VIEW_CREATED_MS, "updatedAt": _VIEW_CREATED_MS,
+            "state": json.dumps(runs_view_state())}
+    return {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, VIEW_TAG: json.dumps(view)}
+
+
 def experiment_id(dataset: str, c: "MlflowClient | None" = None) -> str:
-    """The data set's experiment, created (with its artifact location under
-    ``mlflow_artifact_root()/subsample/<dataset>``) on first use."""
+    """The data set's experiment, created on first use with its artifact location under
+    ``mlflow_artifact_root()/subsample/<dataset>`` and :func:`experiment_tags` (an experiment made
+    before those tags existed gets them here)."""
     from mlflow.exceptions import MlflowException
 
     c = c or client()
     name = experiment_name(dataset)
     exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return c.create_experiment(name, artifact_location=f"{mlflow_artifact_root()}/{name}")
-    except MlflowException:  # created concurrently by another process
-        exp = c.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            return c.create_experiment(name, artifact_location=f"{mlflow_artifact_root()}/{name}", tags=experiment_tags())
+        except MlflowException:  # created concurrently by another process
+            exp = c.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    for k, v in experiment_tags().items():
+        if exp.tags.get(k) != v:
+            c.set_experiment_tag(exp.experiment_id, k, v)
+    return exp.experiment_id
+
+
+def experiment_url(experiment: str, ui: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI link to an experiment in its model-training mode. MLflow 3.17's UI takes the
+    mode from its sidebar switch (GenAI / Model training, remembered by the browser, GenAI until
+    switched) or from ``workflowType`` in the link, not from the experiment's kind tag."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+
+
+def runs_table_url(experiment: str, ui: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI link that opens an experiment's runs table with :func:`runs_view_state`'s columns."""
+    return f"{experiment_url(experiment, ui)}&viewStateShareKey={VIEW_KEY}"
+
+
+def print_runs_table_urls(ui: str = "http://127.0.0.1:5000") -> list[str]:
+    """One line per ``subsample/*`` experiment in the tracking store: its name and runs-table link
+    (``make mlflow-ui`` prints them before starting the UI)."""
+    c = client()
+    lines = []
+    for exp in c.search_experiments(filter_string="name LIKE 'subsample/%'"):
+        experiment_id(exp.name[len("subsample/"):], c)  # older experiments get the tags
+        lines.append(f"{exp.name}: {runs_table_url(exp.experiment_id, ui)}")
+    for line in lines:
+        print(line)
+    return lines
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -258,3 +325,9 @@ def run_tag(run_id: str, tag: str) -> str | None:
         return client().get_run(run_id).data.tags.get(tag)
     except MlflowException:
         return None
+
+
+if __name__ == "__main__":  # `python -m storage.tracking [UI URL]`: the runs-table links
+    import sys
+
+    print_runs_table_urls(*sys.argv[1:2])

@@ -64,6 +64,11 @@ def test_demo_deployment_runs_on_a_process_worker(tmp_path):
     try:
         server = start_server("127.0.0.1", port, env={k: v for k, v in env.items() if k != "PREFECT_API_URL"}, log=server_log)
         wait_healthy(url, timeout_s=120, proc=server)
+        # the UI calls the API on this port, not Prefect's default 4200
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui-settings", timeout=10) as r:
+            assert json.load(r)["api_url"] == url
 
         created = prefect("work-pool", "create", "subsample-process", "--type", "process")
         assert created.returncode == 0, created.stdout + created.stderr

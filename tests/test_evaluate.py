@@ -321,7 +321,7 @@ def test_offline_evaluation_says_so_in_one_line_and_keeps_feature_metrics(traine
 
     home, key, _ = trained
     monkeypatch.setenv("SUBSAMPLE_HOME", str(home))
-    assert cli(["evaluate", key, "--samples", "64", "--json"]) == 0  # default extractor: Inception
+    assert cli(["evaluate", key, "--samples", "64", "--fidelity", "--json"]) == 0  # default extractor: Inception
     out, err = capsys.readouterr()
     s = json.loads(out)  # exactly one JSON object on stdout
     lines = [x for x in err.splitlines() if "not available offline" in x]
@@ -332,6 +332,24 @@ def test_offline_evaluation_says_so_in_one_line_and_keeps_feature_metrics(traine
     assert "fid64_train" not in s["metrics"] and "is64" not in s["metrics"]
     assert np.isfinite(s["metrics"]["feature_kl64_train"]) and np.isfinite(s["metrics"]["sharpness_mean64"])
     assert offline == [offline[0]] and "weights-inception-2015-12-05" in offline[0]
+
+
+def test_evaluate_defaults_fit_the_device(monkeypatch, capsys):
+    """On a CPU, evaluate's defaults are 2,000 samples without Inception (one line says so); what
+    the user gives wins; on a GPU the full protocol (10,000 samples, IS/FID/KID)."""
+    import flows.config as fc
+
+    monkeypatch.setattr(fc, "cuda_available", lambda: False)
+    cfg = fc.resolve_evaluate_config({"samples": None, "fidelity": None, "seed": 0})
+    assert (cfg.samples, cfg.fidelity) == (2000, False)
+    note = capsys.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and note[0].startswith("evaluate: no GPU: 2,000 samples")
+    cfg = fc.resolve_evaluate_config({"samples": 500, "fidelity": True})
+    assert (cfg.samples, cfg.fidelity) == (500, True) and capsys.readouterr().err == ""  # nothing defaulted
+    monkeypatch.setattr(fc, "cuda_available", lambda: True)
+    cfg = fc.resolve_evaluate_config({"samples": None, "fidelity": None})
+    assert (cfg.samples, cfg.fidelity) == (10_000, True) and capsys.readouterr().err == ""
+    assert fc.resolve_evaluate_config({"device": "cpu"}).samples == 2000  # asked for the CPU: CPU-sized
 
 
 def test_no_fidelity_and_missing_run_from_the_cli(trained, monkeypatch, capsys):

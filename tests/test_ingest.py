@@ -110,13 +110,48 @@ def test_cifar_bin_folder_and_single_file(tmp_path):
     write_cifar_bin(src / "test_batch.bin", x[4:], y[4:])
     (src / "batches.meta.txt").write_text("airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n\n")
     (src / "readme.html").write_text("<html/>")
-    s = ingest(src, size=32)
+    s = ingest(src, size=32, split="all")
     imgs, labels = stored()
     assert np.array_equal(imgs, x) and np.array_equal(labels, y)
     assert (s["n_images"], s["n_quarantined"], s["source_format"], s["labels"]) == (7, 0, "cifar10-bin", True)
     assert open_store("t").attrs["class_names"][9] == "truck"
-    ingest(src / "test_batch.bin", name="one", size=32)
+    ingest(src / "test_batch.bin", name="one", size=32, split="test")
     assert np.array_equal(stored("one")[0], x[4:]) and np.array_equal(stored("one")[1], y[4:])
+
+
+def test_cifar_folders_ingest_the_training_batches_unless_asked(tmp_path):
+    """FID "vs train" must not include the test images: a CIFAR folder's test batch is read only
+    with --split test or all, and the store records which split it holds."""
+    x, y = rgb(7, 32, 32, seed=2), np.array([3, 1, 4, 1, 5, 9, 2])
+    binary = tmp_path / "cifar-10-batches-bin"
+    binary.mkdir()
+    write_cifar_bin(binary / "data_batch_1.bin", x[:2], y[:2])
+    write_cifar_bin(binary / "data_batch_2.bin", x[2:4], y[2:4])
+    write_cifar_bin(binary / "test_batch.bin", x[4:], y[4:])
+    python = tmp_path / "cifar-10-batches-py"
+    python.mkdir()
+    (python / "data_batch_1").write_bytes(cifar_py_batch(x[:4], y[:4]))
+    (python / "test_batch").write_bytes(cifar_py_batch(x[4:], y[4:]))
+    for src, fmt in ((binary, "cifar10-bin"), (python, "cifar10-python")):
+        s = ingest(src, name="train", size=32)
+        assert (s["n_images"], s["split"], s["source_format"]) == (4, "train", fmt)
+        assert np.array_equal(stored("train")[0], x[:4]) and np.array_equal(stored("train")[1], y[:4])
+        attrs = open_store("train").attrs
+        assert attrs["split"] == "train" and "test_batch" not in " ".join(attrs["split_files"])
+        s = ingest(src, name="test", size=32, split="test")
+        assert (s["n_images"], s["split"]) == (3, "test") and np.array_equal(stored("test")[0], x[4:])
+        assert ingest(src, name="all", size=32, split="all")["n_images"] == 7
+    # a test batch given alone is refused under the default split, with the fix in the message
+    with pytest.raises(SubsampleError, match=r"no CIFAR-10 train batch among test_batch\.bin; pass --split test"):
+        ingest(binary / "test_batch.bin", name="x", size=32)
+    np.savez(tmp_path / "a.npz", images=rgb(2))
+    with pytest.raises(SubsampleError, match=r"--split test applies to CIFAR-10 sources only"):
+        ingest(tmp_path / "a.npz", name="x", size=6, split="test")
+    # the embedded demo data (one .bin that is not a test batch) is training data
+    from flows.config import DEMO_SOURCE
+
+    s = ingest(DEMO_SOURCE, name="demo", size=32)
+    assert (s["n_images"], s["split"]) == (2000, "train")
 
 
 def test_cifar_bin_of_the_wrong_size_is_an_error_naming_the_file(tmp_path):
@@ -143,7 +178,7 @@ def test_cifar_python_batches_with_the_restricted_unpickler(tmp_path):
     (src / "data_batch_1").write_bytes(cifar_py_batch(x[:3], y[:3], numpy_core_alias=True))
     (src / "test_batch").write_bytes(cifar_py_batch(x[3:], y[3:]))
     (src / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"airplane", b"automobile"], b"num_vis": 3072}, protocol=2))
-    s = ingest(src, size=32)
+    s = ingest(src, size=32, split="all")
     imgs, labels = stored()
     assert np.array_equal(imgs, x) and np.array_equal(labels, y) and s["source_format"] == "cifar10-python"
     assert open_store("t").attrs["class_names"] == ["airplane", "automobile"]
