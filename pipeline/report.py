@@ -499,8 +499,10 @@ def answer_paragraph(summary: dict[str, Any], baseline: str = "random") -> str:
         g_kl = [c for c in gc if c["metric"] == "feature_kl"]
         word_b, phrase_b = _verdict(b_kl, s, baseline, unit_b)
         word_g, phrase_g = _verdict(g_kl, s, baseline, unit_g)
+        untrained = sum(c.get("not_learned", 0) for c in g_kl)
         if s == others[0]:
-            lead.append(_lead(s, baseline, word_b, word_g, bool(b_kl), bool(g_kl)))
+            lead.append(_lead(s, baseline, word_b, "untrained" if untrained else word_g, bool(b_kl), bool(g_kl),
+                              untrained))
         if b_kl:
             sentences.append(f"Batch level, {s} vs {baseline}: {BATCH_METRICS[0].label} (lower is better): {phrase_b} "
                              f"({'; '.join(_clause(c, False) for c in b_kl)}).")
@@ -525,7 +527,7 @@ def answer_paragraph(summary: dict[str, Any], baseline: str = "random") -> str:
     return " ".join(["**Answer.** " + " ".join(lead)] + sentences)
 
 
-def _lead(s: str, base: str, word_b: str, word_g: str, have_b: bool, have_g: bool) -> str:
+def _lead(s: str, base: str, word_b: str, word_g: str, have_b: bool, have_g: bool, untrained: int = 0) -> str:
     """The answer in one sentence: batch level, then generator level."""
     b = {"better": f"yes, {s} batches are closer to the data set's feature distribution than {base} ones",
          "worse": f"no, {s} batches are further from the data set's feature distribution than {base} ones",
@@ -536,6 +538,7 @@ def _lead(s: str, base: str, word_b: str, word_g: str, have_b: bool, have_g: boo
          "worse": f"no, generators trained on {s} batches reach a higher (worse) feature KL than on {base} ones",
          "within": "no, the generators' feature KL does not differ beyond the seed spread",
          "mixed": "it depends on the setting",
+         "untrained": f"no verdict: {untrained} of the generators compared did not learn",
          "unknown": "too few seeds to say"}[word_g] if have_g else "no generator metric to compare"
     return (f"Do {s} batches help? At the batch level, {b}; at the generator level, {g} "
             "(details below; KL and FID: lower is better).")
@@ -629,7 +632,7 @@ def _suptitle(fig, text: str) -> None:
     """A figure title wrapped to the figure's width (a narrow grid would clip it)."""
     import textwrap
 
-    fig.suptitle(textwrap.fill(text, max(int(fig.get_figwidth() * 11), 30)), fontsize=10)
+    fig.suptitle(textwrap.fill(text, max(int(fig.get_figwidth() * 9), 30)), fontsize=12)
 
 
 @contextmanager
@@ -668,7 +671,7 @@ def _curves(data: ReportData, key_of, title: str, ylabel: str, path: Path) -> bo
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(len(presets), len(sizes), figsize=(max(3.6 * len(sizes), 5.5), 2.8 * len(presets) + 0.5),
+    fig, axes = plt.subplots(len(presets), len(sizes), figsize=(max(4.8 * len(sizes), 8.0), 3.4 * len(presets) + 0.8),
                              squeeze=False, sharex=False)
     for i, p in enumerate(presets):
         for j, b in enumerate(sizes):
@@ -704,7 +707,7 @@ def _vs_batch_size(summary: dict[str, Any], path: Path) -> bool:
         return False
     plt = _plt()
     presets, sizes = summary["presets"], summary["batch_sizes"]
-    fig, axes = plt.subplots(len(presets), len(specs), figsize=(max(3.8 * len(specs), 5.5), 2.8 * len(presets) + 0.5),
+    fig, axes = plt.subplots(len(presets), len(specs), figsize=(max(4.8 * len(specs), 8.0), 3.4 * len(presets) + 0.8),
                              squeeze=False)
     xs = np.arange(len(sizes))
     for i, p in enumerate(presets):
@@ -739,11 +742,14 @@ def _montage(tiles: list[list[Optional[Path]]], row_labels: list[str], col_label
     plt = _plt()
     rows, cols = len(tiles), len(tiles[0])
     images = [[np.asarray(Image.open(t).convert("RGB")) if t is not None else None for t in row] for row in tiles]
-    # tiles at (about) their native pixels, so small sample images stay legible
-    w = max(max((im.shape[1] for row in images for im in row if im is not None), default=240) / 100, 2.0)
-    h = max(max((im.shape[0] for row in images for im in row if im is not None), default=240) / 100, 2.0)
-    fig, axes = plt.subplots(rows, cols, figsize=(max((w + 0.3) * cols + 0.5, 5.5), (h + 0.4) * rows + 0.7),
-                             squeeze=False)
+    # tiles at their native pixels (the stages' grids are >= 512 px wide and titled); each row as tall
+    # and each column as wide as its largest tile, so a short tile leaves no gap
+    heights = [max((im.shape[0] for im in row if im is not None), default=120) / 100 for row in images]
+    widths = [max((images[i][j].shape[1] for i in range(rows) if images[i][j] is not None), default=240) / 100
+              for j in range(cols)]
+    fig, axes = plt.subplots(rows, cols, squeeze=False,
+                             figsize=(max(sum(widths) + 0.3 * cols + 0.6, 6.0), sum(heights) + 0.45 * rows + 0.8),
+                             gridspec_kw={"height_ratios": heights, "width_ratios": widths})
     for i in range(rows):
         for j in range(cols):
             ax = axes[i][j]
@@ -752,12 +758,12 @@ def _montage(tiles: list[list[Optional[Path]]], row_labels: list[str], col_label
             if images[i][j] is not None:
                 ax.imshow(images[i][j], interpolation="nearest")
             else:
-                ax.text(0.5, 0.5, "no image", ha="center", va="center", fontsize=8, transform=ax.transAxes)
+                ax.text(0.5, 0.5, "no image", ha="center", va="center", fontsize=10, transform=ax.transAxes)
             label = col_labels[j] if isinstance(col_labels[j], str) else col_labels[j][i]
             if i == 0 or not isinstance(col_labels[j], str):
-                ax.set_title(label, fontsize=8)
+                ax.set_title(label, fontsize=11)
             if j == 0:
-                ax.set_ylabel(row_labels[i], fontsize=9)
+                ax.set_ylabel(row_labels[i], fontsize=11)
     _suptitle(fig, title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

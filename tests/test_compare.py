@@ -356,6 +356,7 @@ def test_generators_that_did_not_move_from_their_untrained_value_are_flagged():
     assert {(r["strategy"], r["batch_size"], r["seed"]) for r in learning["not_moved"]} == {
         ("constructed", 500, 2), ("random", 500, 0)}
     assert [(r["strategy"], r["batch_size"], r["seed"]) for r in learning["unknown"]] == [("random", 128, 0)]
+    assert "at the generator level, no verdict: 2 of the generators compared did not learn" in summary["answer"]
     assert "**2 of 12 did not learn**" in summary["answer"] and "1 run(s) have no epoch-0 record" in summary["answer"]
     assert "2 of the runs compared did not learn, so this is no verdict" in summary["answer"]
     (c500,) = [c for c in summary["comparisons"] if c["batch_size"] == 500]
