@@ -747,7 +747,7 @@ def _montage(tiles: list[list[Optional[Path]]], row_labels: list[str], col_label
     heights = [max((im.shape[0] for im in row if im is not None), default=120) / 100 for row in images]
     widths = [max((images[i][j].shape[1] for i in range(rows) if images[i][j] is not None), default=240) / 100
               for j in range(cols)]
-    fig, axes = plt.subplots(rows, cols, squeeze=False,
+    fig, axes = plt.subplots(rows, cols, squeeze=False, layout="constrained",  # room for the title and labels
                              figsize=(max(sum(widths) + 0.3 * cols + 0.6, 6.0), sum(heights) + 0.45 * rows + 0.8),
                              gridspec_kw={"height_ratios": heights, "width_ratios": widths})
     for i in range(rows):
@@ -765,7 +765,6 @@ def _montage(tiles: list[list[Optional[Path]]], row_labels: list[str], col_label
             if j == 0:
                 ax.set_ylabel(row_labels[i], fontsize=11)
     _suptitle(fig, title)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True

@@ -397,8 +397,8 @@ def loss_figure(history: dict, title: str = "") -> Any:
     saturated = [e for e, v in zip(x, js) if v >= JS_SATURATED * JS_MAX]
     if saturated:  # said on the plot: a flat JS near ln 2 is "no overlap", not "no change"
         which = "every epoch" if len(saturated) == len(js) else f"{len(saturated)} of {len(js)} epochs"
-        ax3.set_title(f"feature JS(f_G, f_X), fixed z (lower is better)\nJS saturated near ln 2 in {which}: "
-                      "histograms barely overlap, use KL", fontsize=10, color="darkred")
+        ax3.set_title(f"feature JS(f_G, f_X), fixed z (lower is better)\nsaturated near ln 2 in {which} "
+                      "(no overlap: see KL)", fontsize=10, color="darkred")
     for ax in (ax2, ax3):
         ax.set_xlabel("epoch" + (" (0 = untrained)" if history.get("initial") else ""))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

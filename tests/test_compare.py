@@ -217,6 +217,10 @@ def test_compare_config_validation_names_the_field():
     assert smoke.scale == "smoke" and all(b <= 2000 for b in smoke.grid_batch_sizes)
     rc = smoke.cell_run_config(smoke.cells()[0])
     assert rc.train.ngf == 8 and rc.train.track and rc.evaluate.fidelity is False
+    cpu = CompareConfig(scale="cpu")  # the scale whose generators learn on a CPU (docs/compare.md)
+    assert len(cpu.cells()) == 3 * 2 * 1 * 3 and max(cpu.grid_batch_sizes) <= 2000
+    rc = cpu.cell_run_config(cpu.cells()[-1])
+    assert (rc.train.ngf, rc.train.epochs, rc.train.lr_d, rc.evaluate.samples, rc.evaluate.fidelity) == (16, 40, 2e-3, 2000, False)
 
     for fields, overrides, match in [
         ({"seeds": 2}, [], "seeds"),
