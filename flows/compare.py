@@ -13,8 +13,9 @@ other exception stops the flow (the same bug would fail every cell), with the pa
 ``FAILED`` and a report of the cells done so far.
 
 ``scale`` picks the grid defaults and the settings laid over every preset
-(:data:`pipeline.compare.SCALES`): ``smoke`` (tiny models, minutes on a CPU) or ``paper`` (the
-paper's epochs and sizes, for a GPU machine).
+(:data:`pipeline.compare.SCALES`): ``smoke`` (tiny models, minutes on a CPU: checks the machinery),
+``cpu`` (small models that learn, about 10 minutes on a 2-core CPU) or ``paper`` (the paper's epochs
+and sizes, for a GPU machine).
 """
 from __future__ import annotations
 
@@ -46,7 +47,9 @@ class CompareConfig(BaseModel):
 
     dataset: str = Field("demo", description="data set name; its store is $SUBSAMPLE_HOME/datasets/<dataset>.zarr")
     source: Optional[str] = Field(None, description="source path; default: $SUBSAMPLE_<DATASET>_SOURCE, or the embedded data for 'demo'")
-    scale: Literal["smoke", "paper"] = Field("smoke", description="smoke: tiny models, minutes on a CPU; paper: the paper's settings, for a GPU")
+    scale: Literal["smoke", "cpu", "paper"] = Field(
+        "smoke", description="smoke: tiny models, minutes on a CPU, checks the machinery; cpu: small models that learn, "
+        "about 10 minutes on a CPU; paper: the paper's settings, for a GPU")
     strategies: tuple[str, ...] = Field(STRATEGIES, description="batch strategies (pipeline.batches.STRATEGIES)")
     batch_sizes: Optional[tuple[int, ...]] = Field(None, description="batch sizes B; None = the scale's")
     presets: Optional[tuple[str, ...]] = Field(None, description="training presets (`subsample presets`); None = the scale's")
@@ -230,7 +233,7 @@ def _check_batch_sizes(cfg: CompareConfig) -> None:
 def compare_strategies(
     dataset: str = "demo",
     source: Optional[str] = None,
-    scale: Literal["smoke", "paper"] = "smoke",
+    scale: Literal["smoke", "cpu", "paper"] = "smoke",
     strategies: Optional[list[str]] = None,
     batch_sizes: Optional[list[int]] = None,
     presets: Optional[list[str]] = None,

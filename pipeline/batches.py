@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from storage.store import DatasetStore
 
 STAGE = "batches"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: never_drawn.png titled, >= 512 px wide
 FILL_MODES = ("topk", "coverage")
 GRID_MAX_IMAGES = 64
 
@@ -549,7 +549,8 @@ def run_batches(
         }
         (builder.path / "diagnostics.json").write_text(json.dumps(diag, indent=1))
         (builder.path / "diagnostics.md").write_text(diagnostics_markdown(cfg, m, n, per_epoch, kl))
-        write_never_drawn_grid(store, never0, builder.path / "never_drawn.png")
+        write_never_drawn_grid(store, never0, builder.path / "never_drawn.png",
+                               title=f"{dataset} · never drawn · {cfg.strategy} B={cfg.batch_size} · batches seed {cfg.seed}")
         builder.summary = {
             "stage": STAGE, "dataset": dataset, "key": key, "path": str(builder.final_path),
             "cache_hit": False, "seconds": 0.0, "strategy": cfg.strategy, "batch_size": cfg.batch_size,
@@ -584,26 +585,23 @@ def diagnostics_markdown(
     return head + "\n".join(rows) + f"\n\nRandom batches would cover (n - n mod B)/n = {(n - n % cfg.batch_size) / n:.4f} (Eq. 5).\n"
 
 
-def write_never_drawn_grid(store: "DatasetStore", indices: np.ndarray, path: Path, nrow: int = 8) -> None:
-    """An image grid of (up to 64 of) the never-drawn images, read from the store by index, with a
-    caption line saying how many there are (PIL only: no torch import for a picture)."""
-    from PIL import Image, ImageDraw
+def write_never_drawn_grid(store: "DatasetStore", indices: np.ndarray, path: Path, nrow: int = 8,
+                          title: str = "") -> None:
+    """An image grid of (up to 64 of) the never-drawn images, read from the store by index, under a
+    title (``title``: data set, strategy, B, seed) and a line saying how many there are
+    (``pipeline.pictures``: at least 512 px wide; PIL only, no torch import for a picture)."""
+    from PIL import Image
+
+    from pipeline.pictures import MIN_WIDTH, save, titled, titled_grid
 
     shown = np.asarray(indices[:GRID_MAX_IMAGES], dtype=np.int64)
-    caption = f"{len(indices)} image(s) never drawn in epoch 0" + (
+    count = f"{len(indices)} of {store.n} images never drawn in the first epoch of batches" + (
         f" (first {len(shown)} shown)" if len(indices) > len(shown) else ""
     )
-    pad, size = 2, store.size
-    scale = max(1, -(-32 // size))  # small images: scale up so the grid is readable
-    cell = size * scale + pad
-    rows = -(-len(shown) // nrow)
-    body = Image.new("RGB", (nrow * cell + pad, max(rows * cell + pad, 8)), "white")
+    title = title or f"{store.name}: images no batch drew"
     if len(shown):
-        for k, img in enumerate(np.asarray(store.images.get_orthogonal_selection((shown,)))):
-            tile = Image.fromarray(img).resize((size * scale, size * scale), Image.NEAREST)
-            body.paste(tile, (pad + (k % nrow) * cell, pad + (k // nrow) * cell))
-    text_width = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(caption)) + 8
-    canvas = Image.new("RGB", (max(body.width, text_width), body.height + 16), "white")
-    ImageDraw.Draw(canvas).text((4, 2), caption, fill="black")
-    canvas.paste(body, (0, 16))
-    canvas.save(path)
+        images = np.asarray(store.images.get_orthogonal_selection((shown,)))
+        picture = titled_grid(images, title, columns=nrow, lines=[count], background=255)
+    else:
+        picture = titled(Image.new("RGB", (MIN_WIDTH, 40), "white"), title, lines=[count + ": every image was drawn"])
+    save(picture, path)

@@ -367,9 +367,9 @@ def _split_list(values: list[str]) -> Optional[list[str]]:
 def compare_cmd(
     dataset: str = typer.Option("demo", "--dataset", "-d", help="data set name (known: demo, celeba, cifar10, anime-faces, mnist)"),
     source: Optional[str] = typer.Option(None, "--source", help="source path (default: $SUBSAMPLE_<DATASET>_SOURCE; demo: the embedded data)"),
-    scale: str = typer.Option("smoke", "--scale", help="smoke: tiny models, minutes on a CPU; paper: the paper's settings (a GPU machine)"),
+    scale: str = typer.Option("smoke", "--scale", help="smoke: tiny models, minutes on a CPU (checks the machinery); cpu: small models that learn, about 10 min on a 2-core CPU; paper: the paper's settings (a GPU machine)"),
     strategies: list[str] = typer.Option([], "--strategies", help="batch strategies (default: random, constructed, dealt); repeat or comma-separate"),
-    batch_sizes: list[str] = typer.Option([], "--batch-sizes", help="batch sizes (default: the scale's; smoke 128,1000, paper 128,512,1024,2000)"),
+    batch_sizes: list[str] = typer.Option([], "--batch-sizes", help="batch sizes (default: the scale's; smoke 128,1000, cpu 128,500, paper 128,512,1024,2000)"),
     presets: list[str] = typer.Option([], "--presets", help="training presets (default: the scale's; `subsample presets` lists them)"),
     seeds: int = typer.Option(3, "--seeds", help="seeds per configuration (at least 3)"),
     overrides: list[str] = typer.Option([], "--set", metavar="SECTION.FIELD=VALUE", help="e.g. --set train.epochs=2 --set evaluate.samples=1000 --set tables.bins=[16,16]"),

@@ -63,6 +63,18 @@ SCALES: dict[str, Scale] = {
         evaluate={"samples": 500, "grid": 16, "fidelity": False},
         diagnostic_epochs=2,
     ),
+    "cpu": Scale(
+        "cpu",
+        "small DCGANs (ngf=ndf=16, lr 2e-3) for 40 epochs on the demo's 2,000 images, feature metrics only: "
+        "generators that learn (their feature KL falls from the untrained value), about 10 minutes on a 2-core CPU",
+        # chosen by measurement on the demo data (docs/compare.md, "The cpu scale"): B = 128 and 500 (500 divides
+        # 2,000, so random batches cover every image); one recipe (the paper's DCGAN and Adam beta1 0.5, its lr 2e-3)
+        batch_sizes=(128, 500),
+        presets=("paper-constructed",),
+        train={"ngf": 16, "ndf": 16, "lr_g": 2e-3, "lr_d": 2e-3, "epochs": 40, "sample_grid": 64, "kl_samples": 1000},
+        evaluate={"samples": 2000, "grid": 64, "fidelity": False},
+        diagnostic_epochs=3,
+    ),
     "paper": Scale(
         "paper",
         "the paper's models, epochs and batch sizes (spec §6), IS/FID/KID on 10,000 samples: for a GPU machine",

@@ -54,7 +54,7 @@ from storage.locks import owner_tag
 from storage.paths import home, inside_home, is_train_key, redact_uri
 
 STAGE = "evaluate"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: samples.png titled, >= 512 px wide
 INCEPTION = "inception-v3-compat"
 
 
@@ -162,15 +162,18 @@ def generate_images(
 
 def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
     """uint8 ``(k, S, S, 3)`` -> one uint8 grid image, 2-pixel black gutters."""
-    k, s = len(images), images.shape[1]
-    cols = columns or int(np.ceil(np.sqrt(k)))
-    rows = int(np.ceil(k / cols))
-    pad = 2
-    grid = np.zeros((rows * (s + pad) + pad, cols * (s + pad) + pad, 3), np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        grid[pad + r * (s + pad) : pad + r * (s + pad) + s, pad + c * (s + pad) : pad + c * (s + pad) + s] = img
-    return grid
+    from pipeline.pictures import grid_array
+
+    return grid_array(images, columns)
+
+
+def samples_title(info: dict, epochs: Any) -> str:
+    """What ``samples.png`` shows: data set, preset, strategy, B, seed and epoch of the generator."""
+    from pipeline.pictures import run_title
+
+    train, batches = info.get("train") or {}, info.get("batches") or {}
+    return run_title(info.get("dataset"), train.get("preset"), batches.get("strategy"), batches.get("batch_size"),
+                     train.get("seed"), int(epochs) if epochs else None)
 
 
 # --- feature-extractor weights ---------------------------------------------------------------------
@@ -715,9 +718,11 @@ def run_evaluate(run: str, cfg: EvaluateConfig, *, refresh: bool = False, progre
         (b.path / "metrics.json").write_text(json.dumps({**base, **result}, indent=2))
         files = [b.path / "metrics.json"]
         if cfg.grid:
-            from PIL import Image
+            from pipeline.pictures import save, titled_grid
 
-            Image.fromarray(image_grid(images[: cfg.grid])).save(b.path / "samples.png")
+            save(titled_grid(images[: cfg.grid], samples_title(info, train.summary.get("epochs")),
+                             lines=[f"{min(cfg.grid, len(images))} of the {cfg.samples} evaluated samples (z seed {cfg.seed})"]),
+                 b.path / "samples.png")
             files.append(b.path / "samples.png")
         b.summary = {**base, **result, "timing": timing, "metrics_log": str(log_path)}
         final_files = [artifact_path(STAGE, key) / f.name for f in files]  # where they land after the rename

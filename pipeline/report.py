@@ -31,6 +31,7 @@ import math
 import os
 import re
 import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,7 +144,7 @@ class ReportData:
         return sorted(out, key=lambda m: m.cell.seed)
 
 
-HISTORY_KEYS = ("feature_kl", "batches/coverage")
+HISTORY_KEYS = ("feature_kl", "feature_js", "loss_d", "loss_g", "batches/coverage")
 
 
 def collect(parent_run_id: str) -> ReportData:
@@ -221,7 +222,9 @@ def compare_to_baseline(a: list[float], b: list[float], lower_is_better: bool) -
     out.update(diff=diff, pooled_sd=pooled, exceeds=abs(diff) > SPREAD_FACTOR * pooled,
                better=(diff < 0) == lower_is_better if diff != 0 else None)
     if pooled > 0:
-        res = stats.ttest_ind(a, b, equal_var=False)
+        with warnings.catch_warnings():  # one side without spread (random batches' coverage): still a valid test
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = stats.ttest_ind(a, b, equal_var=False)
         out.update(t=float(res.statistic), p=float(res.pvalue))
     return out
 
@@ -311,7 +314,8 @@ def summarise(data: ReportData) -> dict[str, Any]:
         section: {k[len(section) + 1:]: v for k, v in data.params.items() if k.startswith(section + ".")}
         for section in ("scale_train", "train", "scale_evaluate", "evaluate")
     }
-    return {
+    learning = learning_check(data)
+    out = {
         "settings": settings,
         "parent_run_id": data.parent_run_id, "run_name": data.run_name, "status": data.status,
         "dataset": data.dataset, "scale": data.scale, "n_images": n, "experiment_id": data.experiment_id,
@@ -319,7 +323,253 @@ def summarise(data: ReportData) -> dict[str, Any]:
         "runs": len(data.members), "runs_ok": len(data.select()),
         "coverage": coverage, "coverage_eq5": {str(b): (n - n % b) / n for b in sizes} if n else {},
         "kl": kl, "configurations": configurations, "comparisons": comparisons,
+        "batch_comparisons": batch_comparisons(data), "learning": learning,
+        "missing_metrics": missing_metrics(configurations),
     }
+    for c in comparisons:  # a comparison of generators that did not learn says so
+        c["not_learned"] = learning["not_moved_by_setting"].get(f"{c['preset']}|{c['batch_size']}|{c['strategy']}", 0) \
+            + learning["not_moved_by_setting"].get(f"{c['preset']}|{c['batch_size']}|{c['baseline']}", 0)
+        if c["not_learned"]:
+            c["sentence"] += (f" Caution: {c['not_learned']} of these runs did not learn (feature KL within "
+                              f"{MOVE_TOLERANCE:.0%} of its untrained value).")
+    out["answer"] = answer_paragraph(out)
+    return out
+
+
+# --- did the generators learn? ------------------------------------------------------------------------
+
+MOVE_TOLERANCE = 0.05  # "did not move": last-epoch feature KL within 5 % of the untrained (epoch-0) value
+
+
+def _first_last(history: list[tuple[int, float]], skip_zero: bool = False) -> tuple[Any, Any, Any]:
+    """(first value, last value, last step) of a metric history."""
+    pts = [(st, v) for st, v in history if not (skip_zero and st == 0)]
+    return (pts[0][1], pts[-1][1], pts[-1][0]) if pts else (None, None, None)
+
+
+def learning_check(data: ReportData) -> dict[str, Any]:
+    """Whether each finished run's generator moved from its untrained state: the training's feature
+    KL at epoch 0 (logged before the first step) against its last epoch, with the first and last
+    epochs' D and G losses. A run without an epoch-0 record (trained by older code) is "unknown"."""
+    runs = []
+    for m in sorted(data.select(), key=lambda m: (m.cell.preset, m.cell.batch_size, m.cell.strategy, m.cell.seed)):
+        kl = dict(m.history.get("feature_kl", []))
+        initial = kl.get(0)
+        _, last, last_epoch = _first_last(m.history.get("feature_kl", []), skip_zero=True)
+        moved = None if initial is None or last is None else abs(last - initial) > MOVE_TOLERANCE * abs(initial)
+        d0, d1, _ = _first_last(m.history.get("loss_d", []), skip_zero=True)
+        g0, g1, _ = _first_last(m.history.get("loss_g", []), skip_zero=True)
+        runs.append({"run_id": m.run_id, "configuration": m.cell.configuration, "preset": m.cell.preset,
+                     "batch_size": m.cell.batch_size, "strategy": m.cell.strategy, "seed": m.cell.seed,
+                     "feature_kl_initial": initial, "feature_kl_last": last, "last_epoch": last_epoch, "moved": moved,
+                     "loss_d_first": d0, "loss_d_last": d1, "loss_g_first": g0, "loss_g_last": g1})
+    not_moved = [r for r in runs if r["moved"] is False]
+    by_setting: dict[str, int] = {}
+    for r in not_moved:
+        k = f"{r['preset']}|{r['batch_size']}|{r['strategy']}"
+        by_setting[k] = by_setting.get(k, 0) + 1
+    return {"tolerance": MOVE_TOLERANCE, "runs": runs, "not_moved": not_moved,
+            "unknown": [r for r in runs if r["moved"] is None], "not_moved_by_setting": by_setting}
+
+
+def learning_sentence(learning: dict[str, Any]) -> str:
+    """One sentence: did every generator move from its untrained feature KL?"""
+    runs, bad, unknown = learning["runs"], learning["not_moved"], learning["unknown"]
+    if not runs:
+        return "No finished run: nothing learned."
+    known = [r for r in runs if r["moved"] is not None]
+    tol = f"{learning['tolerance']:.0%}"
+    parts = []
+    if known:
+        init = sorted({round(r["feature_kl_initial"], 3) for r in known})
+        init_txt = fmt(init[0], 3) if len(init) == 1 else f"{fmt(init[0], 3)}–{fmt(init[-1], 3)}"
+        moved = [r for r in known if r["moved"]]
+        if moved:
+            lo, hi = min(r["feature_kl_last"] for r in moved), max(r["feature_kl_last"] for r in moved)
+            epochs = sorted({r["last_epoch"] for r in moved})
+            ep = f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {epochs[0]}–{epochs[-1]}"
+            parts.append(f"{len(moved)} of {len(runs)} generators learned: their training feature KL (lower is "
+                         f"better) went from {init_txt} untrained (epoch 0) to {fmt(lo, 3)}–{fmt(hi, 3)} at {ep}")
+        if bad:
+            parts.append(f"**{len(bad)} of {len(runs)} did not learn**: their feature KL stayed within {tol} of the "
+                         f"untrained value ({init_txt}), so their numbers describe untrained generators "
+                         f"({'; '.join(_run_label(r) for r in bad[:6])}{'; …' if len(bad) > 6 else ''})")
+    if unknown:
+        parts.append(f"{len(unknown)} run(s) have no epoch-0 record (trained before it was logged): not judged")
+    return "; ".join(parts) + "."
+
+
+def _compact(m: dict[str, Any]) -> str:
+    """``1.23 ± 0.05``: mean and seed s.d. to 3 digits (no s.d. when it is 0 or unknown)."""
+    if not m["n"]:
+        return "–"
+    return fmt(m["mean"], 3) + (f" ± {fmt(m['sd'], 2)}" if m["sd"] else "")
+
+
+def _run_label(r: dict[str, Any]) -> str:
+    return (f"{r['configuration']} seed {r['seed']}: feature KL {fmt(r['feature_kl_initial'], 3)} untrained, "
+            f"{fmt(r['feature_kl_last'], 3)} at epoch {r['last_epoch']}")
+
+
+# --- batch level: each strategy's batches against random ones -------------------------------------------
+
+BATCH_METRICS = (
+    MetricSpec("batch_kl", "KL(f_Xi || f_X) of a batch to the data set", r"^batches/kl_mean$", True, "batches"),
+    MetricSpec("coverage", "coverage per epoch", r"^batches/coverage_mean$", False, "batches"),
+)
+BATCH_KEYS = {"batch_kl": "batches/kl_mean", "coverage": "batches/coverage_mean"}
+
+
+def batch_comparisons(data: ReportData, baseline: str = "random") -> list[dict[str, Any]]:
+    """Per batch size, each strategy's batches against ``baseline``'s over the batches seeds: the
+    mean KL(f_Xi || f_X) over an epoch's batches (lower is better) and the coverage per epoch
+    (higher is better). Batches do not depend on the preset: one value per (strategy, B, seed)."""
+    strategies, sizes, _, _ = data.axes()
+    out = []
+    for b in sizes:
+        base = {m.cell.seed: m for m in data.select(strategy=baseline, batch_size=b)}
+        for s in strategies:
+            if s == baseline or not base:
+                continue
+            runs = {m.cell.seed: m for m in data.select(strategy=s, batch_size=b)}
+            for spec in BATCH_METRICS:
+                key = BATCH_KEYS[spec.name]
+                a = [m.metrics[key] for m in runs.values() if key in m.metrics]
+                r = [m.metrics[key] for m in base.values() if key in m.metrics]
+                if not a or not r:
+                    continue
+                res = compare_to_baseline(a, r, spec.lower_is_better)
+                out.append({"batch_size": b, "strategy": s, "baseline": baseline, "metric": spec.name,
+                            "label": spec.label, "lower_is_better": spec.lower_is_better, **res,
+                            "sentence": comparison_sentence(s, baseline, spec, b, "", res)})
+    return out
+
+
+# --- the first paragraph: the answer ------------------------------------------------------------------------
+
+
+def _clause(c: dict[str, Any], with_preset: bool) -> str:
+    """``0.05 vs 0.29 at B=128 (constructed better)``: both means, where, and which is better."""
+    where = f"B={c['batch_size']}" + (f", {c['preset']}" if with_preset and c.get("preset") else "")
+    if c["diff"] is None:
+        return f"{where}: too few seeds"
+    if c["diff"] == 0:
+        return f"{fmt(c['a']['mean'], 3)} for both at {where}"
+    ahead = c["strategy"] if c["better"] else c["baseline"]
+    spread = "" if c["exceeds"] else ", within the spread"
+    return f"{fmt(c['a']['mean'], 3)} vs {fmt(c['b']['mean'], 3)} at {where} ({ahead} better{spread})"
+
+
+def _verdict(comps: list[dict[str, Any]], s: str, base: str, unit: str) -> tuple[str, str]:
+    """(a short verdict word, a phrase) for one metric's comparisons of ``s`` with ``base``."""
+    judged = [c for c in comps if c["diff"] is not None]
+    better = [c for c in judged if c["exceeds"] and c["better"]]
+    worse = [c for c in judged if c["exceeds"] and c["better"] is False]
+    n = len(judged)
+    every = f"at every {unit}" if n > 1 else f"at this {unit}"
+    if not judged:
+        return "unknown", "too few seeds to judge"
+    if len(better) == n:
+        return "better", f"{s} better than {base}, beyond the seed spread {every}"
+    if len(worse) == n:
+        return "worse", f"{s} worse than {base}, beyond the seed spread {every}"
+    if not better and not worse:
+        return "within", f"no difference between {s} and {base} exceeds the seed spread"
+    within = n - len(better) - len(worse)
+    return "mixed", (f"mixed: {s} better beyond the seed spread at {len(better)}, worse at {len(worse)} and within "
+                     f"the spread at {within} of {n} {unit}s")
+
+
+def answer_paragraph(summary: dict[str, Any], baseline: str = "random") -> str:
+    """The report's first paragraph: do the constructed (and other) batches help compared with
+    random ones, at the batch level (batch KL, coverage) and at the generator level (feature KL,
+    FID, ...), with the direction of every number and whether it exceeds the seed spread."""
+    others = [s for s in summary["strategies"] if s != baseline]
+    others.sort(key=lambda s: s != "constructed")  # the paper's strategy first
+    if baseline not in summary["strategies"] or not others:
+        return (f"**The question this comparison exists for** (do constructed batches help compared with {baseline} "
+                f"ones?) **cannot be answered here**: the grid needs the {baseline} baseline and at least one other "
+                "strategy.")
+    multi_preset = len(summary["presets"]) > 1
+    unit_b = "batch size"
+    unit_g = "configuration" if multi_preset else "batch size"
+    sentences = []
+    lead = []
+    for s in others:
+        bc = [c for c in summary["batch_comparisons"] if c["strategy"] == s]
+        gc = [c for c in summary["comparisons"] if c["strategy"] == s]
+        b_kl = [c for c in bc if c["metric"] == "batch_kl"]
+        b_cov = [c for c in bc if c["metric"] == "coverage"]
+        g_kl = [c for c in gc if c["metric"] == "feature_kl"]
+        word_b, phrase_b = _verdict(b_kl, s, baseline, unit_b)
+        word_g, phrase_g = _verdict(g_kl, s, baseline, unit_g)
+        untrained = sum(c.get("not_learned", 0) for c in g_kl)
+        if s == others[0]:
+            lead.append(_lead(s, baseline, word_b, "untrained" if untrained else word_g, bool(b_kl), bool(g_kl),
+                              untrained))
+        if b_kl:
+            sentences.append(f"Batch level, {s} vs {baseline}: {BATCH_METRICS[0].label} (lower is better): {phrase_b} "
+                             f"({'; '.join(_clause(c, False) for c in b_kl)}).")
+        if b_cov:
+            _, phrase = _verdict(b_cov, s, baseline, unit_b)
+            sentences.append(f"Coverage per epoch (higher is better): {phrase} "
+                             f"({'; '.join(_clause(c, False) for c in b_cov)}).")
+        for spec in EVAL_METRICS:
+            cs = [c for c in gc if c["metric"] == spec.name]
+            if not cs:
+                continue
+            _, phrase = _verdict(cs, s, baseline, unit_g)
+            caution = sum(c.get("not_learned", 0) for c in cs)
+            sentences.append(f"Generator level, {s} vs {baseline}: final {spec.label} ({direction(spec)}): {phrase} "
+                             f"({'; '.join(_clause(c, multi_preset) for c in cs)})"
+                             + (f"; {caution} of the runs compared did not learn, so this is no verdict" if caution else "")
+                             + ".")
+    missing = summary.get("missing_metrics") or {}
+    if missing:
+        sentences.append(missing_sentence(missing))
+    sentences.append(learning_sentence(summary["learning"]))
+    return " ".join(["**Answer.** " + " ".join(lead)] + sentences)
+
+
+def _lead(s: str, base: str, word_b: str, word_g: str, have_b: bool, have_g: bool, untrained: int = 0) -> str:
+    """The answer in one sentence: batch level, then generator level."""
+    b = {"better": f"yes, {s} batches are closer to the data set's feature distribution than {base} ones",
+         "worse": f"no, {s} batches are further from the data set's feature distribution than {base} ones",
+         "within": f"no difference beyond the seed spread between {s} and {base} batches",
+         "mixed": "it depends on the batch size",
+         "unknown": "too few seeds to say"}[word_b] if have_b else "no batch diagnostics were recorded"
+    g = {"better": f"yes, generators trained on {s} batches reach a lower feature KL than on {base} ones",
+         "worse": f"no, generators trained on {s} batches reach a higher (worse) feature KL than on {base} ones",
+         "within": "no, the generators' feature KL does not differ beyond the seed spread",
+         "mixed": "it depends on the setting",
+         "untrained": f"no verdict: {untrained} of the generators compared did not learn",
+         "unknown": "too few seeds to say"}[word_g] if have_g else "no generator metric to compare"
+    return (f"Do {s} batches help? At the batch level, {b}; at the generator level, {g} "
+            "(details below; KL and FID: lower is better).")
+
+
+def missing_metrics(configurations: list[dict[str, Any]]) -> dict[str, str]:
+    """Metrics no configuration has (label -> the reason, e.g. "n/a (fidelity off at this scale)"):
+    the results table drops their columns and one sentence says why."""
+    out = {}
+    for spec in EVAL_METRICS:
+        rows = [c["metrics"][spec.name] for c in configurations]
+        if rows and all(not r["n"] for r in rows):
+            reasons = sorted({r.get("missing") or "n/a" for r in rows})
+            out[spec.label] = "; ".join(reasons)
+    return out
+
+
+def missing_sentence(missing: dict[str, str]) -> str:
+    by_reason: dict[str, list[str]] = {}
+    for label, reason in missing.items():
+        by_reason.setdefault(reason, []).append(label)
+    parts = []
+    for reason, labels in by_reason.items():
+        names = ", ".join(labels[:-1]) + " and " + labels[-1] if len(labels) > 1 else labels[0]
+        why = reason[len("n/a ("):-1] if reason.startswith("n/a (") and reason.endswith(")") else reason
+        parts.append(f"{names} {'were' if len(labels) > 1 else 'was'} not computed for any run ({why})")
+    return "; ".join(parts)[0].upper() + "; ".join(parts)[1:] + "."
 
 
 def fmt(v: Optional[float], digits: int = 4) -> str:
@@ -340,11 +590,22 @@ def fmt_mean_sd(m: dict[str, Any]) -> str:
     return f"{fmt(m['mean'])}{sd} (n={m['n']})"
 
 
+def direction(spec: MetricSpec) -> str:
+    return "lower is better" if spec.lower_is_better else "higher is better"
+
+
+def winner(s: str, base: str, r: dict[str, Any]) -> Optional[str]:
+    """The strategy ahead on the means (``None`` when they are equal)."""
+    return None if r["better"] is None else (s if r["better"] else base)
+
+
 def comparison_sentence(s: str, base: str, spec: MetricSpec, b: int, p: str, r: dict[str, Any]) -> str:
-    where = f"on {spec.label} at B={b} ({p})"
+    """One comparison in words: both means, which is better (and that lower or higher is better),
+    and whether the difference exceeds twice the pooled seed s.d."""
+    where = f"on {spec.label} at B={b}" + (f" ({p})" if p else "")
     if r["diff"] is None:
         return f"{s} vs {base} {where}: too few seeds to compare ({r['a']['n']} vs {r['b']['n']})."
-    values = f"{fmt(r['a']['mean'])} vs {fmt(r['b']['mean'])}"
+    values = f"{fmt(r['a']['mean'])} vs {fmt(r['b']['mean'])}, {direction(spec)}"
     if r["diff"] == 0 and r["pooled_sd"] == 0:
         return (f"{s} vs {base} {where}: identical, {fmt(r['a']['mean'])} for every seed of both "
                 f"({r['a']['n']} vs {r['b']['n']} seeds): no difference and no spread to judge.")
@@ -354,7 +615,9 @@ def comparison_sentence(s: str, base: str, spec: MetricSpec, b: int, p: str, r: 
     if r["exceeds"]:
         verb = "beats" if r["better"] else "is worse than"
         return f"{s} {verb} {base} {where} by {fmt(abs(r['diff']))}: {values}, > {bound}; {welch}; {seeds}."
-    return f"{s} vs {base} {where}: within seed spread ({values}, difference {fmt(abs(r['diff']))} ≤ {bound}; {welch}; {seeds})."
+    ahead = winner(s, base, r)
+    lead = f"{ahead} is ahead by {fmt(abs(r['diff']))}" if ahead else "equal means"
+    return (f"{s} vs {base} {where}: within seed spread ({values}: {lead}, ≤ {bound}; {welch}; {seeds}).")
 
 
 # --- plots ---------------------------------------------------------------------------------------------
@@ -373,7 +636,7 @@ def _suptitle(fig, text: str) -> None:
     """A figure title wrapped to the figure's width (a narrow grid would clip it)."""
     import textwrap
 
-    fig.suptitle(textwrap.fill(text, max(int(fig.get_figwidth() * 11), 30)), fontsize=10)
+    fig.suptitle(textwrap.fill(text, max(int(fig.get_figwidth() * 9), 30)), fontsize=12)
 
 
 @contextmanager
@@ -412,7 +675,7 @@ def _curves(data: ReportData, key_of, title: str, ylabel: str, path: Path) -> bo
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(len(presets), len(sizes), figsize=(max(3.6 * len(sizes), 5.5), 2.8 * len(presets) + 0.5),
+    fig, axes = plt.subplots(len(presets), len(sizes), figsize=(max(4.8 * len(sizes), 8.0), 3.4 * len(presets) + 0.8),
                              squeeze=False, sharex=False)
     for i, p in enumerate(presets):
         for j, b in enumerate(sizes):
@@ -448,7 +711,7 @@ def _vs_batch_size(summary: dict[str, Any], path: Path) -> bool:
         return False
     plt = _plt()
     presets, sizes = summary["presets"], summary["batch_sizes"]
-    fig, axes = plt.subplots(len(presets), len(specs), figsize=(max(3.8 * len(specs), 5.5), 2.8 * len(presets) + 0.5),
+    fig, axes = plt.subplots(len(presets), len(specs), figsize=(max(4.8 * len(specs), 8.0), 3.4 * len(presets) + 0.8),
                              squeeze=False)
     xs = np.arange(len(sizes))
     for i, p in enumerate(presets):
@@ -483,11 +746,14 @@ def _montage(tiles: list[list[Optional[Path]]], row_labels: list[str], col_label
     plt = _plt()
     rows, cols = len(tiles), len(tiles[0])
     images = [[np.asarray(Image.open(t).convert("RGB")) if t is not None else None for t in row] for row in tiles]
-    # tiles at (about) their native pixels, so small sample images stay legible
-    w = max(max((im.shape[1] for row in images for im in row if im is not None), default=240) / 100, 2.0)
-    h = max(max((im.shape[0] for row in images for im in row if im is not None), default=240) / 100, 2.0)
-    fig, axes = plt.subplots(rows, cols, figsize=(max((w + 0.3) * cols + 0.5, 5.5), (h + 0.4) * rows + 0.7),
-                             squeeze=False)
+    # tiles at their native pixels (the stages' grids are >= 512 px wide and titled); each row as tall
+    # and each column as wide as its largest tile, so a short tile leaves no gap
+    heights = [max((im.shape[0] for im in row if im is not None), default=120) / 100 for row in images]
+    widths = [max((images[i][j].shape[1] for i in range(rows) if images[i][j] is not None), default=240) / 100
+              for j in range(cols)]
+    fig, axes = plt.subplots(rows, cols, squeeze=False, layout="constrained",  # room for the title and labels
+                             figsize=(max(sum(widths) + 0.3 * cols + 0.6, 6.0), sum(heights) + 0.45 * rows + 0.8),
+                             gridspec_kw={"height_ratios": heights, "width_ratios": widths})
     for i in range(rows):
         for j in range(cols):
             ax = axes[i][j]
@@ -496,14 +762,13 @@ def _montage(tiles: list[list[Optional[Path]]], row_labels: list[str], col_label
             if images[i][j] is not None:
                 ax.imshow(images[i][j], interpolation="nearest")
             else:
-                ax.text(0.5, 0.5, "no image", ha="center", va="center", fontsize=8, transform=ax.transAxes)
+                ax.text(0.5, 0.5, "no image", ha="center", va="center", fontsize=10, transform=ax.transAxes)
             label = col_labels[j] if isinstance(col_labels[j], str) else col_labels[j][i]
             if i == 0 or not isinstance(col_labels[j], str):
-                ax.set_title(label, fontsize=8)
+                ax.set_title(label, fontsize=11)
             if j == 0:
-                ax.set_ylabel(row_labels[i], fontsize=9)
+                ax.set_ylabel(row_labels[i], fontsize=11)
     _suptitle(fig, title)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
@@ -533,9 +798,11 @@ def write_plots(data: ReportData, summary: dict[str, Any], plots: Path) -> dict[
     made: dict[str, str] = {}
     strategies, sizes, presets, seeds = data.axes()
     if _curves(data, lambda m: "feature_kl" if "feature_kl" in m.history else None,
-               "feature KL(f_G || f_X) of fixed-z samples after each epoch (mean ± s.d. over seeds)",
+               "feature KL(f_G || f_X) of fixed-z samples after each epoch, epoch 0 = untrained (mean ± s.d. over seeds; "
+               "lower is better)",
                "feature KL", plots / "feature_kl_curves.png"):
-        made["feature_kl_curves.png"] = "Feature KL against epochs (training's per-epoch metric)."
+        made["feature_kl_curves.png"] = ("Feature KL against epochs (training's per-epoch metric, lower is better), "
+                                         "from epoch 0, the untrained generator.")
     fid = next(spec for spec in EVAL_METRICS if spec.name == "fid")
     if _curves(data, lambda m: m.eval_key(fid), "FID against epochs (mean ± s.d. over seeds)", "FID",
                plots / "fid_curves.png"):
@@ -546,17 +813,20 @@ def write_plots(data: ReportData, summary: dict[str, Any], plots: Path) -> dict[
     seed0 = seeds[0] if seeds else 0
     with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
         tmp = Path(tmp)
-        cols = [(b, s) for b in sizes for s in strategies]
-        tiles = []
-        for p in presets:
-            row = []
-            for b, s in cols:
-                runs = data.select(preset=p, batch_size=b, strategy=s, seed=seed0)
-                row.append(_last_grid(runs[0].run_id, tmp / runs[0].run_id) if runs else None)
-            tiles.append(row)
-        if _montage(tiles, presets, [f"{s} B={b}" for b, s in cols],
-                    f"samples after the last epoch (fixed z, seed {seed0})", plots / "samples.png"):
-            made["samples.png"] = f"Last-epoch sample grids per configuration (seed {seed0}), from each run's `grids/`."
+        tiles, row_labels = [], []
+        for p in presets:  # rows: preset × strategy; columns: B (each tile a run's titled grid)
+            for s in strategies:
+                row = []
+                for b in sizes:
+                    runs = data.select(preset=p, batch_size=b, strategy=s, seed=seed0)
+                    row.append(_last_grid(runs[0].run_id, tmp / runs[0].run_id) if runs else None)
+                tiles.append(row)
+                row_labels.append(f"{p}\n{s}" if len(presets) > 1 else s)
+        if _montage(tiles, row_labels, [f"B={b}" for b in sizes],
+                    f"{data.dataset}: samples of the last epoch's generator (fixed z, seed {seed0})"
+                    + (f", preset {presets[0]}" if len(presets) == 1 else ""), plots / "samples.png"):
+            made["samples.png"] = (f"Last-epoch sample grids (seed {seed0}): rows strategies, columns batch sizes; "
+                                   "each grid's title names its run (from each run's `grids/`).")
         tiles, titles = [], {b: [] for b in sizes}
         for s in strategies:
             row = []
@@ -582,39 +852,104 @@ def write_plots(data: ReportData, summary: dict[str, Any], plots: Path) -> dict[
 # --- documents ---------------------------------------------------------------------------------------
 
 
+SCALE_NOTES = {
+    "smoke": "**Smoke scale**: tiny models trained for a few steps. These numbers check that the machinery works; "
+             "they say nothing about the method. Run `--scale cpu` for generators that learn on a CPU, "
+             "`--scale paper` on a GPU for the paper's settings.",
+    "cpu": "**CPU scale**: small DCGANs trained for minutes on a small data set: large enough for the generators to "
+           "learn the coarse colour and sharpness statistics the feature KL measures (see *Did the generators "
+           "learn?*), far smaller than the paper's models. A difference here is evidence about small models on small "
+           "data; run `--scale paper` on a GPU for the paper's settings.",
+}
+
+
 def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:
-    """The report as blocks: ("h", level, text), ("p", text), ("ul", items), ("table", head, rows), ("img", name, caption)."""
-    S, B, P = summary["strategies"], summary["batch_sizes"], summary["presets"]
+    """The report as blocks: ("h", level, text), ("p", text), ("ul", items), ("table", head, rows), ("img", name, caption).
+    The first paragraph answers the question; each section after it is one function."""
     out: list[tuple] = [("h", 1, f"Subsample comparison on {summary['dataset']} ({summary['scale']} scale)")]
-    out.append(("p", f"MLflow parent run `{summary['parent_run_id']}` ({summary['run_name']}, {summary['status']}), "
-                     f"experiment {summary['experiment_id']}: {summary['runs']} child runs, {summary['runs_ok']} finished. "
-                     f"Grid: strategies {', '.join(S)} × B {', '.join(map(str, B))} × presets {', '.join(P)} × "
-                     f"{len(summary['seeds'])} seeds; {summary['n_images']} training images. Every number below was "
-                     "read back from MLflow (the child runs' metrics, histories, tags and artifacts)."))
+    out.append(("p", summary["answer"]))
+    out += _setup_blocks(summary)
+    out += _learning_blocks(summary)
+    out += _spread_blocks(summary)
+    out += _batch_blocks(summary, plots)
+    out += _results_blocks(summary, plots)
+    if "samples.png" in plots:
+        out.append(("h", 2, "Samples"))
+        out.append(("img", "samples.png", plots["samples.png"]))
+    return out
+
+
+def _setup_blocks(summary: dict[str, Any]) -> list[tuple]:
+    S, B, P = summary["strategies"], summary["batch_sizes"], summary["presets"]
+    out: list[tuple] = [("p", f"MLflow parent run `{summary['parent_run_id']}` ({summary['run_name']}, {summary['status']}), "
+                              f"experiment {summary['experiment_id']}: {summary['runs']} child runs, {summary['runs_ok']} finished. "
+                              f"Grid: strategies {', '.join(S)} × B {', '.join(map(str, B))} × presets {', '.join(P)} × "
+                              f"{len(summary['seeds'])} seeds; {summary['n_images']} training images. Every number below was "
+                              "read back from MLflow (the child runs' metrics, histories, tags and artifacts).")]
     st = summary.get("settings", {})
     over = lambda sec: ", ".join(f"{k}={v}" for k, v in st.get(sec, {}).items()) or "none"  # noqa: E731
     out.append(("p", f"Over each preset's training values: the scale's ({over('scale_train')}), then these given "
                      f"values ({over('train')}), then the cell's seed. Evaluation: the scale's ({over('scale_evaluate')}), "
                      f"then given ({over('evaluate')})."))
-    if summary["scale"] == "smoke":
-        out.append(("p", "**Smoke scale**: tiny models trained for a few steps. These numbers check that the "
-                         "machinery works; they say nothing about the method. Run `--scale paper` on a GPU for that."))
+    if summary["scale"] in SCALE_NOTES:
+        out.append(("p", SCALE_NOTES[summary["scale"]]))
+    return out
 
-    comps = summary["comparisons"]
-    out.append(("h", 2, "Which differences exceed the seed-to-seed spread"))
-    if comps:
-        big = [c for c in comps if c["exceeds"]]
-        out.append(("p", f"{len(big)} of {len(comps)} comparisons with random batches differ by more than "
-                         f"{SPREAD_FACTOR:g} × the pooled seed s.d. (√((s_a² + s_b²)/2), sample s.d. over seeds); "
-                         "Welch's t-test is given alongside. With 3 seeds, treat single hits with care: "
-                         "many comparisons are made."))
-        out.append(("ul", [c["sentence"] for c in big] or ["None: every difference is within the seed spread."]))
-        out.append(("p", "All comparisons:"))
-        out.append(("ul", [c["sentence"] for c in comps]))
-    else:
+
+def _learning_blocks(summary: dict[str, Any]) -> list[tuple]:
+    """Did the generators learn: one sentence, the runs that did not (in words), a table per configuration."""
+    learning = summary["learning"]
+    out: list[tuple] = [("h", 2, "Did the generators learn?")]
+    out.append(("p", f"Training logs the feature KL of its fixed-z samples before the first step (epoch 0: the "
+                     f"untrained generator) and after every epoch. A run whose last value is within "
+                     f"{learning['tolerance']:.0%} of its epoch-0 value did not learn. "
+                     + learning_sentence(learning)))
+    if learning["not_moved"]:
+        out.append(("ul", [f"{_run_label(r)} (run `{r['run_id']}`): **did not learn**; its evaluation describes an "
+                           "untrained generator" for r in learning["not_moved"]]))
+    rows = []
+    by_conf: dict[str, list[dict]] = {}
+    for r in learning["runs"]:
+        by_conf.setdefault(r["configuration"], []).append(r)
+    mean = lambda rs, k: _compact(mean_sd([r[k] for r in rs if r[k] is not None]))  # noqa: E731
+    for conf, rs in by_conf.items():
+        known = [r for r in rs if r["moved"] is not None]
+        rows.append([rs[0]["preset"], str(rs[0]["batch_size"]), rs[0]["strategy"],
+                     f"{sum(bool(r['moved']) for r in known)}/{len(rs)}" + ("" if len(known) == len(rs) else " (?)"),
+                     mean(rs, "feature_kl_initial"), mean(rs, "feature_kl_last"),
+                     f"{mean(rs, 'loss_d_first')} → {mean(rs, 'loss_d_last')}",
+                     f"{mean(rs, 'loss_g_first')} → {mean(rs, 'loss_g_last')}"])
+    if rows:
+        out.append(("table", ["preset", "B", "strategy", "learned", "feature KL, epoch 0", "feature KL, last epoch",
+                              "D loss, epoch 1 → last", "G loss, epoch 1 → last"], rows))
+    return out
+
+
+def _spread_blocks(summary: dict[str, Any]) -> list[tuple]:
+    comps, bcomps = summary["comparisons"], summary.get("batch_comparisons", [])
+    out: list[tuple] = [("h", 2, "Which differences exceed the seed-to-seed spread")]
+    if not comps and not bcomps:
         out.append(("p", "No comparison possible: the grid has no random-batch baseline or no finished runs."))
+        return out
+    every = bcomps + comps
+    big = [c for c in every if c["exceeds"]]
+    out.append(("p", f"{len(big)} of {len(every)} comparisons with random batches differ by more than "
+                     f"{SPREAD_FACTOR:g} × the pooled seed s.d. (√((s_a² + s_b²)/2), sample s.d. over seeds); "
+                     "Welch's t-test is given alongside. With 3 seeds, treat single hits with care: "
+                     "many comparisons are made."))
+    out.append(("ul", [c["sentence"] for c in big] or ["None: every difference is within the seed spread."]))
+    if bcomps:
+        out.append(("p", "Batch level (the batches of each strategy, B and seed; the same for every preset):"))
+        out.append(("ul", [c["sentence"] for c in bcomps]))
+    if comps:
+        out.append(("p", "Generator level (the final generators' evaluation):"))
+        out.append(("ul", [c["sentence"] for c in comps]))
+    return out
 
-    out.append(("h", 2, "Batch diagnostics (the paper's Tables 1 and 2)"))
+
+def _batch_blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:
+    S, B = summary["strategies"], summary["batch_sizes"]
+    out: list[tuple] = [("h", 2, "Batch diagnostics (the paper's Tables 1 and 2)")]
     cov_head = ["strategy"] + [f"B={b}" for b in B]
     cov_rows = []
     for s in S:
@@ -630,29 +965,37 @@ def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:
     if summary["coverage_eq5"]:
         cov_rows.append(["Eq. 5: (n − n mod B)/n"] + [f"{summary['coverage_eq5'][str(b)]:.4f}" for b in B])
     epochs = max((c["epochs"] for c in summary["coverage"].values()), default=0)
-    out.append(("p", f"Table 1, coverage per epoch (distinct images drawn / n): mean over {epochs} epoch(s) and the "
-                     "seeds' constructions (range in brackets when it varies)."))
+    out.append(("p", f"Table 1, coverage per epoch (distinct images drawn / n; higher is better): mean over {epochs} "
+                     "epoch(s) and the seeds' constructions (range in brackets when it varies)."))
     out.append(("table", cov_head, cov_rows))
     kl_rows = []
     for s in S:
         for stat in KL_STATS:
             kl_rows.append([s if stat == "mean" else "", stat] + [fmt(summary["kl"][f"{s}|{b}"][stat]) for b in B])
-    out.append(("p", "Table 2, KL(f_Xi || f_X) of each batch against the data set (Eq. 10, natural log) over all "
-                     "batches of those epochs: mean, s.d., minimum, median, maximum, each averaged over the seeds."))
+    out.append(("p", "Table 2, KL(f_Xi || f_X) of each batch against the data set (Eq. 10, natural log; lower is "
+                     "better) over all batches of those epochs: mean, s.d., minimum, median, maximum, each averaged "
+                     "over the seeds."))
     out.append(("table", ["strategy", "statistic"] + [f"B={b}" for b in B], kl_rows))
     if "never_drawn.png" in plots:
         out.append(("img", "never_drawn.png", plots["never_drawn.png"]))
+    return out
 
-    out.append(("h", 2, "Results per configuration (mean ± s.d. over seeds)"))
+
+def _results_blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:
+    """Results per configuration; a metric no run has is one sentence, not a column of "n/a"."""
+    out: list[tuple] = [("h", 2, "Results per configuration (mean ± s.d. over seeds)")]
+    missing = summary.get("missing_metrics") or {}
+    specs = [spec for spec in EVAL_METRICS if spec.label not in missing]
     keys = sorted({k for c in summary["configurations"] for spec in EVAL_METRICS for k in c["metrics"][spec.name]["mlflow_keys"]})
     out.append(("p", "Evaluation of the final generator (MLflow keys: " + (", ".join(f"`{k}`" for k in keys) or "none")
                      + "). Feature KL is KL(f_G || f_X) in the paper's feature space (f_X smoothed with 0.5 per "
-                     "cell); lower FID, KID and feature KL and higher IS are better. n = seeds with a finished run."))
-    head = ["preset", "B", "strategy", "runs ok"] + [spec.label for spec in EVAL_METRICS]
+                     "cell); lower FID, KID and feature KL and higher IS are better. n = seeds with a finished run."
+                     + (" " + missing_sentence(missing) if missing else "")))
+    head = ["preset", "B", "strategy", "runs ok"] + [spec.label for spec in specs]
     rows = []
     for c in summary["configurations"]:
         rows.append([c["preset"], str(c["batch_size"]), c["strategy"], f"{c['ok']}/{c['planned']}"]
-                    + [fmt_mean_sd(c["metrics"][spec.name]) for spec in EVAL_METRICS])
+                    + [fmt_mean_sd(c["metrics"][spec.name]) for spec in specs])
     out.append(("table", head, rows))
     failed = [(c, f) for c in summary["configurations"] for f in c["failed"]]
     if failed:
@@ -662,12 +1005,9 @@ def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:
     for name in ("metrics_vs_batch_size.png", "feature_kl_curves.png", "fid_curves.png"):
         if name in plots:
             out.append(("img", name, plots[name]))
-    if "fid_curves.png" not in plots:
+    if "fid_curves.png" not in plots and "FID" not in missing:
         reasons = {c["metrics"]["fid"]["missing"] for c in summary["configurations"] if c["metrics"]["fid"]["missing"]}
         out.append(("p", f"No FID curves: FID {', '.join(sorted(reasons)) or 'n/a'}."))
-    if "samples.png" in plots:
-        out.append(("h", 2, "Samples"))
-        out.append(("img", "samples.png", plots["samples.png"]))
     return out
 
 

@@ -7,9 +7,10 @@ stores for epoch e. The artifact::
 
     stages/train/<key>/
         generator.pt      {"state_dict", "model" (ModelSpec), "info"}: what load_generator needs
-        metrics.jsonl     one JSON line per epoch: losses, D(x), D(G(z)), feature KL/JS, timing
-        grids/epoch_XXXX.png   fixed-z samples after each epoch (1-based)
-        loss_curve.png    per-step D and G losses, per-epoch feature KL
+        metrics.jsonl     one JSON line per epoch: losses, D(x), D(G(z)), feature KL/JS, timing;
+                          first a line for epoch 0, the untrained generator's feature KL/JS
+        grids/epoch_XXXX.png   fixed-z samples after each epoch (1-based), titled, >= 512 px wide
+        loss_curve.png    per-step D and G losses; feature KL and JS per epoch from epoch 0, on separate axes
         checkpoint.pt     the last checkpoint (models, optimisers, RNG states, history)
         manifest.json
 
@@ -55,13 +56,14 @@ from torch import Tensor, nn
 from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig, TrainConfig
 from pipeline.losses import make_optimizer
 from pipeline.models import ModelSpec, build_discriminator, build_generator
+from pipeline.pictures import run_title
 from storage.artifacts import artifact_key, build_artifact, cached_summary, open_artifact
 from storage.errors import SubsampleError, brief
 from storage.locks import LockBusy, file_lock, lock_is_free
 from storage.paths import check_name, inside_home, is_run_id, is_train_key, stage_dir
 
 STAGE = "train"
-CODE_VERSION = "train/1"
+CODE_VERSION = "train/2"  # 2: epoch-0 feature KL/JS, titled grids, loss curve on three axes
 SYNC_EVERY = 50  # steps between reading losses back from the device (and the NaN check)
 ESTIMATE_STEPS = 10  # steps timed (after the first, which warms up) for the up-front time estimate
 LONG_RUN_S = 180  # a run estimated to take longer says so, with the estimate, after those steps
@@ -363,11 +365,19 @@ def feature_divergence(images: Tensor, table: Any) -> dict[str, float]:
     return feature_kl(table.bin_values(values), table)
 
 
-def save_grid(images: Tensor, path: Path) -> None:
-    from torchvision.utils import save_image
+def save_grid(images: Tensor, path: Path, title: str = "") -> None:
+    """Fixed-z samples as a titled grid at least 512 px wide (``pipeline.pictures``)."""
+    from pipeline.pictures import save, titled_grid
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.float().cpu(), path, nrow=int(math.ceil(math.sqrt(len(images)))), normalize=True, value_range=(-1, 1))
+    save(titled_grid(to_uint8(images), title or path.stem), path)
+
+
+def initial_metrics(t: Trainer, table: Any) -> dict:
+    """Epoch 0: the untrained generator's feature KL/JS on the fixed z, the value a run that
+    learns moves away from (eval mode: no RNG is drawn, so training is unchanged)."""
+    div = feature_divergence(generate(t.G, t.z_fixed[: t.cfg.kl_samples]), table)
+    return {"epoch": 0, "step": 0, "feature_kl": div["kl"], "feature_js": div["js"]}
 
 
 def epoch_metrics(t: Trainer, epoch: int, losses: dict, seconds: float, batch_size: int, table: Any) -> dict:
@@ -447,28 +457,62 @@ def load_checkpoint(t: Trainer, path: Path) -> None:
     set_rng_state(ck["rng"])
 
 
-def plot_losses(history: dict, path: Path) -> None:
+JS_MAX = math.log(2)  # JS in nats lies in [0, ln 2]
+JS_SATURATED = 0.95  # "saturated": JS >= 95 % of ln 2, the histograms barely overlap
+
+
+def plot_losses(history: dict, path: Path, title: str = "") -> None:
+    """``loss_curve.png``: :func:`loss_figure`, with its title in the PNG's metadata."""
+    fig = loss_figure(history, title)  # sets the Agg backend before pyplot is imported here
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=100, metadata={"Title": title or "training losses and feature divergences"})
+    plt.close(fig)
+
+
+def loss_figure(history: dict, title: str = "") -> Any:
+    """Three panels: D and G losses per step; feature KL per epoch; feature JS per epoch with
+    ln 2 marked and a note when it is saturated. Epochs from 0 (the untrained generator) when
+    recorded, integer ticks."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.6))
     d = np.asarray(history["loss_d"], dtype=np.float64)
     ax1.plot(np.arange(1, len(d) + 1), d, lw=0.7, label="D loss")
     ax1.plot(history["g_steps_at"], history["loss_g"], lw=0.7, label="G loss")
     ax1.set_xlabel("D step")
     ax1.set_title("losses per step")
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.legend()
-    ep = history["epochs"]
-    ax2.plot([e["epoch"] for e in ep], [e["feature_kl"] for e in ep], marker="o", label="KL(f_G || f_X)")
-    ax2.plot([e["epoch"] for e in ep], [e["feature_js"] for e in ep], marker="o", label="JS(f_G, f_X)")
-    ax2.set_xlabel("epoch")
-    ax2.set_title("feature-space divergence (fixed z)")
-    ax2.legend()
+    ep = ([history["initial"]] if history.get("initial") else []) + list(history["epochs"])
+    x = [e["epoch"] for e in ep]
+    kl = [e["feature_kl"] for e in ep]
+    js = [e["feature_js"] for e in ep]
+    ax2.plot(x, kl, marker="o", ms=3, color="tab:blue")
+    ax2.set_title("feature KL(f_G || f_X), fixed z (lower is better)", fontsize=10)
+    ax2.set_ylabel("KL (nats)")
+    ax3.plot(x, js, marker="o", ms=3, color="tab:green")
+    ax3.axhline(JS_MAX, color="grey", ls="--", lw=0.8)
+    ax3.text(x[0] if x else 0, JS_MAX, " ln 2 (no overlap)", va="bottom", fontsize=8, color="grey")
+    ax3.set_ylim(0, JS_MAX * 1.12)
+    ax3.set_title("feature JS(f_G, f_X), fixed z (lower is better)", fontsize=10)
+    ax3.set_ylabel("JS (nats)")
+    saturated = [e for e, v in zip(x, js) if v >= JS_SATURATED * JS_MAX]
+    if saturated:  # said on the plot: a flat JS near ln 2 is "no overlap", not "no change"
+        which = "every epoch" if len(saturated) == len(js) else f"{len(saturated)} of {len(js)} epochs"
+        ax3.set_title(f"feature JS(f_G, f_X), fixed z (lower is better)\nsaturated near ln 2 in {which} "
+                      "(no overlap: see KL)", fontsize=10, color="darkred")
+    for ax in (ax2, ax3):
+        ax.set_xlabel("epoch" + (" (0 = untrained)" if history.get("initial") else ""))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        fig.suptitle(title, fontsize=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 # --- the stage ------------------------------------------------------------------------------------
@@ -592,6 +636,7 @@ def _train_locked(dataset, cfg, batches, tables, features, store, tables_art, ke
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     run_id = None
+    title = run_title(dataset, cfg.preset, batches.strategy, batches.batch_size, cfg.seed)
     try:
         run_info = json.loads(run_file.read_text()) if resumed_from is not None and run_file.exists() else {}
         images = load_images(store, device, progress)
@@ -601,7 +646,7 @@ def _train_locked(dataset, cfg, batches, tables, features, store, tables_art, ke
 
         run_id = _start_tracking(cfg, batches, tables, features, dataset, key, store, tables_art, run_info.get("mlflow_run_id"))
         run_file.write_text(json.dumps({"key": key, "dataset": dataset, "mlflow_run_id": run_id}))
-        _train_loop(t, table, sampler, images, batches.batch_size, work, run_id, progress, labels)
+        _train_loop(t, table, sampler, images, batches.batch_size, work, run_id, progress, labels, title)
     except (NonFiniteLoss, Diverged) as e:
         _end_tracking(run_id, "FAILED")
         last = f"{ckpt} (after epoch {_ckpt_epoch(ckpt)})" if ckpt.exists() else "none (no epoch had finished)"
@@ -635,6 +680,7 @@ def _train_locked(dataset, cfg, batches, tables, features, store, tables_art, ke
         "epochs": len(t.history["epochs"]), "steps": t.step, "g_steps": t.g_steps,
         "loss_d": last["loss_d"], "loss_g": last["loss_g"],
         "feature_kl": last["feature_kl"], "feature_js": last["feature_js"],
+        "feature_kl_initial": (t.history.get("initial") or {}).get("feature_kl"),
         "images_per_second": round(t.step * batches.batch_size / train_seconds, 1) if train_seconds else None,
         "train_seconds": round(train_seconds, 3), "device": str(device), "bf16": t.bf16,
         "resumed_from_epoch": resumed_from, "mlflow_run_id": run_id,
@@ -646,7 +692,7 @@ def _train_locked(dataset, cfg, batches, tables, features, store, tables_art, ke
         shutil.copytree(work / "grids", b.path / "grids")
         shutil.copy2(ckpt, b.path / "checkpoint.pt")
         _write_metrics(t.history, b.path / "metrics.jsonl")
-        plot_losses(t.history, b.path / "loss_curve.png")
+        plot_losses(t.history, b.path / "loss_curve.png", title)
         final = stage_dir(STAGE) / key
         summary.update(grids=str(final / "grids"), generator=str(final / "generator.pt"))
         b.summary = summary
@@ -670,7 +716,7 @@ def _drop_unresumable(work: Path) -> None:
 
 
 def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size: int, work: Path,
-                run_id: str | None, progress: bool, labels: Tensor | None = None) -> None:
+                run_id: str | None, progress: bool, labels: Tensor | None = None, title: str = "") -> None:
     from tqdm import tqdm
 
     cfg = t.cfg
@@ -679,6 +725,14 @@ def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size
     if cfg.max_steps is not None:
         total = min(total, max(cfg.max_steps - t.step, 0))
     t.clock = RunClock(total, per_epoch, cfg.epochs - t.epoch, batch_size, t.device) if total > 1 else None
+    if t.epoch == 0 and not t.history.get("initial"):  # a fresh run: record the untrained generator
+        t.history["initial"] = initial_metrics(t, table)
+        if run_id:
+            from storage import tracking
+
+            tracking.log_metrics(run_id, {k: t.history["initial"][k] for k in ("feature_kl", "feature_js")}, step=0)
+        if progress:
+            print(f"{STAGE}: epoch 0 (untrained) feature_kl {t.history['initial']['feature_kl']:.4f}", file=sys.stderr)
     while t.epoch < cfg.epochs and (cfg.max_steps is None or t.step < cfg.max_steps):
         epoch = t.epoch
         batches = epoch_indices(sampler, epoch, images.device)
@@ -688,7 +742,8 @@ def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size
             losses = train_epoch(t, images, batches, bar, labels)
             seconds = time.perf_counter() - t0
         m = epoch_metrics(t, epoch, losses, seconds, batch_size, table)
-        save_grid(generate(t.G, t.z_fixed[: cfg.sample_grid]), work / "grids" / f"epoch_{epoch + 1:04d}.png")
+        save_grid(generate(t.G, t.z_fixed[: cfg.sample_grid]), work / "grids" / f"epoch_{epoch + 1:04d}.png",
+                  f"{title} · epoch {epoch + 1}" if title else "")
         t.history["epochs"].append(m)
         t.history["loss_d"] += [row[0] for row in losses["d"]]
         t.history["loss_g"] += losses["g"]
@@ -714,7 +769,8 @@ def _fmt(v: float | None) -> str:
 
 
 def _write_metrics(history: dict, path: Path) -> None:
-    path.write_text("".join(json.dumps(e) + "\n" for e in history["epochs"]))
+    lines = ([history["initial"]] if history.get("initial") else []) + list(history["epochs"])
+    path.write_text("".join(json.dumps(e) + "\n" for e in lines))
 
 
 def _ckpt_epoch(path: Path) -> int | str:

@@ -307,7 +307,12 @@ def test_stage_writes_batches_and_diagnostics_then_hits_the_cache(toy_dataset):
     assert len(diag["epochs"]) == 3 and len(diag["epochs"][0]["kl_per_batch"]) == 7
     assert first["n_never_drawn"] == len(never_drawn(stored[0], 240))
     assert (path / "diagnostics.md").read_text().count("\n| ") == 5  # header + 3 epochs + "all"
-    assert (path / "never_drawn.png").stat().st_size > 0
+    from PIL import Image
+
+    picture = Image.open(path / "never_drawn.png")
+    assert picture.width >= 512
+    assert picture.text["Title"] == (f"toy · never drawn · constructed B=32 · batches seed 4\n{first['n_never_drawn']} of "
+                                     "240 images never drawn in the first epoch of batches")
 
     again = run_batches(toy_dataset, cfg, tables, progress=False)
     assert again["cache_hit"] is True and again["key"] == first["key"]

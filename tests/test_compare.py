@@ -78,7 +78,8 @@ def test_grid_runs_are_nested_under_one_parent(first):
         assert {"batches/kl_mean", "batches/kl_std", "batches/kl_min", "batches/kl_median", "batches/kl_max",
                 FEATURE_KL, "feature_kl"} <= set(m)
         assert [h.step for h in client().get_metric_history(run.info.run_id, "batches/coverage")] == [1, 2]
-        assert [h.step for h in client().get_metric_history(run.info.run_id, "feature_kl")] == [1, 2]
+        # the training's feature KL from epoch 0 (the untrained generator), then after each epoch
+        assert [h.step for h in client().get_metric_history(run.info.run_id, "feature_kl")] == [0, 1, 2]
     # random batches cover (n - n mod B)/n = 1 here; constructed ones do not (rare cells get no draws)
     assert kids[("random", 0)].data.metrics["batches/coverage_mean"] == 1.0
     assert kids[("constructed", 0)].data.metrics["batches/coverage_mean"] < 1.0
@@ -129,8 +130,15 @@ def test_report_documents(first):
     for conf in rep["configurations"]:
         row = f"| paper-128a | 64 | {conf['strategy']} | 3/3 | {fmt_mean_sd(conf['metrics']['feature_kl'])} |"
         assert row in md
-    assert md.count("n/a (fidelity off at this scale)") >= 6
+    # IS/FID/KID were off for every run: one sentence, no columns of "n/a"
+    assert "FID, KID and IS were not computed for any run (fidelity off at this scale)" in md
+    assert "| FID |" not in md and "n/a (fidelity off" not in md
     assert rep["comparisons"][0]["sentence"] in md
+    # the first paragraph answers the question; every run is judged on whether its generator learned
+    first_paragraph = md.split("\n\n")[1]
+    assert first_paragraph == rep["answer"] and first_paragraph.startswith("**Answer.** Do constructed batches help?")
+    assert len(rep["learning"]["runs"]) == 6 and not rep["learning"]["unknown"]
+    assert "## Did the generators learn?" in md
     assert "Table 1" in md and "Table 2" in md and "Eq. 5" in md
     # markdown links the plots; the HTML embeds them (self-contained)
     plots = {"feature_kl_curves.png", "metrics_vs_batch_size.png", "samples.png", "never_drawn.png"}
@@ -209,6 +217,10 @@ def test_compare_config_validation_names_the_field():
     assert smoke.scale == "smoke" and all(b <= 2000 for b in smoke.grid_batch_sizes)
     rc = smoke.cell_run_config(smoke.cells()[0])
     assert rc.train.ngf == 8 and rc.train.track and rc.evaluate.fidelity is False
+    cpu = CompareConfig(scale="cpu")  # the scale whose generators learn on a CPU (docs/compare.md)
+    assert len(cpu.cells()) == 3 * 2 * 1 * 3 and max(cpu.grid_batch_sizes) <= 2000
+    rc = cpu.cell_run_config(cpu.cells()[-1])
+    assert (rc.train.ngf, rc.train.epochs, rc.train.lr_d, rc.evaluate.samples, rc.evaluate.fidelity) == (16, 40, 2e-3, 2000, False)
 
     for fields, overrides, match in [
         ({"seeds": 2}, [], "seeds"),
@@ -261,3 +273,99 @@ def test_missing_fidelity_metrics_say_why():
                "pass --weights PATH to a local copy")
     assert fidelity_reason([member(offline)]) == "n/a (weights unavailable)"
     assert fidelity_reason([]) == "n/a (no finished run)"
+
+
+# --- the report's answer, from synthetic MLflow-like records ---------------------------------------------
+
+
+def _member(strategy, b, seed, *, batch_kl, coverage, fkl, kl_history, preset="paper-constructed"):
+    from pipeline.compare import GridCell
+    from pipeline.report import Member
+
+    metrics = {"batches/kl_mean": batch_kl, "batches/coverage_mean": coverage, "eval/feature_kl2000_train": fkl,
+               "feature_kl": kl_history[-1][1]}
+    history = {"feature_kl": kl_history, "loss_d": [(1, 1.3), (30, 0.9)], "loss_g": [(1, 1.0), (30, 2.0)]}
+    return Member(f"{strategy}-{b}-{seed}", GridCell(strategy, b, preset, seed), "FINISHED", None,
+                  "skipped: disabled (--no-fidelity)", metrics, history)
+
+
+def _synthetic(fkl_constructed=(1.2, 1.4, 1.6), fkl_random=(1.1, 1.3, 1.5), strategies=("random", "constructed"),
+               stuck=()):
+    """Two batch sizes × 3 seeds: constructed batches much closer to the data set than random ones
+    (batch KL 0.05 vs 0.30, small spread) but covering less; the generators' feature KL as given;
+    ``stuck`` (strategy, B, seed) cells whose generator never left its untrained feature KL."""
+    from pipeline.report import ReportData
+
+    members = []
+    for b in (128, 500):
+        for seed in range(3):
+            for s in strategies:
+                fkl = (fkl_constructed if s == "constructed" else fkl_random)[seed]
+                hist = [(0, 7.436), (1, 3.0), (30, 7.40 if (s, b, seed) in stuck else fkl)]
+                members.append(_member(s, b, seed, fkl=fkl, kl_history=hist,
+                                       batch_kl=(0.05 if s == "constructed" else 0.30) + 0.005 * seed,
+                                       coverage=0.60 + 0.01 * seed if s == "constructed" else (0.96 if b == 128 else 1.0)))
+    return ReportData("parent", "compare-demo-cpu", "FINISHED", "demo", {"scale": "cpu", "n_images": "2000"}, [], members, "1")
+
+
+def test_answer_paragraph_gives_direction_and_the_seed_spread():
+    from pipeline.report import _blocks, render_markdown, summarise
+
+    summary = summarise(_synthetic())
+    answer = summary["answer"]
+    assert answer.startswith("**Answer.** Do constructed batches help? At the batch level, yes, constructed batches "
+                             "are closer to the data set's feature distribution than random ones; at the generator "
+                             "level, no, the generators' feature KL does not differ beyond the seed spread")
+    # batch level: both numbers, which is better, and that lower (KL) or higher (coverage) is better
+    assert ("KL(f_Xi || f_X) of a batch to the data set (lower is better): constructed better than random, beyond "
+            "the seed spread at every batch size (0.0550 vs 0.305 at B=128 (constructed better)") in answer
+    assert ("Coverage per epoch (higher is better): constructed worse than random, beyond the seed spread at every "
+            "batch size (0.610 vs 0.960 at B=128 (random better)") in answer
+    # generator level: within the spread, and still says which mean is ahead
+    assert ("final feature KL (lower is better): no difference between constructed and random exceeds the seed "
+            "spread (1.40 vs 1.30 at B=128 (random better, within the spread)") in answer
+    # every pair of numbers comes with which is better
+    for clause in answer.split("; "):
+        if " vs " in clause and "constructed vs random" not in clause:
+            assert "better" in clause, clause
+    assert "FID, KID and IS were not computed for any run (fidelity off at this scale)." in answer
+    assert "12 of 12 generators learned" in answer and "did not learn" not in answer
+    md = render_markdown(_blocks(summary, {}))
+    assert md.split("\n\n")[1] == answer  # the first paragraph under the title
+    assert "| preset | B | strategy | runs ok | feature KL |" in md  # no n/a columns
+
+
+def test_answer_says_when_constructed_generators_are_worse_and_when_it_cannot_answer():
+    from pipeline.report import summarise
+
+    worse = summarise(_synthetic(fkl_constructed=(2.0, 2.05, 2.1), fkl_random=(1.0, 1.05, 1.1)))["answer"]
+    assert ("at the generator level, no, generators trained on constructed batches reach a higher (worse) feature KL "
+            "than on random ones") in worse
+    assert "2.05 vs 1.05 at B=500 (random better)" in worse and "within the spread" not in worse.split("Generator")[1]
+
+    better = summarise(_synthetic(fkl_constructed=(1.0, 1.05, 1.1), fkl_random=(2.0, 2.05, 2.1)))["answer"]
+    assert "at the generator level, yes, generators trained on constructed batches reach a lower feature KL" in better
+
+    alone = summarise(_synthetic(strategies=("constructed",)))["answer"]
+    assert "cannot be answered here" in alone and "random baseline" in alone
+
+
+def test_generators_that_did_not_move_from_their_untrained_value_are_flagged():
+    from pipeline.report import _blocks, render_markdown, summarise
+
+    data = _synthetic(stuck={("constructed", 500, 2), ("random", 500, 0)})
+    data.members[0].history["feature_kl"] = data.members[0].history["feature_kl"][1:]  # no epoch-0 record
+    summary = summarise(data)
+    learning = summary["learning"]
+    assert {(r["strategy"], r["batch_size"], r["seed"]) for r in learning["not_moved"]} == {
+        ("constructed", 500, 2), ("random", 500, 0)}
+    assert [(r["strategy"], r["batch_size"], r["seed"]) for r in learning["unknown"]] == [("random", 128, 0)]
+    assert "at the generator level, no verdict: 2 of the generators compared did not learn" in summary["answer"]
+    assert "**2 of 12 did not learn**" in summary["answer"] and "1 run(s) have no epoch-0 record" in summary["answer"]
+    assert "2 of the runs compared did not learn, so this is no verdict" in summary["answer"]
+    (c500,) = [c for c in summary["comparisons"] if c["batch_size"] == 500]
+    assert c500["not_learned"] == 2 and "Caution: 2 of these runs did not learn" in c500["sentence"]
+    md = render_markdown(_blocks(summary, {}))
+    assert ("- paper-constructed constructed B=500 seed 2: feature KL 7.44 untrained, 7.40 at epoch 30 "
+            "(run `constructed-500-2`): **did not learn**") in md
+    assert "| paper-constructed | 500 | constructed | 2/3 | 7.44 |" in md

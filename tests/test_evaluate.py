@@ -292,7 +292,11 @@ def test_run_evaluate_end_to_end_cache_and_mlflow(trained, monkeypatch):
     assert m["sharpness_diff100_train"] == pytest.approx(m["sharpness_mean100"] - m["sharpness_mean_train"])
     art = home / "stages" / "evaluate" / s["key"]
     assert json.loads((art / "metrics.json").read_text())["metrics"] == m
-    assert (art / "samples.png").is_file()
+    from PIL import Image
+
+    samples = Image.open(art / "samples.png")  # 16 images of 16 px, scaled up to be read
+    assert samples.width >= 512
+    assert samples.text["Title"] == "blobs · smoke · constructed B=32 · seed 0 · epoch 1\n16 of the 100 evaluated samples (z seed 0)"
     log = home / "metrics" / f"{key}.jsonl"
     assert [json.loads(x)["results"] for x in log.read_text().splitlines()] == [m]
 

@@ -83,9 +83,16 @@ def test_a_short_run_learns_and_is_tracked(toy_home):
     last = ck["history"]["epochs"][-1]
     assert last["d_real_prob"] > last["d_fake_prob"]
     lines = [json.loads(x) for x in open(f"{s['path']}/metrics.jsonl")]
-    assert [e["epoch"] for e in lines] == [1, 2, 3, 4, 5]
-    assert {"loss_d", "loss_g", "d_real_prob", "d_fake_prob", "feature_kl", "feature_js", "seconds", "images_per_second"} <= set(lines[0])
+    assert [e["epoch"] for e in lines] == [0, 1, 2, 3, 4, 5]  # epoch 0: the untrained generator
+    assert set(lines[0]) == {"epoch", "step", "feature_kl", "feature_js"} and lines[0]["step"] == 0
+    assert lines[0]["feature_kl"] == s["feature_kl_initial"] == ck["history"]["initial"]["feature_kl"]
+    assert {"loss_d", "loss_g", "d_real_prob", "d_fake_prob", "feature_kl", "feature_js", "seconds", "images_per_second"} <= set(lines[1])
     assert sorted(p.name for p in (toy_home / "stages/train" / s["key"] / "grids").iterdir()) == [f"epoch_{e:04d}.png" for e in range(1, 6)]
+    from PIL import Image
+
+    grid = Image.open(toy_home / "stages/train" / s["key"] / "grids/epoch_0005.png")
+    assert grid.width >= 512 and grid.text["Title"] == "toy · paper-128a · constructed B=32 · seed 0 · epoch 5"
+    assert Image.open(f"{s['path']}/loss_curve.png").text["Title"] == "toy · paper-128a · constructed B=32 · seed 0"
     assert not (toy_home / "stages/train" / f"{s['key']}.work").exists()
 
     # the generator loads by key and by MLflow run id
@@ -109,7 +116,8 @@ def test_a_short_run_learns_and_is_tracked(toy_home):
     assert (p["train.lr_d"], p["batches.strategy"], p["batches.batch_size"], p["tables.bins"]) == ("0.0002", "constructed", "32", "[8, 8]")
     assert p["dataset_content_hash"] and p["code_version"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss_d")] == [1, 2, 3, 4, 5]
-    assert len(client.get_metric_history(run.info.run_id, "feature_kl")) == 5
+    kl_history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "feature_kl")}
+    assert sorted(kl_history) == [0, 1, 2, 3, 4, 5] and kl_history[0] == s["feature_kl_initial"]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"grids", "generator.pt", "loss_curve.png", "metrics.jsonl", "table"} <= arts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "table")} == {"table/heatmap.png"}
@@ -149,6 +157,7 @@ def test_kill_and_resume_gives_the_same_losses(toy_home, monkeypatch):
     assert resumed["resumed_from_epoch"] == 1 and resumed["key"] == straight["key"]
     assert len(a["history"]["loss_d"]) == 8 and len(a["history"]["loss_g"]) == 4
     assert a["history"]["loss_d"] == b["history"]["loss_d"]
+    assert a["history"]["initial"] == b["history"]["initial"]  # the epoch-0 record survives the kill
     assert a["history"]["loss_g"] == b["history"]["loss_g"]
     assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
     assert not work.exists()
