@@ -35,6 +35,14 @@ class IngestConfig(StageConfig):
     )
     files_per_task: int = Field(256, ge=1, description="files decoded per Dask task")
     max_pixels: int = Field(64_000_000, ge=1, description="larger source images are quarantined (decompression bombs)")
+    decoder: Literal["fast", "pillow"] = Field(
+        "fast",
+        description="fast: JPEGs by libjpeg-turbo (simplejpeg) and Pillow's Lanczos as a numba kernel, other formats "
+        "by Pillow; pillow: Pillow only (ingest/1's path, slower; kept for comparison)",
+    )
+    decode_device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="cuda: decode JPEGs with nvJPEG on the GPU (torchvision.io.decode_jpeg), fast decoder only"
+    )
 
     _execution_fields: ClassVar[frozenset[str]] = frozenset({"workers", "scheduler", "files_per_task"})
 

@@ -82,7 +82,10 @@ def test_png_folder_recursive_sorted_and_other_files_ignored(tmp_path):
     assert s["source"] == str(src) and s["cache_hit"] is False and s["labels"] is False
     attrs = open_store("t").attrs
     assert attrs["source_format"] == "images" and attrs["key"] == s["key"] and attrs["source_fingerprint"]
-    assert attrs["policy"] == {"crop": "short-side", "size": 6, "filter": "lanczos", "jpeg_draft": True, "alpha": "composited on white"}
+    policy = {k: attrs["policy"][k] for k in ("crop", "size", "filter", "jpeg_draft", "alpha", "decoder", "decode_device")}
+    assert policy == {"crop": "short-side", "size": 6, "filter": "lanczos", "jpeg_draft": True, "alpha": "composited on white",
+                      "decoder": "fast", "decode_device": "cpu"}
+    assert attrs["policy"]["jpeg"].startswith("simplejpeg ") and attrs["policy"]["resize"].startswith("kernels.resize")
 
 
 def test_zip_of_pngs(tmp_path):
