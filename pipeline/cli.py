@@ -59,6 +59,8 @@ def ingest_cmd(
     scheduler: str = typer.Option(_ingest_default("scheduler"), "--scheduler", help="Dask local scheduler: threads or processes"),
     files_per_task: int = typer.Option(_ingest_default("files_per_task"), "--files-per-task", help="files decoded per Dask task"),
     max_pixels: int = typer.Option(_ingest_default("max_pixels"), "--max-pixels", help="quarantine larger source images"),
+    decoder: str = typer.Option(_ingest_default("decoder"), "--decoder", help="fast (libjpeg-turbo + Lanczos kernel) or pillow (ingest/1's path)"),
+    decode_device: str = typer.Option(_ingest_default("decode_device"), "--decode-device", help="cpu, or cuda: JPEGs decoded by nvJPEG on the GPU"),
     refresh: bool = typer.Option(False, "--refresh", help="rebuild even if an identical store exists"),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -71,7 +73,7 @@ def ingest_cmd(
     try:
         cfg = IngestConfig(
             source=source, name=name, size=size, crop=crop, workers=workers, scheduler=scheduler,
-            files_per_task=files_per_task, max_pixels=max_pixels,
+            files_per_task=files_per_task, max_pixels=max_pixels, decoder=decoder, decode_device=decode_device,
         )
     except ValidationError as e:
         raise SubsampleError("ingest", "; ".join(f"--{'-'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
