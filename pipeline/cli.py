@@ -202,6 +202,10 @@ def train_cmd(
     feature: Optional[list[str]] = typer.Option(None, "--feature", help="feature names of the table (repeat; default: colour_moment, sharpness)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu or cuda"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many D steps (smoke runs)"),
+    eval_every: Optional[int] = typer.Option(
+        None, "--eval-every", min=0, help="epochs between IS/FID/KID + feature-KL evaluations during training, logged "
+        "per epoch to MLflow (0 off; default: on with CUDA and the Inception weights on disk, else off)"),
+    eval_samples: Optional[int] = typer.Option(None, "--eval-samples", min=10, help="generated images per such evaluation (default 10,000)"),
     sets: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override any training field, e.g. --set lr_d=1e-4 --set loss=hinge (repeatable)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run of the same configuration from its last checkpoint"),
     refresh: bool = typer.Option(False, "--refresh", help="train again even if the artifact is cached"),
@@ -215,7 +219,8 @@ def train_cmd(
     from pipeline.presets import resolve_batches_config, resolve_train_config
     from pipeline.train import run_train
 
-    flags = {"epochs": epochs, "seed": seed, "device": device, "max_steps": max_steps}
+    flags = {"epochs": epochs, "seed": seed, "device": device, "max_steps": max_steps, "eval_every": eval_every,
+             "eval_samples": eval_samples}
     cfg = resolve_train_config(preset, {**_parse_sets(sets, "train"), **{k: v for k, v in flags.items() if v is not None}})
     batches = resolve_batches_config(preset, {"strategy": strategy, "batch_size": batch_size, "seed": seed})
     try:

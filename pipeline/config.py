@@ -186,9 +186,24 @@ class TrainConfig(StageConfig):
     channels_last: bool = Field(True, description="channels-last memory format (models and data)")
     compile: bool = Field(False, description="torch.compile G and D (D only without gradient penalties)")
     track: bool = Field(True, description="log the run to MLflow")
+    # per-epoch fidelity curves (execution only: they read G, never change it; see pipeline.evaluate.EpochEvaluator)
+    eval_every: int | None = Field(
+        None, ge=0,
+        description="epochs between IS/FID/KID + feature-KL evaluations of G during training, logged as MLflow step "
+        "metrics (step = epoch); 0 = off; None = auto: on (about 20 points a run) when training on CUDA and the "
+        "extractor's weights are on disk, off otherwise",
+    )
+    eval_samples: int = Field(10_000, ge=10, description="generated images per evaluation during training (names: fid10k_train)")
+    eval_feature_extractor: str = Field("inception-v3-compat", description="torch-fidelity feature extractor of those evaluations")
+    eval_weights: str | None = Field(None, description="local extractor weights file (as `subsample evaluate --weights`)")
 
+    # Why the eval_* fields are execution-only: the evaluation generates from its own seeded CPU
+    # generator with G in eval mode under no_grad, and torch-fidelity draws from its own RNGs, so
+    # the training RNG streams and the weights are those of a run without it (tested bit for bit
+    # on the CPU); switching curves on or off must not retrain or fork the cache.
     _execution_fields: ClassVar[frozenset[str]] = frozenset(
-        {"preset", "checkpoint_every", "device", "amp", "channels_last", "compile", "track"}
+        {"preset", "checkpoint_every", "device", "amp", "channels_last", "compile", "track",
+         "eval_every", "eval_samples", "eval_feature_extractor", "eval_weights"}
     )
 
     @field_validator("arch", "loss", "method")
