@@ -90,3 +90,26 @@ def test_resume_logs_every_point_exactly_once(toy_home, monkeypatch):
     h = histories(run_id)
     for name in ("fid64_train", "feature_kl64_train", "loss_d", "feature_kl"):
         assert h[name] == [1, 2, 3, 4], (name, h[name])
+
+
+def test_compare_report_plots_the_per_epoch_fid_curves(tmp_path, monkeypatch):
+    from pipeline.compare import GridCell
+    from pipeline.report import Member, ReportData, _per_epoch_fid_curves
+    from storage import tracking
+
+    monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path))
+    members = []
+    for strategy, level in (("random", 60.0), ("constructed", 45.0)):
+        for seed in (0, 1):
+            run = tracking.start_run("curves", run_name=f"{strategy}-{seed}", tags={}, params={})
+            for epoch in range(1, 5):
+                tracking.log_metrics(run, {"fid64_train": level / epoch + seed, "loss_d": 1.0}, step=epoch)
+            members.append(Member(run, GridCell(strategy, 64, "smoke", seed), "FINISHED", None, "ok",
+                                  {"fid64_train": level / 4 + seed, "loss_d": 1.0}))
+    data = ReportData("parent", "p", "FINISHED", "curves", {}, [], members, "0")
+    made = _per_epoch_fid_curves(data, tmp_path / "plots")
+    assert set(made) == {"fid_curves.png"} and "every evaluated epoch" in made["fid_curves.png"]
+    assert (tmp_path / "plots" / "fid_curves.png").stat().st_size > 10_000
+    assert members[0].history["epoch/fid64_train"] == [(1, 60.0), (2, 30.0), (3, 20.0), (4, 15.0)]
+    no_curves = [Member(m.run_id, m.cell, m.status, None, "ok", {"loss_d": 1.0}) for m in members]
+    assert _per_epoch_fid_curves(ReportData("p", "p", "FINISHED", "curves", {}, [], no_curves, "0"), tmp_path / "p2") == {}
