@@ -676,7 +676,8 @@ def epoch_evaluator(train_cfg: Any, store: Any, table: Any, z_dim: int, device: 
         weights_path, tag = resolve_weights(cfg)
     except WeightsUnavailable as e:
         skip = str(e)
-        print(f"train: per-epoch IS/FID/KID skipped: {e}; feature KL is still evaluated", file=sys.stderr)
+        print(f"train: per-epoch IS/FID/KID skipped: {e} (for training: --set eval_weights=PATH); "
+              "feature KL is still evaluated", file=sys.stderr)
     return EpochEvaluator(
         every=every, cfg=cfg, table=table, z_dim=z_dim, device=device, reference=StoreDataset(store.images),
         reference_cache_name=f"subsample-{store.content_hash[:16]}-w{tag}", weights_path=weights_path, fidelity_skip=skip,
