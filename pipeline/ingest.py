@@ -309,7 +309,10 @@ def prepare_array_block(images: np.ndarray, labels: np.ndarray | None, policy: C
     return Block(np.ascontiguousarray(policy.apply_array(images)), labels)
 
 
-def _worker_init() -> None:
+def _worker_init(max_image_pixels: int | None = Image.MAX_IMAGE_PIXELS) -> None:
+    """A worker process decodes under the parent's decompression-bomb limit (a spawned process
+    would otherwise have Pillow's default), and the warning between it and twice it is an error."""
+    Image.MAX_IMAGE_PIXELS = max_image_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 
@@ -706,7 +709,7 @@ def run_tasks_in_order(tasks: Iterable[Task], *, workers: int, scheduler: str) -
         pool: Executor
         if scheduler == "processes":
             ctx = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(Image.MAX_IMAGE_PIXELS,))
         else:
             pool = ThreadPoolExecutor(workers, thread_name_prefix="ingest")
         try:
@@ -733,6 +736,16 @@ def run_tasks_in_order(tasks: Iterable[Task], *, workers: int, scheduler: str) -
     finally:
         stop.set()
         producer.join()
+
+
+def resolve_scheduler(cfg: IngestConfig, source: Source) -> str:
+    """``--scheduler auto``: processes where the decoder holds the GIL (the fast decoder's
+    simplejpeg, on image files and zips), threads elsewhere (Pillow releases the GIL while it
+    decodes; array sources are mostly copying; nvJPEG wants one CUDA context)."""
+    if cfg.scheduler != "auto":
+        return cfg.scheduler
+    files = isinstance(source, (ImageFilesSource, ZipSource))
+    return "processes" if files and cfg.decoder == "fast" and cfg.decode_device == "cpu" else "threads"
 
 
 def _cached_store(name: str, key: str) -> DatasetStore | None:
@@ -797,7 +810,7 @@ def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = Tru
             return _summary(store, cache_hit=True, seconds=time.perf_counter() - t0)
 
     policy = CropPolicy(cfg.size, cfg.crop, cfg.decoder, cfg.decode_device)
-    scheduler = cfg.scheduler
+    scheduler = resolve_scheduler(cfg, source)
     if cfg.decode_device == "cuda":
         if cfg.decoder != "fast":
             raise SubsampleError(STAGE, "--decode-device cuda needs --decoder fast (the Pillow path decodes on the CPU)")
