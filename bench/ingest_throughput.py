@@ -94,6 +94,11 @@ def main() -> None:
             for w in (1, 2):
                 print(f"fast / pillow at {w} worker(s): {new[w]:.0f} / {old[w]:.0f} images/s = {new[w] / old[w]:.2f}×; "
                       f"CelebA's {CELEBA:,} images: {CELEBA / new[w]:.0f} s against {CELEBA / old[w]:.0f} s")
+            cpu = {k: c / r["n_images"] * 1e6 for k, (r, c) in best.items() if k[2] == 2}
+            for (d, sch, _), us in cpu.items():
+                print(f"CPU per image at 2 workers, {d}/{sch}: {us:.0f} µs (all processes; other jobs on the machine barely "
+                      f"change it) -> two idle cores could do at most {2e6 / us:.0f} images/s"
+                      + (" (threads: less, the GIL serialises part of it)" if sch == "threads" else ""))
             a, b = open_store("bench-fast").images[:], open_store("bench-pillow").images[:]
             diff = int(abs(a.astype(int) - b).max())
             print(f"stores: fast {'==' if hashes['fast'] == hashes['pillow'] else '!='} pillow (max |difference| {diff})")

@@ -183,22 +183,22 @@ def crop_resize(img: np.ndarray, policy: "CropPolicy", full: tuple[int, int], sc
 
 
 def read_source(src: str | os.PathLike | io.IOBase, max_bytes: int) -> bytes | None:
-    """The whole file (a path, or a file object a reader opened), or None when it is larger than
-    ``max_bytes``: the Pillow path then opens ``src`` itself and reads only what it needs."""
+    """The bytes of a JPEG of at most ``max_bytes`` (a path, or a file object a reader opened),
+    or of an in-memory source whatever it holds; None otherwise: the Pillow path then opens
+    ``src`` itself and reads only what it needs (a hostile 200 MB PNG is never read whole)."""
     if isinstance(src, io.BytesIO):
         return src.getvalue()
     if hasattr(src, "read"):
-        data = src.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            src.seek(0)
-            return None
-        return data
+        head = src.read(3)
+        data = head + src.read(max_bytes - 2) if head == JPEG_MAGIC else b""
+        src.seek(0)
+        return data if head == JPEG_MAGIC and len(data) <= max_bytes else None
     fd = os.open(src, os.O_RDONLY)  # unbuffered: a buffered file object costs more than the read
     try:
         size = os.fstat(fd).st_size
-        if size > max_bytes:
+        if size > max_bytes or os.read(fd, 3) != JPEG_MAGIC:
             return None
-        data = os.read(fd, size + 1)
+        data = JPEG_MAGIC + os.read(fd, size)
         while len(data) <= size:  # a short read: read to the end
             more = os.read(fd, 1 << 20)
             if not more:

@@ -248,3 +248,17 @@ def test_cli_decoder_pillow_is_selectable(tmp_path, capsys):
     assert e.value.code == 0
     s = json.loads(capsys.readouterr().out)
     assert open_store("t").attrs["policy"]["decoder"] == "pillow" and s["n_images"] == 1
+
+
+def test_read_source_reads_only_jpegs_whole(tmp_path):
+    j, p = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    j.write_bytes(jpeg(photo(30, 30, 0)))
+    p.write_bytes(to_png(photo(30, 30, 0)))  # a PNG named .jpg: Pillow opens it from the path
+    assert dec.read_source(str(j), 1 << 20) == j.read_bytes()
+    assert dec.read_source(str(p), 1 << 20) is None
+    assert dec.read_source(str(j), 100) is None  # larger than the limit: left to Pillow's header checks
+    with open(j, "rb") as f:
+        assert dec.read_source(f, 1 << 20) == j.read_bytes()
+    with open(p, "rb") as f:
+        assert dec.read_source(f, 1 << 20) is None and f.tell() == 0
+    assert dec.read_source(io.BytesIO(b"anything"), 10) == b"anything"
