@@ -52,17 +52,22 @@ def timed(fn, device: torch.device, steps: int) -> float:
 
 
 def bench_size(args, b: int, device: torch.device) -> dict:
+    """The figures for batch size ``b``. ``args`` also carries ``size`` (image side, default 32),
+    ``compile`` (torch.compile G and D, default off) and ``parts`` (which of ours, gather,
+    model, baseline to time; default all): bench/gpu_check.py times DCGAN-64 through here."""
+    size, compile_, parts_wanted = getattr(args, "size", 32), getattr(args, "compile", False), getattr(args, "parts", None)
     cfg = resolve_train_config("paper-128a", {"ngf": args.ngf, "ndf": args.ndf, "device": device.type, "track": False,
-                                              "amp": args.amp, "channels_last": args.channels_last == "on"})
+                                              "amp": args.amp, "channels_last": args.channels_last == "on",
+                                              "compile": compile_})
     n = max(args.n, 2 * b)
     gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=gen).to(device)
+    images = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=gen).to(device)
 
     def index_batches(k: int) -> list[torch.Tensor]:
         return list(torch.randint(0, n, (k, b), generator=gen).to(device))
 
     # 1. ours: the training stage's epoch loop
-    t = make_trainer(cfg, 32, device)
+    t = make_trainer(cfg, size, device)
 
     def ours(k: int) -> None:
         train_epoch(t, images, index_batches(k))
@@ -74,32 +79,32 @@ def bench_size(args, b: int, device: torch.device) -> dict:
 
     # 3. the model part alone, on one converted batch
     real = to_float(images[index_batches(1)[0]], cfg.channels_last)
-    tm = make_trainer(cfg, 32, device)
+    tm = make_trainer(cfg, size, device)
     loss = LOSSES[cfg.loss]
 
     def model(k: int) -> None:
         for _ in range(k):
             z = torch.randn(b, cfg.z_dim, device=device)
             with tm.autocast():
-                fake = tm.G(z)
-                loss_d = loss.d(tm.D(real).float(), tm.D(fake.detach()).float())
+                fake = tm.G_train(z)
+                loss_d = loss.d(tm.D_train(real).float(), tm.D_train(fake.detach()).float())
             tm.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             tm.opt_d.step()
             with tm.autocast():
-                loss_g = loss.g(tm.D(fake).float())
+                loss_g = loss.g(tm.D_train(fake).float())
             tm.opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             tm.opt_g.step()
 
     # 4. baseline: pytorch/examples dcgan loop over a DataLoader(TensorDataset) of float images
-    tb = make_trainer(cfg, 32, device)
+    tb = make_trainer(cfg, size, device)
     host = images[: max(4 * b, min(n, 16 * b))].cpu().permute(0, 3, 1, 2).float().div(127.5).sub(1).contiguous()
     workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
     loader = DataLoader(TensorDataset(host), batch_size=b, shuffle=True, drop_last=True, num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     memfmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    netG, netD, optG, optD = tb.G, tb.D, tb.opt_g, tb.opt_d
+    netG, netD, optG, optD = tb.G_train, tb.D_train, tb.opt_g, tb.opt_d  # compiled when cfg.compile
 
     def baseline(k: int) -> None:
         done = 0
@@ -132,6 +137,8 @@ def bench_size(args, b: int, device: torch.device) -> dict:
                     break
 
     parts = {"ours": ours, "gather": gather, "model": model, "baseline": baseline}
+    if parts_wanted:
+        parts = {k: v for k, v in parts.items() if k in parts_wanted}
     for fn in parts.values():
         fn(args.warmup)
     rounds: dict[str, list[float]] = {k: [] for k in parts}
@@ -139,17 +146,25 @@ def bench_size(args, b: int, device: torch.device) -> dict:
         for name, fn in parts.items():
             rounds[name].append(timed(fn, device, args.steps))
     med = {k: statistics.median(v) for k, v in rounds.items()}
-    return {
-        "device": str(device), "batch_size": b, "rounds": args.rounds, "steps_per_round": args.steps,
-        "ngf": args.ngf, "ndf": args.ndf, "bf16": t.bf16, "channels_last": cfg.channels_last,
+    out = {
+        "device": str(device), "batch_size": b, "image_size": size, "rounds": args.rounds, "steps_per_round": args.steps,
+        "ngf": args.ngf, "ndf": args.ndf, "bf16": t.bf16, "channels_last": cfg.channels_last, "compile": cfg.compile,
         "threads": torch.get_num_threads(),
-        "ours_images_per_second": round(b / med["ours"], 1), "ours_ms_per_step": round(med["ours"] * 1e3, 2),
-        "gather_convert_ms_per_step": round(med["gather"] * 1e3, 3), "model_ms_per_step": round(med["model"] * 1e3, 2),
-        "outside_share": round(med["gather"] / med["ours"], 4),
-        "baseline_images_per_second": round(b / med["baseline"], 1),
-        "ours_over_baseline": round(med["baseline"] / med["ours"], 3),
         "rounds_ms": {k: [round(x * 1e3, 1) for x in v] for k, v in rounds.items()},
     }
+    if "ours" in med:
+        out.update(ours_images_per_second=round(b / med["ours"], 1), ours_ms_per_step=round(med["ours"] * 1e3, 2))
+    if "gather" in med:
+        out["gather_convert_ms_per_step"] = round(med["gather"] * 1e3, 3)
+        if "ours" in med:
+            out["outside_share"] = round(med["gather"] / med["ours"], 4)
+    if "model" in med:
+        out["model_ms_per_step"] = round(med["model"] * 1e3, 2)
+    if "baseline" in med:
+        out["baseline_images_per_second"] = round(b / med["baseline"], 1)
+        if "ours" in med:
+            out["ours_over_baseline"] = round(med["baseline"] / med["ours"], 3)
+    return out
 
 
 def main() -> None:

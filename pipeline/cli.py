@@ -60,11 +60,13 @@ def ingest_cmd(
     size: int = typer.Option(_ingest_default("size"), "--size", help="output side S: images are stored S×S×3 uint8"),
     crop: Optional[int] = typer.Option(None, "--crop", help="centre-crop side before resizing (CelebA: 178); default: the short side"),
     workers: int = typer.Option(_ingest_default("workers"), "--workers", help="parallel decode workers"),
-    scheduler: str = typer.Option(_ingest_default("scheduler"), "--scheduler", help="Dask local scheduler: threads or processes"),
+    scheduler: str = typer.Option(_ingest_default("scheduler"), "--scheduler", help="Dask local scheduler: auto (processes for the fast decoder on image files, else threads), threads or processes"),
     files_per_task: int = typer.Option(_ingest_default("files_per_task"), "--files-per-task", help="files decoded per Dask task"),
     max_pixels: int = typer.Option(_ingest_default("max_pixels"), "--max-pixels", help="quarantine larger source images (refuse an array source of larger images)"),
     max_bytes: int = typer.Option(_ingest_default("max_bytes"), "--max-bytes", help="refuse a source holding more bytes (files, zip members, arrays' N×H×W×C)"),
     split: _Split = typer.Option(_ingest_default("split"), "--split", help="CIFAR-10 folders: the training batches (data_batch_*), the test batch, or all"),
+    decoder: str = typer.Option(_ingest_default("decoder"), "--decoder", help="fast (libjpeg-turbo + Lanczos kernel) or pillow (ingest/1's path)"),
+    decode_device: str = typer.Option(_ingest_default("decode_device"), "--decode-device", help="cpu, or cuda: JPEGs decoded by nvJPEG on the GPU"),
     refresh: bool = typer.Option(False, "--refresh", help="rebuild even if an identical store exists"),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -78,6 +80,7 @@ def ingest_cmd(
         cfg = IngestConfig(
             source=source, name=name, size=size, crop=crop, workers=workers, scheduler=scheduler,
             files_per_task=files_per_task, max_pixels=max_pixels, max_bytes=max_bytes, split=split.value,
+            decoder=decoder, decode_device=decode_device,
         )
     except ValidationError as e:
         raise SubsampleError("ingest", "; ".join(f"--{'-'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
@@ -214,6 +217,10 @@ def train_cmd(
     feature: Optional[list[str]] = typer.Option(None, "--feature", help="feature names of the table (repeat; default: colour_moment, sharpness)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu or cuda"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many D steps (smoke runs)"),
+    eval_every: Optional[int] = typer.Option(
+        None, "--eval-every", min=0, help="epochs between IS/FID/KID + feature-KL evaluations during training, logged "
+        "per epoch to MLflow (0 off; default: on with CUDA and the Inception weights on disk, else off)"),
+    eval_samples: Optional[int] = typer.Option(None, "--eval-samples", min=10, help="generated images per such evaluation (default 10,000)"),
     sets: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override any training field, e.g. --set lr_d=1e-4 --set loss=hinge (repeatable)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run of the same configuration from its last checkpoint"),
     refresh: bool = typer.Option(False, "--refresh", help="train again even if the artifact is cached"),
@@ -227,7 +234,8 @@ def train_cmd(
     sets = _train_sets(sets)
     flags = {
         "preset": preset,
-        "train": {"epochs": epochs, "seed": seed, "device": device, "max_steps": max_steps},
+        "train": {"epochs": epochs, "seed": seed, "device": device, "max_steps": max_steps,
+                  "eval_every": eval_every, "eval_samples": eval_samples},
         "batches": {"strategy": strategy, "batch_size": batch_size, "seed": seed},
         "tables": {"bins": list(bins) if bins else None},
         "features": {"features": list(feature) if feature else None},

@@ -30,8 +30,11 @@ class IngestConfig(StageConfig):
         None, ge=1, description="centre-crop side before resizing (CelebA convention: 178); None = largest centred square"
     )
     workers: int = Field(2, ge=1, description="parallel decode workers (Dask)")
-    scheduler: Literal["threads", "processes"] = Field(
-        "threads", description="Dask local scheduler for decoding (measured in bench/ingest_throughput.py)"
+    scheduler: Literal["auto", "threads", "processes"] = Field(
+        "auto",
+        description="Dask local scheduler for decoding. auto: worker processes for image files decoded by the fast "
+        "decoder (simplejpeg holds the GIL, so threads do not scale), threads otherwise (Pillow releases the GIL; "
+        "array sources need no decoding); measured in bench/jpeg_decode.py and bench/ingest_throughput.py",
     )
     files_per_task: int = Field(256, ge=1, description="files decoded per Dask task")
     max_pixels: int = Field(
@@ -47,6 +50,14 @@ class IngestConfig(StageConfig):
         "train",
         description="CIFAR-10 sources: the training batches (data_batch_*), the test batch (test_batch) or all; "
         "recorded in the store's attributes. Other sources: train only",
+    )
+    decoder: Literal["fast", "pillow"] = Field(
+        "fast",
+        description="fast: JPEGs by libjpeg-turbo (simplejpeg) and Pillow's Lanczos as a numba kernel, other formats "
+        "by Pillow; pillow: Pillow only (ingest/1's path, slower; kept for comparison)",
+    )
+    decode_device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="cuda: decode JPEGs with nvJPEG on the GPU (torchvision.io.decode_jpeg), fast decoder only"
     )
 
     # max_bytes only refuses a source whole; it never changes a store that is built
@@ -209,9 +220,24 @@ class TrainConfig(StageConfig):
     channels_last: bool = Field(True, description="channels-last memory format (models and data)")
     compile: bool = Field(False, description="torch.compile G and D (D only without gradient penalties)")
     track: bool = Field(True, description="log the run to MLflow")
+    # per-epoch fidelity curves (execution only: they read G, never change it; see pipeline.evaluate.EpochEvaluator)
+    eval_every: int | None = Field(
+        None, ge=0,
+        description="epochs between IS/FID/KID + feature-KL evaluations of G during training, logged as MLflow step "
+        "metrics (step = epoch); 0 = off; None = auto: on (about 20 points a run) when training on CUDA and the "
+        "extractor's weights are on disk, off otherwise",
+    )
+    eval_samples: int = Field(10_000, ge=10, description="generated images per evaluation during training (names: fid10k_train)")
+    eval_feature_extractor: str = Field("inception-v3-compat", description="torch-fidelity feature extractor of those evaluations")
+    eval_weights: str | None = Field(None, description="local extractor weights file (as `subsample evaluate --weights`)")
 
+    # Why the eval_* fields are execution-only: the evaluation generates from its own seeded CPU
+    # generator with G in eval mode under no_grad, and torch-fidelity draws from its own RNGs, so
+    # the training RNG streams and the weights are those of a run without it (tested bit for bit
+    # on the CPU); switching curves on or off must not retrain or fork the cache.
     _execution_fields: ClassVar[frozenset[str]] = frozenset(
-        {"preset", "checkpoint_every", "device", "amp", "channels_last", "compile", "track", "diverge_loss_max", "diverge_steps"}
+        {"preset", "checkpoint_every", "device", "amp", "channels_last", "compile", "track", "diverge_loss_max", "diverge_steps",
+         "eval_every", "eval_samples", "eval_feature_extractor", "eval_weights"}
     )
 
     @field_validator("arch", "loss", "method")

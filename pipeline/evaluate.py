@@ -37,7 +37,7 @@ import time
 import urllib.error
 import uuid
 import zipfile
-from contextlib import redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -743,3 +743,109 @@ def run_evaluate(run: str, cfg: EvaluateConfig, *, refresh: bool = False, progre
             "metrics": metrics, "fidelity": ctx.notes.get("fidelity"),
             "fidelity_reference_cache": ctx.notes.get("fidelity_reference_cache"),
             "metrics_log": str(log_path), "mlflow_logged": mlflow_logged, "timing": timing}
+
+
+# --- during training: per-epoch curves (``subsample train --eval-every E``) -----------------------
+
+
+def cached_inception_weights() -> Path | None:
+    """torch-fidelity's Inception weights in the torch hub cache, if they are there (no download)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / URL_INCEPTION_V3.rsplit("/", 1)[-1]
+    return path if path.is_file() else None
+
+
+@contextmanager
+def preserved_rng():
+    """Restore the global random states (torch CPU and CUDA, numpy, random) on exit."""
+    import random
+
+    state = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+             np.random.get_state(), random.getstate())
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state_all(state[1])
+        np.random.set_state(state[2])
+        random.setstate(state[3])
+
+
+@dataclass
+class EpochEvaluator:
+    """IS/FID/KID (torch-fidelity, the ``fidelity`` family above) and the feature-space KL/JS
+    (the ``feature`` family) of ``cfg.samples`` images of the generator being trained, every
+    ``every`` epochs and after the last. The same machinery and names as ``subsample evaluate``
+    (``fid10k_train``, ``feature_kl10k_train``, ...), with the same latent seed, so the last point
+    of a curve is the final evaluation's figure when the sample counts agree. The reference
+    statistics are cached once per data set and extractor (``fidelity-cache/``), shared with the
+    evaluate stage.
+
+    It cannot change training: z comes from a CPU ``torch.Generator`` of its own, G runs in eval
+    mode under ``no_grad`` (batch-norm statistics untouched) and is put back in train mode, and
+    the global RNGs (torch CPU and CUDA, numpy, random) are restored afterwards: torch-fidelity's
+    DataLoader draws its base seed from torch's global generator, which would otherwise shift
+    every later draw of the training run."""
+
+    every: int
+    cfg: EvaluateConfig
+    table: Any
+    z_dim: int
+    device: torch.device
+    reference: Dataset | None = None
+    reference_cache_name: str | None = None
+    weights_path: str | None = None
+    fidelity_skip: str | None = None
+
+    def due(self, epoch: int, last: bool) -> bool:
+        """Evaluate after (1-based) ``epoch``?"""
+        return epoch % self.every == 0 or last
+
+    def __call__(self, G: torch.nn.Module) -> dict[str, float]:
+        with preserved_rng():
+            return self._evaluate(G)
+
+    def _evaluate(self, G: torch.nn.Module) -> dict[str, float]:
+        images = generate_images(G, self.cfg.samples, self.z_dim, seed=self.cfg.seed, batch_size=self.cfg.batch_size,
+                                 device=self.device)
+        ctx = EvalContext(
+            images=images, cfg=self.cfg, table=self.table, train_sharpness_mean=0.0, reference=self.reference,
+            reference_cache_name=self.reference_cache_name, weights_path=self.weights_path,
+            fidelity_skip=self.fidelity_skip, cuda=self.device.type == "cuda",
+        )
+        metrics, _ = evaluate_images(ctx, families=("fidelity", "feature"))
+        return metrics
+
+
+def epoch_evaluator(train_cfg: Any, store: Any, table: Any, z_dim: int, device: torch.device) -> EpochEvaluator | None:
+    """The evaluator ``subsample train`` runs after epochs, or None when off. ``eval_every``:
+    0 off; an integer, every that many epochs; None (auto) every ``max(1, epochs // 20)`` epochs
+    when training on CUDA with the extractor's weights on disk (``eval_weights``, or Inception in
+    the torch hub cache; no download is tried), else off. When asked for explicitly but the
+    weights cannot be had, IS/FID/KID are skipped with one line on stderr and the feature-space
+    metrics are still logged."""
+    every = train_cfg.eval_every
+    inception = train_cfg.eval_feature_extractor == INCEPTION
+    if every is None:
+        local = train_cfg.eval_weights is not None or (inception and cached_inception_weights() is not None)
+        if device.type != "cuda" or not local:
+            return None
+        every = max(1, train_cfg.epochs // 20)
+    if every == 0:
+        return None
+    n = train_cfg.eval_samples
+    cfg = EvaluateConfig(samples=n, seed=0, feature_extractor=train_cfg.eval_feature_extractor, weights=train_cfg.eval_weights,
+                         isc_splits=min(10, n), device=str(device))
+    skip, weights_path, tag = None, None, "none"
+    try:
+        weights_path, tag = resolve_weights(cfg)
+    except WeightsUnavailable as e:
+        skip = str(e)
+        print(f"train: per-epoch IS/FID/KID skipped: {e} (for training: --set eval_weights=PATH); "
+              "feature KL is still evaluated", file=sys.stderr)
+    return EpochEvaluator(
+        every=every, cfg=cfg, table=table, z_dim=z_dim, device=device, reference=StoreDataset(store.images),
+        reference_cache_name=f"subsample-{store.content_hash[:16]}-w{tag}", weights_path=weights_path, fidelity_skip=skip,
+    )

@@ -67,13 +67,14 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from kernels.resize import resize_lanczos, resize_lanczos_many
 from pipeline.config import IngestConfig
 from storage.artifacts import artifact_key
 from storage.errors import SubsampleError, one_line
 from storage.paths import check_name, dataset_path
 from storage.store import QUARANTINE_FILE, DatasetStore, StoreBuilder, open_store
 
-CODE_VERSION = "ingest/1"
+CODE_VERSION = "ingest/2"  # 2: the fast decoder (libjpeg-turbo + the Lanczos kernel) and decoder fields in the key
 STAGE = "ingest"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # What Pillow may decode, whatever the extension says (a PNG named .jpg is fine): never EPS
@@ -95,10 +96,18 @@ class CropPolicy:
 
     The crop box is resampled in place (Pillow's ``resize(box=...)``): the filter sees the pixels
     just outside the box as context instead of a clamped edge, and a JPEG decoded at 1/2, 1/4 or
-    1/8 scale (draft mode) uses the same box scaled, fractional coordinates included."""
+    1/8 scale (draft mode) uses the same box scaled, fractional coordinates included.
+
+    ``decoder``: ``fast`` (default) decodes JPEGs with libjpeg-turbo and resamples with
+    :func:`kernels.resize.resize_lanczos` (Pillow's Lanczos, bit for bit, without Pillow's
+    per-image overhead; ``pipeline.decode``); ``pillow`` is the Pillow-only path of ingest/1,
+    kept for comparison (``bench/ingest_throughput.py``). ``decode_device`` ``cuda``: JPEGs are
+    decoded by nvJPEG on the GPU (``pipeline.decode.decode_files_cuda``)."""
 
     size: int
     crop: int | None = None
+    decoder: str = "fast"
+    decode_device: str = "cpu"
 
     def attrs(self) -> dict[str, Any]:
         return {
@@ -107,7 +116,22 @@ class CropPolicy:
             "filter": "lanczos",
             "jpeg_draft": True,
             "alpha": "composited on white",
+            **self.decoder_attrs(),
         }
+
+    def decoder_attrs(self) -> dict[str, str]:
+        """What decoded and resampled the images (the store's ``policy`` attribute records it)."""
+        pillow = f"pillow {Image.__version__}"
+        if self.decoder == "pillow":
+            return {"decoder": "pillow", "decode_device": "cpu", "jpeg": f"{pillow} (draft mode 1/2-1/8)",
+                    "other_formats": pillow, "resize": f"{pillow} Image.resize LANCZOS"}
+        from pipeline.decode import simplejpeg_version
+
+        jpeg = ("nvjpeg (torchvision.io.decode_jpeg on cuda, full resolution)" if self.decode_device == "cuda"
+                else f"simplejpeg {simplejpeg_version()} (libjpeg-turbo; DCT scale 1/2-1/8 as Pillow's draft mode)")
+        return {"decoder": "fast", "decode_device": self.decode_device, "jpeg": jpeg,
+                "other_formats": f"{pillow} (and JPEGs the fast path refuses)",
+                "resize": "kernels.resize.resize_lanczos (Pillow's Lanczos-3 in fixed point, horizontal pass first)"}
 
     def side(self, w: int, h: int) -> int:
         return min(w, h) if self.crop is None else min(self.crop, w, h)
@@ -129,6 +153,8 @@ class CropPolicy:
         box = self.box(*full_size)
         if scale == 1 and box[2] - box[0] == self.size:
             out = img if box == (0, 0) + img.size else img.crop(box)
+        elif self.decoder != "pillow":
+            return resize_lanczos(np.asarray(img, dtype=np.uint8), tuple(v / scale for v in box), self.size)
         else:
             out = img.resize((self.size, self.size), RESAMPLE, box=tuple(v / scale for v in box))
         return np.asarray(out, dtype=np.uint8)
@@ -141,6 +167,9 @@ class CropPolicy:
         k, h, w = images.shape[:3]
         if self.is_identity(h, w):
             return images
+        box = self.box(w, h)
+        if self.decoder != "pillow" and box[2] - box[0] != self.size:
+            return resize_lanczos_many(images, box, self.size)
         out = np.empty((k, self.size, self.size, 3), np.uint8)
         for i, im in enumerate(images):
             out[i] = self.apply(Image.fromarray(im), (w, h))
@@ -283,6 +312,12 @@ class Block:
 
 
 def decode_files(reader: FolderReader | ZipReader, refs: list[str], policy: CropPolicy, max_pixels: int) -> Block:
+    if policy.decoder != "pillow":
+        from pipeline import decode
+
+        if policy.decode_device == "cuda":
+            return decode.decode_files_cuda(reader, refs, policy, max_pixels)
+        return decode.decode_files_fast(reader, refs, policy, max_pixels)
     out = np.empty((len(refs), policy.size, policy.size, 3), np.uint8)
     n, bad = 0, []
     for ref in refs:
@@ -303,7 +338,10 @@ def prepare_array_block(images: np.ndarray, labels: np.ndarray | None, policy: C
     return Block(np.ascontiguousarray(policy.apply_array(images)), labels)
 
 
-def _worker_init() -> None:
+def _worker_init(max_image_pixels: int | None = Image.MAX_IMAGE_PIXELS) -> None:
+    """A worker process decodes under the parent's decompression-bomb limit (a spawned process
+    would otherwise have Pillow's default), and the warning between it and twice it is an error."""
+    Image.MAX_IMAGE_PIXELS = max_image_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 
@@ -1010,7 +1048,7 @@ def run_tasks_in_order(tasks: Iterable[Task], *, workers: int, scheduler: str) -
         pool: Executor
         if scheduler == "processes":
             ctx = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(Image.MAX_IMAGE_PIXELS,))
         else:
             pool = ThreadPoolExecutor(workers, thread_name_prefix="ingest")
         try:
@@ -1037,6 +1075,16 @@ def run_tasks_in_order(tasks: Iterable[Task], *, workers: int, scheduler: str) -
     finally:
         stop.set()
         producer.join()
+
+
+def resolve_scheduler(cfg: IngestConfig, source: Source) -> str:
+    """``--scheduler auto``: processes where the decoder holds the GIL (the fast decoder's
+    simplejpeg, on image files and zips), threads elsewhere (Pillow releases the GIL while it
+    decodes; array sources are mostly copying; nvJPEG wants one CUDA context)."""
+    if cfg.scheduler != "auto":
+        return cfg.scheduler
+    files = isinstance(source, (ImageFilesSource, ZipSource))
+    return "processes" if files and cfg.decoder == "fast" and cfg.decode_device == "cpu" else "threads"
 
 
 def _cached_store(name: str, key: str) -> DatasetStore | None:
@@ -1109,7 +1157,15 @@ def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = Tru
         if store is not None:
             return _summary(store, cache_hit=True, seconds=time.perf_counter() - t0)
 
-    policy = CropPolicy(cfg.size, cfg.crop)
+    policy = CropPolicy(cfg.size, cfg.crop, cfg.decoder, cfg.decode_device)
+    scheduler = resolve_scheduler(cfg, source)
+    if cfg.decode_device == "cuda":
+        if cfg.decoder != "fast":
+            raise SubsampleError(STAGE, "--decode-device cuda needs --decoder fast (the Pillow path decodes on the CPU)")
+        from pipeline.decode import check_cuda
+
+        check_cuda()
+        scheduler = "threads"  # one CUDA context, shared by the worker threads
     attrs = {
         "source": str(source.path),
         "source_format": source.format,
@@ -1132,7 +1188,7 @@ def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = Tru
             tqdm(total=source.n_items, desc=f"ingest {cfg.name}", unit="img", disable=not progress, file=sys.stderr)
         )
         blocks = stack.enter_context(
-            closing(run_tasks_in_order(source.tasks(policy, cfg, token), workers=cfg.workers, scheduler=cfg.scheduler))
+            closing(run_tasks_in_order(source.tasks(policy, cfg, token), workers=cfg.workers, scheduler=scheduler))
         )
         for block in blocks:
             quarantine += block.quarantine
@@ -1156,7 +1212,7 @@ def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = Tru
                     "seconds": round(build_seconds, 3),
                     "images_per_second": rate(builder.n_appended, build_seconds),  # .n counts flushed chunks only
                     "workers": cfg.workers,
-                    "scheduler": cfg.scheduler,
+                    "scheduler": scheduler,
                     "n_ignored": source.n_ignored,
                 }
             },

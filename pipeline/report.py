@@ -703,6 +703,39 @@ def _curves(data: ReportData, key_of, title: str, ylabel: str, path: Path) -> bo
     return True
 
 
+def _per_epoch_fid_curves(data: ReportData, plots: Path) -> dict[str, str]:
+    """FID after every evaluated epoch, when the runs were trained with ``--eval-every`` (MLflow
+    step metrics ``fid{N}_train``, step = epoch): ``fid_curves.png`` then shows those curves
+    instead of the final evaluation's one point per run. One sample count N for all runs (the
+    most common), so the curves compare. Reads the histories from MLflow itself."""
+    from collections import Counter
+
+    from storage import tracking
+
+    pattern = re.compile(r"^fid(\d+k?)_train$")
+    keys = {m.run_id: k for m in data.members for k in m.metrics if pattern.match(k)}
+    if not keys:
+        return {}
+    key = Counter(keys.values()).most_common(1)[0][0]
+    c = tracking.client()
+    name = f"epoch/{key}"
+    for m in data.members:
+        if keys.get(m.run_id) == key:
+            by_step: dict[int, float] = {}
+            for h in sorted(c.get_metric_history(m.run_id, key), key=lambda h: (h.step, h.timestamp)):
+                by_step[int(h.step)] = float(h.value)  # the last value logged at each step
+            m.history[name] = sorted(by_step.items())
+    n = _count(pattern.match(key).group(1))
+    plots.mkdir(parents=True, exist_ok=True)
+    if not _curves(data, lambda m: name if name in m.history else None,
+                   f"FID ({n:,} generated vs the training set) after each evaluated epoch (mean ± s.d. over seeds)",
+                   "FID", plots / "fid_curves.png"):
+        return {}
+    return {"fid_curves.png": f"FID of {n:,} generated images against the training set after every evaluated epoch "
+                              "(`subsample train --eval-every`), mean ± s.d. over seeds; the table's FID is the final "
+                              "evaluation's."}
+
+
 def _vs_batch_size(summary: dict[str, Any], path: Path) -> bool:
     """Final metrics (mean ± s.d. over seeds) against batch size, one line per strategy."""
     specs = [spec for spec in EVAL_METRICS
@@ -808,6 +841,7 @@ def write_plots(data: ReportData, summary: dict[str, Any], plots: Path) -> dict[
                plots / "fid_curves.png"):
         made["fid_curves.png"] = ("FID against epochs. The evaluation runs once, on the final generator, so each "
                                   "run contributes one point, at its last epoch.")
+    made.update(_per_epoch_fid_curves(data, plots))
     if _vs_batch_size(summary, plots / "metrics_vs_batch_size.png"):
         made["metrics_vs_batch_size.png"] = "Final metrics against batch size, per preset (mean ± s.d. over seeds)."
     seed0 = seeds[0] if seeds else 0

@@ -26,7 +26,6 @@ import numpy as np
 
 from kernels.histogram import bin_cells, count_cells, table_shape
 from pipeline.config import FeaturesConfig, TablesConfig
-from pipeline.features import features_artifact, load_features
 from storage.artifacts import Artifact, artifact_key, build_artifact, cached_summary, open_artifact
 from storage.errors import MissingArtifactError, SubsampleError
 
@@ -136,6 +135,8 @@ def tables_artifact(
 ) -> Artifact:
     """The cached tables artifact; raises :class:`MissingArtifactError` (stage ``needed_by``) naming
     the missing artifact (the table, or the features under it) and the command to run."""
+    from pipeline.features import features_artifact  # imports zarr: not needed to build or bin a Table
+
     fa = features_artifact(dataset, features, needed_by=needed_by)
     key = tables_key(cfg, fa)
     art = open_artifact(STAGE, key)
@@ -216,6 +217,8 @@ def run_tables(
 ) -> dict:
     """Build (or find cached) the joint table of ``dataset``'s features; returns the summary."""
     t0 = time.perf_counter()
+    from pipeline.features import features_artifact, load_features
+
     fa = features_artifact(dataset, features, needed_by=STAGE)
     key = tables_key(cfg, fa)
     if not refresh and (hit := cached_summary(STAGE, key, started=t0, dataset=dataset)) is not None:

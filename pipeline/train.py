@@ -646,7 +646,11 @@ def _train_locked(dataset, cfg, batches, tables, features, store, tables_art, ke
 
         run_id = _start_tracking(cfg, batches, tables, features, dataset, key, store, tables_art, run_info.get("mlflow_run_id"))
         run_file.write_text(json.dumps({"key": key, "dataset": dataset, "mlflow_run_id": run_id}))
-        _train_loop(t, table, sampler, images, batches.batch_size, work, run_id, progress, labels, title)
+        from pipeline.evaluate import epoch_evaluator
+
+        evaluator = epoch_evaluator(cfg, store, table, cfg.z_dim, device)
+        logger = StepLogger(run_id, t.history["epochs"] if resumed_from is not None else [])
+        _train_loop(t, table, sampler, images, batches.batch_size, work, logger, progress, labels, evaluator, title)
     except (NonFiniteLoss, Diverged) as e:
         _end_tracking(run_id, "FAILED")
         last = f"{ckpt} (after epoch {_ckpt_epoch(ckpt)})" if ckpt.exists() else "none (no epoch had finished)"
@@ -683,6 +687,8 @@ def _train_locked(dataset, cfg, batches, tables, features, store, tables_art, ke
         "feature_kl_initial": (t.history.get("initial") or {}).get("feature_kl"),
         "images_per_second": round(t.step * batches.batch_size / train_seconds, 1) if train_seconds else None,
         "train_seconds": round(train_seconds, 3), "device": str(device), "bf16": t.bf16,
+        "eval_every": evaluator.every if evaluator else 0,
+        "eval_fidelity": None if evaluator is None else ("skipped: " + evaluator.fidelity_skip if evaluator.fidelity_skip else "ok"),
         "resumed_from_epoch": resumed_from, "mlflow_run_id": run_id,
     }
     with build_artifact(STAGE, key, params=_key_params(cfg, batches),
@@ -715,10 +721,45 @@ def _drop_unresumable(work: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+class StepLogger:
+    """Per-epoch MLflow metrics that are never logged twice at one step. A resumed run first
+    learns which (metric, step) points its MLflow run already holds, logs the checkpointed epochs
+    that are missing (killed between the checkpoint and the log) and skips the points of epochs
+    it runs again (killed after the log, before the next checkpoint: the re-run's values, equal on
+    a CPU, are not added as a second point)."""
+
+    def __init__(self, run_id: str | None, history_epochs: list[dict]):
+        self.run_id = run_id
+        self.seen: dict[str, set[int]] = {}
+        if run_id and history_epochs:
+            from storage import tracking
+
+            self.seen = tracking.logged_steps(run_id)
+            for m in history_epochs:
+                self.log(m)
+
+    def log(self, m: dict) -> None:
+        if not self.run_id:
+            return
+        from storage import tracking
+
+        step = m["epoch"]
+        fresh = {k: v for k, v in m.items() if k not in ("epoch", "step") and step not in self.seen.get(k, ())}
+        if fresh:
+            tracking.log_metrics(self.run_id, fresh, step=step)
+        for k in fresh:
+            self.seen.setdefault(k, set()).add(step)
+
+
 def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size: int, work: Path,
-                run_id: str | None, progress: bool, labels: Tensor | None = None, title: str = "") -> None:
+                logger: StepLogger | str | None, progress: bool, labels: Tensor | None = None, evaluator: Any = None,
+                title: str = "") -> None:
+    """Epochs until ``cfg.epochs`` (or ``max_steps``): train, per-epoch metrics (and the
+    evaluator's, when due), the sample grid, the checkpoint, metrics.jsonl, MLflow."""
     from tqdm import tqdm
 
+    if not isinstance(logger, StepLogger):  # a run id (or None): a fresh run
+        logger = StepLogger(logger, [])
     cfg = t.cfg
     per_epoch = len(sampler)
     total = (cfg.epochs - t.epoch) * per_epoch
@@ -727,10 +768,7 @@ def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size
     t.clock = RunClock(total, per_epoch, cfg.epochs - t.epoch, batch_size, t.device) if total > 1 else None
     if t.epoch == 0 and not t.history.get("initial"):  # a fresh run: record the untrained generator
         t.history["initial"] = initial_metrics(t, table)
-        if run_id:
-            from storage import tracking
-
-            tracking.log_metrics(run_id, {k: t.history["initial"][k] for k in ("feature_kl", "feature_js")}, step=0)
+        logger.log({"epoch": 0, **{k: t.history["initial"][k] for k in ("feature_kl", "feature_js")}})
         if progress:
             print(f"{STAGE}: epoch 0 (untrained) feature_kl {t.history['initial']['feature_kl']:.4f}", file=sys.stderr)
     while t.epoch < cfg.epochs and (cfg.max_steps is None or t.step < cfg.max_steps):
@@ -742,6 +780,11 @@ def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size
             losses = train_epoch(t, images, batches, bar, labels)
             seconds = time.perf_counter() - t0
         m = epoch_metrics(t, epoch, losses, seconds, batch_size, table)
+        done = epoch + 1 >= cfg.epochs or (cfg.max_steps is not None and t.step >= cfg.max_steps)
+        if evaluator is not None and evaluator.due(epoch + 1, done):
+            t0 = time.perf_counter()
+            m.update(evaluator(t.G))
+            m["eval_seconds"] = round(time.perf_counter() - t0, 3)
         save_grid(generate(t.G, t.z_fixed[: cfg.sample_grid]), work / "grids" / f"epoch_{epoch + 1:04d}.png",
                   f"{title} · epoch {epoch + 1}" if title else "")
         t.history["epochs"].append(m)
@@ -755,10 +798,7 @@ def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size
         if (t.epoch % cfg.checkpoint_every == 0 and t.steps_over_bound == 0) or done:
             save_checkpoint(t, work / "checkpoint.pt")
         _write_metrics(t.history, work / "metrics.jsonl")
-        if run_id:
-            from storage import tracking
-
-            tracking.log_metrics(run_id, {k: v for k, v in m.items() if k not in ("epoch", "step")}, step=m["epoch"])
+        logger.log(m)
         if progress:
             print(f"{STAGE}: epoch {m['epoch']}/{cfg.epochs} loss_d {_fmt(m['loss_d'])} loss_g {_fmt(m['loss_g'])} "
                   f"feature_kl {m['feature_kl']:.4f} {m['images_per_second']} img/s", file=sys.stderr)

@@ -295,6 +295,13 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], step: int) -> None:
         c.log_batch(run_id, metrics=ms[i : i + _METRIC_BATCH])
 
 
+def logged_steps(run_id: str) -> dict[str, set[int]]:
+    """The steps at which each metric of the run has been logged (a resumed run skips those, so
+    no point of a curve is logged twice)."""
+    c = client()
+    return {key: {int(m.step) for m in c.get_metric_history(run_id, key)} for key in c.get_run(run_id).data.metrics}
+
+
 def log_artifacts(run_id: str, paths: Iterable[tuple[Path, str | None]]) -> None:
     """Copy files or directories into the run: ``(local path, artifact sub-path or None)``."""
     c = client()

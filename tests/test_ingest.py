@@ -31,6 +31,16 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
+@pytest.fixture(autouse=True)
+def threads_unless_asked(monkeypatch):
+    """``--scheduler auto`` picks worker processes for image files; spawning them costs seconds on
+    a loaded CI machine, so these tests decode in threads unless they name a scheduler (the
+    processes path has its own tests: test_decode.py, test_workers_scheduler_...)."""
+    real = ingest_mod.resolve_scheduler
+    monkeypatch.setattr(ingest_mod, "resolve_scheduler", lambda cfg, source: "threads" if cfg.scheduler == "auto" else real(cfg, source))
+    return real
+
+
 def ingest(source, name="t", refresh=False, **kw):
     return run_ingest(IngestConfig(source=str(source), name=name, **kw), progress=False, refresh=refresh)
 
@@ -82,7 +92,10 @@ def test_png_folder_recursive_sorted_and_other_files_ignored(tmp_path):
     assert s["source"] == str(src) and s["cache_hit"] is False and s["labels"] is False
     attrs = open_store("t").attrs
     assert attrs["source_format"] == "images" and attrs["key"] == s["key"] and attrs["source_fingerprint"]
-    assert attrs["policy"] == {"crop": "short-side", "size": 6, "filter": "lanczos", "jpeg_draft": True, "alpha": "composited on white"}
+    policy = {k: attrs["policy"][k] for k in ("crop", "size", "filter", "jpeg_draft", "alpha", "decoder", "decode_device")}
+    assert policy == {"crop": "short-side", "size": 6, "filter": "lanczos", "jpeg_draft": True, "alpha": "composited on white",
+                      "decoder": "fast", "decode_device": "cpu"}
+    assert attrs["policy"]["jpeg"].startswith("simplejpeg ") and attrs["policy"]["resize"].startswith("kernels.resize")
 
 
 def test_zip_of_pngs(tmp_path):
@@ -472,7 +485,7 @@ def test_a_killed_ingest_leaves_no_store_and_a_rerun_completes(tmp_path, home, m
 
     monkeypatch.setattr(ingest_mod, "decode_files", dying)
     with pytest.raises(RuntimeError, match="killed"):
-        ingest(tmp_path / "src", size=6, files_per_task=2, workers=1)
+        ingest(tmp_path / "src", size=6, files_per_task=2, workers=1, scheduler="threads")  # the patch reaches threads
     assert len(calls) >= 3 and not dataset_path("t").exists() and no_leftovers(home)
     with pytest.raises(SubsampleError, match="no data set store"):
         open_store("t")
@@ -485,7 +498,7 @@ def test_a_killed_ingest_leaves_no_store_and_a_rerun_completes(tmp_path, home, m
     calls.clear()
     monkeypatch.setattr(ingest_mod, "decode_files", dying)
     with pytest.raises(RuntimeError):
-        ingest(tmp_path / "src", size=6, files_per_task=2, workers=1)
+        ingest(tmp_path / "src", size=6, files_per_task=2, workers=1, scheduler="threads")  # the patch reaches threads
     assert open_store("t", verify=True).content_hash == s["content_hash"] and no_leftovers(home)
 
 
