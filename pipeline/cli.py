@@ -136,6 +136,7 @@ from pipeline.config import BatchesConfig as _BatchesConfig, Strategy as _Strate
 
 _BatchStrategy = Enum("_BatchStrategy", {s: s for s in get_args(_StrategyLiteral)}, type=str)
 _BatchFill = Enum("_BatchFill", {"topk": "topk", "coverage": "coverage"}, type=str)
+_BatchTopup = Enum("_BatchTopup", {"topk": "topk", "random": "random"}, type=str)
 _BATCH_DEFAULTS = {k: f.default for k, f in _BatchesConfig.model_fields.items()}  # defaults in one place
 
 
@@ -148,6 +149,11 @@ def batches_cmd(
     seed: int = typer.Option(_BATCH_DEFAULTS["seed"], "--seed", help="run seed; epoch e is constructed from (seed, e)"),
     top_k: int = typer.Option(_BATCH_DEFAULTS["top_k"], "--top-k", help="constructed: shortfall filled from the k most frequent cells"),
     fill: _BatchFill = typer.Option(_BATCH_DEFAULTS["fill"], "--fill", help="constructed: 'coverage' first uses not-yet-drawn images of cells with T2 = 0"),
+    topup: _BatchTopup = typer.Option(
+        _BATCH_DEFAULTS["topup"], "--topup",
+        help="constructed: spread the shortfall over the k most frequent cells in proportion ('topk', every batch alike) "
+        "or by a random multinomial draw per batch ('random', the paper's reading; the paper-* presets use it)",
+    ),
     bins: Optional[tuple[int, int]] = typer.Option(None, "--bins", help="the table's M1 M2 (default: the tables stage's default)"),
     feature: Optional[list[str]] = typer.Option(None, "--feature", help="feature names of the table (repeat; default: colour_moment, sharpness)"),
     refresh: bool = typer.Option(False, "--refresh", help="rebuild even if the artifact is cached"),
@@ -161,7 +167,8 @@ def batches_cmd(
 
     try:
         cfg = _BatchesConfig(
-            batch_size=batch_size, strategy=strategy.value, epochs=epochs, seed=seed, top_k=top_k, fill=fill.value
+            batch_size=batch_size, strategy=strategy.value, epochs=epochs, seed=seed, top_k=top_k, fill=fill.value,
+            topup=topup.value,
         )
         tables = TablesConfig(bins=tuple(bins)) if bins else TablesConfig()
         features = FeaturesConfig(features=tuple(feature)) if feature else FeaturesConfig()

@@ -93,7 +93,7 @@ def make_sampler(table: Any, batches: BatchesConfig) -> Any:
 
     return SubsampleBatchSampler(
         table, batch_size=batches.batch_size, strategy=batches.strategy, seed=batches.seed,
-        top_k=batches.top_k, fill=batches.fill, num_replicas=1, rank=0,
+        top_k=batches.top_k, fill=batches.fill, topup=batches.topup, num_replicas=1, rank=0,
     )
 
 
@@ -129,6 +129,7 @@ class Trainer:
     g_steps: int = 0
     history: dict = field(default_factory=lambda: {"epochs": [], "loss_d": [], "loss_g": [], "g_steps_at": []})
     method: Any = None  # the pipeline.methods.TrainingMethod taking the steps (make_trainer sets it)
+    kl_floor: dict | None = None  # the feature KL's floor at kl_samples (pipeline.floors), when known
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
@@ -266,7 +267,8 @@ def save_grid(images: Tensor, path: Path) -> None:
 def epoch_metrics(t: Trainer, epoch: int, losses: dict, seconds: float, batch_size: int, table: Any) -> dict:
     """One metrics.jsonl line. ``d_real``/``d_fake`` are means of sigmoid(D's logit) (``_prob``)
     for the logistic losses, of the raw D output (``_score``) for the others, of the reconstruction
-    error (``_recon``) for BEGAN; the training method adds its own metrics after ``feature_js``."""
+    error (``_recon``) for BEGAN; the training method adds its own metrics after ``feature_js``.
+    ``feature_kl_floor`` is the feature KL's floor at ``kl_samples`` (what real images score)."""
     d = np.asarray(losses["d"], dtype=np.float64).reshape(-1, 3)
     kind = t.method.score_kind
     samples = generate(t.G, t.z_fixed[: t.cfg.kl_samples])
@@ -281,6 +283,7 @@ def epoch_metrics(t: Trainer, epoch: int, losses: dict, seconds: float, batch_si
         f"d_real_{kind}": float(d[:, 1].mean()) if steps else None,
         f"d_fake_{kind}": float(d[:, 2].mean()) if steps else None,
         "feature_kl": div["kl"],
+        "feature_kl_floor": t.kl_floor["mean"] if t.kl_floor else None,
         "feature_js": div["js"],
         **t.method.epoch_metrics(t),
         "seconds": round(seconds, 3),
@@ -426,6 +429,9 @@ def run_train(
     device = resolve_device(cfg.device)
     labels = class_labels(cfg, store, dataset)
     t = make_trainer(cfg, store.size, device, n_classes=0 if labels is None else int(labels.max()) + 1)
+    from pipeline.floors import cached_feature_kl_floor
+
+    t.kl_floor = cached_feature_kl_floor(table, tables_art.content_hash, cfg.kl_samples)
     sampler = make_sampler(table, batches)
     if len(sampler) == 0:
         raise SubsampleError(STAGE, f"{dataset} has {store.n} images, fewer than one batch of {batches.batch_size}")
@@ -477,7 +483,8 @@ def run_train(
         "preset": cfg.preset, "strategy": batches.strategy, "batch_size": batches.batch_size,
         "epochs": len(t.history["epochs"]), "steps": t.step, "g_steps": t.g_steps,
         "loss_d": last["loss_d"], "loss_g": last["loss_g"],
-        "feature_kl": last["feature_kl"], "feature_js": last["feature_js"],
+        "feature_kl": last["feature_kl"], "feature_kl_floor": t.kl_floor["mean"], "feature_kl_samples": cfg.kl_samples,
+        "feature_js": last["feature_js"],
         "images_per_second": round(t.step * batches.batch_size / train_seconds, 1) if train_seconds else None,
         "train_seconds": round(train_seconds, 3), "device": str(device), "bf16": t.bf16,
         "resumed_from_epoch": resumed_from, "mlflow_run_id": run_id,
@@ -533,10 +540,23 @@ def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size
         if run_id:
             from storage import tracking
 
-            tracking.log_metrics(run_id, {k: v for k, v in m.items() if k not in ("epoch", "step")}, step=m["epoch"])
+            tracking.log_metrics(run_id, mlflow_epoch_metrics(m, cfg.kl_samples), step=m["epoch"])
         if progress:
             print(f"{STAGE}: epoch {m['epoch']}/{cfg.epochs} loss_d {_fmt(m['loss_d'])} loss_g {_fmt(m['loss_g'])} "
-                  f"feature_kl {m['feature_kl']:.4f} {m['images_per_second']} img/s", file=sys.stderr)
+                  f"feature_kl {m['feature_kl']:.4f} (floor {_fmt(m.get('feature_kl_floor'))} at {cfg.kl_samples} "
+                  f"samples) {m['images_per_second']} img/s", file=sys.stderr)
+
+
+def mlflow_epoch_metrics(m: dict, kl_samples: int) -> dict:
+    """An epoch's metrics as MLflow keys: the feature KL and JS carry their sample size
+    (``feature_kl2048``, ``feature_js2048``, floor ``feature_kl2048_floor``), so they are never
+    mistaken for the evaluation's ``eval/feature_kl{N}_train`` at another N."""
+    from pipeline.metrics import count_tag
+
+    tag = count_tag(kl_samples)
+    rename = {"feature_kl": f"feature_kl{tag}", "feature_js": f"feature_js{tag}",
+              "feature_kl_floor": f"feature_kl{tag}_floor"}
+    return {rename.get(k, k): v for k, v in m.items() if k not in ("epoch", "step")}
 
 
 def _fmt(v: float | None) -> str:
