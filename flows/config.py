@@ -89,12 +89,13 @@ def dataset_defaults(dataset: str) -> dict[str, Any]:
     return {"ingest": {"size": preset.size, "crop": preset.crop}}
 
 
-def preset_defaults(name: str) -> dict[str, Any]:
-    """The train and batches values of a training preset (``pipeline.presets``)."""
+def preset_defaults(name: str, dataset: Optional[str] = None) -> dict[str, Any]:
+    """The train and batches values of a training preset (``pipeline.presets``), for ``dataset``'s
+    kind when given (e.g. paper-constructed's B = 2048 on CIFAR-10)."""
     from pipeline.presets import get_preset
 
-    p = get_preset(name)
-    return {"train": {**p.train, "preset": name}, "batches": dict(p.batches)}
+    train, batches = get_preset(name).values(dataset)
+    return {"train": {**train, "preset": name}, "batches": batches}
 
 
 class RunConfig(BaseModel):
@@ -138,7 +139,8 @@ class RunConfig(BaseModel):
         if isinstance(data.get("dataset"), str):
             base = merge(base, dataset_defaults(data["dataset"]))
         if data.get("preset"):
-            base = merge(base, preset_defaults(data["preset"]))
+            dataset = data["dataset"] if isinstance(data.get("dataset"), str) else None
+            base = merge(base, preset_defaults(data["preset"], dataset))
         given = {k: (v.model_dump(exclude_unset=True) if isinstance(v, BaseModel) else v) for k, v in data.items()}
         return merge(base, given)
 

@@ -425,6 +425,12 @@ def run_train(
     if not refresh and (hit := cached_summary(STAGE, key, started=t0, **base)) is not None:
         return hit
 
+    if batches.batch_size > store.n:
+        raise SubsampleError(
+            STAGE, f"batch size {batches.batch_size} (preset {cfg.preset or 'custom'}"
+            f"{', resolved for this data set' if cfg.preset else ''}) is larger than {dataset} ({store.n} images); "
+            "pass --batch-size (`subsample presets` shows each preset's batch sizes per data set)",
+        )
     table = load_table(tables_art)
     device = resolve_device(cfg.device)
     labels = class_labels(cfg, store, dataset)
