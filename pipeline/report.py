@@ -408,7 +408,7 @@ COLOURS = {"random": "tab:grey", "constructed": "tab:blue", "dealt": "tab:orange
 def _curves(data: ReportData, key_of, title: str, ylabel: str, path: Path) -> bool:
     """One subplot per (preset, B): mean over seeds against epoch, one line per strategy, band ± s.d."""
     strategies, sizes, presets, _ = data.axes()
-    series = {}
+    series, floors = {}, {}
     for p in presets:
         for b in sizes:
             for s in strategies:
@@ -417,6 +417,8 @@ def _curves(data: ReportData, key_of, title: str, ylabel: str, path: Path) -> bo
                     k = key_of(m)
                     for step, v in (m.history.get(k, []) if k else []):
                         per_step.setdefault(step, []).append(v)
+                    if k and f"{k}_floor" in m.metrics:  # the KL's floor at its sample size
+                        floors.setdefault((p, b, s), []).append(m.metrics[f"{k}_floor"])
                 if per_step:
                     series[(p, b, s)] = sorted(per_step.items())
     if not series:
@@ -424,27 +426,40 @@ def _curves(data: ReportData, key_of, title: str, ylabel: str, path: Path) -> bo
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(len(presets), len(sizes), figsize=(max(3.6 * len(sizes), 5.5), 2.8 * len(presets) + 0.5),
+    # panels: presets × B; a design that is not a full grid (the paper's) gets only its panels
+    pairs = [(p, b) for p in presets for b in sizes if any((p, b, s) in series for s in strategies)]
+    if len(pairs) < len(presets) * len(sizes):
+        ncols = min(3, len(pairs))
+        nrows = -(-len(pairs) // ncols)
+        layout = {pair: divmod(k, ncols) for k, pair in enumerate(pairs)}
+    else:
+        nrows, ncols = len(presets), len(sizes)
+        layout = {(p, b): (i, j) for i, p in enumerate(presets) for j, b in enumerate(sizes)}
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(3.6 * ncols, 5.5), 2.8 * nrows + 0.5),
                              squeeze=False, sharex=False)
-    for i, p in enumerate(presets):
-        for j, b in enumerate(sizes):
-            ax = axes[i][j]
-            for s in strategies:
-                pts = series.get((p, b, s))
-                if not pts:
-                    continue
-                x = np.array([st for st, _ in pts])
-                mean = np.array([np.mean(v) for _, v in pts])
-                sd = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for _, v in pts])
-                n = max(len(v) for _, v in pts)
-                ax.plot(x, mean, marker="o", ms=3, color=COLOURS.get(s), label=f"{s} (n={n})")
-                ax.fill_between(x, mean - sd, mean + sd, color=COLOURS.get(s), alpha=0.2, lw=0)
-            ax.set_title(f"{p}, B={b}", fontsize=9)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlabel("epoch", fontsize=8)
-            ax.set_ylabel(ylabel, fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.legend(fontsize=7)
+    for ax in axes.flat[len(layout):]:
+        ax.set_visible(False)
+    for (p, b), (i, j) in layout.items():
+        ax = axes[i][j]
+        for s in strategies:
+            pts = series.get((p, b, s))
+            if not pts:
+                continue
+            x = np.array([st for st, _ in pts])
+            mean = np.array([np.mean(v) for _, v in pts])
+            sd = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for _, v in pts])
+            n = max(len(v) for _, v in pts)
+            ax.plot(x, mean, marker="o", ms=3, color=COLOURS.get(s), label=f"{s} (n={n})")
+            ax.fill_between(x, mean - sd, mean + sd, color=COLOURS.get(s), alpha=0.2, lw=0)
+            if floors.get((p, b, s)):
+                ax.axhline(float(np.mean(floors[(p, b, s)])), ls="--", lw=1, color=COLOURS.get(s),
+                           label="its floor (real images)")
+        ax.set_title(f"{p}, B={b}", fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
     _suptitle(fig, title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -547,7 +562,8 @@ def write_plots(data: ReportData, summary: dict[str, Any], plots: Path) -> dict[
     if _curves(data, lambda m: epoch_kl_key(m.history),
                "feature KL(f_G || f_X) of fixed-z samples after each epoch (mean ± s.d. over seeds)",
                "feature KL", plots / "feature_kl_curves.png"):
-        made["feature_kl_curves.png"] = "Feature KL against epochs (training's per-epoch metric)."
+        made["feature_kl_curves.png"] = ("Feature KL against epochs (training's per-epoch metric); dashed: its floor, what "
+                                         "as many real images score.")
     fid = next(spec for spec in EVAL_METRICS if spec.name == "fid")
     if _curves(data, lambda m: m.eval_key(fid), "FID against epochs (mean ± s.d. over seeds)", "FID",
                plots / "fid_curves.png"):
@@ -666,6 +682,9 @@ def paper_summary(data: ReportData, configurations: list[dict[str, Any]]) -> dic
         avg = lambda f: float(np.mean([v for r in rows if (v := f(r)) is not None])) if any(f(r) is not None for r in rows) else None  # noqa: E731
         b.update(
             seeds=len(rows), topup=rows[0].get("topup"), coverage=avg(lambda r: r["coverage"]["mean"]),
+            n_batches=int(sum((r.get("m") or 0) * (r.get("epochs") or 0) for r in rows)),
+            label_kl_random_sd=avg(lambda r: (r.get("label_kl_random_sample") or {}).get("sd")),
+            label_kl_random_repeats=avg(lambda r: (r.get("label_kl_random_sample") or {}).get("repeats")),
             kl_mean=avg(lambda r: r["kl"]["mean"]), kl_sd=avg(lambda r: r["kl"]["std"]),
             kl_random=avg(lambda r: (r.get("kl_random_sample") or {}).get("mean")),
             label_kl_mean=avg(lambda r: (r.get("label_kl") or {}).get("mean")),
@@ -760,12 +779,13 @@ def batch_check_blocks(summary: dict[str, Any]) -> list[tuple]:
                      "sampler never sees: a strategy at the random-sample value is no closer to the data set's class "
                      "mix than random batches."))
     rows = []
+    sd0 = lambda v: 0.0 if v is not None and abs(v) < 1e-12 else v  # noqa: E731  (floating-point "spread")
     for d in diag:
         never = " / ".join(f"{v:.0f}" for v in d["never_drawn"]) or "–"
-        label = (f"{fmt(d['label_kl_mean'])} ± {fmt(d['label_kl_sd'])}" if d["label_kl_mean"] is not None
+        label = (f"{fmt(d['label_kl_mean'])} ± {fmt(sd0(d['label_kl_sd']))}" if d["label_kl_mean"] is not None
                  else "n/a (no labels)")
         rows.append([d["strategy"] + (f" (top-up {d['topup']})" if d.get("topup") else ""), str(d["batch_size"]),
-                     fmt(d["coverage"]), f"{fmt(d['kl_mean'])} ± {fmt(d['kl_sd'])}", fmt(d["kl_random"]), label,
+                     fmt(d["coverage"]), f"{fmt(d['kl_mean'])} ± {fmt(sd0(d['kl_sd']))}", fmt(d["kl_random"]), label,
                      fmt(d["label_kl_random"]), never])
     out.append(("table", ["strategy", "B", "coverage", "feature KL (mean ± s.d. over batches)",
                           "random sample of B", "label KL (mean ± s.d.)", "random sample of B", "never drawn per epoch"],
@@ -775,15 +795,38 @@ def batch_check_blocks(summary: dict[str, Any]) -> list[tuple]:
         if d["strategy"] == "random" or d["label_kl_mean"] is None or not d["label_kl_random"]:
             continue
         ratio = d["label_kl_mean"] / d["label_kl_random"]
-        words = ("closer to the data set's class mix than" if ratio < 0.8 else
-                 "no closer to the data set's class mix than" if ratio <= 1.25 else "further from the class mix than")
+        # the difference against the standard error of both means (the batches', the reference's samples)
+        se = math.sqrt((d["label_kl_sd"] or 0.0) ** 2 / max(d.get("n_batches") or 1, 1)
+                       + (d.get("label_kl_random_sd") or 0.0) ** 2 / max(d.get("label_kl_random_repeats") or 1, 1))
+        diff = d["label_kl_mean"] - d["label_kl_random"]
+        words = ("no closer to the data set's class mix than random sampling, and no further (within 2 standard "
+                 "errors)" if abs(diff) <= 2 * se else
+                 "closer to the data set's class mix than random sampling" if diff < 0 else
+                 "further from the data set's class mix than random sampling")
         sentences.append(f"{d['strategy']} batches at B={d['batch_size']}: label KL {fmt(d['label_kl_mean'])}, "
-                         f"{ratio:.2f}× a random sample's ({fmt(d['label_kl_random'])}): {words} random sampling "
-                         f"(feature KL {fmt(d['kl_mean'])} vs {fmt(d['kl_random'])}).")
+                         f"{ratio:.2f}× a random sample's ({fmt(d['label_kl_random'])}; {d.get('n_batches')} batches): "
+                         f"{words}; their feature KL is {fmt(d['kl_mean'])} against {fmt(d['kl_random'])}.")
     if sentences:
         out.append(("ul", sentences))
     elif any(d.get("label_note") for d in diag):
         out.append(("p", "No label check: " + next(d["label_note"] for d in diag if d.get("label_note")) + "."))
+    return out
+
+
+def never_drawn_blocks(summary: dict[str, Any]) -> list[tuple]:
+    runs = summary.get("never_drawn_runs") or []
+    if not runs:
+        return []
+    epochs = max(len(r["per_epoch"]) for r in runs)
+    n = summary.get("n_images")
+    out: list[tuple] = [("h", 2, "Images never drawn, per run and epoch")]
+    out.append(("p", "How many of the " + (f"{n:,} " if n else "") + "training images no batch of the epoch held, for "
+                     "every training run (the batches it trained on): those images were not trained on in that "
+                     "epoch. Random batches leave out n mod B; constructed batches leave out the cells whose quota "
+                     "rounds to 0 (spec §3)."))
+    rows = [[r["configuration"], str(r["seed"])] + [f"{v:,}" + (f" ({v / n:.1%})" if n else "") for v in r["per_epoch"]]
+            + ["–"] * (epochs - len(r["per_epoch"])) for r in runs]
+    out.append(("table", ["configuration", "seed"] + [f"epoch {e}" for e in range(1, epochs + 1)], rows))
     return out
 
 
@@ -867,6 +910,9 @@ def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:
         out.append(("ul", [c["sentence"] for c in big] or ["None: every difference is within the seed spread."]))
         out.append(("p", "All comparisons:"))
         out.append(("ul", [c["sentence"] for c in comps]))
+    elif summary.get("paper_comparisons"):
+        out.append(("p", "No strategy shares a preset and B with random batches in the paper design: its own "
+                         "comparisons, the method against (a)-(d), are below (\"The paper's comparisons\")."))
     else:
         out.append(("p", "No comparison possible: the grid has no random-batch baseline or no finished runs."))
 
@@ -899,6 +945,7 @@ def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:
     if "never_drawn.png" in plots:
         out.append(("img", "never_drawn.png", plots["never_drawn.png"]))
     out += batch_check_blocks(summary)
+    out += never_drawn_blocks(summary)
 
     out.append(("h", 2, "Results per configuration (mean ± s.d. over seeds)"))
     keys = sorted({k for c in summary["configurations"] for spec in EVAL_METRICS for k in c["metrics"][spec.name]["mlflow_keys"]})
