@@ -68,7 +68,7 @@ def main() -> None:
             norm, pen = grad_norms(t, probe)
             rows.append({"d_steps": done, "grad_norm": norm, "penalty": pen, "weights_at_clip": at_bound(t, cfg.clip)})
         print(f"\n{label}: ‖∇D(x̂)‖ at the interpolates (the 1-centred penalty wants 1)")
-        print(f"{'D steps':>8} {'‖∇D(x̂)‖':>12} {'(‖∇‖-1)²':>10} {'weights at ±clip':>17}")
+        print(f"{'D steps':>8} {'‖∇D(x̂)‖':>12} {'(‖∇‖-1)²':>10} {'|w| >= clip':>17}")
         for r in rows:
             print(f"{r['d_steps']:>8} {r['grad_norm']:>12.3e} {r['penalty']:>10.4f} {r['weights_at_clip']:>17.3f}")
         print(json.dumps({"recipe": label, "rows": rows}))

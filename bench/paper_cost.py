@@ -75,7 +75,10 @@ def step_flops(preset: str, size: int, b: int = 8) -> tuple[float, float, object
     return fd.total / b, fg.total / b, cfg
 
 
-def cpu_images_per_second(preset: str, size: int, b: int, steps: int) -> float:
+def cpu_images_per_second(preset: str, size: int, b: int, steps: int) -> tuple[float, float]:
+    """(images per wall second, images per CPU second of this process) of the preset's training
+    loop on this CPU. The second is what a shared, loaded machine still measures fairly; an idle
+    machine with T threads runs at most T times it."""
     from pipeline.presets import resolve_train_config
     from pipeline.train import make_trainer, train_epoch
 
@@ -84,9 +87,9 @@ def cpu_images_per_second(preset: str, size: int, b: int, steps: int) -> float:
     images = torch.randint(0, 256, (b * 2, size, size, 3), dtype=torch.uint8)
     idx = [torch.randint(0, len(images), (b,)) for _ in range(steps + 1)]
     train_epoch(t, images, idx[:1])  # warm-up
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     train_epoch(t, images, idx[1:])
-    return steps * b / (time.perf_counter() - t0)
+    return steps * b / (time.perf_counter() - t0), steps * b / (time.process_time() - c0)
 
 
 def main() -> None:
@@ -97,6 +100,7 @@ def main() -> None:
                     help="assumed sustained TFLOP/s of the GPU for the hours columns")
     ap.add_argument("--measure-cpu", action="store_true", help="measure images/s of each cell here (slow at B = 2048)")
     ap.add_argument("--cpu-steps", type=int, default=2)
+    ap.add_argument("--cpu-batch", type=int, default=128, help="batch size of the CPU measurement (capped at the cell's)")
     args = ap.parse_args()
     from flows.compare import build_compare_config
 
@@ -117,9 +121,11 @@ def main() -> None:
                    "g_updates": rec["g_updates"], "images_seen": rec["images_seen"], "gflop_per_image": per_image / 1e9,
                    "train_pflop": train / 1e15, "eval_pflop": evaluate / 1e15}
             if args.measure_cpu:
-                b = min(rec["batch_size"], 256)  # images/s barely depends on B on a CPU (bench/train_throughput.py)
-                ips = cpu_images_per_second(rec["preset"], size, b, args.cpu_steps)
-                row.update(cpu_images_per_second=round(ips, 1), cpu_hours=rec["images_seen"] / ips / 3600)
+                b = min(rec["batch_size"], args.cpu_batch)  # images/s barely depends on B on a CPU (bench/train_throughput.py)
+                ips, per_cpu_s = cpu_images_per_second(rec["preset"], size, b, args.cpu_steps)
+                row.update(cpu_images_per_second=round(ips, 1), cpu_images_per_cpu_second=round(per_cpu_s, 1),
+                           cpu_hours=rec["images_seen"] / ips / 3600,
+                           cpu_core_hours=rec["images_seen"] / per_cpu_s / 3600)
             rows.append(row)
             print(json.dumps(row), flush=True)
         seeds = args.seeds
@@ -127,18 +133,19 @@ def main() -> None:
         print(f"\n{name}: n = {n:,} at {size} px, paper design × {seeds} seeds ({len(rows) * seeds} runs)")
         head = f"{'configuration':<42} {'B':>5} {'epochs':>6} {'G upd.':>7} {'images':>12} {'GFLOP/img':>9} {'PFLOP':>7}"
         if args.measure_cpu:
-            head += f" {'CPU img/s':>9} {'CPU h':>7}"
+            head += f" {'img/s':>7} {'img/CPU-s':>9} {'CPU-core h':>10}"
         print(head)
         for r in rows:
             line = (f"{r['configuration']:<42} {r['B']:>5} {r['epochs']:>6} {r['g_updates']:>7} {r['images_seen']:>12,} "
                     f"{r['gflop_per_image']:>9.3f} {r['train_pflop']:>7.2f}")
             if args.measure_cpu:
-                line += f" {r['cpu_images_per_second']:>9} {r['cpu_hours']:>7.1f}"
+                line += f" {r['cpu_images_per_second']:>7} {r['cpu_images_per_cpu_second']:>9} {r['cpu_core_hours']:>10.0f}"
             print(line)
         print(f"all runs (training + 10k-sample evaluations): {total:.1f} PFLOP; GPU hours at "
               + ", ".join(f"{tf:g} TFLOP/s sustained: {total * 1e15 / (tf * 1e12) / 3600:.1f} h" for tf in args.tflops))
         if args.measure_cpu:
-            print(f"on this CPU (measured img/s): {sum(r['cpu_hours'] for r in rows) * seeds:,.0f} h of training")
+            print(f"on this CPU: {sum(r['cpu_core_hours'] for r in rows) * seeds:,.0f} CPU-core hours of training "
+                  f"({sum(r['cpu_hours'] for r in rows) * seeds:,.0f} h at the wall-clock rates measured now)")
 
 
 if __name__ == "__main__":

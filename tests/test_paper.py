@@ -54,7 +54,7 @@ def test_paper_presets_quote_their_source_and_name_what_is_open():
         assert "docs/spec.md §6" in p.source and "not available" in p.source
         assert p.paper.startswith('"') and p.open and all(p.open)
         assert any("G loss" in o for o in p.open) or p.train.get("loss") == "wasserstein"
-    assert any("clipping" in o and "never be met" in o for o in PRESETS["paper-128b"].open)
+    assert any("clipping" in o and "bench/clip_gradient_norm.py" in o for o in PRESETS["paper-128b"].open)
     assert any("125 epochs" in o for o in PRESETS["paper-128b"].open)
 
 
