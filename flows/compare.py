@@ -1,8 +1,13 @@
 """The Prefect flow ``compare-strategies``: the paper's comparison (spec §6) as one flow.
 
-It trains every cell of ``strategies × batch sizes × presets × seeds`` as a ``train-subsample``
-run, with that flow's own stage tasks: ingest, features and tables once (content-addressed, so
-every cell shares them), then batches → train → evaluate per cell. All training runs are MLflow
+It trains every cell of the comparison's design × seeds as a ``train-subsample`` run, with that
+flow's own stage tasks: ingest, features and tables once (content-addressed, so every cell shares
+them), then batches → train → evaluate per cell. ``design="factorial"`` trains ``strategies ×
+batch sizes × presets``; ``design="paper"`` exactly the paper's cells
+(:data:`pipeline.compare.PAPER_DESIGN`), each at its preset's batch size and epochs for the data
+set. Before training, the batches of every strategy at every batch size of the design are
+diagnosed and logged to the parent run (``batch_diagnostics.json``), with the design's resolved
+budgets (``design.json``). All training runs are MLflow
 runs nested under one parent run, and the report (:mod:`pipeline.report`) is built from what
 MLflow recorded for the parent's children, written to ``$SUBSAMPLE_HOME/reports/<parent run id>/``
 and logged to the parent run.
@@ -31,7 +36,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from flows.config import IngestOptions, RunConfig, build_config, dataset_defaults, merge, parse_overrides
 from flows.train_subsample import STAGE_TASKS
-from pipeline.compare import SCALES, STRATEGIES, GridCell, Scale, cell_sections, expand_grid
+from pipeline.compare import (
+    PAPER_DESIGN, SCALES, STRATEGIES, GridCell, Scale, cell_sections, design_cell, expand_grid, paper_grid,
+)
 from pipeline.config import FeaturesConfig, TablesConfig
 from storage.errors import SubsampleError
 from storage.paths import check_name, mlflow_tracking_uri, redact_uri
@@ -50,9 +57,19 @@ class CompareConfig(BaseModel):
     scale: Literal["smoke", "cpu", "paper"] = Field(
         "smoke", description="smoke: tiny models, minutes on a CPU, checks the machinery; cpu: small models that learn, "
         "about 10 minutes on a CPU; paper: the paper's settings, for a GPU")
-    strategies: tuple[str, ...] = Field(STRATEGIES, description="batch strategies (pipeline.batches.STRATEGIES)")
-    batch_sizes: Optional[tuple[int, ...]] = Field(None, description="batch sizes B; None = the scale's")
-    presets: Optional[tuple[str, ...]] = Field(None, description="training presets (`subsample presets`); None = the scale's")
+    design: Literal["factorial", "paper"] = Field(
+        "factorial", description="factorial: strategies × batch sizes × presets; paper: exactly the paper's cells "
+        "(the method at B = 2000/2048 and 1024, strategies (a)-(d) at 128), each at its preset's B and epochs",
+    )
+    strategies: tuple[str, ...] = Field(
+        STRATEGIES, description="batch strategies (pipeline.batches.STRATEGIES): trained (factorial) and diagnosed "
+        "at every batch size of the design (both designs)",
+    )
+    batch_sizes: Optional[tuple[int, ...]] = Field(None, description="factorial: batch sizes B; None = the scale's")
+    presets: Optional[tuple[str, ...]] = Field(None, description="factorial: training presets (`subsample presets`); None = the scale's")
+    batch_scale: Optional[float] = Field(
+        None, gt=0, le=1, description="paper design: the paper's batch sizes × this (to fit a small data set); None = the scale's",
+    )
     seeds: int = Field(3, ge=3, description="seeds 0..seeds-1 per configuration (training and batches seed); a spread needs >= 3")
     ingest: IngestOptions = Field(default_factory=IngestOptions)  # type: ignore[valid-type]
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
@@ -106,8 +123,19 @@ class CompareConfig(BaseModel):
 
     @model_validator(mode="after")
     def _cells_validate(self) -> "CompareConfig":
-        """Every preset's run config must validate with these train/evaluate values (a typo in a
-        field fails here, before anything trains)."""
+        """The paper design fixes its cells; every preset's run config must validate with these
+        train/evaluate values (a typo in a field fails here, before anything trains)."""
+        if self.design == "paper":
+            given = [f"--{f.replace('_', '-')}" for f in ("batch_sizes", "presets") if getattr(self, f) is not None]
+            if given:
+                raise ValueError(f"the paper design fixes its cells' presets and batch sizes; drop {' and '.join(given)} "
+                                 "or use --design factorial")
+            for cell in self.cells():
+                if cell.seed == 0:
+                    self.cell_run_config(cell)
+            return self
+        if self.batch_scale is not None:
+            raise ValueError("batch_scale applies to the paper design only (--design paper)")
         for preset in self.grid_presets:
             self.cell_run_config(GridCell(self.strategies[0], self.grid_batch_sizes[0], preset, 0))
         return self
@@ -119,11 +147,20 @@ class CompareConfig(BaseModel):
         return SCALES[self.scale]
 
     @property
+    def grid_batch_scale(self) -> float:
+        return self.batch_scale or self.scale_spec.batch_scale
+
+    @property
     def grid_batch_sizes(self) -> tuple[int, ...]:
+        """Every batch size of the design (the paper's: its cells', resolved for the data set)."""
+        if self.design == "paper":
+            return tuple(sorted({c.batch_size for c in self.cells()}))
         return self.batch_sizes or self.scale_spec.batch_sizes
 
     @property
     def grid_presets(self) -> tuple[str, ...]:
+        if self.design == "paper":
+            return tuple(dict.fromkeys(c.preset for c in PAPER_DESIGN))
         return self.presets or self.scale_spec.presets
 
     @property
@@ -135,6 +172,8 @@ class CompareConfig(BaseModel):
         return self.diagnostic_epochs or self.scale_spec.diagnostic_epochs
 
     def cells(self) -> list[GridCell]:
+        if self.design == "paper":
+            return paper_grid(self.dataset, self.grid_seeds, self.grid_batch_scale)
         return expand_grid(self.strategies, self.grid_batch_sizes, self.grid_presets, self.grid_seeds)
 
     def base_run_config(self) -> RunConfig:
@@ -142,8 +181,46 @@ class CompareConfig(BaseModel):
         return build_config(self._shared_fields())
 
     def cell_run_config(self, cell: GridCell) -> RunConfig:
+        """The cell's run: its preset (for the data set), the scale's and the given values, the
+        cell's batches and seed. In the paper design a cell that the paper compares at equal epochs
+        with 1-D-step cells but that takes ``d_steps`` D steps (a batch each) per G step, (b), trains
+        ``epochs × d_steps`` epochs, so its G updates equal theirs."""
         sections = cell_sections(cell, self.scale_spec, self.train, self.evaluate, self.grid_diagnostic_epochs)
-        return build_config({**self._shared_fields(), **sections})
+        rc = build_config({**self._shared_fields(), **sections})
+        dc = design_cell(cell.preset, cell.strategy) if self.design == "paper" else None
+        if dc is not None and dc.equal_g_updates and rc.train.d_steps > 1:
+            sections["train"] = {**sections["train"], "epochs": rc.train.epochs * rc.train.d_steps}
+            rc = build_config({**self._shared_fields(), **sections})
+        return rc
+
+    def diagnostics_configs(self) -> list[Any]:
+        """The BatchesConfig of every strategy × batch size × seed of the design, with the first
+        preset's batch settings (top-k, fill, top-up): the batches the report's Tables 1-2 show."""
+        preset = self.grid_presets[0]
+        return [self.cell_run_config(GridCell(s, b, preset, seed)).batches
+                for b in self.grid_batch_sizes for s in self.strategies for seed in self.grid_seeds]
+
+    def design_records(self, n_images: int) -> list[dict[str, Any]]:
+        """Each configuration as it trains: B, epochs, D steps per G step, batches per epoch and G
+        updates (``epochs × floor(n / B) // d_steps``, or the max_steps cap), and for the paper
+        design what it reproduces and its budget."""
+        out, seen = [], set()
+        for cell in self.cells():
+            if cell.configuration in seen:
+                continue
+            seen.add(cell.configuration)
+            t = self.cell_run_config(cell).train
+            m = n_images // cell.batch_size
+            d_steps_total = t.epochs * m if t.max_steps is None else min(t.epochs * m, t.max_steps)
+            dc = design_cell(cell.preset, cell.strategy) if self.design == "paper" else None
+            out.append({
+                "configuration": cell.configuration, "preset": cell.preset, "strategy": cell.strategy,
+                "batch_size": cell.batch_size, "epochs": t.epochs, "d_steps": t.d_steps, "batches_per_epoch": m,
+                "g_updates": d_steps_total // t.d_steps, "images_seen": d_steps_total * cell.batch_size,
+                "reproduces": dc.reproduces if dc else None, "group": dc.group if dc else None,
+                "equal_g_updates": bool(dc and dc.equal_g_updates and t.d_steps > 1),
+            })
+        return out
 
     def _shared_fields(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "source": self.source, "ingest": self.ingest, "features": self.features,
@@ -155,6 +232,7 @@ class CompareConfig(BaseModel):
             "grid": {"strategies": list(self.strategies), "batch_sizes": list(self.grid_batch_sizes),
                      "presets": list(self.grid_presets), "seeds": self.seeds,
                      "diagnostic_epochs": self.grid_diagnostic_epochs, "cells": len(self.cells())},
+            "design": self.design, "batch_scale": self.grid_batch_scale if self.design == "paper" else None,
             "scale": self.scale, "dataset": self.dataset,
             "scale_train": self.scale_spec.train, "scale_evaluate": self.scale_spec.evaluate,
             "train": self.train, "evaluate": self.evaluate,
@@ -220,23 +298,37 @@ def _check_batch_sizes(cfg: CompareConfig) -> None:
     n = open_store(cfg.dataset).n
     too_big = [b for b in cfg.grid_batch_sizes if b > n]
     if too_big:
+        fix = (f"pass --set batch_scale=X (the paper's batch sizes × X; largest now {max(too_big)})"
+               if cfg.design == "paper" else f"pass --batch-sizes no larger than {n}")
         raise SubsampleError(
-            "compare", f"batch size(s) {', '.join(map(str, too_big))} exceed the {n} images of {cfg.dataset!r}; "
-            f"pass --batch-sizes no larger than {n}",
+            "compare", f"batch size(s) {', '.join(map(str, too_big))} exceed the {n} images of {cfg.dataset!r}; {fix}",
         )
+
+
+@task(name="batch-diagnostics", cache_policy=NO_CACHE)
+def diagnostics_task(parent_run_id: str, cfg: CompareConfig) -> list[dict]:
+    """Every strategy's batches at every batch size and seed of the design (cached batches
+    artifacts), logged to the parent run as ``batch_diagnostics.json``."""
+    from pipeline.compare import DIAGNOSTICS_ARTIFACT, batch_diagnostics, log_json
+
+    rows = batch_diagnostics(cfg.dataset, cfg.diagnostics_configs(), cfg.tables, cfg.features)
+    log_json(parent_run_id, DIAGNOSTICS_ARTIFACT, rows)
+    return rows
 
 
 # --- the flow ------------------------------------------------------------------------------------
 
 
-@flow(name="compare-strategies", description="strategies × batch sizes × presets × seeds, nested MLflow runs, a report")
+@flow(name="compare-strategies", description="the paper's cells or strategies × batch sizes × presets, × seeds; nested MLflow runs, a report")
 def compare_strategies(
     dataset: str = "demo",
     source: Optional[str] = None,
     scale: Literal["smoke", "cpu", "paper"] = "smoke",
+    design: Literal["factorial", "paper"] = "factorial",
     strategies: Optional[list[str]] = None,
     batch_sizes: Optional[list[int]] = None,
     presets: Optional[list[str]] = None,
+    batch_scale: Optional[float] = None,
     seeds: int = 3,
     ingest: IngestOptions = IngestOptions(),  # type: ignore[valid-type]
     features: FeaturesConfig = FeaturesConfig(),
@@ -253,8 +345,9 @@ def compare_strategies(
     from pipeline import compare
     from storage import tracking
 
-    fields = dict(dataset=dataset, source=source, scale=scale, strategies=strategies, batch_sizes=batch_sizes,
-                  presets=presets, seeds=seeds, ingest=ingest, features=features, tables=tables, train=train,
+    fields = dict(dataset=dataset, source=source, scale=scale, design=design, strategies=strategies,
+                  batch_sizes=batch_sizes, presets=presets, batch_scale=batch_scale, seeds=seeds, ingest=ingest,
+                  features=features, tables=tables, train=train,
                   evaluate=evaluate, diagnostic_epochs=diagnostic_epochs, dask_address=dask_address)
     try:
         cfg = build_compare_config(fields, overrides or ())
@@ -278,8 +371,18 @@ def compare_strategies(
 
     cells = cfg.cells()
     params = {**cfg.mlflow_params(), "n_images": open_store(cfg.dataset).n}
-    parent = compare.start_parent(cfg.dataset, f"compare-{cfg.dataset}-{cfg.scale}", params, cells)
+    run_name = f"compare-{cfg.dataset}-{cfg.scale}" + ("-paper-design" if cfg.design == "paper" else "")
+    parent = compare.start_parent(cfg.dataset, run_name, params, cells)
     compare.note(f"{len(cells)} runs under MLflow parent run {parent}")
+    compare.log_json(parent, compare.DESIGN_ARTIFACT, {
+        "design": cfg.design, "n_images": params["n_images"],
+        "batch_scale": cfg.grid_batch_scale if cfg.design == "paper" else None,
+        "configurations": cfg.design_records(params["n_images"]),
+    })
+    try:
+        diagnostics_task(parent, cfg)
+    except SubsampleError as e:  # the report says the diagnostics are missing; the training goes on
+        compare.note(f"no batch diagnostics: {e}")
     if cfg.scale == "paper" and not _has_cuda():
         compare.note("paper scale without a GPU: the paper's epochs and sizes take days on a CPU (a GPU work pool: docs/compare.md)")
     rows: list[dict] = []
@@ -321,7 +424,7 @@ def compare_strategies(
     report = report_task(parent)
     return {
         "flow_run": flow_run.get_name(), "flow_run_id": flow_run.get_id(),
-        "dataset": cfg.dataset, "scale": cfg.scale, "parent_run_id": parent,
+        "dataset": cfg.dataset, "scale": cfg.scale, "design": cfg.design, "parent_run_id": parent,
         "cells": len(rows), "cells_failed": sum(r["status"] == "failed" for r in rows),
         "cells_trained_now": sum(not r["train_cache_hit"] for r in rows if r["status"] == "ok"),
         "report_html": report["html"], "report_md": report["md"], "report_dir": report["dir"],

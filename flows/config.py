@@ -104,12 +104,13 @@ def dataset_defaults(dataset: str) -> dict[str, Any]:
     return merge({"ingest": {"size": preset.size, "crop": preset.crop}}, preset.run or {})
 
 
-def preset_defaults(name: str, stage: str = "run") -> dict[str, Any]:
-    """The train and batches values of a training preset (``pipeline.presets``)."""
+def preset_defaults(name: str, dataset: Optional[str] = None, stage: str = "run") -> dict[str, Any]:
+    """The train and batches values of a training preset (``pipeline.presets``), for ``dataset``'s
+    kind when given (e.g. paper-constructed's B = 2048 on CIFAR-10)."""
     from pipeline.presets import get_preset
 
-    p = get_preset(name, stage)
-    return {"train": {**p.train, "preset": name}, "batches": dict(p.batches)}
+    train, batches = get_preset(name, stage).values(dataset)
+    return {"train": {**train, "preset": name}, "batches": batches}
 
 
 class RunConfig(BaseModel):
@@ -157,7 +158,8 @@ class RunConfig(BaseModel):
             given.pop("preset", None)
         preset = given.get("preset", base.get("preset"))
         if isinstance(preset, str):
-            base = merge(base, preset_defaults(preset))
+            dataset = data["dataset"] if isinstance(data.get("dataset"), str) else None
+            base = merge(base, preset_defaults(preset, dataset))
         return merge(base, given)
 
     @field_validator("dataset")

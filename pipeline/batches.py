@@ -6,7 +6,8 @@ indices with ``m = floor(n / B)`` batches (Eq. 4), reproducible from ``(seed, ep
 ``random``       the baseline: a shuffled permutation cut into m batches, ``n mod B`` dropped.
 ``constructed``  the paper (Section 2.2): ``T2 = round(B·T1)`` images per cell, drawn from per-cell
                  queues that prefer not-yet-drawn images, the shortfall topped up from the k most
-                 frequent cells (or first from not-yet-drawn images of rare cells, ``fill="coverage"``).
+                 frequent cells (or first from not-yet-drawn images of rare cells, ``fill="coverage"``),
+                 in proportion (``topup="topk"``) or by a multinomial draw per batch (``topup="random"``).
 ``dealt``        beyond the paper: every image at most once per epoch, and every batch within one
                  image per cell of its ideal share ``B·T1`` (see :func:`dealt_batches`).
 
@@ -15,7 +16,10 @@ stratified (within one image per cell of ``1/k`` of the batch's count); the samp
 batches across distributed ranks that way.
 
 Diagnostics (the paper's Tables 1 and 2): :func:`coverage_per_epoch`, :func:`kl_batch_vs_dataset`
-(Eq. 10) with :func:`kl_stats`, and :func:`never_drawn` (the paper's Fig. 5).
+(Eq. 10) with :func:`kl_stats`, and :func:`never_drawn` (the paper's Fig. 5); beyond the paper, an
+independent check on a property the sampler never sees, :func:`label_kl_batch_vs_dataset` (each
+batch's class mix against the data set's, when the store has labels), and each KL's value for a
+uniformly random sample of B images (:func:`random_sample_reference`).
 """
 from __future__ import annotations
 
@@ -35,8 +39,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from storage.store import DatasetStore
 
 STAGE = "batches"
-CODE_VERSION = "2"  # 2: never_drawn.png titled, >= 512 px wide
+CODE_VERSION = "2"  # 2: label KL and random-sample references in the diagnostics; top-up modes; never_drawn.png titled, >= 512 px wide
 FILL_MODES = ("topk", "coverage")
+TOPUP_MODES = ("topk", "random")
+REFERENCE_REPEATS = 20  # random samples behind each random-sample reference
 GRID_MAX_IMAGES = 64
 
 
@@ -57,7 +63,7 @@ STRATEGIES: dict[str, StrategyFn] = {}
 
 
 def register_strategy(name: str) -> Callable[[StrategyFn], StrategyFn]:
-    """Register ``fn(table, batch_size, rng, *, top_k, fill) -> int64 (m, B)`` under ``name``."""
+    """Register ``fn(table, batch_size, rng, *, top_k, fill, topup) -> int64 (m, B)`` under ``name``."""
 
     def deco(fn: StrategyFn) -> StrategyFn:
         STRATEGIES[name] = fn
@@ -87,11 +93,12 @@ def construct_epoch(
     epoch: int,
     top_k: int = 8,
     fill: str = "topk",
+    topup: str = "topk",
 ) -> np.ndarray:
     """One epoch's batches: int64 ``(m, B)`` image indices, ``m = floor(n / B)`` (Eq. 4).
 
-    The same ``(table, batch_size, strategy, seed, epoch, top_k, fill)`` always gives the same
-    array; each epoch draws from ``np.random.default_rng([seed, epoch])``.
+    The same ``(table, batch_size, strategy, seed, epoch, top_k, fill, topup)`` always gives the
+    same array; each epoch draws from ``np.random.default_rng([seed, epoch])``.
     """
     n = int(table.n)
     if batch_size < 1:
@@ -106,8 +113,10 @@ def construct_epoch(
         raise SubsampleError(STAGE, f"top_k must be at least 1, got {top_k}")
     if fill not in FILL_MODES:
         raise SubsampleError(STAGE, f"unknown fill mode {fill!r}; choose one of {', '.join(FILL_MODES)}")
+    if topup not in TOPUP_MODES:
+        raise SubsampleError(STAGE, f"unknown top-up mode {topup!r}; choose one of {', '.join(TOPUP_MODES)}")
     rng = epoch_rng(seed, epoch)
-    out = STRATEGIES[strategy](table, batch_size, rng, top_k=top_k, fill=fill)
+    out = STRATEGIES[strategy](table, batch_size, rng, top_k=top_k, fill=fill, topup=topup)
     assert out.shape == (batches_per_epoch(n, batch_size), batch_size), out.shape
     return out
 
@@ -188,15 +197,38 @@ def top_up(shortfall: int, counts: np.ndarray, room: np.ndarray, top_k: int, ord
     return add
 
 
+def random_top_up(
+    shortfall: int, counts: np.ndarray, room: np.ndarray, top_k: int, order: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Spec §3.3, ``topup="random"`` (the paper's reading): the ``shortfall`` images' cells drawn at
+    random among the ``top_k`` most frequent cells, with probabilities proportional to their
+    frequencies (one multinomial draw). A cell never gets more than its ``room``; what does not fit
+    is drawn again, the same way, over the k most frequent cells that still have room, so a batch
+    never repeats an image. Sums to ``shortfall``."""
+    add = np.zeros(len(counts), np.int64)
+    left = int(shortfall)
+    while left > 0:
+        cand = order[(room[order] - add[order]) > 0][:top_k]
+        if len(cand) == 0:  # impossible while B <= n: the cells hold n >= B images
+            raise SubsampleError(STAGE, "internal: no cell has room for the top-up")
+        w = counts[cand].astype(np.float64)
+        share = np.minimum(rng.multinomial(left, w / w.sum()), room[cand] - add[cand])
+        add[cand] += share
+        left -= int(share.sum())
+    return add
+
+
 def constructed_demand(
-    table: TableLike, batch_size: int, rng: np.random.Generator, *, top_k: int, fill: str
+    table: TableLike, batch_size: int, rng: np.random.Generator, *, top_k: int, fill: str, topup: str = "topk"
 ) -> np.ndarray:
     """How many images each batch draws from each cell: int64 ``(m, n_cells)``, rows sum to B.
 
-    ``T2`` (spec §3.1) is the same for every batch. With ``fill="topk"`` the top-up is too; with
-    ``fill="coverage"`` each batch first takes not-yet-drawn images of cells whose ``T2 = 0``,
-    chosen uniformly at random among them (a multivariate hypergeometric draw over their
-    remaining counts), then tops up the rest from the k most frequent cells.
+    ``T2`` (spec §3.1) is the same for every batch. With ``fill="topk"`` and ``topup="topk"`` the
+    top-up is too (every batch has the same cell counts); ``topup="random"`` draws each batch's
+    top-up afresh (:func:`random_top_up`). With ``fill="coverage"`` each batch first takes
+    not-yet-drawn images of cells whose ``T2 = 0``, chosen uniformly at random among them (a
+    multivariate hypergeometric draw over their remaining counts), then tops up the rest from the
+    k most frequent cells (in either top-up mode).
     """
     counts = np.asarray(table.counts, dtype=np.int64).ravel()
     n = int(table.n)
@@ -204,18 +236,28 @@ def constructed_demand(
     t2 = count_table(table, batch_size)
     shortfall = batch_size - int(t2.sum())
     order = cells_by_frequency(counts)
-    if fill == "topk" or shortfall == 0:
+
+    def fill_rest(need: int, row: np.ndarray) -> np.ndarray:
+        if topup == "random":
+            return random_top_up(need, counts, counts - row, top_k, order, rng)
+        return top_up(need, counts, counts - row, top_k, order)
+
+    if shortfall == 0 or (fill == "topk" and topup == "topk"):
         row = t2 + top_up(shortfall, counts, counts - t2, top_k, order)
         return np.broadcast_to(row, (m, len(counts))).copy()
+    demand = np.empty((m, len(counts)), np.int64)
+    if fill == "topk":
+        for j in range(m):
+            demand[j] = t2 + fill_rest(shortfall, t2)
+        return demand
     rare = t2 == 0
     drawn = np.zeros(len(counts), np.int64)
-    demand = np.empty((m, len(counts)), np.int64)
     for j in range(m):
         fresh = np.where(rare, np.maximum(counts - drawn, 0), 0)
         take = min(shortfall, int(fresh.sum()))
         cov = rng.multivariate_hypergeometric(fresh, take) if take else np.zeros_like(counts)
         row = t2 + cov
-        row += top_up(shortfall - take, counts, counts - row, top_k, order)
+        row += fill_rest(shortfall - take, row)
         demand[j] = row
         drawn += row
     return demand
@@ -233,7 +275,8 @@ def _ranks_in_groups(sizes: np.ndarray) -> np.ndarray:
 
 @register_strategy("constructed")
 def constructed_batches(
-    table: TableLike, batch_size: int, rng: np.random.Generator, *, top_k: int = 8, fill: str = "topk", **_: Any
+    table: TableLike, batch_size: int, rng: np.random.Generator, *, top_k: int = 8, fill: str = "topk",
+    topup: str = "topk", **_: Any
 ) -> np.ndarray:
     """The paper's constructed batches (Section 2.2, spec §3), m of them built one after another.
 
@@ -255,7 +298,7 @@ def constructed_batches(
     cells = np.asarray(table.cells, dtype=np.int64)
     n = int(table.n)
     m = batches_per_epoch(n, batch_size)
-    demand = constructed_demand(table, batch_size, rng, top_k=top_k, fill=fill)  # (m, C)
+    demand = constructed_demand(table, batch_size, rng, top_k=top_k, fill=fill, topup=topup)  # (m, C)
     drawn = demand.sum(axis=0)  # D_i
     passes = np.where(drawn > 0, -(-drawn // np.maximum(counts, 1)), 0)  # shuffles of each cell's queue
 
@@ -401,18 +444,56 @@ def kl_stats(kl: np.ndarray) -> dict[str, float]:
     }
 
 
-def diagnose_epoch(table: TableLike, batches: np.ndarray) -> dict[str, Any]:
-    """Coverage, KL per batch and its statistics, and the never-drawn images of one epoch."""
+def label_kl_batch_vs_dataset(labels: np.ndarray, batches: np.ndarray) -> np.ndarray:
+    """Beyond the paper (spec §4): ``KL(label mix of batch j || label mix of the data set)``
+    (natural log) for every batch of an epoch ``(m, B)``; returns ``(m,)``. An independent check:
+    the batches are built to match the feature table, never the labels. Finite, since a batch's
+    labels all occur in the data set. Any integer labels (classes are their distinct values)."""
+    batches = np.asarray(batches)
+    m, b = batches.shape
+    classes, inverse = np.unique(np.asarray(labels), return_inverse=True)
+    k = len(classes)
+    p = np.bincount(inverse, minlength=k) / float(len(inverse))
+    codes = (np.arange(m, dtype=np.int64)[:, None] * k + inverse[batches]).ravel()
+    q = np.bincount(codes, minlength=m * k).reshape(m, k) / float(b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        contrib = np.where(q > 0, q * np.log(q / p), 0.0)
+    return contrib.sum(axis=1)
+
+
+def random_sample_reference(
+    estimator: Callable[[np.ndarray], np.ndarray], n: int, size: int, *, seed: int = 0,
+    repeats: int = REFERENCE_REPEATS,
+) -> dict[str, Any]:
+    """What a uniformly random sample of ``size`` of the n images scores on a batch estimator
+    (``estimator(batches (r, size)) -> (r,)``): mean and s.d. over ``repeats`` samples drawn
+    without replacement, as a random batch is. Constructed batches are stratified on the feature
+    table, so their feature KL goes below it by design; on the labels, a strategy at this value is
+    no closer to the data set's class mix than random sampling."""
+    rng = np.random.default_rng([seed, size, 0x5EED])
+    samples = np.stack([rng.choice(n, size, replace=False) for _ in range(repeats)])
+    v = np.asarray(estimator(samples), dtype=np.float64)
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
+            "size": int(size), "repeats": int(repeats)}
+
+
+def diagnose_epoch(table: TableLike, batches: np.ndarray, labels: np.ndarray | None = None) -> dict[str, Any]:
+    """Coverage, KL per batch and its statistics, the never-drawn images of one epoch and, with
+    ``labels``, the label KL per batch and its statistics."""
     n = int(table.n)
     kl = kl_batch_vs_dataset(table, batches)
     nd = never_drawn(batches, n)
-    return {
+    out: dict[str, Any] = {
         "coverage": coverage_per_epoch(batches, n),
         "kl": kl_stats(kl),
         "kl_per_batch": kl.tolist(),
         "n_never_drawn": int(len(nd)),
         "never_drawn": nd,
     }
+    if labels is not None:
+        lkl = label_kl_batch_vs_dataset(labels, batches)
+        out.update(label_kl=kl_stats(lkl), label_kl_per_batch=lkl.tolist())
+    return out
 
 
 # --- the stage -------------------------------------------------------------------------------
@@ -450,7 +531,7 @@ def batches_artifact(
             STAGE,
             f"no batches artifact {key} for {dataset!r}; run `subsample batches {dataset} "
             f"--batch-size {cfg.batch_size} --strategy {cfg.strategy} --epochs {cfg.epochs} --seed {cfg.seed}"
-            + (f" --top-k {cfg.top_k} --fill {cfg.fill}" if cfg.strategy == "constructed" else "")
+            + (f" --top-k {cfg.top_k} --fill {cfg.fill} --topup {cfg.topup}" if cfg.strategy == "constructed" else "")
             + f" --bins {' '.join(map(str, tables.bins))}"
             + "".join(f" --feature {f}" for f in features.features if features.features != FeaturesConfig().features)
             + "`",
@@ -516,26 +597,40 @@ def run_batches(
         )
     from tqdm.auto import tqdm
 
-    epochs_out, per_epoch, kl_all = [], [], []
+    labels = None if store.labels is None else np.asarray(store.labels[:], dtype=np.int64)
+    epochs_out, per_epoch, kl_all, label_kl_all = [], [], [], []
     never0: np.ndarray | None = None
     for e in tqdm(range(cfg.epochs), desc="batches", unit="epoch", disable=not progress):
         b = construct_epoch(
             table, batch_size=cfg.batch_size, strategy=cfg.strategy, seed=cfg.seed, epoch=e,
-            top_k=cfg.top_k, fill=cfg.fill,
+            top_k=cfg.top_k, fill=cfg.fill, topup=cfg.topup,
         )
-        d = diagnose_epoch(table, b)
+        d = diagnose_epoch(table, b, labels)
         if e == 0:
             never0 = d["never_drawn"]
         epochs_out.append(b.astype(np.int32))
         kl_all.append(np.asarray(d["kl_per_batch"]))
-        per_epoch.append(
-            {"epoch": e, "coverage": d["coverage"], "kl": d["kl"], "n_never_drawn": d["n_never_drawn"],
-             "kl_per_batch": d["kl_per_batch"]}
-        )
+        row = {"epoch": e, "coverage": d["coverage"], "kl": d["kl"], "n_never_drawn": d["n_never_drawn"],
+               "kl_per_batch": d["kl_per_batch"]}
+        if labels is not None:
+            label_kl_all.append(np.asarray(d["label_kl_per_batch"]))
+            row.update(label_kl=d["label_kl"], label_kl_per_batch=d["label_kl_per_batch"])
+        per_epoch.append(row)
     assert never0 is not None
     coverage = [p["coverage"] for p in per_epoch]
     kl = kl_stats(np.concatenate(kl_all))
     m = int(epochs_out[0].shape[0])
+    # the same estimators on uniformly random samples of B images (random batches' expected values)
+    kl_random = random_sample_reference(lambda s: kl_batch_vs_dataset(table, s), n, cfg.batch_size)
+    label_kl: dict[str, Any] | None = None
+    label_kl_random: dict[str, Any] | None = None
+    if labels is not None:
+        label_kl = kl_stats(np.concatenate(label_kl_all))
+        label_kl_random = random_sample_reference(lambda s: label_kl_batch_vs_dataset(labels, s), n, cfg.batch_size)
+    never_per_epoch = [p["n_never_drawn"] for p in per_epoch]
+    refs = {"label_kl": label_kl, "kl_random_sample": kl_random, "label_kl_random_sample": label_kl_random}
+    if labels is None:
+        refs["label_kl_note"] = f"the store {store.path} has no labels: no label KL"
 
     with build_artifact(
         STAGE, key, params=cfg.key_params(),
@@ -544,19 +639,21 @@ def run_batches(
         np.save(builder.path / "batches.npy", np.stack(epochs_out))
         diag = {
             "strategy": cfg.strategy, "batch_size": cfg.batch_size, "m": m, "n": n,
-            "bins": list(table.bins),
-            "coverage_eq5": (n - n % cfg.batch_size) / n, "kl": kl, "epochs": per_epoch,
+            "bins": list(table.bins), "topup": cfg.topup if cfg.strategy == "constructed" else None,
+            "coverage_eq5": (n - n % cfg.batch_size) / n, "kl": kl, **refs, "epochs": per_epoch,
         }
         (builder.path / "diagnostics.json").write_text(json.dumps(diag, indent=1))
-        (builder.path / "diagnostics.md").write_text(diagnostics_markdown(cfg, m, n, per_epoch, kl))
+        (builder.path / "diagnostics.md").write_text(diagnostics_markdown(cfg, m, n, per_epoch, kl, refs))
         write_never_drawn_grid(store, never0, builder.path / "never_drawn.png",
                                title=f"{dataset} · never drawn · {cfg.strategy} B={cfg.batch_size} · batches seed {cfg.seed}")
         builder.summary = {
             "stage": STAGE, "dataset": dataset, "key": key, "path": str(builder.final_path),
             "cache_hit": False, "seconds": 0.0, "strategy": cfg.strategy, "batch_size": cfg.batch_size,
             "m": m, "epochs": cfg.epochs,
+            **({"top_k": cfg.top_k, "fill": cfg.fill, "topup": cfg.topup} if cfg.strategy == "constructed" else {}),
             "coverage": {"per_epoch": coverage, "mean": float(np.mean(coverage))},
-            "kl": kl, "n_never_drawn": int(len(never0)),
+            "kl": kl, **refs,
+            "n_never_drawn": int(len(never0)), "n_never_drawn_per_epoch": never_per_epoch,
             "never_drawn_grid": str(builder.final_path / "never_drawn.png"),
         }
         summary = builder.summary
@@ -564,25 +661,52 @@ def run_batches(
 
 
 def diagnostics_markdown(
-    cfg: BatchesConfig, m: int, n: int, per_epoch: list[dict], kl: dict[str, float]
+    cfg: BatchesConfig, m: int, n: int, per_epoch: list[dict], kl: dict[str, float],
+    refs: dict[str, Any] | None = None,
 ) -> str:
-    """The paper's Tables 1-2 layout: coverage and KL(f_Xi || f_X) statistics, one row per epoch."""
+    """The paper's Tables 1-2 layout: coverage and KL(f_Xi || f_X) statistics, one row per epoch,
+    with the label KL (mean ± s.d. over the epoch's batches) beside it when the store has labels."""
+    refs = refs or {}
+    labelled = refs.get("label_kl") is not None
     head = (
         f"# Batches: {cfg.strategy}, B = {cfg.batch_size}, m = {m} batches/epoch, n = {n}\n\n"
-        "| epoch | coverage | KL mean | KL std | KL min | KL median | KL max | never drawn |\n"
-        "|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| epoch | coverage | KL mean | KL std | KL min | KL median | KL max |"
+        + (" label KL mean | label KL std |" if labelled else "") + " never drawn |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if labelled else "") + "---:|\n"
     )
+
+    def label_cols(stats: dict | None) -> str:
+        return f" {stats['mean']:.5f} | {stats['std']:.5f} |" if labelled and stats else ""
+
     rows = [
         f"| {p['epoch']} | {p['coverage']:.4f} | {p['kl']['mean']:.5f} | {p['kl']['std']:.5f} | "
-        f"{p['kl']['min']:.5f} | {p['kl']['median']:.5f} | {p['kl']['max']:.5f} | {p['n_never_drawn']} |"
+        f"{p['kl']['min']:.5f} | {p['kl']['median']:.5f} | {p['kl']['max']:.5f} |{label_cols(p.get('label_kl'))} "
+        f"{p['n_never_drawn']} |"
         for p in per_epoch
     ]
     mean_cov = float(np.mean([p["coverage"] for p in per_epoch]))
     rows.append(
         f"| all | {mean_cov:.4f} | {kl['mean']:.5f} | {kl['std']:.5f} | {kl['min']:.5f} | "
-        f"{kl['median']:.5f} | {kl['max']:.5f} | |"
+        f"{kl['median']:.5f} | {kl['max']:.5f} |{label_cols(refs.get('label_kl'))} |"
     )
-    return head + "\n".join(rows) + f"\n\nRandom batches would cover (n - n mod B)/n = {(n - n % cfg.batch_size) / n:.4f} (Eq. 5).\n"
+    text = head + "\n".join(rows) + f"\n\nRandom batches would cover (n - n mod B)/n = {(n - n % cfg.batch_size) / n:.4f} (Eq. 5).\n"
+    if refs.get("kl_random_sample"):
+        r = refs["kl_random_sample"]
+        text += (f"\nA uniformly random sample of B images has feature KL {r['mean']:.5f} ± {r['sd']:.5f} "
+                 f"(mean ± s.d. over {r['repeats']} samples): the batches' KL above is "
+                 f"{_ratio(kl['mean'], r['mean'])} that. Constructed batches are built to match this very table.\n")
+    if labelled and refs.get("label_kl_random_sample"):
+        r, lk = refs["label_kl_random_sample"], refs["label_kl"]
+        text += (f"\nIndependent check (labels, never seen by the sampler): label KL {lk['mean']:.5f} against "
+                 f"{r['mean']:.5f} ± {r['sd']:.5f} for a uniformly random sample of B images "
+                 f"({_ratio(lk['mean'], r['mean'])}).\n")
+    elif refs.get("label_kl_note"):
+        text += f"\n{refs['label_kl_note']}.\n"
+    return text
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}×" if b > 0 else "n/a (the reference is 0)"
 
 
 def write_never_drawn_grid(store: "DatasetStore", indices: np.ndarray, path: Path, nrow: int = 8,

@@ -154,6 +154,7 @@ from pipeline.config import BatchesConfig as _BatchesConfig, Strategy as _Strate
 
 _BatchStrategy = Enum("_BatchStrategy", {s: s for s in get_args(_StrategyLiteral)}, type=str)
 _BatchFill = Enum("_BatchFill", {"topk": "topk", "coverage": "coverage"}, type=str)
+_BatchTopup = Enum("_BatchTopup", {"topk": "topk", "random": "random"}, type=str)
 _BATCH_DEFAULTS = {k: f.default for k, f in _BatchesConfig.model_fields.items()}  # defaults in one place
 
 
@@ -166,6 +167,11 @@ def batches_cmd(
     seed: int = typer.Option(_BATCH_DEFAULTS["seed"], "--seed", help="run seed; epoch e is constructed from (seed, e)"),
     top_k: int = typer.Option(_BATCH_DEFAULTS["top_k"], "--top-k", help="constructed: shortfall filled from the k most frequent cells"),
     fill: _BatchFill = typer.Option(_BATCH_DEFAULTS["fill"], "--fill", help="constructed: 'coverage' first uses not-yet-drawn images of cells with T2 = 0"),
+    topup: _BatchTopup = typer.Option(
+        _BATCH_DEFAULTS["topup"], "--topup",
+        help="constructed: spread the shortfall over the k most frequent cells in proportion ('topk', every batch alike) "
+        "or by a random multinomial draw per batch ('random', the paper's reading; the paper-* presets use it)",
+    ),
     bins: Optional[tuple[int, int]] = typer.Option(None, "--bins", help="the table's M1 M2 (default: the data set's, else 32 32)"),
     feature: Optional[list[str]] = typer.Option(None, "--feature", help="feature names of the table (repeat; default: colour_moment, sharpness)"),
     refresh: bool = typer.Option(False, "--refresh", help="rebuild even if the artifact is cached"),
@@ -179,7 +185,8 @@ def batches_cmd(
 
     try:
         cfg = _BatchesConfig(
-            batch_size=batch_size, strategy=strategy.value, epochs=epochs, seed=seed, top_k=top_k, fill=fill.value
+            batch_size=batch_size, strategy=strategy.value, epochs=epochs, seed=seed, top_k=top_k, fill=fill.value,
+            topup=topup.value,
         )
         bins = bins or _dataset_bins(name)
         tables = TablesConfig(bins=tuple(bins)) if bins else TablesConfig()
@@ -252,16 +259,21 @@ def train_cmd(
 
 @app.command("presets")
 def presets_cmd(as_json: bool = JsonOpt) -> None:
-    """List the training presets: name, one-line description, source."""
-    from pipeline.presets import preset_table
+    """List the training presets: name, one-line description, source; --json adds each one's values,
+    its values per data set kind, and for the paper's the sentence followed and what it leaves open."""
+    from pipeline.presets import KIND_NAMES, preset_table
 
     rows = preset_table()
     if as_json:
         print(json.dumps({"presets": rows}))
         return
     width = max(len(r["name"]) for r in rows)
+    pad = " " * width
     for r in rows:
-        print(f"{r['name']:<{width}}  {r['description']}\n{'':<{width}}  source: {r['source']}")
+        print(f"{r['name']:<{width}}  {r['description']}\n{pad}  source: {r['source']}")
+        for kind, values in r.get("per_dataset", {}).items():
+            flat = ", ".join(f"{k}={v}" for section in values.values() for k, v in section.items())
+            print(f"{pad}  on {KIND_NAMES.get(kind, kind)}: {flat}")
 
 
 @app.command("evaluate")
@@ -376,16 +388,21 @@ def compare_cmd(
     dataset: str = typer.Option("demo", "--dataset", "-d", help="data set name (known: demo, celeba, cifar10, anime-faces, mnist)"),
     source: Optional[str] = typer.Option(None, "--source", help="source path (default: $SUBSAMPLE_<DATASET>_SOURCE; demo: the embedded data)"),
     scale: str = typer.Option("smoke", "--scale", help="smoke: tiny models, minutes on a CPU (checks the machinery); cpu: small models that learn, about 10 min on a 2-core CPU; paper: the paper's settings (a GPU machine)"),
-    strategies: list[str] = typer.Option([], "--strategies", help="batch strategies (default: random, constructed, dealt); repeat or comma-separate"),
-    batch_sizes: list[str] = typer.Option([], "--batch-sizes", help="batch sizes (default: the scale's; smoke 128,1000, cpu 128,500, paper 128,512,1024,2000)"),
-    presets: list[str] = typer.Option([], "--presets", help="training presets (default: the scale's; `subsample presets` lists them)"),
+    design: str = typer.Option(
+        "factorial", "--design",
+        help="factorial: strategies × batch sizes × presets; paper: exactly the paper's cells (the method at B = 2000, "
+        "2048 on CIFAR-10, and 1024; strategies (a)-(d) at 128), each at its preset's B and epochs",
+    ),
+    strategies: list[str] = typer.Option([], "--strategies", help="batch strategies trained (factorial) and diagnosed (both designs); default: random, constructed, dealt; repeat or comma-separate"),
+    batch_sizes: list[str] = typer.Option([], "--batch-sizes", help="factorial: batch sizes (default: the scale's; smoke 128,1000, cpu 128,500, paper 128,512,1024,2000)"),
+    presets: list[str] = typer.Option([], "--presets", help="factorial: training presets (default: the scale's; `subsample presets` lists them)"),
     seeds: int = typer.Option(3, "--seeds", help="seeds per configuration (at least 3)"),
     overrides: list[str] = typer.Option([], "--set", metavar="SECTION.FIELD=VALUE", help="e.g. --set train.epochs=2 --set evaluate.samples=1000 --set tables.bins=[16,16]"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """The paper's comparison (Prefect flow compare-strategies): strategies × batch sizes × presets ×
-    seeds, each a train-subsample run nested under one MLflow parent run, and a report (HTML and
-    markdown) built from what MLflow recorded."""
+    """The paper's comparison (Prefect flow compare-strategies): the paper's cells (--design paper) or
+    strategies × batch sizes × presets, × seeds, each a train-subsample run nested under one MLflow
+    parent run, and a report (HTML and markdown) built from what MLflow recorded."""
     from flows.config import check_batch_sizes, check_preset, check_source
 
     for p in _split_list(presets) or []:
@@ -399,7 +416,7 @@ def compare_cmd(
         sizes_int = [int(b) for b in sizes] if sizes else None
     except ValueError:
         raise SubsampleError("compare", f"--batch-sizes {batch_sizes}: expected integers, e.g. --batch-sizes 128,1000") from None
-    fields = {"dataset": dataset, "source": source, "scale": scale, "strategies": _split_list(strategies),
+    fields = {"dataset": dataset, "source": source, "scale": scale, "design": design, "strategies": _split_list(strategies),
               "batch_sizes": sizes_int, "presets": _split_list(presets), "seeds": seeds}
     cfg = build_compare_config(fields, overrides)
     check_batch_sizes(cfg.dataset, list(cfg.grid_batch_sizes), cfg.source or cfg.base_run_config().resolved_source(), True, "compare")
@@ -409,7 +426,8 @@ def compare_cmd(
     if as_json:
         emit(summary, True)
         return
-    print(f"compare-strategies on {summary['dataset']} ({summary['scale']}): {summary['cells']} runs, "
+    print(f"compare-strategies on {summary['dataset']} ({summary['scale']}, {summary.get('design', 'factorial')} design): "
+          f"{summary['cells']} runs, "
           f"{summary['cells_failed']} failed, {summary['cells_trained_now']} trained now, {summary['seconds']:.1f} s")
     print(f"MLflow parent run: {summary['parent_run_id']}  ({summary['mlflow_tracking_uri']})")
     print(f"report: {summary['report_html']}")

@@ -1,8 +1,14 @@
 """The paper's comparison (spec §6) as a grid of training runs, and what each run leaves in MLflow.
 
-A comparison trains every cell of ``strategies × batch sizes × presets × seeds`` (one
-``train-subsample`` run each: batches → train → evaluate on the shared, cached ingest, features
-and tables) under one MLflow *parent* run; :mod:`pipeline.report` then reads the parent's children
+A comparison trains every cell of its *design* × seeds (one ``train-subsample`` run each: batches →
+train → evaluate on the shared, cached ingest, features and tables) under one MLflow *parent* run.
+Two designs (:data:`DESIGNS`): ``factorial``, every cell of ``strategies × batch sizes × presets``,
+and ``paper``, exactly the cells of the paper's tables (:data:`PAPER_DESIGN`: the method at
+B = 2000/2048 and at 1024, strategies (a)-(d) at B = 128), each at its preset's batch size and
+epochs for the data set, with (b)'s epochs scaled so its G updates equal (a), (c), (d)'s.
+Before training, every strategy's batches at every batch size of the design are diagnosed
+(:func:`batch_diagnostics`, the paper's Tables 1-2 with the label check) and logged to the
+parent; :mod:`pipeline.report` then reads the parent's children
 back from MLflow and writes the report. This module is the plain-Python part the flow
 ``compare-strategies`` (``flows/compare.py``) wires: the scales, the grid, and
 :func:`record_cell`, which makes each cell's child run complete:
@@ -30,6 +36,9 @@ from typing import Any, Mapping, Optional
 
 STRATEGIES = ("random", "constructed", "dealt")
 PAPER_PRESETS = ("paper-constructed", "paper-128a", "paper-128b", "paper-128c", "paper-128d")
+DESIGNS = ("factorial", "paper")
+DESIGN_ARTIFACT = "design.json"  # on the parent: each configuration's resolved B, epochs, D steps, G updates
+DIAGNOSTICS_ARTIFACT = "batch_diagnostics.json"  # on the parent: every strategy's batches at every B
 
 PARENT_TAG = "subsample.compare"  # "parent" on the comparison's parent run
 CELL_TAGS = ("compare.strategy", "compare.batch_size", "compare.preset", "compare.seed")
@@ -50,6 +59,7 @@ class Scale:
     train: dict[str, Any] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
     diagnostic_epochs: int = 1
+    batch_scale: float = 1.0  # paper design: the paper's batch sizes × this (so they fit a small data set)
 
 
 SCALES: dict[str, Scale] = {
@@ -62,6 +72,7 @@ SCALES: dict[str, Scale] = {
         train={"ngf": 8, "ndf": 8, "epochs": 2, "sample_grid": 16, "kl_samples": 256},
         evaluate={"samples": 500, "grid": 16, "fidelity": False},
         diagnostic_epochs=2,
+        batch_scale=0.5,  # paper design on the demo's 2,000 images: B = 1024, 512, 64 for 2048, 1024, 128
     ),
     "cpu": Scale(
         "cpu",
@@ -85,6 +96,51 @@ SCALES: dict[str, Scale] = {
         diagnostic_epochs=5,
     ),
 }
+
+
+@dataclass(frozen=True)
+class DesignCell:
+    """A configuration of the paper's tables: a preset and a strategy (B from the preset)."""
+
+    preset: str
+    strategy: str
+    reproduces: str  # what of the paper it stands for
+    group: str  # configurations the paper compares at equal epochs
+    equal_g_updates: bool = False  # epochs × d_steps, so its G updates equal its group's 1-D-step cells'
+
+
+# The paper's cells (spec §6): the method at its two batch sizes, the four strategies at B = 128.
+# The paper compares (a)-(d) at equal epochs (25); (b)'s 5 critic steps each take a batch, so it is
+# given 5× the epochs: equal G updates. The method's runs (200 / 100-135 epochs at B = 2000 / 1024)
+# are compared with (a)-(d) as the paper ran them, at their own epochs (their G updates are reported).
+PAPER_DESIGN: tuple[DesignCell, ...] = (
+    DesignCell("paper-constructed", "constructed", "the method: constructed batches at B = 2000 (2048 on CIFAR-10), "
+               "the rows the paper's claim rests on (generator feature KL, Tables 3-6)", "method"),
+    DesignCell("paper-constructed-1024", "constructed", "the 1024* runs: constructed batches at B = 1024 (the paper "
+               "finds them no better than random batches)", "method"),
+    DesignCell("paper-128a", "random", "strategy (a): DCGAN as published, random B = 128", "128"),
+    DesignCell("paper-128b", "random", "strategy (b): clipping + 1-centred penalty, random B = 128", "128",
+               equal_g_updates=True),
+    DesignCell("paper-128c", "random", "strategy (c): L2 on D's weights, random B = 128", "128"),
+    DesignCell("paper-128d", "random", "strategy (d): R1 on real data, random B = 128", "128"),
+)
+
+
+def design_cell(preset: str, strategy: str) -> Optional[DesignCell]:
+    return next((c for c in PAPER_DESIGN if (c.preset, c.strategy) == (preset, strategy)), None)
+
+
+def scaled_batch_size(b: int, batch_scale: float) -> int:
+    return max(1, int(round(b * batch_scale)))
+
+
+def paper_configurations(dataset: str, batch_scale: float = 1.0) -> list[tuple[DesignCell, int]]:
+    """The paper design's configurations for ``dataset``: each cell with its batch size (its
+    preset's for the data set's kind, × ``batch_scale``)."""
+    from pipeline.presets import resolve_batches_config
+
+    return [(c, scaled_batch_size(resolve_batches_config(c.preset, dataset=dataset).batch_size, batch_scale))
+            for c in PAPER_DESIGN]
 
 
 @dataclass(frozen=True)
@@ -121,6 +177,12 @@ def expand_grid(
 ) -> list[GridCell]:
     """Every cell, preset-major then batch size, strategy and seed (the order they train in)."""
     return [GridCell(s, b, p, seed) for p, b, s, seed in itertools.product(presets, batch_sizes, strategies, seeds)]
+
+
+def paper_grid(dataset: str, seeds: tuple[int, ...], batch_scale: float = 1.0) -> list[GridCell]:
+    """The paper design's cells × seeds, in :data:`PAPER_DESIGN`'s order."""
+    return [GridCell(c.strategy, b, c.preset, seed) for c, b in paper_configurations(dataset, batch_scale)
+            for seed in seeds]
 
 
 def cell_sections(cell: GridCell, scale: Scale, train: Mapping[str, Any], evaluate: Mapping[str, Any],
@@ -224,14 +286,25 @@ def _log_train_files(run_id: str, train: dict) -> None:
 
 
 def _log_batches(run_id: str, batches: dict) -> None:
-    """The batches stage's diagnostics (spec §4) on the child run: coverage per epoch (step =
-    training epoch, 1-based), the KL(f_Xi || f_X) statistics over all the epochs' batches, the
-    count of images never drawn in epoch 1, and its files (diagnostics.json/.md, never_drawn.png)."""
+    """The batches stage's diagnostics (spec §4) on the child run: coverage and the count of
+    never-drawn images per epoch (``batches/coverage``, ``batches/never_drawn``; step = training
+    epoch, 1-based), the KL(f_Xi || f_X) statistics over all the epochs' batches, the label KL's
+    (``batches/label_kl_*``, when the store has labels), both KLs for a uniformly random sample of B
+    (``batches/*_random_sample``), the count of images never drawn in epoch 1, and its files
+    (diagnostics.json/.md, never_drawn.png)."""
     from storage import tracking
 
+    never = batches.get("n_never_drawn_per_epoch") or []
     for e, cov in enumerate(batches["coverage"]["per_epoch"], start=1):
-        tracking.log_metrics(run_id, {"batches/coverage": cov}, step=e)
+        per_epoch = {"batches/coverage": cov}
+        if len(never) >= e:
+            per_epoch["batches/never_drawn"] = never[e - 1]
+        tracking.log_metrics(run_id, per_epoch, step=e)
     stats = {f"batches/kl_{k}": v for k, v in batches["kl"].items()}
+    stats.update({f"batches/label_kl_{k}": v for k, v in (batches.get("label_kl") or {}).items()})
+    for name in ("kl_random_sample", "label_kl_random_sample"):
+        ref = batches.get(name) or {}
+        stats.update({f"batches/{name}": ref.get("mean"), f"batches/{name}_sd": ref.get("sd")})
     tracking.log_metrics(run_id, {**stats, "batches/coverage_mean": batches["coverage"]["mean"],
                                   "batches/n_never_drawn": batches["n_never_drawn"]}, step=0)
     tracking.set_tags(run_id, {"batches/key": batches["key"]})
@@ -250,6 +323,37 @@ def _log_evaluate(run_id: str, evaluate: dict, train: Optional[dict]) -> None:
         tracking.log_metrics(run_id, missing, step=int((train or {}).get("epochs") or 0))
     tracking.set_tags(run_id, {FIDELITY_TAG: str(evaluate.get("fidelity") or "unknown")[:5000],
                                "eval/key": evaluate.get("key", "")})
+
+
+def log_json(parent_run_id: str, name: str, payload: Any) -> None:
+    """A JSON artifact on the parent run (``design.json``, ``batch_diagnostics.json``)."""
+    import tempfile
+
+    from storage import tracking
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(json.dumps(payload, indent=1, default=str))
+        tracking.log_artifacts(parent_run_id, [(path, None)])
+
+
+def diagnostics_row(summary: dict) -> dict[str, Any]:
+    """One batches stage summary as a row of ``batch_diagnostics.json``."""
+    keep = ("strategy", "batch_size", "m", "epochs", "topup", "coverage", "kl", "label_kl", "kl_random_sample",
+            "label_kl_random_sample", "label_kl_note", "n_never_drawn_per_epoch", "key")
+    return {k: summary.get(k) for k in keep}
+
+
+def batch_diagnostics(dataset: str, configs: list[Any], tables: Any, features: Any) -> list[dict[str, Any]]:
+    """The batches stage (cached artifacts) for each of ``configs`` (BatchesConfig: every strategy
+    at every batch size and seed of the design, trained or not): the paper's Tables 1-2 for all
+    strategies, with the label check and the never-drawn counts per epoch."""
+    from pipeline.batches import run_batches
+
+    rows = []
+    for bc in configs:
+        rows.append({**diagnostics_row(run_batches(dataset, bc, tables, features, progress=False)), "seed": bc.seed})
+    return rows
 
 
 def finish_parent(parent_run_id: str, rows: list[dict[str, Any]], status: str = "FINISHED") -> None:

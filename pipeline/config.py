@@ -14,10 +14,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     _execution_fields: ClassVar[frozenset[str]] = frozenset()
+    # Fields added after artifacts were keyed, whose default reproduces the earlier behaviour: left
+    # out of the key while at their default, so the artifacts made before they existed stay valid.
+    _key_omits_default: ClassVar[frozenset[str]] = frozenset()
 
     def key_params(self) -> dict[str, Any]:
         """The parameters that determine the artifact (JSON types only)."""
-        return self.model_dump(mode="json", exclude=set(self._execution_fields))
+        params = self.model_dump(mode="json", exclude=set(self._execution_fields))
+        for name in self._key_omits_default:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                params.pop(name, None)
+        return params
 
 
 class IngestConfig(StageConfig):
@@ -137,14 +144,22 @@ class BatchesConfig(StageConfig):
     fill: Literal["topk", "coverage"] = Field(
         "topk", description="constructed: 'coverage' first fills with not-yet-drawn images of cells whose T2 = 0"
     )
+    topup: Literal["topk", "random"] = Field(
+        "topk",
+        description="constructed: how the shortfall B - sum(T2) is spread over the k most frequent cells: 'topk' "
+        "in proportion, exactly (largest remainder; every batch the same, KL spread 0), 'random' a multinomial "
+        "draw per batch with probabilities proportional to the cells' frequencies (the paper's reading, spec §3.3)",
+    )
+
+    _key_omits_default: ClassVar[frozenset[str]] = frozenset({"topup"})
 
     def key_params(self) -> dict[str, Any]:
-        """``top_k`` and ``fill`` only shape constructed batches: other strategies leave them out of
-        the key, so changing them reuses the artifact."""
+        """``top_k``, ``fill`` and ``topup`` only shape constructed batches: other strategies leave
+        them out of the key, so changing them reuses the artifact."""
         params = super().key_params()
         if self.strategy != "constructed":
-            params.pop("top_k")
-            params.pop("fill")
+            for name in ("top_k", "fill", "topup"):
+                params.pop(name, None)
         return params
 
 
@@ -170,6 +185,12 @@ class TrainConfig(StageConfig):
     d_batchnorm: bool = Field(True, description="batch norm in D (off for gradient penalties)")
     # losses (pipeline.losses)
     loss: str = Field("nonsaturating", description="registered loss (pipeline.losses.LOSSES)")
+    g_loss: Literal["nonsaturating", "minimax"] | None = Field(
+        None,
+        description="gan method, logistic losses: G's objective, 'nonsaturating' -log D(G(z)) or 'minimax' "
+        "log(1 - D(G(z))) (Goodfellow et al. 2014 Eq. 1, as Chen et al. print it); None = the loss's own. "
+        "Ignored by the other losses, which have one G objective each",
+    )
     gp_weight: float = Field(0.0, ge=0, description="1-centred gradient penalty on interpolates (WGAN-GP λ)")
     r1_weight: float = Field(0.0, ge=0, description="R1 zero-centred penalty on real data (γ)")
     l2_weight: float = Field(0.0, ge=0, description="L2 penalty on D's weights")
@@ -201,6 +222,8 @@ class TrainConfig(StageConfig):
     beta1: float = Field(0.5, ge=0, lt=1, description="Adam")
     beta2: float = Field(0.999, ge=0, lt=1, description="Adam")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD")
+    rmsprop_alpha: float = Field(0.99, gt=0, lt=1, description="RMSProp: decay of the squared-gradient average (torch's alpha, TensorFlow's decay/rho)")
+    rmsprop_momentum: float = Field(0.0, ge=0, lt=1, description="RMSProp: momentum factor (Chen et al. 2021 give 0.9)")
     # schedule and outputs
     epochs: int = Field(25, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many D steps in all (smoke runs)")
@@ -239,6 +262,7 @@ class TrainConfig(StageConfig):
         {"preset", "checkpoint_every", "device", "amp", "channels_last", "compile", "track", "diverge_loss_max", "diverge_steps",
          "eval_every", "eval_samples", "eval_feature_extractor", "eval_weights"}
     )
+    _key_omits_default: ClassVar[frozenset[str]] = frozenset({"g_loss", "rmsprop_alpha", "rmsprop_momentum"})
 
     @field_validator("arch", "loss", "method")
     @classmethod

@@ -8,7 +8,9 @@ set it was trained on:
   ``$SUBSAMPLE_HOME/fidelity-cache`` (named by the store's content hash and the extractor weights'
   hash), so a second evaluation against the same data set only extracts the generated images.
 - **Feature-space** ``KL(f_G || f_X)`` and JS on the training table's bins
-  (:func:`pipeline.metrics.feature_kl`; generated features binned with the *training* scale).
+  (:func:`pipeline.metrics.feature_kl`; generated features binned with the *training* scale), with
+  the KL's floor at N samples beside it (``feature_kl{N}_train_floor``: the same estimator on N
+  real images, :mod:`pipeline.floors`), since a perfect generator does not score 0.
 - **Sharpness**: mean energy-gradient sharpness of the generated images and its difference from
   the training set's (seed paper 004).
 
@@ -47,20 +49,15 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.config import EvaluateConfig, FeaturesConfig, TablesConfig
-from pipeline.metrics import feature_kl, sharpness_stats
+from pipeline.metrics import count_tag, feature_kl, sharpness_stats  # count_tag: re-exported
 from storage.artifacts import artifact_key, artifact_path, build_artifact, open_artifact
 from storage.errors import SubsampleError, brief, one_line
 from storage.locks import owner_tag
 from storage.paths import home, inside_home, is_train_key, redact_uri
 
 STAGE = "evaluate"
-CODE_VERSION = "2"  # 2: samples.png titled, >= 512 px wide
+CODE_VERSION = "3"  # 2: samples.png titled, >= 512 px wide, or the feature KL's floor beside it; 3: both
 INCEPTION = "inception-v3-compat"
-
-
-def count_tag(n: int) -> str:
-    """stylegan2-ada's count notation in metric names: 50000 -> '50k', 1234 -> '1234'."""
-    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
 
 def fidelity_cache_root() -> Path:
@@ -505,6 +502,7 @@ class EvalContext:
     cfg: EvaluateConfig
     table: Any  # pipeline.tables.Table
     train_sharpness_mean: float
+    table_hash: str | None = None  # the tables artifact's content hash: caches the KL's floor
     reference: Dataset | None = None  # training images for torch-fidelity
     reference_cache_name: str | None = None
     weights_path: str | None = None
@@ -564,19 +562,26 @@ def fidelity_metrics(ctx: EvalContext) -> dict[str, float]:
 
 @register_metric_family("feature")
 def feature_space_metrics(ctx: EvalContext) -> dict[str, float]:
-    """``feature_kl{N}_train`` = KL(f_G || f_X) with f_X smoothed (0.5 per cell), ``feature_js{N}_train``,
-    and ``feature_outside{N}_train``: the fraction of generated images in cells no training image
-    occupies (spec §5)."""
+    """``feature_kl{N}_train`` = KL(f_G || f_X) with f_X smoothed (0.5 per cell), its floor at N
+    samples ``feature_kl{N}_train_floor`` (mean over real samples of N, s.d. ``..._floor_sd``),
+    ``feature_js{N}_train``, and ``feature_outside{N}_train``: the fraction of generated images in
+    cells no training image occupies (spec §5)."""
     from kernels.features import compute_features
+    from pipeline.floors import cached_feature_kl_floor
 
     values = compute_features(ctx.images, names=tuple(ctx.table.features))
     r = feature_kl(ctx.table.bin_values(values), ctx.table)
+    floor = cached_feature_kl_floor(ctx.table, ctx.table_hash, len(ctx.images))
     t = ctx.tag
-    return {
+    out = {
         f"feature_kl{t}_train": r["kl"],
+        f"feature_kl{t}_train_floor": floor["mean"],
         f"feature_js{t}_train": r["js"],
         f"feature_outside{t}_train": r["empty_cells_hit"],
     }
+    if floor["sd"] is not None:
+        out[f"feature_kl{t}_train_floor_sd"] = floor["sd"]
+    return out
 
 
 @register_metric_family("sharpness")
@@ -683,7 +688,8 @@ def run_evaluate(run: str, cfg: EvaluateConfig, *, refresh: bool = False, progre
         features_cfg, tables_cfg = FeaturesConfig(**info["features"]), TablesConfig(**info["tables"])
     except (TypeError, ValueError) as e:
         raise SubsampleError(STAGE, f"{info['path']}/generator.pt: invalid features/tables settings ({one_line(str(e))[:200]})") from None
-    table = load_table(tables_artifact(dataset, tables_cfg, features_cfg, needed_by=STAGE))
+    tables_art = tables_artifact(dataset, tables_cfg, features_cfg, needed_by=STAGE)
+    table = load_table(tables_art)
     image_size = int(info.get("image_size", store.size))
     if image_size != store.size:
         raise SubsampleError(
@@ -701,6 +707,7 @@ def run_evaluate(run: str, cfg: EvaluateConfig, *, refresh: bool = False, progre
         cfg=cfg,
         table=table,
         train_sharpness_mean=_train_sharpness_mean(dataset, features_cfg, store),
+        table_hash=tables_art.content_hash,
         reference=StoreDataset(store.images),
         reference_cache_name=f"subsample-{store.content_hash[:16]}-w{weights_tag}",
         weights_path=weights_path,

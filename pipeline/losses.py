@@ -52,6 +52,9 @@ register_loss(GanLoss(
     lambda fake: -F.softplus(fake).mean(),
     probabilities=True,
 ))
+# The losses whose D is logistic: TrainConfig.g_loss picks G's objective among them.
+LOGISTIC_LOSSES = ("nonsaturating", "minimax")
+
 register_loss(GanLoss(
     "lsgan",
     "least squares, a=0 b=1 c=1 (Mao et al. 2017, Eq. 2): D: ½(D(x)-1)² + ½D(G(z))²; G: ½(D(G(z))-1)²",
@@ -125,14 +128,17 @@ def clip_weights(D: nn.Module, clip: float) -> None:
 OPTIMIZERS: dict[str, Callable[[Iterable[Tensor], float, Any], torch.optim.Optimizer]] = {
     # Radford et al. §4: Adam, lr 2e-4, beta1 0.5 (beta2 as Adam's 0.999)
     "adam": lambda params, lr, cfg: torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2)),
-    # Arjovsky et al. 2017: RMSProp (torch defaults alpha 0.99, eps 1e-8)
-    "rmsprop": lambda params, lr, cfg: torch.optim.RMSprop(params, lr=lr),
+    # Arjovsky et al. 2017: RMSProp (torch's defaults alpha 0.99, momentum 0, eps 1e-8, as TrainConfig's);
+    # Chen et al. 2021 give a momentum factor of 0.9 (TrainConfig.rmsprop_momentum, the paper-* presets)
+    "rmsprop": lambda params, lr, cfg: torch.optim.RMSprop(
+        params, lr=lr, alpha=getattr(cfg, "rmsprop_alpha", 0.99), momentum=getattr(cfg, "rmsprop_momentum", 0.0)
+    ),
     "sgd": lambda params, lr, cfg: torch.optim.SGD(params, lr=lr, momentum=cfg.momentum),
 }
 
 
 def make_optimizer(name: str, params: Iterable[Tensor], lr: float, cfg: Any) -> torch.optim.Optimizer:
-    """``cfg`` supplies the optimiser's other fields (beta1, beta2, momentum)."""
+    """``cfg`` supplies the optimiser's other fields (beta1, beta2, momentum, rmsprop_alpha, rmsprop_momentum)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; registered: {', '.join(sorted(OPTIMIZERS))}")
     return OPTIMIZERS[name](params, lr, cfg)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.losses import LOSSES, PENALTIES, clip_weights, make_optimizer
+from pipeline.losses import LOGISTIC_LOSSES, LOSSES, PENALTIES, clip_weights, make_optimizer
 from pipeline.models import ARCHITECTURES
 from storage.errors import SubsampleError
 
@@ -240,6 +240,8 @@ class GanMethod(TrainingMethod):
         if cfg.real_target < 1 and not self.loss.probabilities:
             raise SubsampleError(STAGE, f"real_target < 1 (one-sided label smoothing) needs a logistic loss, not {cfg.loss!r}")
         self.score = torch.sigmoid if self.loss.probabilities else (lambda v: v)
+        # G's objective: the loss's own, or with a logistic D the form g_loss names (minimax / non-saturating)
+        self.g_objective = LOSSES[cfg.g_loss].g if cfg.g_loss and cfg.loss in LOGISTIC_LOSSES else self.loss.g
 
     @property
     def score_kind(self) -> str:
@@ -278,7 +280,7 @@ class GanMethod(TrainingMethod):
     def g_step(self, t: Trainer, real: Tensor, y: Tensor | None) -> Tensor:
         t.D_train.requires_grad_(False)
         with t.autocast():
-            loss_g = self.loss.g(self.critic(t, y)(self.noisy(t, self.fake)).float())
+            loss_g = self.g_objective(self.critic(t, y)(self.noisy(t, self.fake)).float())
         t.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         t.opt_g.step()

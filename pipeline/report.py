@@ -20,7 +20,12 @@ and logs them to the parent run under ``report/``. Contents:
 - each strategy against random, per preset, batch size and metric: difference of means against
   twice the pooled seed s.d., and Welch's t-test, worded plainly;
 - curves of feature KL (logged by training every epoch) and FID against epochs, metrics against
-  batch size, last-epoch sample grids (seed 0) and the never-drawn images per strategy and B.
+  batch size, last-epoch sample grids (seed 0) and the never-drawn images per strategy and B;
+- (issue 14, the self-contained sections below ``# --- the paper's design, floors and checks``):
+  the design's configurations and G-update budgets, every strategy's batches at every B of the
+  design with the label-KL check and the random-sample references, the never-drawn count per run
+  and epoch, each feature KL beside its floor at its sample size, and, in the paper design, the
+  paper's own comparisons (the method against strategies (a)-(d)).
 """
 from __future__ import annotations
 
@@ -144,7 +149,14 @@ class ReportData:
         return sorted(out, key=lambda m: m.cell.seed)
 
 
-HISTORY_KEYS = ("feature_kl", "feature_js", "loss_d", "loss_g", "batches/coverage")
+HISTORY_KEYS = ("feature_kl", "feature_js", "loss_d", "loss_g", "batches/coverage", "batches/never_drawn")
+EPOCH_KL = r"^feature_kl(\d+k?)$"  # training's per-epoch feature KL at kl_samples (older runs: plain feature_kl)
+
+
+def epoch_kl_key(metrics: dict[str, Any]) -> Optional[str]:
+    """The run's per-epoch feature-KL key: ``feature_kl{n}``, else the older ``feature_kl``."""
+    keys = [k for k in metrics if re.match(EPOCH_KL, k)]
+    return keys[0] if keys else ("feature_kl" if "feature_kl" in metrics else None)
 
 
 def collect(parent_run_id: str) -> ReportData:
@@ -177,6 +189,7 @@ def collect(parent_run_id: str) -> ReportData:
             fidelity=run.data.tags.get(FIDELITY_TAG, "unknown"), metrics=dict(run.data.metrics),
         )
         keys = [k for k in HISTORY_KEYS if k in m.metrics]
+        keys += [k for k in m.metrics if re.match(EPOCH_KL, k)]
         keys += [k for spec in EVAL_METRICS if (k := m.eval_key(spec))]
         for k in keys:
             hist = sorted((h.step, h.timestamp, h.value) for h in c.get_metric_history(m.run_id, k))
@@ -273,6 +286,8 @@ def summarise(data: ReportData) -> dict[str, Any]:
                 planned = [r for r in data.grid if (r["preset"], int(r["batch_size"]), r["strategy"]) == (p, b, s)]
                 ok = data.select(preset=p, batch_size=b, strategy=s)
                 failed = [m for m in data.select(preset=p, batch_size=b, strategy=s, ok=False) if m not in ok]
+                if not planned and not ok and not failed:
+                    continue  # not a cell of this design (the paper design is not a full factorial)
                 row: dict[str, Any] = {
                     "configuration": f"{p} {s} B={b}", "preset": p, "strategy": s, "batch_size": b,
                     "planned": len(planned) or len(ok) + len(failed), "ok": len(ok),
@@ -316,6 +331,7 @@ def summarise(data: ReportData) -> dict[str, Any]:
     }
     learning = learning_check(data)
     out = {
+        **paper_summary(data, configurations),
         "settings": settings,
         "parent_run_id": data.parent_run_id, "run_name": data.run_name, "status": data.status,
         "dataset": data.dataset, "scale": data.scale, "n_images": n, "experiment_id": data.experiment_id,
@@ -353,9 +369,10 @@ def learning_check(data: ReportData) -> dict[str, Any]:
     epochs' D and G losses. A run without an epoch-0 record (trained by older code) is "unknown"."""
     runs = []
     for m in sorted(data.select(), key=lambda m: (m.cell.preset, m.cell.batch_size, m.cell.strategy, m.cell.seed)):
-        kl = dict(m.history.get("feature_kl", []))
+        kl_key = epoch_kl_key(m.history) or "feature_kl"
+        kl = dict(m.history.get(kl_key, []))
         initial = kl.get(0)
-        _, last, last_epoch = _first_last(m.history.get("feature_kl", []), skip_zero=True)
+        _, last, last_epoch = _first_last(m.history.get(kl_key, []), skip_zero=True)
         moved = None if initial is None or last is None else abs(last - initial) > MOVE_TOLERANCE * abs(initial)
         d0, d1, _ = _first_last(m.history.get("loss_d", []), skip_zero=True)
         g0, g1, _ = _first_last(m.history.get("loss_g", []), skip_zero=True)
@@ -659,7 +676,7 @@ COLOURS = {"random": "tab:grey", "constructed": "tab:blue", "dealt": "tab:orange
 def _curves(data: ReportData, key_of, title: str, ylabel: str, path: Path) -> bool:
     """One subplot per (preset, B): mean over seeds against epoch, one line per strategy, band ± s.d."""
     strategies, sizes, presets, _ = data.axes()
-    series = {}
+    series, floors = {}, {}
     for p in presets:
         for b in sizes:
             for s in strategies:
@@ -668,6 +685,8 @@ def _curves(data: ReportData, key_of, title: str, ylabel: str, path: Path) -> bo
                     k = key_of(m)
                     for step, v in (m.history.get(k, []) if k else []):
                         per_step.setdefault(step, []).append(v)
+                    if k and f"{k}_floor" in m.metrics:  # the KL's floor at its sample size
+                        floors.setdefault((p, b, s), []).append(m.metrics[f"{k}_floor"])
                 if per_step:
                     series[(p, b, s)] = sorted(per_step.items())
     if not series:
@@ -675,27 +694,40 @@ def _curves(data: ReportData, key_of, title: str, ylabel: str, path: Path) -> bo
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(len(presets), len(sizes), figsize=(max(4.8 * len(sizes), 8.0), 3.4 * len(presets) + 0.8),
+    # panels: presets × B; a design that is not a full grid (the paper's) gets only its panels
+    pairs = [(p, b) for p in presets for b in sizes if any((p, b, s) in series for s in strategies)]
+    if len(pairs) < len(presets) * len(sizes):
+        ncols = min(3, len(pairs))
+        nrows = -(-len(pairs) // ncols)
+        layout = {pair: divmod(k, ncols) for k, pair in enumerate(pairs)}
+    else:
+        nrows, ncols = len(presets), len(sizes)
+        layout = {(p, b): (i, j) for i, p in enumerate(presets) for j, b in enumerate(sizes)}
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(3.6 * ncols, 5.5), 2.8 * nrows + 0.5),
                              squeeze=False, sharex=False)
-    for i, p in enumerate(presets):
-        for j, b in enumerate(sizes):
-            ax = axes[i][j]
-            for s in strategies:
-                pts = series.get((p, b, s))
-                if not pts:
-                    continue
-                x = np.array([st for st, _ in pts])
-                mean = np.array([np.mean(v) for _, v in pts])
-                sd = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for _, v in pts])
-                n = max(len(v) for _, v in pts)
-                ax.plot(x, mean, marker="o", ms=3, color=COLOURS.get(s), label=f"{s} (n={n})")
-                ax.fill_between(x, mean - sd, mean + sd, color=COLOURS.get(s), alpha=0.2, lw=0)
-            ax.set_title(f"{p}, B={b}", fontsize=9)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlabel("epoch", fontsize=8)
-            ax.set_ylabel(ylabel, fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.legend(fontsize=7)
+    for ax in axes.flat[len(layout):]:
+        ax.set_visible(False)
+    for (p, b), (i, j) in layout.items():
+        ax = axes[i][j]
+        for s in strategies:
+            pts = series.get((p, b, s))
+            if not pts:
+                continue
+            x = np.array([st for st, _ in pts])
+            mean = np.array([np.mean(v) for _, v in pts])
+            sd = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for _, v in pts])
+            n = max(len(v) for _, v in pts)
+            ax.plot(x, mean, marker="o", ms=3, color=COLOURS.get(s), label=f"{s} (n={n})")
+            ax.fill_between(x, mean - sd, mean + sd, color=COLOURS.get(s), alpha=0.2, lw=0)
+            if floors.get((p, b, s)):
+                ax.axhline(float(np.mean(floors[(p, b, s)])), ls="--", lw=1, color=COLOURS.get(s),
+                           label="its floor (real images)")
+        ax.set_title(f"{p}, B={b}", fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
     _suptitle(fig, title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -830,12 +862,13 @@ def write_plots(data: ReportData, summary: dict[str, Any], plots: Path) -> dict[
     plots.mkdir(parents=True, exist_ok=True)
     made: dict[str, str] = {}
     strategies, sizes, presets, seeds = data.axes()
-    if _curves(data, lambda m: "feature_kl" if "feature_kl" in m.history else None,
+    if _curves(data, lambda m: epoch_kl_key(m.history),
                "feature KL(f_G || f_X) of fixed-z samples after each epoch, epoch 0 = untrained (mean ± s.d. over seeds; "
                "lower is better)",
                "feature KL", plots / "feature_kl_curves.png"):
         made["feature_kl_curves.png"] = ("Feature KL against epochs (training's per-epoch metric, lower is better), "
-                                         "from epoch 0, the untrained generator.")
+                                         "from epoch 0, the untrained generator; dashed: its floor, what as many real "
+                                         "images score.")
     fid = next(spec for spec in EVAL_METRICS if spec.name == "fid")
     if _curves(data, lambda m: m.eval_key(fid), "FID against epochs (mean ± s.d. over seeds)", "FID",
                plots / "fid_curves.png"):
@@ -883,6 +916,276 @@ def write_plots(data: ReportData, summary: dict[str, Any], plots: Path) -> dict[
     return made
 
 
+# --- the paper's design, floors and checks (issue 14) --------------------------------------------------
+# Self-contained: paper_summary() adds its keys to summarise()'s dict, the *_blocks() functions add
+# their sections to _blocks(). They read the parent's design.json and batch_diagnostics.json and
+# the child runs' floor, label-KL and never-drawn metrics.
+
+EVAL_KL = r"^eval/feature_kl(\d+k?)_train$"
+
+
+def _parent_json(parent_run_id: str, name: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    from storage import tracking
+
+    with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
+        try:
+            return json.loads(Path(tracking.client().download_artifacts(parent_run_id, name, tmp)).read_text())
+        except (MlflowException, OSError, ValueError):
+            return None
+
+
+def _kl_with_floor(members: list[Member], key_of) -> dict[str, Any]:
+    """A KL's mean ± s.d. over seeds and its floor (``<key>_floor``, ``_floor_sd``), with the verdict."""
+    from pipeline.metrics import at_floor
+
+    vals, floors, floor_sds, keys = [], [], [], set()
+    for m in members:
+        k = key_of(m)
+        if k is None or k not in m.metrics:
+            continue
+        keys.add(k)
+        vals.append(m.metrics[k])
+        if f"{k}_floor" in m.metrics:
+            floors.append(m.metrics[f"{k}_floor"])
+            if f"{k}_floor_sd" in m.metrics:
+                floor_sds.append(m.metrics[f"{k}_floor_sd"])
+    out: dict[str, Any] = {**mean_sd(vals), "keys": sorted(keys), "floor": None, "floor_sd": None, "at_floor": None,
+                           "ratio": None}
+    if vals and floors:
+        floor = {"mean": float(np.mean(floors)), "sd": float(np.mean(floor_sds)) if floor_sds else None}
+        out.update(floor=floor["mean"], floor_sd=floor["sd"],
+                   at_floor=bool(at_floor(out["mean"], floor, out["sd"])),
+                   ratio=out["mean"] / floor["mean"] if floor["mean"] > 0 else None)
+    return out
+
+
+def _eval_kl_key(m: Member) -> Optional[str]:
+    keys = [(k, mm.group(1)) for k in m.metrics if (mm := re.match(EVAL_KL, k))]
+    return max(keys, key=lambda kv: _count(kv[1]))[0] if keys else None
+
+
+def paper_summary(data: ReportData, configurations: list[dict[str, Any]]) -> dict[str, Any]:
+    """The numbers of the issue-14 sections: the design (design.json), every strategy's batches
+    (batch_diagnostics.json), each configuration's feature KLs beside their floors, the never-drawn
+    counts per run and epoch, and in the paper design the method against (a)-(d)."""
+    design = _parent_json(data.parent_run_id, "design.json") or {}
+    diagnostics = _parent_json(data.parent_run_id, "batch_diagnostics.json") or []
+
+    floors = []
+    for c in configurations:
+        ok = data.select(preset=c["preset"], batch_size=c["batch_size"], strategy=c["strategy"])
+        floors.append({"configuration": c["configuration"], "preset": c["preset"], "strategy": c["strategy"],
+                       "batch_size": c["batch_size"],
+                       "epoch": _kl_with_floor(ok, lambda m: epoch_kl_key(m.metrics)),
+                       "eval": _kl_with_floor(ok, _eval_kl_key)})
+
+    batches: dict[str, dict[str, Any]] = {}
+    for r in diagnostics:
+        b = batches.setdefault(f"{r['strategy']}|{r['batch_size']}", {"strategy": r["strategy"],
+                                                                     "batch_size": r["batch_size"], "rows": []})
+        b["rows"].append(r)
+    for b in batches.values():
+        rows = b.pop("rows")
+        avg = lambda f: float(np.mean([v for r in rows if (v := f(r)) is not None])) if any(f(r) is not None for r in rows) else None  # noqa: E731
+        b.update(
+            seeds=len(rows), topup=rows[0].get("topup"), coverage=avg(lambda r: r["coverage"]["mean"]),
+            n_batches=int(sum((r.get("m") or 0) * (r.get("epochs") or 0) for r in rows)),
+            label_kl_random_sd=avg(lambda r: (r.get("label_kl_random_sample") or {}).get("sd")),
+            label_kl_random_repeats=avg(lambda r: (r.get("label_kl_random_sample") or {}).get("repeats")),
+            kl_mean=avg(lambda r: r["kl"]["mean"]), kl_sd=avg(lambda r: r["kl"]["std"]),
+            kl_random=avg(lambda r: (r.get("kl_random_sample") or {}).get("mean")),
+            label_kl_mean=avg(lambda r: (r.get("label_kl") or {}).get("mean")),
+            label_kl_sd=avg(lambda r: (r.get("label_kl") or {}).get("std")),
+            label_kl_random=avg(lambda r: (r.get("label_kl_random_sample") or {}).get("mean")),
+            label_note=next((r.get("label_kl_note") for r in rows if r.get("label_kl_note")), None),
+            never_drawn=[float(np.mean(v)) for v in zip(*[r.get("n_never_drawn_per_epoch") or [] for r in rows])],
+        )
+
+    never = []
+    for m in sorted(data.members, key=lambda m: (m.cell.preset, m.cell.batch_size, m.cell.strategy, m.cell.seed)):
+        hist = m.history.get("batches/never_drawn", [])
+        if hist:
+            never.append({"configuration": m.cell.configuration, "seed": m.cell.seed,
+                          "per_epoch": [int(v) for _, v in hist]})
+
+    comparisons = []
+    if design.get("design") == "paper":
+        method = [c for c in configurations if c["strategy"] == "constructed"]
+        others = [c for c in configurations if c["strategy"] == "random"]
+        for a in method:
+            for b in others:
+                for spec in EVAL_METRICS:
+                    va = [v for v in a["metrics"][spec.name]["values"].values()]
+                    vb = [v for v in b["metrics"][spec.name]["values"].values()]
+                    if not va or not vb:
+                        continue
+                    res = compare_to_baseline(va, vb, spec.lower_is_better)
+                    comparisons.append({"a": a["configuration"], "b": b["configuration"], "metric": spec.name,
+                                        **res, "sentence": _paper_sentence(a, b, spec, res, floors)})
+    return {"design": design, "batch_diagnostics": sorted(batches.values(), key=lambda b: (b["batch_size"], b["strategy"])),
+            "kl_floors": floors, "never_drawn_runs": never, "paper_comparisons": comparisons}
+
+
+def _paper_sentence(a: dict, b: dict, spec: MetricSpec, r: dict[str, Any], floors: list[dict]) -> str:
+    name = lambda c: f"{c['preset']} ({c['strategy']}, B={c['batch_size']})"  # noqa: E731
+    head = f"{name(a)} vs {name(b)} on {spec.label}"
+    if r["diff"] is None:
+        return f"{head}: too few seeds to compare ({r['a']['n']} vs {r['b']['n']})."
+    values = f"{fmt(r['a']['mean'])} vs {fmt(r['b']['mean'])}"
+    welch = f"Welch t = {r['t']:.2f}, p = {r['p']:.3g}" if r["t"] is not None else "no seed-to-seed variation"
+    verdict = (("better" if r["better"] else "worse") + f" by {fmt(abs(r['diff']))}, > {SPREAD_FACTOR:g} × seed s.d."
+               if r["exceeds"] else f"within seed spread (difference {fmt(abs(r['diff']))})")
+    text = f"{head}: {verdict} ({values}; {welch})."
+    if spec.name == "feature_kl":
+        fa = next((f["eval"] for f in floors if f["configuration"] == a["configuration"]), {})
+        fb = next((f["eval"] for f in floors if f["configuration"] == b["configuration"]), {})
+        if fa.get("at_floor") and fb.get("at_floor"):
+            text += " Both are at their floor: this KL cannot tell them apart."
+        elif fa.get("floor") is not None:
+            text += f" Floor at this sample size: {fmt(fa['floor'])}."
+    return text
+
+
+def design_blocks(summary: dict[str, Any]) -> list[tuple]:
+    design = summary.get("design") or {}
+    confs = design.get("configurations") or []
+    if not confs:
+        return []
+    out: list[tuple] = [("h", 2, f"The design ({design.get('design', '?')})")]
+    if design.get("design") == "paper":
+        out.append(("p", "The paper's cells only, not a factorial: the method at its two batch sizes and strategies "
+                         "(a)-(d) at B = 128, each at its preset's batch size and epochs for this data set"
+                         + (f", the batch sizes × {design['batch_scale']:g} to fit this data set"
+                            if design.get("batch_scale", 1) not in (None, 1, 1.0) else "")
+                         + ". Budgets: the paper compares (a)-(d) at equal epochs; (b) takes 5 "
+                         "critic steps per G step, each on its own batch, so it trains 5× the epochs and makes the "
+                         "same number of G updates as (a), (c) and (d). The method's runs keep their own epochs, as "
+                         "the paper ran them; their G updates are in the table."))
+    else:
+        out.append(("p", "Every strategy × batch size × preset; each cell trains at its preset's epochs, so D steps "
+                         "per G step change the G updates (see the table)."))
+    rows = [[c["configuration"], c.get("reproduces") or "", str(c["batch_size"]), str(c["epochs"]), str(c["d_steps"]),
+             str(c["batches_per_epoch"]), f"{c['g_updates']:,}" + (" (equalised)" if c.get("equal_g_updates") else ""),
+             f"{c['images_seen']:,}"] for c in confs]
+    out.append(("table", ["configuration", "reproduces", "B", "epochs", "D steps per G step", "batches per epoch",
+                          "G updates", "images seen by D"], rows))
+    return out
+
+
+def batch_check_blocks(summary: dict[str, Any]) -> list[tuple]:
+    diag = summary.get("batch_diagnostics") or []
+    if not diag:
+        return []
+    out: list[tuple] = [("h", 2, "Every strategy's batches, with an independent check on the labels")]
+    out.append(("p", "The batches of every strategy at every batch size of the design (cached batches artifacts; "
+                     "trained or not), each averaged over the seeds' constructions: coverage per epoch (Table 1), "
+                     "the feature KL(f_Xi || f_X) of the batches, mean ± s.d. over the batches (Table 2's mean and "
+                     "spread), beside what a uniformly random sample of B images scores on the same estimator. "
+                     "Constructed batches are built to match this very histogram, so they beat the random sample by "
+                     "design. The label KL (each batch's class mix against the data set's) is a property the "
+                     "sampler never sees: a strategy at the random-sample value is no closer to the data set's class "
+                     "mix than random batches."))
+    rows = []
+    sd0 = lambda v: 0.0 if v is not None and abs(v) < 1e-12 else v  # noqa: E731  (floating-point "spread")
+    for d in diag:
+        never = " / ".join(f"{v:.0f}" for v in d["never_drawn"]) or "–"
+        label = (f"{fmt(d['label_kl_mean'])} ± {fmt(sd0(d['label_kl_sd']))}" if d["label_kl_mean"] is not None
+                 else "n/a (no labels)")
+        rows.append([d["strategy"] + (f" (top-up {d['topup']})" if d.get("topup") else ""), str(d["batch_size"]),
+                     fmt(d["coverage"]), f"{fmt(d['kl_mean'])} ± {fmt(sd0(d['kl_sd']))}", fmt(d["kl_random"]), label,
+                     fmt(d["label_kl_random"]), never])
+    out.append(("table", ["strategy", "B", "coverage", "feature KL (mean ± s.d. over batches)",
+                          "random sample of B", "label KL (mean ± s.d.)", "random sample of B", "never drawn per epoch"],
+                rows))
+    sentences = []
+    for d in diag:
+        if d["strategy"] == "random" or d["label_kl_mean"] is None or not d["label_kl_random"]:
+            continue
+        ratio = d["label_kl_mean"] / d["label_kl_random"]
+        # the difference against the standard error of both means (the batches', the reference's samples)
+        se = math.sqrt((d["label_kl_sd"] or 0.0) ** 2 / max(d.get("n_batches") or 1, 1)
+                       + (d.get("label_kl_random_sd") or 0.0) ** 2 / max(d.get("label_kl_random_repeats") or 1, 1))
+        diff = d["label_kl_mean"] - d["label_kl_random"]
+        words = ("no closer to the data set's class mix than random sampling, and no further (within 2 standard "
+                 "errors)" if abs(diff) <= 2 * se else
+                 "closer to the data set's class mix than random sampling" if diff < 0 else
+                 "further from the data set's class mix than random sampling")
+        sentences.append(f"{d['strategy']} batches at B={d['batch_size']}: label KL {fmt(d['label_kl_mean'])}, "
+                         f"{ratio:.2f}× a random sample's ({fmt(d['label_kl_random'])}; {d.get('n_batches')} batches): "
+                         f"{words}; their feature KL is {fmt(d['kl_mean'])} against {fmt(d['kl_random'])}.")
+    if sentences:
+        out.append(("ul", sentences))
+    elif any(d.get("label_note") for d in diag):
+        out.append(("p", "No label check: " + next(d["label_note"] for d in diag if d.get("label_note")) + "."))
+    return out
+
+
+def never_drawn_blocks(summary: dict[str, Any]) -> list[tuple]:
+    runs = summary.get("never_drawn_runs") or []
+    if not runs:
+        return []
+    epochs = max(len(r["per_epoch"]) for r in runs)
+    n = summary.get("n_images")
+    out: list[tuple] = [("h", 2, "Images never drawn, per run and epoch")]
+    out.append(("p", "How many of the " + (f"{n:,} " if n else "") + "training images no batch of the epoch held, for "
+                     "every training run (the batches it trained on): those images were not trained on in that "
+                     "epoch. Random batches leave out n mod B; constructed batches leave out the cells whose quota "
+                     "rounds to 0 (spec §3)."))
+    rows = [[r["configuration"], str(r["seed"])] + [f"{v:,}" + (f" ({v / n:.1%})" if n else "") for v in r["per_epoch"]]
+            + ["–"] * (epochs - len(r["per_epoch"])) for r in runs]
+    out.append(("table", ["configuration", "seed"] + [f"epoch {e}" for e in range(1, epochs + 1)], rows))
+    return out
+
+
+def floor_blocks(summary: dict[str, Any]) -> list[tuple]:
+    floors = [f for f in summary.get("kl_floors") or [] if f["epoch"]["n"] or f["eval"]["n"]]
+    if not floors:
+        return []
+
+    def cell(k: dict[str, Any]) -> list[str]:
+        if not k["n"]:
+            return ["–", "–", ""]
+        value = fmt(k["mean"]) + (f" ± {fmt(k['sd'])}" if k["sd"] is not None else "") + f" (n={k['n']})"
+        if k["floor"] is None:
+            return [value, "n/a (not recorded)", ""]
+        floor = fmt(k["floor"]) + (f" ± {fmt(k['floor_sd'])}" if k["floor_sd"] is not None else "")
+        words = ("at its floor" if k["at_floor"] else
+                 f"{k['ratio']:.2f}× its floor" if k["ratio"] is not None else "above its floor")
+        return [value, floor, words]
+
+    epoch_keys = sorted({key for f in floors for key in f["epoch"]["keys"]})
+    eval_keys = sorted({key for f in floors for key in f["eval"]["keys"]})
+    out: list[tuple] = [("h", 2, "Each feature KL beside its floor")]
+    out.append(("p", "A perfect generator does not score 0: the feature KL of N samples has a floor, the same "
+                     "estimator on N real training images drawn at random (mean ± s.d. over 10 draws; "
+                     "docs/evaluate.md). The two KLs below use different sample sizes and have different floors; "
+                     "never compare one with the other. Per-epoch: training's fixed-z samples after the last epoch "
+                     f"(MLflow {', '.join(f'`{k}`' for k in epoch_keys) or '–'}, floor `<key>_floor`). Evaluation: "
+                     f"the final generator's samples (MLflow {', '.join(f'`{k}`' for k in eval_keys) or '–'}, floor "
+                     "`<key>_floor`). \"At its floor\" means within 2 × √(seed s.d.² + floor s.d.²) of it: "
+                     "indistinguishable from real images, and differences between such generators mean nothing."))
+    rows = [[f["configuration"], *cell(f["epoch"]), *cell(f["eval"])] for f in floors]
+    out.append(("table", ["configuration", "per-epoch KL", "its floor", "", "evaluation KL", "its floor", ""], rows))
+    at = [f["configuration"] for f in floors if f["eval"]["at_floor"]]
+    total = sum(f["eval"]["floor"] is not None for f in floors)
+    if total:
+        out.append(("p", f"{len(at)} of {total} configurations have an evaluation KL at its floor"
+                         + (f": {', '.join(at)}." if at else ".")))
+    return out
+
+
+def paper_comparison_blocks(summary: dict[str, Any]) -> list[tuple]:
+    comps = summary.get("paper_comparisons") or []
+    if not comps:
+        return []
+    return [("h", 2, "The paper's comparisons: the method against strategies (a)-(d)"),
+            ("p", "Each constructed-batch configuration against each random-batch one, per metric: difference of the "
+                  f"means over seeds against {SPREAD_FACTOR:g} × the pooled seed s.d., and Welch's t-test."),
+            ("ul", [c["sentence"] for c in comps])]
+
+
 # --- documents ---------------------------------------------------------------------------------------
 
 
@@ -903,6 +1206,7 @@ def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:
     out: list[tuple] = [("h", 1, f"Subsample comparison on {summary['dataset']} ({summary['scale']} scale)")]
     out.append(("p", summary["answer"]))
     out += _setup_blocks(summary)
+    out += design_blocks(summary)
     out += _learning_blocks(summary)
     out += _spread_blocks(summary)
     out += _batch_blocks(summary, plots)
@@ -1013,6 +1317,8 @@ def _batch_blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]
     if "never_drawn.png" in plots:
         out.append(("img", "never_drawn.png", plots["never_drawn.png"]))
     return out
+    out += batch_check_blocks(summary)
+    out += never_drawn_blocks(summary)
 
 
 def _results_blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:
@@ -1036,6 +1342,8 @@ def _results_blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tupl
         out.append(("p", "Runs that did not finish:"))
         out.append(("ul", [f"{c['configuration']} seed {f['seed']}: {f['error']}"
                            + (f" (run `{f['run_id']}`)" if f["run_id"] else "") for c, f in failed]))
+    out += floor_blocks(summary)
+    out += paper_comparison_blocks(summary)
     for name in ("metrics_vs_batch_size.png", "feature_kl_curves.png", "fid_curves.png"):
         if name in plots:
             out.append(("img", name, plots[name]))

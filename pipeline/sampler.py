@@ -58,6 +58,7 @@ class SubsampleBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         top_k: int = 8,
         fill: str = "topk",
+        topup: str = "topk",
         num_replicas: int | None = None,
         rank: int | None = None,
         stored: np.ndarray | None = None,
@@ -90,7 +91,7 @@ class SubsampleBatchSampler(Sampler[list[int]]):
         self.stored = stored
         self.cycle = cycle
         self.batch_size = batch_size
-        self.strategy, self.seed, self.top_k, self.fill = strategy, seed, top_k, fill
+        self.strategy, self.seed, self.top_k, self.fill, self.topup = strategy, seed, top_k, fill, topup
         self.epoch = 0
 
     @classmethod
@@ -124,7 +125,7 @@ class SubsampleBatchSampler(Sampler[list[int]]):
             num_replicas=num_replicas, rank=rank, cycle=cycle,
         )
         sampler.strategy, sampler.seed = batches_cfg.strategy, batches_cfg.seed
-        sampler.top_k, sampler.fill = batches_cfg.top_k, batches_cfg.fill
+        sampler.top_k, sampler.fill, sampler.topup = batches_cfg.top_k, batches_cfg.fill, batches_cfg.topup
         return sampler
 
     @property
@@ -155,7 +156,7 @@ class SubsampleBatchSampler(Sampler[list[int]]):
             return self.stored[e].astype(np.int64, copy=False)
         return construct_epoch(
             self.table, batch_size=self.batch_size, strategy=self.strategy, seed=self.seed, epoch=e,
-            top_k=self.top_k, fill=self.fill,
+            top_k=self.top_k, fill=self.fill, topup=self.topup,
         )
 
     def __len__(self) -> int:

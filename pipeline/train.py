@@ -109,7 +109,7 @@ def make_sampler(table: Any, batches: BatchesConfig) -> Any:
 
     return SubsampleBatchSampler(
         table, batch_size=batches.batch_size, strategy=batches.strategy, seed=batches.seed,
-        top_k=batches.top_k, fill=batches.fill, num_replicas=1, rank=0,
+        top_k=batches.top_k, fill=batches.fill, topup=batches.topup, num_replicas=1, rank=0,
     )
 
 
@@ -147,6 +147,7 @@ class Trainer:
     method: Any = None  # the pipeline.methods.TrainingMethod taking the steps (make_trainer sets it)
     steps_over_bound: int = 0  # consecutive D steps with a loss above cfg.diverge_loss_max (divergence guard)
     clock: Any = None  # a RunClock: the up-front time estimate (timing only, no effect on training)
+    kl_floor: dict | None = None  # the feature KL's floor at kl_samples (pipeline.floors), when known
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
@@ -383,7 +384,8 @@ def initial_metrics(t: Trainer, table: Any) -> dict:
 def epoch_metrics(t: Trainer, epoch: int, losses: dict, seconds: float, batch_size: int, table: Any) -> dict:
     """One metrics.jsonl line. ``d_real``/``d_fake`` are means of sigmoid(D's logit) (``_prob``)
     for the logistic losses, of the raw D output (``_score``) for the others, of the reconstruction
-    error (``_recon``) for BEGAN; the training method adds its own metrics after ``feature_js``."""
+    error (``_recon``) for BEGAN; the training method adds its own metrics after ``feature_js``.
+    ``feature_kl_floor`` is the feature KL's floor at ``kl_samples`` (what real images score)."""
     d = np.asarray(losses["d"], dtype=np.float64).reshape(-1, 3)
     kind = t.method.score_kind
     samples = generate(t.G, t.z_fixed[: t.cfg.kl_samples])
@@ -398,6 +400,7 @@ def epoch_metrics(t: Trainer, epoch: int, losses: dict, seconds: float, batch_si
         f"d_real_{kind}": float(d[:, 1].mean()) if steps else None,
         f"d_fake_{kind}": float(d[:, 2].mean()) if steps else None,
         "feature_kl": div["kl"],
+        "feature_kl_floor": t.kl_floor["mean"] if t.kl_floor else None,
         "feature_js": div["js"],
         **t.method.epoch_metrics(t),
         "seconds": round(seconds, 3),
@@ -615,10 +618,19 @@ def _train_locked(dataset, cfg, batches, tables, features, store, tables_art, ke
     from pipeline.tables import load_table
 
     store.verify(STAGE, use_record=True)  # the images it trains on match the store's content hash
+    if batches.batch_size > store.n:
+        raise SubsampleError(
+            STAGE, f"batch size {batches.batch_size} (preset {cfg.preset or 'custom'}"
+            f"{', resolved for this data set' if cfg.preset else ''}) is larger than {dataset} ({store.n} images); "
+            "pass --batch-size (`subsample presets` shows each preset's batch sizes per data set)",
+        )
     table = load_table(tables_art)
     device = resolve_device(cfg.device)
     labels = class_labels(cfg, store, dataset)
     t = make_trainer(cfg, store.size, device, n_classes=0 if labels is None else int(labels.max()) + 1)
+    from pipeline.floors import cached_feature_kl_floor
+
+    t.kl_floor = cached_feature_kl_floor(table, tables_art.content_hash, cfg.kl_samples)
     sampler = make_sampler(table, batches)
     if len(sampler) == 0:
         raise SubsampleError(STAGE, f"{dataset} has {store.n} images, fewer than one batch of {batches.batch_size}")
@@ -649,7 +661,7 @@ def _train_locked(dataset, cfg, batches, tables, features, store, tables_art, ke
         from pipeline.evaluate import epoch_evaluator
 
         evaluator = epoch_evaluator(cfg, store, table, cfg.z_dim, device)
-        logger = StepLogger(run_id, t.history["epochs"] if resumed_from is not None else [])
+        logger = StepLogger(run_id, t.history["epochs"] if resumed_from is not None else [], cfg.kl_samples)
         _train_loop(t, table, sampler, images, batches.batch_size, work, logger, progress, labels, evaluator, title)
     except (NonFiniteLoss, Diverged) as e:
         _end_tracking(run_id, "FAILED")
@@ -683,7 +695,8 @@ def _train_locked(dataset, cfg, batches, tables, features, store, tables_art, ke
         "preset": cfg.preset, "strategy": batches.strategy, "batch_size": batches.batch_size,
         "epochs": len(t.history["epochs"]), "steps": t.step, "g_steps": t.g_steps,
         "loss_d": last["loss_d"], "loss_g": last["loss_g"],
-        "feature_kl": last["feature_kl"], "feature_js": last["feature_js"],
+        "feature_kl": last["feature_kl"], "feature_kl_floor": t.kl_floor["mean"], "feature_kl_samples": cfg.kl_samples,
+        "feature_js": last["feature_js"],
         "feature_kl_initial": (t.history.get("initial") or {}).get("feature_kl"),
         "images_per_second": round(t.step * batches.batch_size / train_seconds, 1) if train_seconds else None,
         "train_seconds": round(train_seconds, 3), "device": str(device), "bf16": t.bf16,
@@ -728,8 +741,9 @@ class StepLogger:
     it runs again (killed after the log, before the next checkpoint: the re-run's values, equal on
     a CPU, are not added as a second point)."""
 
-    def __init__(self, run_id: str | None, history_epochs: list[dict]):
+    def __init__(self, run_id: str | None, history_epochs: list[dict], kl_samples: int = 0):
         self.run_id = run_id
+        self.kl_samples = kl_samples  # the per-epoch feature KL's sample size, in its MLflow name
         self.seen: dict[str, set[int]] = {}
         if run_id and history_epochs:
             from storage import tracking
@@ -744,7 +758,8 @@ class StepLogger:
         from storage import tracking
 
         step = m["epoch"]
-        fresh = {k: v for k, v in m.items() if k not in ("epoch", "step") and step not in self.seen.get(k, ())}
+        named = mlflow_epoch_metrics(m, self.kl_samples)
+        fresh = {k: v for k, v in named.items() if step not in self.seen.get(k, ())}
         if fresh:
             tracking.log_metrics(self.run_id, fresh, step=step)
         for k in fresh:
@@ -759,7 +774,7 @@ def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size
     from tqdm import tqdm
 
     if not isinstance(logger, StepLogger):  # a run id (or None): a fresh run
-        logger = StepLogger(logger, [])
+        logger = StepLogger(logger, [], t.cfg.kl_samples)
     cfg = t.cfg
     per_epoch = len(sampler)
     total = (cfg.epochs - t.epoch) * per_epoch
@@ -801,7 +816,20 @@ def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size
         logger.log(m)
         if progress:
             print(f"{STAGE}: epoch {m['epoch']}/{cfg.epochs} loss_d {_fmt(m['loss_d'])} loss_g {_fmt(m['loss_g'])} "
-                  f"feature_kl {m['feature_kl']:.4f} {m['images_per_second']} img/s", file=sys.stderr)
+                  f"feature_kl {m['feature_kl']:.4f} (floor {_fmt(m.get('feature_kl_floor'))} at {cfg.kl_samples} "
+                  f"samples) {m['images_per_second']} img/s", file=sys.stderr)
+
+
+def mlflow_epoch_metrics(m: dict, kl_samples: int) -> dict:
+    """An epoch's metrics as MLflow keys: the feature KL and JS carry their sample size
+    (``feature_kl2048``, ``feature_js2048``, floor ``feature_kl2048_floor``), so they are never
+    mistaken for the evaluation's ``eval/feature_kl{N}_train`` at another N."""
+    from pipeline.metrics import count_tag
+
+    tag = count_tag(kl_samples)
+    rename = {"feature_kl": f"feature_kl{tag}", "feature_js": f"feature_js{tag}",
+              "feature_kl_floor": f"feature_kl{tag}_floor"}
+    return {rename.get(k, k): v for k, v in m.items() if k not in ("epoch", "step")}
 
 
 def _fmt(v: float | None) -> str:

@@ -361,3 +361,157 @@ def test_cli_batches_prints_one_json_object(toy_dataset, capsys):
     assert exit_.value.code == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "batches: batch size 4800 is larger than the data set (240 images)" in captured.err
+
+
+# --- the random top-up (spec §3.3, topup="random": the paper's reading) -----------------------------
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+@pytest.mark.parametrize("fill", ["topk", "coverage"])
+def test_random_topup_batches_are_full_valid_and_without_repeats(name, fill):
+    table = TABLES[name]()
+    for b in (16, 100):
+        batches = construct_epoch(table, batch_size=b, strategy="constructed", seed=3, epoch=1, fill=fill, topup="random")
+        assert_valid(batches, table.n, b)
+
+
+def test_random_topup_keeps_t2_in_every_batch_and_varies_only_the_top_k_cells():
+    table = skewed_table(3000, seed=1)
+    b, k = 256, 8
+    t2 = count_table(table, b)
+    top = set(np.argsort(-table.counts.ravel(), kind="stable")[:k].tolist())
+    batches = construct_epoch(table, batch_size=b, strategy="constructed", seed=0, epoch=0, top_k=k, topup="random")
+    got = per_batch_cell_counts(table, batches)
+    extra = got - t2[None, :]
+    assert (extra >= 0).all(), "a batch has fewer than T2 images of some cell"
+    outside = np.array([c not in top for c in range(len(t2))])
+    assert (extra[:, outside] == 0).all(), "the top-up touched a cell outside the k most frequent"
+    assert (extra.sum(axis=1) == b - t2.sum()).all()
+    assert len({tuple(r) for r in got}) > 1, "every batch has the same cell counts: the top-up is not random"
+    # the feature KL of the batches now has a spread (the deterministic top-k gives exactly 0)
+    kl_random_topup = kl_batch_vs_dataset(table, batches)
+    kl_topk = kl_batch_vs_dataset(table, construct_epoch(table, batch_size=b, strategy="constructed", seed=0, epoch=0, top_k=k))
+    assert kl_stats(kl_topk)["std"] < 1e-12 < kl_stats(kl_random_topup)["std"]
+
+
+def test_random_topup_draws_cells_in_proportion_to_their_frequency():
+    """Over many batches the top-up's cells follow the multinomial over the top-k cells, p ∝ count."""
+    rng = np.random.default_rng(7)
+    counts = np.array([430, 330, 230, 130] + [5] * 8)  # 4 big cells, then rare ones with T2 = 0 at B = 100
+    table = make_table(rng.permutation(np.repeat(np.arange(len(counts)), counts)), (len(counts),))
+    b, k = 100, 4
+    t2 = count_table(table, b)
+    shortfall = b - int(t2.sum())
+    assert shortfall > 0
+    extra = np.zeros(len(counts))
+    draws = 0
+    for epoch in range(60):
+        got = per_batch_cell_counts(table, construct_epoch(table, batch_size=b, strategy="constructed", seed=1,
+                                                           epoch=epoch, top_k=k, topup="random"))
+        extra += (got - t2[None, :]).sum(axis=0)
+        draws += shortfall * len(got)
+    expected = draws * counts[:k] / counts[:k].sum()
+    assert extra[k:].sum() == 0
+    chi2 = float(((extra[:k] - expected) ** 2 / expected).sum())
+    assert chi2 < 16.3, f"top-up counts {extra[:k]} vs expected {expected} (chi2 = {chi2:.1f}, 3 d.o.f., p = 0.001)"
+
+
+def test_random_topup_is_reproducible_from_seed_and_epoch():
+    table = skewed_table(3000, seed=1)
+    kw = dict(batch_size=128, strategy="constructed", top_k=8, topup="random")
+    a = construct_epoch(table, seed=5, epoch=2, **kw)
+    assert np.array_equal(a, construct_epoch(table, seed=5, epoch=2, **kw))
+    assert not np.array_equal(a, construct_epoch(table, seed=5, epoch=3, **kw))
+    assert not np.array_equal(a, construct_epoch(table, seed=6, epoch=2, **kw))
+    with pytest.raises(SubsampleError, match="top-up mode"):
+        construct_epoch(table, seed=5, epoch=2, **{**kw, "topup": "nope"})
+
+
+def test_topup_only_keys_constructed_batches_and_topk_keeps_the_old_key():
+    from pipeline.config import BatchesConfig
+
+    base = BatchesConfig(batch_size=64, strategy="constructed")
+    assert "topup" not in base.key_params()  # the default: artifacts keyed before top-up modes stay valid
+    assert BatchesConfig(batch_size=64, strategy="constructed", topup="random").key_params()["topup"] == "random"
+    assert "topup" not in BatchesConfig(batch_size=64, strategy="random", topup="random").key_params()
+
+
+# --- the label check (spec §4, beyond the paper) ------------------------------------------------------
+
+
+def test_label_kl_matches_a_direct_computation():
+    from pipeline.batches import label_kl_batch_vs_dataset
+
+    rng = np.random.default_rng(0)
+    labels = rng.choice([3, 7, 9], size=200, p=[0.5, 0.3, 0.2])  # any integer labels
+    batches = np.stack([rng.choice(200, 20, replace=False) for _ in range(6)])
+    got = label_kl_batch_vs_dataset(labels, batches)
+    for j, batch in enumerate(batches):
+        want = 0.0
+        for c in np.unique(labels):
+            q = np.mean(labels[batch] == c)
+            if q > 0:
+                want += q * np.log(q / np.mean(labels == c))
+        assert got[j] == pytest.approx(want, abs=1e-12)
+    assert label_kl_batch_vs_dataset(labels, np.arange(200)[None])[0] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.fixture
+def labelled_dataset(tmp_path, monkeypatch):
+    """240 images whose labels follow their brightness half the time: a store with labels."""
+    from pipeline.config import FeaturesConfig, TablesConfig
+    from pipeline.features import run_features
+    from pipeline.tables import run_tables
+    from storage.store import write_store
+
+    monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path))
+    rng = np.random.default_rng(1)
+    n = 240
+    level = rng.uniform(0.1, 1.0, n)
+    images = np.clip(level[:, None, None, None] * 255 + rng.normal(0, 30, (n, 16, 16, 3)), 0, 255).astype(np.uint8)
+    labels = np.where(rng.random(n) < 0.5, (level * 4).astype(int), rng.integers(0, 4, n))
+    write_store("toyl", images, labels)
+    run_features("toyl", FeaturesConfig(workers=1), progress=False)
+    run_tables("toyl", TablesConfig(bins=(4, 4)))
+    return "toyl", labels
+
+
+def test_batches_stage_reports_label_kl_beside_the_feature_kl(labelled_dataset):
+    import json
+    from pathlib import Path
+
+    from pipeline.batches import label_kl_batch_vs_dataset, load_batches, run_batches
+    from pipeline.config import BatchesConfig, TablesConfig
+    from storage.artifacts import open_artifact
+
+    name, labels = labelled_dataset
+    s = run_batches(name, BatchesConfig(batch_size=40, strategy="constructed", topup="random", epochs=2),
+                    TablesConfig(bins=(4, 4)), progress=False)
+    stored = load_batches(open_artifact("batches", s["key"]))
+    per_batch = np.concatenate([label_kl_batch_vs_dataset(labels, e) for e in stored])
+    assert s["label_kl"] == pytest.approx(kl_stats(per_batch))
+    assert s["label_kl_random_sample"]["mean"] > 0 and s["kl_random_sample"]["mean"] > s["kl"]["mean"]
+    assert s["topup"] == "random" and len(s["n_never_drawn_per_epoch"]) == 2
+    assert list(s).index("label_kl") == list(s).index("kl") + 1  # beside the feature KL
+    diag = json.loads((Path(s["path"]) / "diagnostics.json").read_text())
+    assert diag["epochs"][1]["label_kl"]["mean"] == pytest.approx(label_kl_batch_vs_dataset(labels, stored[1]).mean())
+    assert "Independent check (labels" in (Path(s["path"]) / "diagnostics.md").read_text()
+
+
+def test_batches_stage_without_labels_says_so(toy_dataset):
+    from pipeline.batches import run_batches
+    from pipeline.config import BatchesConfig, TablesConfig
+
+    s = run_batches(toy_dataset, BatchesConfig(batch_size=32, strategy="random"), TablesConfig(bins=(4, 4)), progress=False)
+    assert s["label_kl"] is None and "no labels" in s["label_kl_note"]
+
+
+def test_random_sample_reference_is_the_mean_kl_of_random_batches():
+    """The reference is what random batches score on average (both are samples without replacement)."""
+    from pipeline.batches import random_sample_reference
+
+    table = skewed_table(3000, seed=1)
+    ref = random_sample_reference(lambda s: kl_batch_vs_dataset(table, s), table.n, 100, repeats=200)
+    kls = np.concatenate([kl_batch_vs_dataset(table, construct_epoch(table, batch_size=100, strategy="random", seed=0,
+                                                                     epoch=e)) for e in range(10)])
+    assert ref["mean"] == pytest.approx(kls.mean(), rel=0.05)

@@ -27,6 +27,7 @@ N_IMAGES = 192  # what the tiny_cifar_source fixture (conftest.py) holds
 GRID = {"dataset": "tiny", "scale": "smoke", "strategies": ["random", "constructed"], "batch_sizes": [64],
         "presets": ["paper-128a"], "seeds": 3}
 FEATURE_KL = "eval/feature_kl64_train"
+EPOCH_KL = "feature_kl64"  # training's per-epoch KL at kl_samples = 64 (named apart from the evaluation's)
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +77,14 @@ def test_grid_runs_are_nested_under_one_parent(first):
         # the batches diagnostics and the evaluation are on the child run
         m = run.data.metrics
         assert {"batches/kl_mean", "batches/kl_std", "batches/kl_min", "batches/kl_median", "batches/kl_max",
-                FEATURE_KL, "feature_kl"} <= set(m)
-        assert [h.step for h in client().get_metric_history(run.info.run_id, "batches/coverage")] == [1, 2]
+                "batches/label_kl_mean", "batches/kl_random_sample", "batches/label_kl_random_sample",
+                FEATURE_KL, f"{FEATURE_KL}_floor", EPOCH_KL, f"{EPOCH_KL}_floor"} <= set(m)
+        assert "feature_kl" not in m  # the two sample sizes are never under one name
+        assert 0 < m[f"{FEATURE_KL}_floor"] and 0 < m[f"{EPOCH_KL}_floor"]
+        for key in ("batches/coverage", "batches/never_drawn"):
+            assert [h.step for h in client().get_metric_history(run.info.run_id, key)] == [1, 2]
         # the training's feature KL from epoch 0 (the untrained generator), then after each epoch
-        assert [h.step for h in client().get_metric_history(run.info.run_id, "feature_kl")] == [0, 1, 2]
+        assert [h.step for h in client().get_metric_history(run.info.run_id, EPOCH_KL)] == [0, 1, 2]
     # random batches cover (n - n mod B)/n = 1 here; constructed ones do not (rare cells get no draws)
     assert kids[("random", 0)].data.metrics["batches/coverage_mean"] == 1.0
     assert kids[("constructed", 0)].data.metrics["batches/coverage_mean"] < 1.0
@@ -151,6 +156,36 @@ def test_report_documents(first):
     assert {"report/report.html", "report/report.md", "report/report.json", "report/plots"} <= logged
 
 
+def test_report_puts_each_kl_beside_its_floor_and_checks_the_labels(first):
+    rep = report_json(first)
+    kids = children(first["parent_run_id"])
+    md = Path(first["report_md"]).read_text()
+    for row in rep["kl_floors"]:
+        runs = [kids[(row["strategy"], seed)] for seed in SEEDS]
+        assert row["eval"]["floor"] == pytest.approx(np.mean([r.data.metrics[f"{FEATURE_KL}_floor"] for r in runs]))
+        assert row["eval"]["mean"] == pytest.approx(np.mean([r.data.metrics[FEATURE_KL] for r in runs]))
+        assert row["epoch"]["floor"] == pytest.approx(np.mean([r.data.metrics[f"{EPOCH_KL}_floor"] for r in runs]))
+        assert row["eval"]["keys"] == [FEATURE_KL] and row["epoch"]["keys"] == [EPOCH_KL]
+        assert row["eval"]["at_floor"] in (True, False)
+    assert "## Each feature KL beside its floor" in md and "its floor" in md and f"`{EPOCH_KL}`" in md
+    # every strategy's batches at the design's batch size, with the label check (CIFAR-10 has labels)
+    diag = {d["strategy"]: d for d in rep["batch_diagnostics"]}
+    assert set(diag) == {"random", "constructed"} and all(d["seeds"] == 3 for d in diag.values())
+    assert all(d["label_kl_mean"] > 0 and d["label_kl_random"] > 0 for d in diag.values())
+    assert diag["constructed"]["kl_mean"] < diag["constructed"]["kl_random"]  # built to match the table
+    assert "an independent check on the labels" in md and "label KL" in md
+    # the never-drawn count per run and epoch, from the runs' histories
+    never = {(r["configuration"], r["seed"]): r["per_epoch"] for r in rep["never_drawn_runs"]}
+    assert len(never) == 6 and all(len(v) == 2 for v in never.values())
+    run = kids[("constructed", 0)]
+    want = [int(h.value) for h in client().get_metric_history(run.info.run_id, "batches/never_drawn")]
+    assert never[("paper-128a constructed B=64", 0)] == want
+    assert "## Images never drawn, per run and epoch" in md
+    # the design's budgets
+    (conf, *_) = rep["design"]["configurations"]
+    assert rep["design"]["design"] == "factorial" and conf["g_updates"] == 2 * (N_IMAGES // 64)
+
+
 # --- a second comparison: cached cells become copies, a failing cell is reported -------------------
 
 
@@ -186,7 +221,7 @@ def test_second_comparison_copies_cached_runs_and_reports_a_failed_cell(first, t
         assert run.data.tags["subsample.copied_from"] == src.info.run_id
         assert run.data.params == src.data.params
         hist = lambda r, k: [(h.step, h.value) for h in client().get_metric_history(r.info.run_id, k)]  # noqa: E731
-        assert hist(run, "feature_kl") == hist(src, "feature_kl")
+        assert hist(run, EPOCH_KL) == hist(src, EPOCH_KL)
         assert hist(run, FEATURE_KL) == hist(src, FEATURE_KL)  # logged once, not copied and logged again
         assert hist(run, "batches/coverage") == hist(src, "batches/coverage")
         assert [f.path for f in client().list_artifacts(run.info.run_id, "grids")] == ["grids/epoch_0002.png"]
@@ -369,3 +404,33 @@ def test_generators_that_did_not_move_from_their_untrained_value_are_flagged():
     assert ("- paper-constructed constructed B=500 seed 2: feature KL 7.44 untrained, 7.40 at epoch 30 "
             "(run `constructed-500-2`): **did not learn**") in md
     assert "| paper-constructed | 500 | constructed | 2/3 | 7.44 |" in md
+# --- the paper design on the tiny data --------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_paper_design_runs_only_the_papers_cells(flow_home, tiny_cifar_source):
+    """``--design paper`` with the paper's batch sizes × 0.05 (they fit 192 images): the six cells of
+    the paper's tables × 3 seeds, (b) with 5× the epochs, and the paper's own comparisons. Each run
+    stops after 3 D steps (max_steps): 18 runs through the flow, MLflow and the report."""
+    from flows.compare import build_compare_config, run
+    from pipeline.compare import PAPER_DESIGN
+
+    tiny = [o for o in TINY if not o.startswith("train.epochs")] + ["train.epochs=1", "train.max_steps=3"]
+    summary = run(build_compare_config({"dataset": "tiny", "source": str(tiny_cifar_source), "design": "paper",
+                                        "batch_scale": 0.05, "seeds": 3}, tiny))
+    assert summary["design"] == "paper" and summary["cells"] == 18 and summary["cells_failed"] == 0
+    runs = client().search_runs([client().get_run(summary["parent_run_id"]).info.experiment_id],
+                                f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'")
+    got = {(r.data.tags["compare.preset"], r.data.tags["compare.strategy"], int(r.data.tags["compare.batch_size"]))
+           for r in runs}
+    assert got == {(c.preset, c.strategy, b) for c, b in zip(PAPER_DESIGN, (102, 51, 6, 6, 6, 6))}
+    epochs = {r.data.tags["compare.preset"]: r.data.params["train.epochs"] for r in runs}
+    assert epochs["paper-128b"] == "5" and epochs["paper-128a"] == "1"
+    rep = report_json(summary)
+    assert {c["configuration"] for c in rep["configurations"]} == {f"{c.preset} {c.strategy} B={b}" for c, b in
+                                                                   zip(PAPER_DESIGN, (102, 51, 6, 6, 6, 6))}
+    assert len(rep["paper_comparisons"]) == 2 * 4  # the method's two cells against (a)-(d), feature KL
+    md = Path(summary["report_md"]).read_text()
+    assert "## The design (paper)" in md and "(equalised)" in md and "The paper's comparisons" in md
+    assert md.count("its floor") >= 6

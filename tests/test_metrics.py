@@ -93,3 +93,78 @@ def test_smoothing_and_distribution_helpers():
 def test_sharpness_difference():
     r = sharpness_stats(np.array([10.0, 20.0, 30.0]), 25.0)
     assert r == {"sharpness_mean": 20.0, "sharpness_train_mean": 25.0, "sharpness_diff": -5.0}
+
+
+# --- the floor of the feature KL (spec §5 decision) -------------------------------------------------
+
+
+def table_of(counts) -> SimpleNamespace:
+    """A table stand-in with the images' cells too (the floor samples real images)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    cells = np.repeat(np.arange(counts.size), counts.ravel())
+    return SimpleNamespace(counts=counts, cells=np.random.default_rng(0).permutation(cells))
+
+
+def test_floor_on_identical_distributions_is_the_documented_value():
+    """A sample of the training set itself scores KL(f_X || f_X') + (K - 1)/(2N) (docs/evaluate.md),
+    within the estimator's spread, once N is several times the K occupied cells."""
+    from pipeline.metrics import feature_kl_floor
+
+    rng = np.random.default_rng(3)
+    counts = np.zeros(400, np.int64)
+    counts[rng.choice(400, 60, replace=False)] = rng.integers(20, 400, 60)  # K = 60 occupied of 400 cells
+    t = table_of(counts)
+    f_x = counts / counts.sum()
+    for size in (2_000, 10_000):
+        floor = feature_kl_floor(t, size, repeats=40)
+        documented = kl_divergence(f_x, smoothed(counts)) + (60 - 1) / (2 * size)
+        assert floor["approx"] == pytest.approx(documented, rel=1e-12) and floor["occupied_cells"] == 60
+        assert floor["mean"] == pytest.approx(documented, rel=0.05, abs=2 * floor["sd"] / np.sqrt(40))
+        assert floor["mean"] > kl_divergence(f_x, smoothed(counts)) > 0  # a finite sample scores above the smoothing's cost
+    # without smoothing and with a huge sample, the floor goes to (K - 1)/(2N) -> 0
+    big = feature_kl_floor(t, 1_000_000, repeats=5, pseudo_count=0.0)
+    assert big["mean"] == pytest.approx(59 / 2e6, rel=0.25)
+
+
+def test_floor_is_reproducible_and_shrinks_with_the_sample_size():
+    from pipeline.metrics import feature_kl_floor
+
+    t = table_of(np.random.default_rng(1).integers(0, 50, (12, 12)))
+    a, b = feature_kl_floor(t, 500), feature_kl_floor(t, 500)
+    assert a == b and a["repeats"] == 10 and a["sd"] > 0
+    assert feature_kl_floor(t, 5000)["mean"] < a["mean"]
+    with pytest.raises(ValueError):
+        feature_kl_floor(t, 0)
+
+
+def test_floor_cache_per_table_and_sample_size(tmp_path, monkeypatch):
+    import json
+
+    from pipeline.floors import cached_feature_kl_floor, floors_path
+    from pipeline.metrics import feature_kl_floor
+
+    monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path))
+    t = table_of(np.random.default_rng(2).integers(0, 30, (8, 8)))
+    first = cached_feature_kl_floor(t, "hashA", 300)
+    assert first["cache_hit"] is False and first["mean"] == feature_kl_floor(t, 300)["mean"]
+    again = cached_feature_kl_floor(t, "hashA", 300)
+    assert again["cache_hit"] is True and again["mean"] == first["mean"]
+    assert cached_feature_kl_floor(t, "hashA", 600)["cache_hit"] is False  # another sample size
+    assert len(json.loads(floors_path("hashA").read_text())) == 2
+    floors_path("hashA").write_text("{not json")  # a damaged cache is recomputed, not an error
+    assert cached_feature_kl_floor(t, "hashA", 300)["mean"] == first["mean"]
+
+
+def test_at_floor_uses_both_spreads():
+    from pipeline.metrics import at_floor
+
+    floor = {"mean": 0.18, "sd": 0.004}
+    assert at_floor(0.185, floor) and not at_floor(0.20, floor)
+    assert at_floor(0.20, floor, spread=0.02)  # a wide seed spread cannot tell 0.20 from 0.18
+    assert at_floor(0.1, floor)  # below the floor is at it
+
+
+def test_count_tag_names_sample_sizes():
+    from pipeline.metrics import count_tag
+
+    assert (count_tag(2048), count_tag(10_000), count_tag(256)) == ("2048", "10k", "256")

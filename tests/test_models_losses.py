@@ -240,4 +240,8 @@ def test_presets_command_json(capsys):
     assert e.value.code == 0
     out = json.loads(capsys.readouterr().out)
     assert {r["name"] for r in out["presets"]} == set(PRESETS)
-    assert all(set(r) == {"name", "description", "source"} for r in out["presets"])
+    assert all({"name", "description", "source", "train", "batches"} <= set(r) for r in out["presets"])
+    rows = {r["name"]: r for r in out["presets"]}
+    assert rows["paper-constructed"]["per_dataset"] == {"cifar10": {"batches": {"batch_size": 2048}}}
+    assert rows["paper-128c"]["train"]["rmsprop_momentum"] == 0.9 and rows["paper-128c"]["paper"]
+    assert all(r.get("open") for name, r in rows.items() if name.startswith("paper-"))

@@ -116,7 +116,15 @@ def test_a_short_run_learns_and_is_tracked(toy_home):
     assert (p["train.lr_d"], p["batches.strategy"], p["batches.batch_size"], p["tables.bins"]) == ("0.0002", "constructed", "32", "[8, 8]")
     assert p["dataset_content_hash"] and p["code_version"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss_d")] == [1, 2, 3, 4, 5]
-    kl_history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "feature_kl")}
+    # the per-epoch feature KL carries its sample size in its name, and its floor sits beside it
+    n = cfg.kl_samples
+    kl = client.get_metric_history(run.info.run_id, f"feature_kl{n}")
+    floor = client.get_metric_history(run.info.run_id, f"feature_kl{n}_floor")
+    assert len(kl) == 6 and len(floor) == 5 and "feature_kl" not in run.data.metrics
+    assert lines[-1]["feature_kl_floor"] == pytest.approx(floor[-1].value) == pytest.approx(s["feature_kl_floor"])
+    assert 0 < s["feature_kl_floor"] and s["feature_kl_samples"] == n
+    # epoch 0 is the untrained generator, logged before the first step
+    kl_history = {m.step: m.value for m in kl}
     assert sorted(kl_history) == [0, 1, 2, 3, 4, 5] and kl_history[0] == s["feature_kl_initial"]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"grids", "generator.pt", "loss_curve.png", "metrics.jsonl", "table"} <= arts
