@@ -203,17 +203,23 @@ def train_cmd(
     sets: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override any training field, e.g. --set lr_d=1e-4 --set loss=hinge (repeatable)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run of the same configuration from its last checkpoint"),
     refresh: bool = typer.Option(False, "--refresh", help="train again even if the artifact is cached"),
+    nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node", help="data-parallel ranks on this node (GPUs, or CPU processes); launches torchrun's elastic agent (docs/distributed.md)"),
+    nnodes: Optional[int] = typer.Option(None, "--nnodes", help="nodes of a multi-node run (each runs this command)"),
+    node_rank: Optional[int] = typer.Option(None, "--node-rank", help="this node's rank (static rendezvous; else c10d assigns it)"),
+    rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT of the rendezvous on node 0 (multi-node)"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a GAN on the data set's batches (preset < --set < dedicated flags); logs to MLflow
-    (experiment subsample/NAME) and writes stages/train/<key>/ with the generator, grids and metrics."""
+    (experiment subsample/NAME) and writes stages/train/<key>/ with the generator, grids and metrics.
+    With --nproc-per-node N the global batch B is split over N data-parallel ranks (torch.distributed)."""
     from pydantic import ValidationError
 
     from pipeline.config import FeaturesConfig, TablesConfig
     from pipeline.presets import resolve_batches_config, resolve_train_config
     from pipeline.train import run_train
 
-    flags = {"epochs": epochs, "seed": seed, "device": device, "max_steps": max_steps}
+    flags = {"epochs": epochs, "seed": seed, "device": device, "max_steps": max_steps, "nproc_per_node": nproc_per_node,
+             "nnodes": nnodes, "node_rank": node_rank, "rdzv_endpoint": rdzv_endpoint}
     cfg = resolve_train_config(preset, {**_parse_sets(sets, "train"), **{k: v for k, v in flags.items() if v is not None}})
     batches = resolve_batches_config(preset, {"strategy": strategy, "batch_size": batch_size, "seed": seed})
     try:
@@ -221,7 +227,9 @@ def train_cmd(
         features = FeaturesConfig(features=tuple(feature)) if feature else FeaturesConfig()
     except ValidationError as e:
         raise SubsampleError("train", "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
-    emit(run_train(name, cfg, batches, tables, features, resume=resume, refresh=refresh), as_json)
+    summary = run_train(name, cfg, batches, tables, features, resume=resume, refresh=refresh)
+    if summary.get("rank", 0) == 0:  # started by torchrun by hand: rank 0 alone prints the summary
+        emit(summary, as_json)
 
 
 @app.command("presets")
