@@ -246,3 +246,20 @@ def test_random_draws_are_shares_of_one_global_draw():
             assert torch.equal(share, x[r::2])
     finally:
         distributed._WORLD = None
+
+
+def test_the_flow_and_the_8_gpu_deployment_set_the_world_size_not_the_key():
+    """``prefect.yaml``'s celeba-8gpu deployment and an override of the celeba one ask the train
+    stage for 8 ranks; both name the artifact a one-process run of the configuration names."""
+    import yaml
+
+    from flows.config import REPO_ROOT, build_config
+
+    deployments = {d["name"]: d for d in yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())["deployments"]}
+    gpu8 = build_config(deployments["celeba-8gpu"]["parameters"])
+    one = build_config(deployments["celeba"]["parameters"])
+    override = build_config(deployments["celeba"]["parameters"], ["train.nproc_per_node=8"])
+    assert deployments["celeba-8gpu"]["work_pool"]["name"] == "subsample-gpu8"
+    assert (gpu8.train.nproc_per_node, gpu8.train.device, override.train.nproc_per_node, one.train.nproc_per_node) == (8, "cuda", 8, 1)
+    assert gpu8.train.key_params() == one.train.key_params() == override.train.key_params()
+    assert gpu8.batches.batch_size % 8 == 0
