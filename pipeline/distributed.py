@@ -13,7 +13,7 @@ floating-point tolerance; ``tests/test_distributed.py`` checks max |Δw| < 1e-4)
 * data: every constructed batch is split by the sampler, rank r taking ``batch[r::k]`` (a
   stratified share, the batches being ordered by cell); B must be divisible by k;
 * randomness: every rank keeps the same global RNG state; a per-sample draw (z, the gradient
-  penalty's ε, instance noise) draws the whole batch's values, as the one-process run does, and
+  penalty's ε, instance noise, dropout masks) draws the whole batch's values, as the one-process run does, and
   keeps rows ``r::k`` (:func:`randn`, :func:`rand`, :func:`randn_like`), so image i meets the
   z, ε and noise it meets in the one-process run;
 * batch statistics: batch norm layers become :class:`SyncBatchNorm` (global batch mean and
@@ -28,8 +28,9 @@ floating-point tolerance; ``tests/test_distributed.py`` checks max |Δw| < 1e-4)
 
 Rank 0 alone writes the work directory (checkpoints, grids), the artifact and the MLflow run;
 the other ranks train and log nothing. Checkpoints hold every rank's RNG state (equal on the CPU,
-one per device on CUDA). Refused under DDP, in one line (:func:`check_supported`): the IGAN
-architectures (their dropout masks would be drawn per rank from the shared RNG).
+one per device on CUDA). Dropout (IGAN's G) draws the global batch's mask and keeps rows r::k
+(:class:`SharedDrawDropout`). Refused under DDP, in one line (:func:`check_supported`): the
+per-class IGAN (``igan-nclass``), whose branches see different classes on different ranks.
 """
 from __future__ import annotations
 
@@ -54,8 +55,8 @@ if TYPE_CHECKING:
 STAGE = "train"
 TIMEOUT = timedelta(minutes=30)  # a collective waits this long (rank 0 evaluates while the others wait)
 REFUSED_ARCHS = {
-    "igan": "its G draws dropout masks from the RNG every rank shares, so the ranks' masks would repeat",
-    "igan-nclass": "its G draws dropout masks from the RNG every rank shares, so the ranks' masks would repeat",
+    "igan-nclass": "its per-class G branches and Ds see different classes on different ranks, so the ranks' "
+    "collectives (synchronised batch norm, gradient buckets) would not match",
 }
 
 
@@ -261,8 +262,9 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         xf = x.float()
-        n = torch.tensor(float(x.numel() // x.size(1) * _WORLD.size), device=x.device)
-        mean = sum_over_ranks(xf.sum(dims)) / n
+        count = torch.full((1,), float(x.numel() // x.size(1)), device=x.device)
+        total = sum_over_ranks(torch.cat([xf.sum(dims), count]))  # per-channel sums and the global count
+        mean, n = total[:-1] / total[-1], total[-1].detach()
         centred = xf - mean.view(shape)
         var = sum_over_ranks(centred.pow(2).sum(dims)) / n
         if self.track_running_stats:
@@ -275,6 +277,30 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
+
+
+class SharedDrawDropout(nn.Dropout):
+    """Dropout whose mask is this rank's rows of one mask drawn for the global batch (as
+    ``F.dropout`` draws it on the CPU: ``bernoulli_(1 - p)`` over the input's shape), so the ranks'
+    masks are those of the one-process run rather than one mask repeated on every rank."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0 or _WORLD is None:
+            return super().forward(x)
+        fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
+        mask = torch.empty((len(x) * _WORLD.size, *x.shape[1:]), device=x.device, dtype=x.dtype, memory_format=fmt)
+        mask = mask.bernoulli_(1 - self.p)[_WORLD.rank :: _WORLD.size]
+        return x * mask.div_(1 - self.p)
+
+
+def convert_dropout(module: nn.Module) -> nn.Module:
+    """Every ``nn.Dropout`` of ``module`` as a :class:`SharedDrawDropout` (no parameters, no state)."""
+    for name, child in module.named_children():
+        if type(child) is nn.Dropout:
+            setattr(module, name, SharedDrawDropout(child.p, child.inplace))
+        else:
+            convert_dropout(child)
+    return module
 
 
 def convert_batchnorm(module: nn.Module) -> nn.Module:
@@ -322,6 +348,7 @@ def wrap(t: Trainer) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     def ddp(m: nn.Module) -> nn.Module:
+        convert_dropout(m)
         if t.cfg.sync_batchnorm:
             convert_batchnorm(m)
         ids = [t.device.index] if t.device.type == "cuda" else None

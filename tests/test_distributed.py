@@ -23,7 +23,12 @@ from storage.errors import SubsampleError
 
 TABLES = TablesConfig(bins=(4, 4))
 BATCHES = BatchesConfig(batch_size=32, strategy="constructed", seed=1)
-TINY = dict(ngf=8, ndf=8, sample_grid=4, kl_samples=64, track=False, device="cpu")
+# SGD rather than the presets' Adam for the weight comparisons: Adam divides each update by the
+# gradient's running RMS, so an element whose gradient is near zero moves by ±lr with a sign set by
+# floating-point summation order; the one-process run itself moves such elements by 5e-4 when it
+# runs on 1 thread instead of 2 (smoke preset, 4 steps, measured). SGD keeps the weights as close
+# as their gradients are.
+TINY = dict(ngf=8, ndf=8, sample_grid=4, kl_samples=64, track=False, device="cpu", optimizer="sgd", lr_g=0.005, lr_d=0.005)
 TOL = 1e-4  # max |w_1 - w_2| over G's and D's weights and buffers, 1 process vs 2 ranks
 
 
@@ -93,9 +98,9 @@ def _recording_worker(payload: dict) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("setting", [
-    {},  # the default gan method, DCGAN with batch norm in G and D (SyncBatchNorm under DDP), Adam
-    {"loss": "wasserstein", "gp_weight": 10.0, "d_batchnorm": False, "d_steps": 2, "beta1": 0.0, "beta2": 0.9},
-    {"r1_weight": 10.0},  # R1's double backward through D's synchronised batch norm
+    {},  # the default gan method, DCGAN with batch norm in G and D (SyncBatchNorm under DDP)
+    {"loss": "wasserstein", "gp_weight": 10.0, "d_batchnorm": False, "d_steps": 2},
+    {"r1_weight": 1.0},  # R1's double backward through D's synchronised batch norm
 ], ids=["gan", "wgan-gp", "r1-batchnorm"])
 def test_two_ranks_train_the_weights_of_one_process(home, tmp_path, monkeypatch, setting):
     """2 ranks × B/2 give G and D within 1e-4 of 1 process × B after 6 D steps (3 of them
@@ -207,13 +212,13 @@ def test_a_killed_rank_leaves_a_checkpoint_that_resumes_to_the_same_weights(home
 
 
 def test_bad_world_sizes_and_refused_settings_are_one_line_errors(home):
-    """Checked before any rank starts: B not divisible by k, an IGAN arch, nnodes without a rendezvous."""
+    """Checked before any rank starts: B not divisible by k, the per-class IGAN, nnodes without a rendezvous."""
     from pipeline.train import run_train
 
     with pytest.raises(SubsampleError, match=r"^train: batch size B=32 is not divisible by the world size k=3 "):
         run_train("toy", _cfg(nproc_per_node=3), BATCHES, TABLES, FeaturesConfig(), progress=False)
-    with pytest.raises(SubsampleError, match=r"^train: arch 'igan' is not supported under DDP: .*dropout"):
-        run_train("toy", _cfg(nproc_per_node=2, arch="igan"), BATCHES, TABLES, FeaturesConfig(), progress=False)
+    with pytest.raises(SubsampleError, match=r"^train: arch 'igan-nclass' is not supported under DDP: .*different classes"):
+        run_train("toy", _cfg(nproc_per_node=2, arch="igan-nclass"), BATCHES, TABLES, FeaturesConfig(), progress=False)
     with pytest.raises(SubsampleError, match="nnodes=2 needs --rdzv-endpoint"):
         run_train("toy", _cfg(nnodes=2), BATCHES, TABLES, FeaturesConfig(), progress=False)
 
