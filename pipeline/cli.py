@@ -231,18 +231,24 @@ def train_cmd(
     sets: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override any training field, e.g. --set lr_d=1e-4 --set loss=hinge (repeatable)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run of the same configuration from its last checkpoint"),
     refresh: bool = typer.Option(False, "--refresh", help="train again even if the artifact is cached"),
+    nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node", help="data-parallel ranks on this node (GPUs, or CPU processes); launches torchrun's elastic agent (docs/distributed.md)"),
+    nnodes: Optional[int] = typer.Option(None, "--nnodes", help="nodes of a multi-node run (each runs this command)"),
+    node_rank: Optional[int] = typer.Option(None, "--node-rank", help="this node's rank (static rendezvous; else c10d assigns it)"),
+    rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT of the rendezvous on node 0 (multi-node)"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a GAN on the data set's batches (defaults < the machine's < the data set's < preset <
     --set < flags); logs to MLflow (experiment subsample/NAME) and writes stages/train/<key>/ with
-    the generator, grids and metrics."""
+    the generator, grids and metrics. With --nproc-per-node N the global batch B is split over N
+    data-parallel ranks (torch.distributed)."""
     from flows.config import resolve_config, train_batches
 
     sets = _train_sets(sets)
     flags = {
         "preset": preset,
         "train": {"epochs": epochs, "seed": seed, "device": device, "max_steps": max_steps,
-                  "eval_every": eval_every, "eval_samples": eval_samples},
+                  "eval_every": eval_every, "eval_samples": eval_samples, "nproc_per_node": nproc_per_node,
+                  "nnodes": nnodes, "node_rank": node_rank, "rdzv_endpoint": rdzv_endpoint},
         "batches": {"strategy": strategy, "batch_size": batch_size, "seed": seed},
         "tables": {"bins": list(bins) if bins else None},
         "features": {"features": list(feature) if feature else None},
@@ -254,7 +260,9 @@ def train_cmd(
 
     from pipeline.train import run_train
 
-    emit(run_train(cfg.dataset, cfg.train, cfg.batches, cfg.tables, cfg.features, resume=resume, refresh=refresh), as_json)
+    summary = run_train(cfg.dataset, cfg.train, cfg.batches, cfg.tables, cfg.features, resume=resume, refresh=refresh)
+    if summary.get("rank", 0) == 0:  # started by torchrun by hand: rank 0 alone prints the summary
+        emit(summary, as_json)
 
 
 @app.command("presets")

@@ -243,6 +243,13 @@ class TrainConfig(StageConfig):
     channels_last: bool = Field(True, description="channels-last memory format (models and data)")
     compile: bool = Field(False, description="torch.compile G and D (D only without gradient penalties)")
     track: bool = Field(True, description="log the run to MLflow")
+    # data-parallel training (pipeline.distributed, docs/distributed.md): execution only, the
+    # global batch B is split over the ranks and the result does not depend on their number
+    nproc_per_node: int = Field(1, ge=1, description="ranks (GPUs, or CPU processes) on this node; > 1 launches torchrun's elastic agent")
+    nnodes: int = Field(1, ge=1, description="nodes of the run; each runs `subsample train ... --nnodes M` with the same rendezvous")
+    node_rank: int | None = Field(None, ge=0, description="this node's rank with a static rendezvous (torchrun --node-rank); None: c10d assigns it")
+    rdzv_endpoint: str | None = Field(None, description="HOST:PORT of the rendezvous (node 0) when nnodes > 1")
+    sync_batchnorm: bool = Field(True, description="under DDP, batch norm over the global batch; false: per-rank statistics (result depends on the rank count)")
     # per-epoch fidelity curves (execution only: they read G, never change it; see pipeline.evaluate.EpochEvaluator)
     eval_every: int | None = Field(
         None, ge=0,
@@ -260,9 +267,18 @@ class TrainConfig(StageConfig):
     # on the CPU); switching curves on or off must not retrain or fork the cache.
     _execution_fields: ClassVar[frozenset[str]] = frozenset(
         {"preset", "checkpoint_every", "device", "amp", "channels_last", "compile", "track", "diverge_loss_max", "diverge_steps",
-         "eval_every", "eval_samples", "eval_feature_extractor", "eval_weights"}
+         "eval_every", "eval_samples", "eval_feature_extractor", "eval_weights",
+         "nproc_per_node", "nnodes", "node_rank", "rdzv_endpoint", "sync_batchnorm"}
     )
     _key_omits_default: ClassVar[frozenset[str]] = frozenset({"g_loss", "rmsprop_alpha", "rmsprop_momentum"})
+
+    def key_params(self) -> dict[str, Any]:
+        """The world size is execution only, except with per-rank batch norm statistics
+        (``sync_batchnorm=false`` on several ranks): then the rank count changes the result."""
+        params = super().key_params()
+        if not self.sync_batchnorm and self.nproc_per_node * self.nnodes > 1:
+            params["per_rank_batchnorm_world_size"] = self.nproc_per_node * self.nnodes
+        return params
 
     @field_validator("arch", "loss", "method")
     @classmethod

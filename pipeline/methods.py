@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline import distributed
 from pipeline.losses import LOGISTIC_LOSSES, LOSSES, PENALTIES, clip_weights, make_optimizer
 from pipeline.models import ARCHITECTURES
 from storage.errors import SubsampleError
@@ -77,10 +78,12 @@ def pl_adversarial_g(fake_logits: Tensor, w: float) -> Tensor:
     return (1 - w) * LOSSES["nonsaturating"].g(fake_logits) + w * LOSSES["minimax"].g(fake_logits)
 
 
-def feature_matching(real_features: Tensor, fake_features: Tensor) -> Tensor:
+def feature_matching(real_features: Tensor, fake_features: Tensor, mean: Any = None) -> Tensor:
     """Feature matching (Salimans et al. 2016, §3.1): ||E f(x) - E f(G(z))||₂², f a D feature layer,
-    expectations estimated by batch means."""
-    return (real_features.mean(0) - fake_features.mean(0)).pow(2).sum()
+    expectations estimated by batch means (``mean``: the batch mean over dim 0; under DDP the
+    global batch's, :func:`pipeline.distributed.global_batch_mean`)."""
+    mean = mean or (lambda v: v.mean(0))
+    return (mean(real_features) - mean(fake_features)).pow(2).sum()
 
 
 def began_k_update(k: Tensor, loss_real: Tensor, loss_fake: Tensor, gamma: float, lambda_k: float) -> Tensor:
@@ -173,6 +176,11 @@ class TrainingMethod:
         self._records.clear()
         return out
 
+    def distribute(self, t: Trainer, wrap: Any) -> None:
+        """Under DDP (``pipeline.distributed.wrap``): wrap the method's trained modules with
+        ``wrap`` (DistributedDataParallel) for the steps to call; ``self.modules`` keep the plain
+        ones for checkpoints."""
+
     # helpers
     def record(self, name: str, value: Tensor) -> None:
         self._records.setdefault(name, []).append(value.detach().float())
@@ -251,7 +259,7 @@ class GanMethod(TrainingMethod):
         """D's input with annealed Gaussian instance noise (``instance_noise`` > 0)."""
         if not t.cfg.instance_noise:
             return x
-        return x + instance_noise_sigma(t.cfg.instance_noise, t.step, self.total_steps) * torch.randn_like(x)
+        return x + instance_noise_sigma(t.cfg.instance_noise, t.step, self.total_steps) * distributed.randn_like(x)
 
     def d_loss(self, t: Trainer, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
         if t.cfg.real_target < 1:
@@ -260,7 +268,7 @@ class GanMethod(TrainingMethod):
 
     def d_step(self, t: Trainer, real: Tensor, y: Tensor | None) -> Tensor:
         cfg = t.cfg
-        z = torch.randn(len(real), cfg.z_dim, device=t.device)
+        z = distributed.randn(len(real), cfg.z_dim, device=t.device)
         real.requires_grad_(cfg.r1_weight > 0)
         D = self.critic(t, y)
         with t.autocast():
@@ -321,7 +329,7 @@ class AcganMethod(TrainingMethod):
         return "prob" if self.loss.probabilities else "score"
 
     def d_step(self, t: Trainer, real: Tensor, y: Tensor | None) -> Tensor:
-        z = torch.randn(len(real), t.cfg.z_dim, device=t.device)
+        z = distributed.randn(len(real), t.cfg.z_dim, device=t.device)
         with t.autocast():
             fake = self.generate(t, z, y)
             out_real, out_fake = t.D_train(real).float(), t.D_train(fake.detach()).float()
@@ -413,7 +421,7 @@ class PlGanMethod(TrainingMethod):
         self.w = pl_switch_weight(t.epoch / (t.cfg.pl_switch_epochs or t.cfg.epochs))
 
     def d_step(self, t: Trainer, real: Tensor, y: Tensor | None) -> Tensor:
-        z = torch.randn(len(real), t.cfg.z_dim, device=t.device)
+        z = distributed.randn(len(real), t.cfg.z_dim, device=t.device)
         with t.autocast():
             fake = t.G_train(z)
             out_real, out_fake = t.D_train(real).float(), t.D_train(fake.detach()).float()
@@ -421,6 +429,8 @@ class PlGanMethod(TrainingMethod):
             loss_d = LOSSES["nonsaturating"].d(s_real, s_fake)
             if self.semi:  # mean cross-entropy over the batch's labelled images (0 when there are none)
                 labelled = (y >= 0).sum().clamp(min=1)
+                if distributed.world() is not None:  # the global batch's labelled images, per rank's share
+                    labelled = distributed.sum_over_ranks((y >= 0).sum().float()).clamp(min=1) / distributed.size()
                 loss_d = loss_d + F.cross_entropy(out_real, y, ignore_index=-1, reduction="sum") / labelled
         t.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
@@ -436,7 +446,7 @@ class PlGanMethod(TrainingMethod):
                 _, h_real = D.forward_features(real.detach())
             out_fake, h_fake = D.forward_features(self.fake)
             loss_g = (cfg.pl_alpha * pl_adversarial_g(self.realness(out_fake.float()), self.w)
-                      + cfg.pl_beta * feature_matching(h_real.float(), h_fake.float()))
+                      + cfg.pl_beta * feature_matching(h_real.float(), h_fake.float(), distributed.global_batch_mean))
         t.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         t.opt_g.step()
@@ -490,7 +500,7 @@ class BeganMethod(TrainingMethod):
         return "recon"
 
     def d_step(self, t: Trainer, real: Tensor, y: Tensor | None) -> Tensor:
-        z = torch.randn(len(real), t.cfg.z_dim, device=t.device)
+        z = distributed.randn(len(real), t.cfg.z_dim, device=t.device)
         with t.autocast():
             fake = t.G_train(z)
             loss_real, loss_fake = began_recon_l1(t.D_train, real), began_recon_l1(t.D_train, fake.detach())
@@ -511,6 +521,8 @@ class BeganMethod(TrainingMethod):
         t.opt_g.step()
         t.D_train.requires_grad_(True)
         lg = loss_g.detach()
+        if distributed.world() is not None:  # k_t follows the global batch's L(x) and L(G(z))
+            self.loss_real, lg = distributed.mean_over_ranks(torch.stack([self.loss_real, lg])).unbind()
         self.buffers["k"] = began_k_update(self.buffers["k"], self.loss_real, lg, cfg.began_gamma, cfg.began_lambda_k)
         self.record("began_M", began_convergence(self.loss_real, lg, cfg.began_gamma))
         return lg
@@ -545,14 +557,18 @@ class DecodingConstrainedMethod(GanMethod):
         if t.cfg.channels_last:
             E = E.to(memory_format=torch.channels_last)
         self.modules["encoder"] = E
+        self.encoder = E  # what the step calls (DistributedDataParallel(E) under DDP)
         self.optimizers["reconstruction"] = make_optimizer(
             t.cfg.optimizer, [*E.parameters(), *t.G.parameters()], t.cfg.lr_g, t.cfg)
+
+    def distribute(self, t: Trainer, wrap: Any) -> None:
+        self.encoder = wrap(self.modules["encoder"])
 
     def before_step(self, t: Trainer, real: Tensor, y: Tensor | None) -> None:
         super().before_step(t, real, y)
         opt = self.optimizers["reconstruction"]
         with t.autocast():
-            loss = F.mse_loss(t.G_train(self.modules["encoder"](real)).float(), real.float())
+            loss = F.mse_loss(t.G_train(self.encoder(real)).float(), real.float())
         opt.zero_grad(set_to_none=True)
         (t.cfg.recon_weight * loss).backward()
         opt.step()

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pipeline import distributed
 from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig, TrainConfig
 from pipeline.losses import make_optimizer
 from pipeline.models import ModelSpec, build_discriminator, build_generator
@@ -109,7 +110,7 @@ def make_sampler(table: Any, batches: BatchesConfig) -> Any:
 
     return SubsampleBatchSampler(
         table, batch_size=batches.batch_size, strategy=batches.strategy, seed=batches.seed,
-        top_k=batches.top_k, fill=batches.fill, topup=batches.topup, num_replicas=1, rank=0,
+        top_k=batches.top_k, fill=batches.fill, num_replicas=distributed.size(), rank=distributed.rank(),
     )
 
 
@@ -306,8 +307,9 @@ def train_epoch(t: Trainer, images: Tensor, batches: list[Tensor], bar: Any = No
 
 def _flush(t: Trainer, d_rec: list, g_rec: list, out: dict, bar: Any) -> None:
     """Read the recorded losses back from the device and check them (one sync per call)."""
-    d = torch.stack(d_rec).tolist() if d_rec else []
-    g = torch.stack(g_rec).tolist() if g_rec else []
+    # under DDP the ranks' per-share means, averaged: the global batch's losses, on every rank
+    d = distributed.mean_over_ranks(torch.stack(d_rec)).tolist() if d_rec else []
+    g = distributed.mean_over_ranks(torch.stack(g_rec)).tolist() if g_rec else []
     first_step = t.step - len(d) + 1
     for i, row in enumerate(d):
         if not math.isfinite(row[0]):
@@ -430,13 +432,15 @@ def set_rng_state(s: dict) -> None:
     random.setstate(s["python"])
 
 
-def save_checkpoint(t: Trainer, path: Path) -> None:
-    """Everything a resume needs, written atomically (temporary file + os.replace)."""
+def save_checkpoint(t: Trainer, path: Path, rng_ranks: list | None = None) -> None:
+    """Everything a resume needs, written atomically (temporary file + os.replace); under DDP
+    ``rng_ranks`` holds every rank's RNG state (:func:`pipeline.distributed.gather_rng`)."""
     payload = {
         "G": t.G.state_dict(), "D": t.D.state_dict(),
         "opt_g": t.opt_g.state_dict(), "opt_d": t.opt_d.state_dict(), "method": t.method.state_dict(),
         "epoch": t.epoch, "step": t.step, "g_steps": t.g_steps,
         "history": t.history, "rng": rng_state(), "config": t.cfg.model_dump(mode="json"),
+        **({"rng_ranks": rng_ranks} if rng_ranks else {}),
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -454,10 +458,11 @@ def load_checkpoint(t: Trainer, path: Path) -> None:
     t.opt_d.load_state_dict(ck["opt_d"])
     t.method.load_state_dict(ck["method"])
     t.epoch, t.step, t.g_steps, t.history = ck["epoch"], ck["step"], ck["g_steps"], ck["history"]
-    ck["rng"]["torch"] = ck["rng"]["torch"].cpu()
-    ck["rng"]["cuda"] = [s.cpu() for s in ck["rng"]["cuda"]]
-    ck["rng"]["numpy"][1] = ck["rng"]["numpy"][1].cpu()
-    set_rng_state(ck["rng"])
+    rng = distributed.own_rng(ck)  # this rank's RNG state under DDP
+    rng["torch"] = rng["torch"].cpu()
+    rng["cuda"] = [s.cpu() for s in rng["cuda"]]
+    rng["numpy"][1] = rng["numpy"][1].cpu()
+    set_rng_state(rng)
 
 
 JS_MAX = math.log(2)  # JS in nats lies in [0, ln 2]
@@ -593,10 +598,16 @@ def run_train(
     refresh: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Train (or find cached) a GAN on ``dataset``'s batches; returns the stage summary."""
-    from pipeline.tables import tables_artifact
+    """Train (or find cached) a GAN on ``dataset``'s batches; returns the stage summary. With
+    ``nproc_per_node``/``nnodes`` > 1 it launches that many ranks (``pipeline.distributed``); a
+    process started by torchrun joins its process group."""
+    from pipeline.tables import load_table, tables_artifact
     from storage.store import open_store
 
+    if distributed.needs_session():  # one rank of a torchrun launch: join the process group
+        with distributed.session(cfg.device):
+            return run_train(dataset, distributed.joined_config(cfg), batches, tables, features,
+                             resume=resume, refresh=refresh, progress=progress)
     t0 = time.perf_counter()
     store = open_store(dataset)
     tables_art = tables_artifact(dataset, tables, features)
@@ -604,6 +615,17 @@ def run_train(
     base = {"stage": STAGE, "dataset": dataset, "key": key}
     if not refresh and (hit := cached_summary(STAGE, key, started=t0, **base)) is not None:
         return hit
+    if distributed.needs_launch(cfg):  # this process launches the ranks, holding the run's lock meanwhile
+        stage_dir(STAGE).mkdir(parents=True, exist_ok=True)
+        remove_stale_work()
+        with file_lock(run_lock(key), message=f"{STAGE}: the same run ({key}) is training in another process; waiting for it"):
+            if not refresh and (hit := cached_summary(STAGE, key, started=t0, **base)) is not None:
+                return hit
+            return distributed.launch_train(dataset, cfg, batches, tables, features, key=key, work=work_dir(key),
+                                            resume=resume, refresh=refresh, progress=progress)
+    if distributed.world() is not None:  # one rank of a data-parallel run: its launcher owns the run
+        return _train_locked(dataset, cfg, batches, tables, features, store, tables_art, key, base, t0,
+                             resume=resume, progress=progress)
     stage_dir(STAGE).mkdir(parents=True, exist_ok=True)
     remove_stale_work()
     with file_lock(run_lock(key), message=f"{STAGE}: the same run ({key}) is training in another process; waiting for it"):
@@ -614,9 +636,13 @@ def run_train(
 
 
 def _train_locked(dataset, cfg, batches, tables, features, store, tables_art, key, base, t0, *, resume, progress) -> dict:
-    """run_train's work, holding the run's lock."""
+    """run_train's work, holding the run's lock (or, for a rank of a data-parallel run, under its
+    launcher's)."""
     from pipeline.tables import load_table
 
+    distributed.check_supported(cfg, batches.batch_size)
+    main = distributed.is_main()  # rank 0 (or the only process) writes; the other ranks train
+    progress = progress and main
     store.verify(STAGE, use_record=True)  # the images it trains on match the store's content hash
     if batches.batch_size > store.n:
         raise SubsampleError(
@@ -625,12 +651,13 @@ def _train_locked(dataset, cfg, batches, tables, features, store, tables_art, ke
             "pass --batch-size (`subsample presets` shows each preset's batch sizes per data set)",
         )
     table = load_table(tables_art)
-    device = resolve_device(cfg.device)
+    device = distributed.local_device(resolve_device(cfg.device))
     labels = class_labels(cfg, store, dataset)
     t = make_trainer(cfg, store.size, device, n_classes=0 if labels is None else int(labels.max()) + 1)
     from pipeline.floors import cached_feature_kl_floor
 
     t.kl_floor = cached_feature_kl_floor(table, tables_art.content_hash, cfg.kl_samples)
+    distributed.wrap(t)  # SyncBatchNorm + DistributedDataParallel under DDP
     sampler = make_sampler(table, batches)
     if len(sampler) == 0:
         raise SubsampleError(STAGE, f"{dataset} has {store.n} images, fewer than one batch of {batches.batch_size}")
@@ -639,34 +666,38 @@ def _train_locked(dataset, cfg, batches, tables, features, store, tables_art, ke
     ckpt = work / "checkpoint.pt"
     run_file = work / "run.json"
     resumed_from = None
-    if resume and ckpt.exists():
+    if distributed.broadcast_flag(resume and ckpt.exists()):  # rank 0's view: every rank resumes or none
         load_checkpoint(t, ckpt)
         resumed_from = t.epoch
-    elif work.exists():  # left by a run that is gone (we hold the lock)
+    elif main and work.exists():  # left by a run that is gone (we, or our launcher, hold the lock)
         if ckpt.exists():
             print(f"{STAGE}: discarding the unfinished run in {work} (pass --resume to continue it)", file=sys.stderr)
         shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
+    if main:
+        work.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
     run_id = None
     title = run_title(dataset, cfg.preset, batches.strategy, batches.batch_size, cfg.seed)
     try:
-        run_info = json.loads(run_file.read_text()) if resumed_from is not None and run_file.exists() else {}
+        run_info = json.loads(run_file.read_text()) if main and resumed_from is not None and run_file.exists() else {}
         images = load_images(store, device, progress)
         if labels is not None:
             labels = torch.from_numpy(labels).to(images.device)
         labels = t.method.attach_data(t, images, labels)
 
-        run_id = _start_tracking(cfg, batches, tables, features, dataset, key, store, tables_art, run_info.get("mlflow_run_id"))
-        run_file.write_text(json.dumps({"key": key, "dataset": dataset, "mlflow_run_id": run_id}))
+        if main:
+            run_id = _start_tracking(cfg, batches, tables, features, dataset, key, store, tables_art, run_info.get("mlflow_run_id"))
+            run_file.write_text(json.dumps({"key": key, "dataset": dataset, "mlflow_run_id": run_id}))
         from pipeline.evaluate import epoch_evaluator
 
-        evaluator = epoch_evaluator(cfg, store, table, cfg.z_dim, device)
+        evaluator = epoch_evaluator(cfg, store, table, cfg.z_dim, device) if main else None
         logger = StepLogger(run_id, t.history["epochs"] if resumed_from is not None else [], cfg.kl_samples)
         _train_loop(t, table, sampler, images, batches.batch_size, work, logger, progress, labels, evaluator, title)
     except (NonFiniteLoss, Diverged) as e:
         _end_tracking(run_id, "FAILED")
         last = f"{ckpt} (after epoch {_ckpt_epoch(ckpt)})" if ckpt.exists() else "none (no epoch had finished)"
-        _drop_unresumable(work)
+        if main:
+            _drop_unresumable(work)
         if isinstance(e, Diverged):
             raise SubsampleError(
                 STAGE, f"diverged: |loss_{e.which.lower()}| above {cfg.diverge_loss_max:g} for {cfg.diverge_steps} consecutive "
@@ -678,8 +709,12 @@ def _train_locked(dataset, cfg, batches, tables, features, store, tables_art, ke
         ) from None
     except BaseException:
         _end_tracking(run_id, "KILLED")
-        _drop_unresumable(work)
+        if main:
+            _drop_unresumable(work)
         raise
+    w = distributed.world()
+    if not main:  # rank 0 writes the artifact and ends the MLflow run
+        return {**base, "rank": w.rank, "world_size": w.size, "steps": t.step}
 
     # the finished artifact
     info = {
@@ -702,6 +737,7 @@ def _train_locked(dataset, cfg, batches, tables, features, store, tables_art, ke
         "train_seconds": round(train_seconds, 3), "device": str(device), "bf16": t.bf16,
         "eval_every": evaluator.every if evaluator else 0,
         "eval_fidelity": None if evaluator is None else ("skipped: " + evaluator.fidelity_skip if evaluator.fidelity_skip else "ok"),
+        "world_size": w.size if w else 1, "backend": w.backend if w else None,
         "resumed_from_epoch": resumed_from, "mlflow_run_id": run_id,
     }
     with build_artifact(STAGE, key, params=_key_params(cfg, batches),
@@ -794,6 +830,11 @@ def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size
             t0 = time.perf_counter()
             losses = train_epoch(t, images, batches, bar, labels)
             seconds = time.perf_counter() - t0
+        if not distributed.is_main():  # the other ranks count, and send their RNG state to checkpoints
+            t.epoch = epoch + 1
+            if distributed.broadcast_flag(False):  # rank 0's decision
+                distributed.gather_rng(rng_state())
+            continue
         m = epoch_metrics(t, epoch, losses, seconds, batch_size, table)
         done = epoch + 1 >= cfg.epochs or (cfg.max_steps is not None and t.step >= cfg.max_steps)
         if evaluator is not None and evaluator.due(epoch + 1, done):
@@ -809,9 +850,11 @@ def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size
         t.epoch = epoch + 1
         done = t.epoch >= cfg.epochs or (cfg.max_steps is not None and t.step >= cfg.max_steps)
         # a checkpoint taken while the losses are above the divergence bound would not be a good
-        # one to resume from: keep the previous one (the last epoch always saves: the artifact needs it)
-        if (t.epoch % cfg.checkpoint_every == 0 and t.steps_over_bound == 0) or done:
-            save_checkpoint(t, work / "checkpoint.pt")
+        # one to resume from: keep the previous one (the last epoch always saves: the artifact needs it);
+        # rank 0 decides for every rank (gathering the ranks' RNG states is collective)
+        if distributed.broadcast_flag((t.epoch % cfg.checkpoint_every == 0 and t.steps_over_bound == 0) or done):
+            rng_ranks = distributed.gather_rng(rng_state())  # every rank's, under DDP
+            save_checkpoint(t, work / "checkpoint.pt", *([rng_ranks] if rng_ranks else []))
         _write_metrics(t.history, work / "metrics.jsonl")
         logger.log(m)
         if progress:
@@ -871,6 +914,7 @@ def _start_tracking(cfg, batches, tables, features, dataset, key, store, tables_
         "dataset": dataset, "dataset_content_hash": store.content_hash, "n_images": store.n,
         "image_size": store.size, "tables_content_hash": tables_art.content_hash,
         "code_version": CODE_VERSION, "train_key": key,
+        "world_size": distributed.size(), "backend": w.backend if (w := distributed.world()) else "none",
     }
     name = run_name(cfg, batches, key)
     return tracking.start_run(dataset, run_name=name, tags={tracking.TRAIN_KEY_TAG: key}, params=params)

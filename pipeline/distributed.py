@@ -1,0 +1,479 @@
+"""Data-parallel training over ``torch.distributed``: launch, process group, rank helpers.
+
+``subsample train NAME --nproc-per-node N`` (or ``train.nproc_per_node`` in a flow run) makes
+:func:`pipeline.train.run_train` start N ranks with torchrun's elastic launcher
+(:func:`torch.distributed.launcher.api.elastic_launch`, the engine of ``torchrun``); each rank runs
+``run_train`` again, which finds WORLD_SIZE/RANK in its environment and joins the process group
+(:func:`session`). ``torchrun --nproc-per-node N -m pipeline.cli train NAME ...`` works the same way.
+Backend: NCCL on CUDA (rank r on ``cuda:LOCAL_RANK``), gloo on the CPU.
+
+What keeps a k-rank run equal to the one-process run with the same global batch B (within
+floating-point tolerance; ``tests/test_distributed.py`` checks max |Δw| < 1e-4):
+
+* data: every constructed batch is split by the sampler, rank r taking ``batch[r::k]`` (a
+  stratified share, the batches being ordered by cell); B must be divisible by k;
+* randomness: every rank keeps the same global RNG state; a per-sample draw (z, the gradient
+  penalty's ε, instance noise, dropout masks) draws the whole batch's values, as the one-process run does, and
+  keeps rows ``r::k`` (:func:`randn`, :func:`rand`, :func:`randn_like`), so image i meets the
+  z, ε and noise it meets in the one-process run;
+* batch statistics: batch norm layers become :class:`SyncBatchNorm` (global batch mean and
+  variance through a differentiable all-reduce; torch's own ``nn.SyncBatchNorm`` runs on GPUs only
+  and has no double backward, which R1 / gradient penalties need). ``sync_batchnorm=false`` keeps
+  per-rank statistics (then the result depends on k, which goes into the artifact key);
+* gradients: G and D are wrapped in ``DistributedDataParallel``, which averages gradients over
+  ranks. Every loss is a mean over the batch, so the average of k equal shares' mean gradients is
+  the global mean's gradient; where a loss is not a mean of per-sample terms (PL-GAN's feature
+  matching, its semi-supervised cross-entropy over the labelled images, BEGAN's k_t update) the
+  method takes the global quantity with :func:`global_batch_mean` / :func:`sum_over_ranks`.
+
+Rank 0 alone writes the work directory (checkpoints, grids), the artifact and the MLflow run;
+the other ranks train and log nothing. Checkpoints hold every rank's RNG state (equal on the CPU,
+one per device on CUDA). Dropout (IGAN's G) draws the global batch's mask and keeps rows r::k
+(:class:`SharedDrawDropout`). Refused under DDP, in one line (:func:`check_supported`): the
+per-class IGAN (``igan-nclass``), whose branches see different classes on different ranks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from storage.errors import SubsampleError
+
+if TYPE_CHECKING:
+    from pipeline.config import TrainConfig
+    from pipeline.train import Trainer
+
+STAGE = "train"
+TIMEOUT = timedelta(minutes=30)  # a collective waits this long (rank 0 evaluates while the others wait)
+REFUSED_ARCHS = {
+    "igan-nclass": "its per-class G branches and Ds see different classes on different ranks, so the ranks' "
+    "collectives (synchronised batch norm, gradient buckets) would not match",
+}
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+    backend: str
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+_WORLD: World | None = None  # set by session() while this process is one rank of a run
+
+
+def world() -> World | None:
+    """This process's place in the run, or None when it trains alone."""
+    return _WORLD
+
+
+def rank() -> int:
+    return _WORLD.rank if _WORLD else 0
+
+
+def size() -> int:
+    return _WORLD.size if _WORLD else 1
+
+
+def is_main() -> bool:
+    return _WORLD is None or _WORLD.main
+
+
+def world_size_of(cfg: TrainConfig) -> int:
+    return cfg.nproc_per_node * cfg.nnodes
+
+
+def _env_world() -> tuple[int, int, int, int] | None:
+    """(rank, world size, local rank, local world size) set by torchrun, or None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    ws = int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", ws))
+    return int(os.environ.get("RANK", "0")), ws, int(os.environ.get("LOCAL_RANK", "0")), local
+
+
+def needs_session() -> bool:
+    """Running under torchrun (WORLD_SIZE > 1) and the process group is not up yet."""
+    return _WORLD is None and _env_world() is not None
+
+
+def needs_launch(cfg: TrainConfig) -> bool:
+    """The config asks for more than one rank and this process is not one of them yet."""
+    return world_size_of(cfg) > 1 and _WORLD is None and _env_world() is None
+
+
+def joined_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the world it actually runs in (torchrun's, when it was launched by hand)."""
+    w = _WORLD
+    if w is None:
+        return cfg
+    return cfg.model_copy(update={"nproc_per_node": w.local_size, "nnodes": max(1, w.size // w.local_size)})
+
+
+@contextmanager
+def session(device_name: str) -> Iterator[World]:
+    """Join the process group torchrun's environment describes, for the duration of a run."""
+    import torch.distributed as dist
+
+    global _WORLD
+    r, ws, lr, lws = _env_world()  # type: ignore[misc]
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        torch.cuda.set_device(lr)
+    else:  # ranks share the CPU: split its cores between them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // lws))
+    dist.init_process_group(backend, timeout=TIMEOUT, **({"device_id": torch.device("cuda", lr)} if use_cuda else {}))
+    _WORLD = World(r, ws, lr, lws, backend)
+    try:
+        yield _WORLD
+    finally:
+        _WORLD = None
+        dist.destroy_process_group()
+
+
+def local_device(device: torch.device) -> torch.device:
+    """This rank's device: ``cuda:LOCAL_RANK`` under DDP on CUDA."""
+    if _WORLD is not None and device.type == "cuda":
+        return torch.device("cuda", _WORLD.local_rank)
+    return device
+
+
+def barrier() -> None:
+    if _WORLD is not None:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def broadcast_flag(value: bool) -> bool:
+    """Rank 0's ``value`` on every rank."""
+    if _WORLD is None:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
+# --- random draws: one global draw, rank r keeps rows r::k ---------------------------------------
+
+
+def randn(n: int, *shape: int, device: Any = None, dtype: Any = None) -> Tensor:
+    """``torch.randn(n, *shape)`` for this rank's n rows of one draw of k·n rows."""
+    if _WORLD is None:
+        return torch.randn(n, *shape, device=device, dtype=dtype)
+    return torch.randn(n * _WORLD.size, *shape, device=device, dtype=dtype)[_WORLD.rank :: _WORLD.size]
+
+
+def rand(n: int, *shape: int, device: Any = None, dtype: Any = None) -> Tensor:
+    """``torch.rand`` as :func:`randn` draws: this rank's rows of one global draw."""
+    if _WORLD is None:
+        return torch.rand(n, *shape, device=device, dtype=dtype)
+    return torch.rand(n * _WORLD.size, *shape, device=device, dtype=dtype)[_WORLD.rank :: _WORLD.size]
+
+
+def randn_like(x: Tensor) -> Tensor:
+    """``torch.randn_like(x)`` (same memory format) for this rank's rows of one global draw."""
+    if _WORLD is None:
+        return torch.randn_like(x)
+    fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
+    full = torch.empty((len(x) * _WORLD.size, *x.shape[1:]), device=x.device, dtype=x.dtype, memory_format=fmt).normal_()
+    return full[_WORLD.rank :: _WORLD.size]
+
+
+# --- global quantities of the batch ------------------------------------------------------------------
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose backward is the all-reduce of the gradients, itself differentiable
+    (double backward for gradient penalties through synchronised batch norm)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return _SumOverRanks.apply(grad.contiguous())
+
+
+def sum_over_ranks(x: Tensor) -> Tensor:
+    """The sum of ``x`` over ranks, differentiable (its backward sums the ranks' gradients)."""
+    if _WORLD is None:
+        return x
+    return _SumOverRanks.apply(x)
+
+
+def global_batch_mean(x: Tensor) -> Tensor:
+    """``x.mean(0)`` over the whole global batch (equal shares), differentiable."""
+    if _WORLD is None:
+        return x.mean(0)
+    return sum_over_ranks(x.mean(0)) / _WORLD.size
+
+
+@torch.no_grad()
+def mean_over_ranks(x: Tensor) -> Tensor:
+    """The mean of ``x`` over ranks (no gradient): the global batch's value of a per-rank mean."""
+    if _WORLD is None:
+        return x
+    import torch.distributed as dist
+
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / _WORLD.size
+
+
+# --- batch norm over the global batch ----------------------------------------------------------------
+
+
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics are the global batch's (every rank's share), built on
+    a differentiable all-reduce, so it runs on CPUs (gloo) and GPUs and supports the double
+    backward of gradient penalties. Two passes (mean, then the centred second moment) keep the
+    variance as exact as a one-process ``BatchNorm``. Eval mode uses the running statistics."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or _WORLD is None:
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xf = x.float()
+        count = torch.full((1,), float(x.numel() // x.size(1)), device=x.device)
+        total = sum_over_ranks(torch.cat([xf.sum(dims), count]))  # per-channel sums and the global count
+        mean, n = total[:-1] / total[-1], total[-1].detach()
+        centred = xf - mean.view(shape)
+        var = sum_over_ranks(centred.pow(2).sum(dims)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)), alpha=m)
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+class SharedDrawDropout(nn.Dropout):
+    """Dropout whose mask is this rank's rows of one mask drawn for the global batch (as
+    ``F.dropout`` draws it on the CPU: ``bernoulli_(1 - p)`` over the input's shape), so the ranks'
+    masks are those of the one-process run rather than one mask repeated on every rank."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0 or _WORLD is None:
+            return super().forward(x)
+        fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
+        mask = torch.empty((len(x) * _WORLD.size, *x.shape[1:]), device=x.device, dtype=x.dtype, memory_format=fmt)
+        mask = mask.bernoulli_(1 - self.p)[_WORLD.rank :: _WORLD.size]
+        return x * mask.div_(1 - self.p)
+
+
+def convert_dropout(module: nn.Module) -> nn.Module:
+    """Every ``nn.Dropout`` of ``module`` as a :class:`SharedDrawDropout` (no parameters, no state)."""
+    for name, child in module.named_children():
+        if type(child) is nn.Dropout:
+            setattr(module, name, SharedDrawDropout(child.p, child.inplace))
+        else:
+            convert_dropout(child)
+    return module
+
+
+def convert_batchnorm(module: nn.Module) -> nn.Module:
+    """Every batch norm layer of ``module`` as a :class:`SyncBatchNorm` sharing its parameters and
+    buffers (state-dict keys unchanged, so checkpoints and generators load into plain models)."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, SyncBatchNorm):
+        out = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        if module.affine:
+            out.weight, out.bias = module.weight, module.bias
+        if module.track_running_stats:
+            out.running_mean, out.running_var = module.running_mean, module.running_var
+            out.num_batches_tracked = module.num_batches_tracked
+        out.train(module.training)
+        return out
+    for name, child in module.named_children():
+        new = convert_batchnorm(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
+# --- models ------------------------------------------------------------------------------------------
+
+
+def check_supported(cfg: TrainConfig, batch_size: int) -> None:
+    """One-line refusals of what DDP cannot run as the one-process run does."""
+    k = world_size_of(cfg)
+    if k <= 1:
+        return
+    if batch_size % k:
+        raise SubsampleError(
+            STAGE, f"batch size B={batch_size} is not divisible by the world size k={k} "
+            f"(nproc_per_node={cfg.nproc_per_node} × nnodes={cfg.nnodes}); choose B a multiple of k",
+        )
+    if cfg.arch in REFUSED_ARCHS:
+        raise SubsampleError(STAGE, f"arch {cfg.arch!r} is not supported under DDP: {REFUSED_ARCHS[cfg.arch]}; train it on one process")
+
+
+def wrap(t: Trainer) -> None:
+    """Batch norm -> :class:`SyncBatchNorm` (unless ``sync_batchnorm`` is off) and G, D and the
+    method's trained modules in DistributedDataParallel; ``t.G``/``t.D`` stay the plain modules
+    (checkpoints, samples), ``t.G_train``/``t.D_train`` are what the steps call."""
+    if _WORLD is None:
+        return
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    def ddp(m: nn.Module) -> nn.Module:
+        convert_dropout(m)
+        if t.cfg.sync_batchnorm:
+            convert_batchnorm(m)
+        ids = [t.device.index] if t.device.type == "cuda" else None
+        # buffers (batch-norm running statistics, spectral-norm vectors) stay equal on every rank
+        # by construction, so they are not broadcast at every forward
+        return DDP(m, device_ids=ids, forward_sync_buffers=False)
+
+    t.G_train = ddp(t.G)
+    t.D_train = ddp(t.D)
+    if t.cfg.compile:
+        t.G_train = torch.compile(t.G_train)
+        if not (t.cfg.gp_weight or t.cfg.r1_weight):
+            t.D_train = torch.compile(t.D_train)
+    t.method.distribute(t, ddp)
+
+
+# --- checkpoints: every rank's RNG -----------------------------------------------------------------
+
+
+def gather_rng(state: dict) -> list[dict] | None:
+    """Every rank's RNG state (a collective; the list on rank 0, None elsewhere and alone)."""
+    if _WORLD is None:
+        return None
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * _WORLD.size if _WORLD.main else None  # type: ignore[assignment]
+    dist.gather_object(state, out, dst=0)
+    return out
+
+
+def own_rng(ck: dict) -> dict:
+    """This rank's RNG state from a checkpoint (rank 0's when it was written by another world)."""
+    ranks = ck.get("rng_ranks")
+    if _WORLD is not None and ranks and len(ranks) == _WORLD.size:
+        return ranks[_WORLD.rank]
+    return ck["rng"]
+
+
+# --- launch --------------------------------------------------------------------------------------
+
+
+def launch_train(dataset: str, cfg: TrainConfig, batches: Any, tables: Any, features: Any, *,
+                 key: str, work: Any, resume: bool, refresh: bool, progress: bool) -> dict:
+    """Run ``run_train`` on ``nproc_per_node`` ranks of this node (``nnodes`` nodes in all) under
+    torchrun's elastic agent; rank 0's summary. A failed rank ends the run with one line."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    check_supported(cfg, batches.batch_size)
+    nnodes, nproc = cfg.nnodes, cfg.nproc_per_node
+    if nnodes > 1:
+        if not cfg.rdzv_endpoint:
+            raise SubsampleError(STAGE, f"nnodes={nnodes} needs --rdzv-endpoint HOST:PORT (the same on every node)")
+        if cfg.node_rank is not None:  # torchrun's static rendezvous: HOST:PORT is node 0's
+            backend, conf = "static", {"rank": cfg.node_rank}
+        else:
+            backend, conf = "c10d", {}
+        endpoint, run_id = cfg.rdzv_endpoint, f"subsample-{key}"
+    else:  # torchrun --standalone: a c10d store on a free local port
+        backend, conf, endpoint, run_id = "c10d", {}, "localhost:0", str(uuid.uuid4())
+    if nproc > 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    config = LaunchConfig(
+        min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc, run_id=run_id, rdzv_backend=backend,
+        rdzv_endpoint=endpoint, rdzv_configs=conf, max_restarts=0, monitor_interval=0.2, start_method="spawn",
+    )
+    payload = {
+        "dataset": dataset, "train": cfg.model_dump(mode="json"), "batches": batches.model_dump(mode="json"),
+        "tables": tables.model_dump(mode="json"), "features": features.model_dump(mode="json"),
+        "resume": resume, "refresh": refresh, "progress": progress,
+    }
+    try:
+        results = elastic_launch(config, _train_worker)(payload)
+    except ChildFailedError as e:
+        r, failure = e.get_first_failure()
+        _mark_killed(work)
+        ckpt = work / "checkpoint.pt"
+        last = f"{ckpt} is kept; rerun with --resume to continue from it" if ckpt.exists() else "no epoch had finished, nothing to resume"
+        raise SubsampleError(
+            STAGE, f"rank {r} of {world_size_of(cfg)} died ({_why(failure)}), which ended the run; last good checkpoint: {last}",
+        ) from None
+    errors = [v["error"] for _, v in sorted(results.items()) if isinstance(v, dict) and v.get("error")]
+    if errors:
+        raise SubsampleError(STAGE, errors[0].removeprefix(f"{STAGE}: "))
+    if 0 not in results:  # another node holds rank 0, which wrote the artifact
+        return {"stage": STAGE, "dataset": dataset, "key": key, "node_rank": cfg.node_rank, "world_size": world_size_of(cfg),
+                "note": "trained as a non-zero node; rank 0 (node 0) wrote the artifact and the MLflow run"}
+    return results[0]["summary"]
+
+
+def _why(failure: Any) -> str:
+    code = getattr(failure, "exitcode", None)
+    msg = getattr(failure, "message", "") or ""
+    if isinstance(msg, dict):
+        msg = msg.get("message", "")
+    msg = str(msg).strip().splitlines()[-1] if str(msg).strip() else ""
+    if code is not None and code < 0:
+        return f"killed by signal {-code}"
+    return f"exit code {code}" + (f": {msg[:200]}" if msg and "To enable traceback" not in msg else "")
+
+
+def _mark_killed(work: Any) -> None:
+    """The MLflow run of a run whose ranks died is marked KILLED (a resume reopens it)."""
+    try:
+        run_id = json.loads((work / "run.json").read_text()).get("mlflow_run_id")
+    except (OSError, ValueError):
+        return
+    if run_id:
+        from pipeline.train import _end_tracking
+
+        _end_tracking(run_id, "KILLED")
+
+
+def _train_worker(payload: dict) -> dict:
+    """One rank (a process the elastic agent started): ``run_train`` joins the process group."""
+    from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig, TrainConfig
+    from pipeline.train import run_train
+
+    try:
+        summary = run_train(
+            payload["dataset"], TrainConfig(**payload["train"]), BatchesConfig(**payload["batches"]),
+            TablesConfig(**payload["tables"]), FeaturesConfig(**payload["features"]),
+            resume=payload["resume"], refresh=payload["refresh"], progress=payload["progress"],
+        )
+    except SubsampleError as e:
+        print(str(e), file=sys.stderr)
+        return {"error": str(e)}
+    return {"summary": summary}
