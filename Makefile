@@ -26,10 +26,12 @@ test: setup
 
 # Prefect: `make server` (a local server, UI and API on PREFECT_PORT, and a process worker; Ctrl-C
 # stops both), then in another shell `make deploy` and `.venv/bin/prefect deployment run
-# train-subsample/demo`. `make deploy` registers the 9 deployments of prefect.yaml: train-subsample/
-# demo, celeba, cifar10, anime-faces, mnist and compare-strategies/compare-demo, compare-cifar10,
-# compare-celeba, compare-anime-faces. It talks to PREFECT_API_URL when that is set, else to
-# http://127.0.0.1:$(PREFECT_PORT)/api.
+# train-subsample/demo`. `make deploy` registers the 11 deployments of prefect.yaml: train-subsample/
+# demo, celeba, celeba-8gpu (pool subsample-gpu8), cifar10, anime-faces, mnist and
+# compare-strategies/compare-demo, compare-cifar10, compare-cifar10-factorial, compare-celeba,
+# compare-anime-faces. It creates
+# the work pools subsample-process and subsample-gpu8 if they are missing, and talks to
+# PREFECT_API_URL when that is set, else to http://127.0.0.1:$(PREFECT_PORT)/api.
 PREFECT_PORT ?= 4200
 PREFECT_API  := $(if $(PREFECT_API_URL),$(PREFECT_API_URL),http://127.0.0.1:$(PREFECT_PORT)/api)
 
@@ -40,8 +42,9 @@ worker: setup
 	SUBSAMPLE_REPO=$(CURDIR) PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect worker start --pool subsample-process --type process
 
 deploy: setup
-	PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect work-pool inspect subsample-process >/dev/null 2>&1 \
-	  || PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect work-pool create subsample-process --type process
+	for pool in subsample-process subsample-gpu8; do \
+	  PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect work-pool inspect $$pool >/dev/null 2>&1 \
+	    || PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect work-pool create $$pool --type process; done
 	PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect --no-prompt deploy --all
 
 # MLflow UI on MLFLOW_PORT; first prints each experiment's runs-table link (it opens with the

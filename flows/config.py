@@ -534,6 +534,8 @@ def resolve_evaluate_config(flags: dict[str, Any], note: Callable[[str], None] =
     """``subsample evaluate``'s config: defaults < what fits this machine (on a CPU 2,000 samples,
     no IS/FID/KID, said in one line when it applies) < the flags given (None = not given)."""
     given = drop_none(flags)
+    if ("weights" in given or "feature_extractor" in given) and "fidelity" not in given:
+        given["fidelity"] = True  # an extractor or its weights named: the user wants IS/FID/KID
     device = run_device(given.get("device"))
     layer, why = evaluate_machine_defaults(device)
     if why and any(k not in given for k in layer):

@@ -293,7 +293,7 @@ def evaluate_cmd(
         None, "--weights", help="local copy of the feature extractor's weights (default: torch-fidelity's download)"
     ),
     fidelity: Optional[bool] = typer.Option(None, "--fidelity/--no-fidelity", help="IS/FID/KID with torch-fidelity (default: on with a GPU, off on a CPU); --no-fidelity: feature-space metrics only"),
-    feature_extractor: str = typer.Option("inception-v3-compat", "--feature-extractor", help="torch-fidelity extractor"),
+    feature_extractor: Optional[str] = typer.Option(None, "--feature-extractor", help="torch-fidelity extractor (default inception-v3-compat); giving it, or --weights, turns IS/FID/KID on unless --no-fidelity"),
     seed: int = typer.Option(0, "--seed", help="seed of the latent codes"),
     device: Optional[str] = typer.Option(None, "--device", help="default: the generator's device"),
     refresh: bool = typer.Option(False, "--refresh", help="recompute even if this evaluation is cached"),

@@ -1316,9 +1316,9 @@ def _batch_blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]
     out.append(("table", ["strategy", "statistic"] + [f"B={b}" for b in B], kl_rows))
     if "never_drawn.png" in plots:
         out.append(("img", "never_drawn.png", plots["never_drawn.png"]))
-    return out
     out += batch_check_blocks(summary)
     out += never_drawn_blocks(summary)
+    return out
 
 
 def _results_blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:

@@ -60,7 +60,7 @@ def test_defaults_fit_the_machine_under_the_data_set_preset_sets_and_flags(cpu, 
     monkeypatch.setattr(fc, "cuda_available", lambda: True)
     cfg = resolve_config("run", {"dataset": "cifar10"}, note=quiet)
     assert (cfg.preset, cfg.batches.batch_size, cfg.evaluate.samples, cfg.evaluate.fidelity) == (
-        "paper-constructed", 2000, 10_000, True)
+        "paper-constructed", 2048, 10_000, True)  # the paper's B on CIFAR-10
     # ... unless the run asks for the CPU
     assert resolve_config("run", {"dataset": "cifar10"}, ["train.device=cpu"], note=quiet).preset == "demo"
 

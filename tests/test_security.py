@@ -12,6 +12,8 @@ Concurrency (MLflow schema, artifact replacement, train ownership) is in ``test_
 """
 from __future__ import annotations
 
+import re
+
 import gzip
 import io
 import json
@@ -43,11 +45,12 @@ def cli(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def one_line_error(err: str, stage: str) -> str:
-    """The single non-empty stderr line that is the error (progress bars and warnings aside)."""
-    lines = [ln for ln in err.splitlines() if ln.startswith(f"{stage}: ")]
-    assert len(lines) == 1, err
+    """The error: the last non-empty line on stderr, naming the stage (notes such as which batches
+    a run uses, and progress bars, may come before it), and no traceback anywhere."""
     assert "Traceback" not in err, err
-    return lines[0]
+    lines = [ln.strip() for ln in re.split(r"[\r\n]", err) if ln.strip()]
+    assert lines and lines[-1].startswith(f"{stage}: "), err
+    return lines[-1]
 
 
 class Payload:
