@@ -5,7 +5,7 @@
         stages/<stage>/<key>/         stage artifacts, by content-addressed key
         mlflow.db                     MLflow tracking database (SQLite)
         mlflow-artifacts/             MLflow artifact root
-        locks/                        lock files (MLflow schema creation, ...)
+        weights/                      downloaded feature-extractor weights
 
 Every path the project writes goes through :func:`inside_home`: it is resolved (symlinks
 followed) and refused unless it lies under the resolved home, so neither a name from a file (a key
@@ -84,10 +84,6 @@ def dataset_path(name: str) -> Path:
 
 def stage_dir(stage: str) -> Path:
     return inside_home(home() / "stages" / check_component(stage, "stage name"), what="stage folder")
-
-
-def locks_dir() -> Path:
-    return inside_home(home() / "locks", what="locks folder")
 
 
 def scratch_dir() -> Path:
