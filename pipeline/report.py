@@ -403,8 +403,8 @@ def _compact(m: dict[str, Any]) -> str:
 
 
 def _run_label(r: dict[str, Any]) -> str:
-    return (f"{r['configuration']} seed {r['seed']}: feature KL {fmt(r['feature_kl_initial'], 3)} untrained, "
-            f"{fmt(r['feature_kl_last'], 3)} at epoch {r['last_epoch']}")
+    return (f"{r['configuration']} seed {r['seed']}: feature KL (lower is better) {fmt(r['feature_kl_initial'], 3)} "
+            f"untrained, {fmt(r['feature_kl_last'], 3)} at epoch {r['last_epoch']}")
 
 
 # --- batch level: each strategy's batches against random ones -------------------------------------------

@@ -381,6 +381,6 @@ def test_generators_that_did_not_move_from_their_untrained_value_are_flagged():
     (c500,) = [c for c in summary["comparisons"] if c["batch_size"] == 500]
     assert c500["not_learned"] == 2 and "Caution: 2 of these runs did not learn" in c500["sentence"]
     md = render_markdown(_blocks(summary, {}))
-    assert ("- paper-constructed constructed B=500 seed 2: feature KL 7.44 untrained, 7.40 at epoch 30 "
+    assert ("- paper-constructed constructed B=500 seed 2: feature KL (lower is better) 7.44 untrained, 7.40 at epoch 30 "
             "(run `constructed-500-2`): **did not learn**") in md
     assert "| paper-constructed | 500 | constructed | 2/3 | 7.44 |" in md
