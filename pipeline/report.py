@@ -12,11 +12,16 @@ artifacts), never the stage artifacts or the flow's memory, and writes into
 
 and logs them to the parent run under ``report/``. Contents:
 
+- first, the answer (:func:`answer_paragraph`, its numbers :func:`answer_details`): do constructed
+  batches help compared with random ones, at the batch level (batch KL, coverage) and at the
+  generator level (feature KL, FID), with direction and whether it exceeds the seed spread;
+- whether each generator learned (:func:`learning_check`): its training feature KL at epoch 0
+  (untrained) against its last epoch; a run that did not move is named in words;
 - the batch diagnostics in the paper's layout (Tables 1 and 2: rows strategies, columns batch
   sizes): coverage per epoch (with Eq. 5's ``(n - n mod B)/n``) and ``KL(f_Xi || f_X)`` mean, s.d.,
   minimum, median and maximum, averaged over the seeds' constructions;
 - per configuration (preset × strategy × B): feature KL, FID, KID and IS as mean ± s.d. over seeds
-  (sample s.d., ``ddof=1``) with the number of seeds; IS/FID/KID say why when absent;
+  (sample s.d., ``ddof=1``) with the number of seeds; a metric no run has is one sentence saying why;
 - each strategy against random, per preset, batch size and metric: difference of means against
   twice the pooled seed s.d., and Welch's t-test, worded plainly;
 - curves of feature KL (logged by training every epoch) and FID against epochs, metrics against
