@@ -12,11 +12,16 @@ artifacts), never the stage artifacts or the flow's memory, and writes into
 
 and logs them to the parent run under ``report/``. Contents:
 
+- first, the answer (:func:`answer_paragraph`, its numbers :func:`answer_details`): do constructed
+  batches help compared with random ones, at the batch level (batch KL, coverage) and at the
+  generator level (feature KL, FID), with direction and whether it exceeds the seed spread;
+- whether each generator learned (:func:`learning_check`): its training feature KL at epoch 0
+  (untrained) against its last epoch; a run that did not move is named in words;
 - the batch diagnostics in the paper's layout (Tables 1 and 2: rows strategies, columns batch
   sizes): coverage per epoch (with Eq. 5's ``(n - n mod B)/n``) and ``KL(f_Xi || f_X)`` mean, s.d.,
   minimum, median and maximum, averaged over the seeds' constructions;
 - per configuration (preset × strategy × B): feature KL, FID, KID and IS as mean ± s.d. over seeds
-  (sample s.d., ``ddof=1``) with the number of seeds; IS/FID/KID say why when absent;
+  (sample s.d., ``ddof=1``) with the number of seeds; a metric no run has is one sentence saying why;
 - each strategy against random, per preset, batch size and metric: difference of means against
   twice the pooled seed s.d., and Welch's t-test, worded plainly;
 - curves of feature KL (logged by training every epoch) and FID against epochs, metrics against
@@ -348,7 +353,7 @@ def summarise(data: ReportData) -> dict[str, Any]:
         if c["not_learned"]:
             c["sentence"] += (f" Caution: {c['not_learned']} of these runs did not learn (feature KL within "
                               f"{MOVE_TOLERANCE:.0%} of its untrained value).")
-    out["answer"] = answer_paragraph(out)
+    out["answer"], out["answer_details"] = _answer(out, "random")
     return out
 
 
@@ -424,8 +429,8 @@ def _compact(m: dict[str, Any]) -> str:
 
 
 def _run_label(r: dict[str, Any]) -> str:
-    return (f"{r['configuration']} seed {r['seed']}: feature KL {fmt(r['feature_kl_initial'], 3)} untrained, "
-            f"{fmt(r['feature_kl_last'], 3)} at epoch {r['last_epoch']}")
+    return (f"{r['configuration']} seed {r['seed']}: feature KL (lower is better) {fmt(r['feature_kl_initial'], 3)} "
+            f"untrained, {fmt(r['feature_kl_last'], 3)} at epoch {r['last_epoch']}")
 
 
 # --- batch level: each strategy's batches against random ones -------------------------------------------
@@ -492,26 +497,47 @@ def _verdict(comps: list[dict[str, Any]], s: str, base: str, unit: str) -> tuple
         return "worse", f"{s} worse than {base}, beyond the seed spread {every}"
     if not better and not worse:
         return "within", f"no difference between {s} and {base} exceeds the seed spread"
-    within = n - len(better) - len(worse)
-    return "mixed", (f"mixed: {s} better beyond the seed spread at {len(better)}, worse at {len(worse)} and within "
-                     f"the spread at {within} of {n} {unit}s")
+    within = [c for c in judged if c not in better and c not in worse]
+    where = lambda cs: ", ".join(_where(c) for c in cs)  # noqa: E731
+    parts = ([f"{s} better than {base} beyond the seed spread at {where(better)}"] if better else []) \
+        + ([f"{s} worse than {base} beyond the seed spread at {where(worse)}"] if worse else []) \
+        + ([f"no difference beyond the spread at {where(within)}"] if within else [])
+    answer = "partly" if not worse else "no" if not better else "it depends"
+    return "mixed", f"{answer}: " + "; ".join(parts)
+
+
+def _where(c: dict[str, Any]) -> str:
+    return f"B={c['batch_size']}" + (f" ({c['preset']})" if c.get("multi_preset") and c.get("preset") else "")
 
 
 def answer_paragraph(summary: dict[str, Any], baseline: str = "random") -> str:
-    """The report's first paragraph: do the constructed (and other) batches help compared with
-    random ones, at the batch level (batch KL, coverage) and at the generator level (feature KL,
-    FID, ...), with the direction of every number and whether it exceeds the seed spread."""
+    """The report's first paragraph: do constructed batches help compared with random ones, at
+    the batch level (batch KL, coverage) and at the generator level (feature KL), with direction
+    and whether the difference exceeds the seed spread; whether the generators learned; which
+    metrics were not computed. The numbers behind it: :func:`answer_details`."""
+    return _answer(summary, baseline)[0]
+
+
+def answer_details(summary: dict[str, Any], baseline: str = "random") -> list[str]:
+    """One sentence per strategy, level and metric: both means per setting, which is better (and
+    whether lower or higher is better), and whether it exceeds the seed spread."""
+    return _answer(summary, baseline)[1]
+
+
+def _answer(summary: dict[str, Any], baseline: str) -> tuple[str, list[str]]:
     others = [s for s in summary["strategies"] if s != baseline]
     others.sort(key=lambda s: s != "constructed")  # the paper's strategy first
     if baseline not in summary["strategies"] or not others:
         return (f"**The question this comparison exists for** (do constructed batches help compared with {baseline} "
                 f"ones?) **cannot be answered here**: the grid needs the {baseline} baseline and at least one other "
-                "strategy.")
+                "strategy. " + learning_sentence(summary["learning"]), [])
     multi_preset = len(summary["presets"]) > 1
+    for c in summary["comparisons"]:
+        c["multi_preset"] = multi_preset
     unit_b = "batch size"
     unit_g = "configuration" if multi_preset else "batch size"
-    sentences = []
-    lead = []
+    details: list[str] = []
+    lead = ""
     for s in others:
         bc = [c for c in summary["batch_comparisons"] if c["strategy"] == s]
         gc = [c for c in summary["comparisons"] if c["strategy"] == s]
@@ -519,50 +545,62 @@ def answer_paragraph(summary: dict[str, Any], baseline: str = "random") -> str:
         b_cov = [c for c in bc if c["metric"] == "coverage"]
         g_kl = [c for c in gc if c["metric"] == "feature_kl"]
         word_b, phrase_b = _verdict(b_kl, s, baseline, unit_b)
+        word_cov, phrase_cov = _verdict(b_cov, s, baseline, unit_b)
         word_g, phrase_g = _verdict(g_kl, s, baseline, unit_g)
         untrained = sum(c.get("not_learned", 0) for c in g_kl)
         if s == others[0]:
-            lead.append(_lead(s, baseline, word_b, "untrained" if untrained else word_g, bool(b_kl), bool(g_kl),
-                              untrained))
+            lead = _lead(s, baseline, word_b, word_cov, "untrained" if untrained else word_g, bool(b_kl), bool(g_kl),
+                         untrained, unit_b, unit_g, phrase_b, phrase_g.replace(": ", ", in final feature KL (lower is better): ", 1))
         if b_kl:
-            sentences.append(f"Batch level, {s} vs {baseline}: {BATCH_METRICS[0].label} (lower is better): {phrase_b} "
-                             f"({'; '.join(_clause(c, False) for c in b_kl)}).")
+            details.append(f"Batch level, {s} vs {baseline}: {BATCH_METRICS[0].label} (lower is better): {phrase_b} "
+                           f"({'; '.join(_clause(c, False) for c in b_kl)}).")
         if b_cov:
-            _, phrase = _verdict(b_cov, s, baseline, unit_b)
-            sentences.append(f"Coverage per epoch (higher is better): {phrase} "
-                             f"({'; '.join(_clause(c, False) for c in b_cov)}).")
+            details.append(f"Batch level, {s} vs {baseline}: coverage per epoch (higher is better): {phrase_cov} "
+                           f"({'; '.join(_clause(c, False) for c in b_cov)}).")
         for spec in EVAL_METRICS:
             cs = [c for c in gc if c["metric"] == spec.name]
             if not cs:
                 continue
             _, phrase = _verdict(cs, s, baseline, unit_g)
             caution = sum(c.get("not_learned", 0) for c in cs)
-            sentences.append(f"Generator level, {s} vs {baseline}: final {spec.label} ({direction(spec)}): {phrase} "
-                             f"({'; '.join(_clause(c, multi_preset) for c in cs)})"
-                             + (f"; {caution} of the runs compared did not learn, so this is no verdict" if caution else "")
-                             + ".")
+            details.append(f"Generator level, {s} vs {baseline}: final {spec.label} ({direction(spec)}): {phrase} "
+                           f"({'; '.join(_clause(c, multi_preset) for c in cs)})"
+                           + (f"; {caution} of the runs compared did not learn, so this is no verdict" if caution else "")
+                           + ".")
+    paragraph = ["**Answer.** " + lead, learning_sentence(summary["learning"])]
     missing = summary.get("missing_metrics") or {}
     if missing:
-        sentences.append(missing_sentence(missing))
-    sentences.append(learning_sentence(summary["learning"]))
-    return " ".join(["**Answer.** " + " ".join(lead)] + sentences)
+        paragraph.append(missing_sentence(missing))
+    return " ".join(paragraph), details
 
 
-def _lead(s: str, base: str, word_b: str, word_g: str, have_b: bool, have_g: bool, untrained: int = 0) -> str:
-    """The answer in one sentence: batch level, then generator level."""
-    b = {"better": f"yes, {s} batches are closer to the data set's feature distribution than {base} ones",
-         "worse": f"no, {s} batches are further from the data set's feature distribution than {base} ones",
-         "within": f"no difference beyond the seed spread between {s} and {base} batches",
-         "mixed": "it depends on the batch size",
+def _lead(s: str, base: str, word_b: str, word_cov: str, word_g: str, have_b: bool, have_g: bool, untrained: int,
+          unit_b: str, unit_g: str, phrase_b: str = "", phrase_g: str = "") -> str:
+    """The answer in one sentence: batch level (with what it costs in coverage), then generator level."""
+    every_b, every_g = f"at every {unit_b}", f"at every {unit_g}"
+    b = {"better": f"yes: {s} batches are closer to the data set's feature distribution than {base} ones, beyond "
+                   f"the seed spread {every_b}",
+         "worse": f"no: {s} batches are further from the data set's feature distribution than {base} ones, beyond "
+                  f"the seed spread {every_b}",
+         "within": f"no: {s} and {base} batches are equally close to the data set's feature distribution (no "
+                   "difference beyond the seed spread)",
+         "mixed": phrase_b,
          "unknown": "too few seeds to say"}[word_b] if have_b else "no batch diagnostics were recorded"
-    g = {"better": f"yes, generators trained on {s} batches reach a lower feature KL than on {base} ones",
-         "worse": f"no, generators trained on {s} batches reach a higher (worse) feature KL than on {base} ones",
-         "within": "no, the generators' feature KL does not differ beyond the seed spread",
-         "mixed": "it depends on the setting",
+    if have_b and word_cov == "worse":
+        b += f", but they cover fewer images per epoch ({base} better, beyond the seed spread)"
+    elif have_b and word_cov == "better":
+        b += f", and they cover more images per epoch ({s} better, beyond the seed spread)"
+    g = {"better": f"yes: generators trained on {s} batches reach a lower final feature KL than on {base} ones, "
+                   f"beyond the seed spread {every_g}",
+         "worse": f"no: generators trained on {s} batches reach a higher (worse) final feature KL than on {base} "
+                  f"ones, beyond the seed spread {every_g}",
+         "within": f"no: the generators' final feature KL does not differ between {s} and {base} batches beyond "
+                   "the seed spread",
+         "mixed": phrase_g,
          "untrained": f"no verdict: {untrained} of the generators compared did not learn",
          "unknown": "too few seeds to say"}[word_g] if have_g else "no generator metric to compare"
-    return (f"Do {s} batches help? At the batch level, {b}; at the generator level, {g} "
-            "(details below; KL and FID: lower is better).")
+    return (f"Do {s} batches help? At the batch level, {b}. At the generator level, {g}. "
+            "(KL and FID: lower is better; the numbers follow the paragraph.)")
 
 
 def missing_metrics(configurations: list[dict[str, Any]]) -> dict[str, str]:
@@ -1205,6 +1243,8 @@ def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:
     The first paragraph answers the question; each section after it is one function."""
     out: list[tuple] = [("h", 1, f"Subsample comparison on {summary['dataset']} ({summary['scale']} scale)")]
     out.append(("p", summary["answer"]))
+    if summary.get("answer_details"):
+        out.append(("ul", summary["answer_details"]))
     out += _setup_blocks(summary)
     out += design_blocks(summary)
     out += _learning_blocks(summary)

@@ -325,7 +325,7 @@ def _member(strategy, b, seed, *, batch_kl, coverage, fkl, kl_history, preset="p
 
 
 def _synthetic(fkl_constructed=(1.2, 1.4, 1.6), fkl_random=(1.1, 1.3, 1.5), strategies=("random", "constructed"),
-               stuck=()):
+               stuck=(), fkl_constructed_500=None):
     """Two batch sizes × 3 seeds: constructed batches much closer to the data set than random ones
     (batch KL 0.05 vs 0.30, small spread) but covering less; the generators' feature KL as given;
     ``stuck`` (strategy, B, seed) cells whose generator never left its untrained feature KL."""
@@ -336,6 +336,8 @@ def _synthetic(fkl_constructed=(1.2, 1.4, 1.6), fkl_random=(1.1, 1.3, 1.5), stra
         for seed in range(3):
             for s in strategies:
                 fkl = (fkl_constructed if s == "constructed" else fkl_random)[seed]
+                if s == "constructed" and b == 500 and fkl_constructed_500:
+                    fkl = fkl_constructed_500[seed]
                 hist = [(0, 7.436), (1, 3.0), (30, 7.40 if (s, b, seed) in stuck else fkl)]
                 members.append(_member(s, b, seed, fkl=fkl, kl_history=hist,
                                        batch_kl=(0.05 if s == "constructed" else 0.30) + 0.005 * seed,
@@ -347,42 +349,55 @@ def test_answer_paragraph_gives_direction_and_the_seed_spread():
     from pipeline.report import _blocks, render_markdown, summarise
 
     summary = summarise(_synthetic())
-    answer = summary["answer"]
-    assert answer.startswith("**Answer.** Do constructed batches help? At the batch level, yes, constructed batches "
-                             "are closer to the data set's feature distribution than random ones; at the generator "
-                             "level, no, the generators' feature KL does not differ beyond the seed spread")
-    # batch level: both numbers, which is better, and that lower (KL) or higher (coverage) is better
-    assert ("KL(f_Xi || f_X) of a batch to the data set (lower is better): constructed better than random, beyond "
-            "the seed spread at every batch size (0.0550 vs 0.305 at B=128 (constructed better)") in answer
-    assert ("Coverage per epoch (higher is better): constructed worse than random, beyond the seed spread at every "
-            "batch size (0.610 vs 0.960 at B=128 (random better)") in answer
-    # generator level: within the spread, and still says which mean is ahead
-    assert ("final feature KL (lower is better): no difference between constructed and random exceeds the seed "
-            "spread (1.40 vs 1.30 at B=128 (random better, within the spread)") in answer
-    # every pair of numbers comes with which is better
-    for clause in answer.split("; "):
-        if " vs " in clause and "constructed vs random" not in clause:
-            assert "better" in clause, clause
-    assert "FID, KID and IS were not computed for any run (fidelity off at this scale)." in answer
+    answer, details = summary["answer"], summary["answer_details"]
+    assert answer.startswith(
+        "**Answer.** Do constructed batches help? At the batch level, yes: constructed batches are closer to the data "
+        "set's feature distribution than random ones, beyond the seed spread at every batch size, but they cover fewer "
+        "images per epoch (random better, beyond the seed spread). At the generator level, no: the generators' final "
+        "feature KL does not differ between constructed and random batches beyond the seed spread. (KL and FID: lower "
+        "is better")
     assert "12 of 12 generators learned" in answer and "did not learn" not in answer
+    assert answer.endswith("FID, KID and IS were not computed for any run (fidelity off at this scale).")
+    # the numbers: both means, which is better, and that lower (KL) or higher (coverage) is better
+    assert details[0] == ("Batch level, constructed vs random: KL(f_Xi || f_X) of a batch to the data set (lower is "
+                          "better): constructed better than random, beyond the seed spread at every batch size "
+                          "(0.0550 vs 0.305 at B=128 (constructed better); 0.0550 vs 0.305 at B=500 (constructed better)).")
+    assert details[1].startswith("Batch level, constructed vs random: coverage per epoch (higher is better): constructed "
+                                 "worse than random, beyond the seed spread at every batch size (0.610 vs 0.960 at "
+                                 "B=128 (random better)")
+    # generator level: within the spread, and still which mean is ahead
+    assert details[2].startswith("Generator level, constructed vs random: final feature KL (lower is better): no "
+                                 "difference between constructed and random exceeds the seed spread (1.40 vs 1.30 at "
+                                 "B=128 (random better, within the spread)")
+    for sentence in [answer, *details]:  # every pair of numbers says which is better
+        for clause in sentence.split("; "):
+            if " vs " in clause and "constructed vs random" not in clause:
+                assert "better" in clause, clause
     md = render_markdown(_blocks(summary, {}))
-    assert md.split("\n\n")[1] == answer  # the first paragraph under the title
+    assert md.split("\n\n")[1] == answer  # the first paragraph under the title, its numbers listed below it
+    assert md.split("\n\n")[2] == "\n".join(f"- {d}" for d in details)
     assert "| preset | B | strategy | runs ok | feature KL |" in md  # no n/a columns
 
 
 def test_answer_says_when_constructed_generators_are_worse_and_when_it_cannot_answer():
     from pipeline.report import summarise
 
-    worse = summarise(_synthetic(fkl_constructed=(2.0, 2.05, 2.1), fkl_random=(1.0, 1.05, 1.1)))["answer"]
-    assert ("at the generator level, no, generators trained on constructed batches reach a higher (worse) feature KL "
-            "than on random ones") in worse
-    assert "2.05 vs 1.05 at B=500 (random better)" in worse and "within the spread" not in worse.split("Generator")[1]
+    worse = summarise(_synthetic(fkl_constructed=(2.0, 2.05, 2.1), fkl_random=(1.0, 1.05, 1.1)))
+    assert ("At the generator level, no: generators trained on constructed batches reach a higher (worse) final "
+            "feature KL than on random ones, beyond the seed spread at every batch size.") in worse["answer"]
+    assert "2.05 vs 1.05 at B=500 (random better))." in worse["answer_details"][2]
 
     better = summarise(_synthetic(fkl_constructed=(1.0, 1.05, 1.1), fkl_random=(2.0, 2.05, 2.1)))["answer"]
-    assert "at the generator level, yes, generators trained on constructed batches reach a lower feature KL" in better
+    assert "At the generator level, yes: generators trained on constructed batches reach a lower final feature KL" in better
 
-    alone = summarise(_synthetic(strategies=("constructed",)))["answer"]
-    assert "cannot be answered here" in alone and "random baseline" in alone
+    mixed = summarise(_synthetic(fkl_constructed=(2.0, 2.05, 2.1), fkl_random=(1.0, 1.05, 1.1),
+                                 fkl_constructed_500=(1.0, 1.1, 1.2)))["answer"]
+    assert ("At the generator level, no, in final feature KL (lower is better): constructed worse than random beyond "
+            "the seed spread at B=128; no difference beyond the spread at B=500.") in mixed
+
+    alone = summarise(_synthetic(strategies=("constructed",)))
+    assert "cannot be answered here" in alone["answer"] and "random baseline" in alone["answer"]
+    assert alone["answer_details"] == []
 
 
 def test_generators_that_did_not_move_from_their_untrained_value_are_flagged():
@@ -395,13 +410,13 @@ def test_generators_that_did_not_move_from_their_untrained_value_are_flagged():
     assert {(r["strategy"], r["batch_size"], r["seed"]) for r in learning["not_moved"]} == {
         ("constructed", 500, 2), ("random", 500, 0)}
     assert [(r["strategy"], r["batch_size"], r["seed"]) for r in learning["unknown"]] == [("random", 128, 0)]
-    assert "at the generator level, no verdict: 2 of the generators compared did not learn" in summary["answer"]
+    assert "At the generator level, no verdict: 2 of the generators compared did not learn." in summary["answer"]
     assert "**2 of 12 did not learn**" in summary["answer"] and "1 run(s) have no epoch-0 record" in summary["answer"]
-    assert "2 of the runs compared did not learn, so this is no verdict" in summary["answer"]
+    assert "2 of the runs compared did not learn, so this is no verdict" in summary["answer_details"][-1]
     (c500,) = [c for c in summary["comparisons"] if c["batch_size"] == 500]
     assert c500["not_learned"] == 2 and "Caution: 2 of these runs did not learn" in c500["sentence"]
     md = render_markdown(_blocks(summary, {}))
-    assert ("- paper-constructed constructed B=500 seed 2: feature KL 7.44 untrained, 7.40 at epoch 30 "
+    assert ("- paper-constructed constructed B=500 seed 2: feature KL (lower is better) 7.44 untrained, 7.40 at epoch 30 "
             "(run `constructed-500-2`): **did not learn**") in md
     assert "| paper-constructed | 500 | constructed | 2/3 | 7.44 |" in md
 # --- the paper design on the tiny data --------------------------------------------------------------
