@@ -546,6 +546,7 @@ def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size
             losses = train_epoch(t, images, batches, bar, labels)
             seconds = time.perf_counter() - t0
         if not distributed.is_main():  # the other ranks count, and send their RNG state to checkpoints
+            t.method._records.clear()  # rank 0 reports the method's per-epoch metrics
             t.epoch = epoch + 1
             if t.epoch % cfg.checkpoint_every == 0 or t.epoch >= cfg.epochs or (cfg.max_steps is not None and t.step >= cfg.max_steps):
                 distributed.gather_rng(rng_state())
