@@ -831,6 +831,7 @@ def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size
             losses = train_epoch(t, images, batches, bar, labels)
             seconds = time.perf_counter() - t0
         if not distributed.is_main():  # the other ranks count, and send their RNG state to checkpoints
+            t.method._records.clear()  # rank 0 reports the method's per-epoch metrics
             t.epoch = epoch + 1
             if distributed.broadcast_flag(False):  # rank 0's decision
                 distributed.gather_rng(rng_state())
