@@ -354,8 +354,6 @@ def check_source(dataset: str, source: Optional[str], stage: str) -> None:
     """The source a run's ingest will read exists (the same resolution as
     :meth:`RunConfig.resolved_source`); an unknown data set without a source suggests the nearest
     known name and says how to give one."""
-    from storage.store import store_names
-
     if not source:
         env = source_env(dataset)
         source = os.environ.get(env) or None
@@ -363,7 +361,10 @@ def check_source(dataset: str, source: Optional[str], stage: str) -> None:
         if source is None and known is not None and known.default_source is not None:
             source = str(known.default_source)
         if source is None:
-            names = sorted({*DATASETS, *store_names()})
+            from storage.paths import datasets_dir  # not storage.store: zarr takes a while to import
+
+            stores = [p.name[: -len(".zarr")] for p in datasets_dir().glob("*.zarr")] if datasets_dir().is_dir() else []
+            names = sorted({*DATASETS, *stores})
             hint = did_you_mean(dataset, names)
             what = f" ({known.note})" if known and known.note else ""
             raise SubsampleError(
@@ -382,11 +383,13 @@ def data_set_size(dataset: str, source: Optional[str], reads_source: bool, split
 
     try:
         store = open_store(dataset)
-        return store.n, str(store.path)
+        same_source = source and store.attrs.get("source") == str(Path(source).expanduser().absolute())
+        if not reads_source or (same_source and store.attrs.get("split", "train") == split):
+            return store.n, str(store.path)
     except SubsampleError:
         if not reads_source:  # the run starts from the store: say it is missing, now
             raise
-    if source:
+    if source:  # the run (re)builds the store from this source: its listing bounds n
         from pipeline.ingest import open_source
 
         try:
