@@ -393,7 +393,8 @@ def compare_cmd(
     fields = {"dataset": dataset, "source": source, "scale": scale, "strategies": _split_list(strategies),
               "batch_sizes": sizes_int, "presets": _split_list(presets), "seeds": seeds}
     cfg = build_compare_config(fields, overrides)
-    check_batch_sizes(cfg.dataset, list(cfg.grid_batch_sizes), cfg.source or cfg.base_run_config().resolved_source(), True, "compare")
+    check_batch_sizes(cfg.dataset, list(cfg.grid_batch_sizes), cfg.source or cfg.base_run_config().resolved_source(), True,
+                      "compare", cfg.ingest.split)
     with _stdout_to_stderr():
         start_temporary_server()
         summary = run(cfg)
