@@ -452,6 +452,7 @@ def resolve_config(
     *,
     note: Callable[[str], None] = _stderr,
     machine: bool = True,
+    check_batches: bool = True,
 ) -> RunConfig:
     """A command's run, resolved in one order: RunConfig's defaults < what fits this machine
     (:func:`machine_defaults`, when ``machine``) < the data set's (:func:`dataset_defaults`) < the
@@ -461,7 +462,8 @@ def resolve_config(
 
     Before anything expensive (importing torch, starting a Prefect server): unknown keys, preset
     and data set names (each with the nearest valid name), whether the source exists when the run
-    ingests, and whether the batch size fits the data set (its store, or the source's listing)."""
+    ingests, and whether the batch size fits the data set (its store, or the source's listing;
+    ``check_batches=False`` leaves that to the caller, e.g. ``train`` before it picks built batches)."""
     given = merge(merge(drop_none(fields), parse_overrides(sets, stage)), drop_none(flags or {}))
     check_keys(given, stage)
     dataset = given.get("dataset", RunConfig.model_fields["dataset"].default)
@@ -483,7 +485,7 @@ def resolve_config(
     reads_source = only in (None, "ingest")
     if reads_source:
         check_source(dataset, data.get("source"), stage)
-    if only in (None, "batches", "train"):
+    if check_batches and only in (None, "batches", "train"):
         source = data.get("source") or os.environ.get(source_env(dataset)) or (
             str(DATASETS[dataset].default_source) if dataset in DATASETS and DATASETS[dataset].default_source else None
         )

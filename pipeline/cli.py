@@ -221,7 +221,7 @@ def train_cmd(
     """Train a GAN on the data set's batches (defaults < the machine's < the data set's < preset <
     --set < flags); logs to MLflow (experiment subsample/NAME) and writes stages/train/<key>/ with
     the generator, grids and metrics."""
-    from flows.config import resolve_config, train_batches
+    from flows.config import check_batch_sizes, resolve_config, train_batches
 
     sets = _train_sets(sets)
     flags = {
@@ -231,10 +231,15 @@ def train_cmd(
         "tables": {"bins": list(bins) if bins else None},
         "features": {"features": list(feature) if feature else None},
     }
-    cfg = resolve_config("train", {"dataset": name, "only": "train"}, sets, flags)
     chose_batches = any(v is not None for v in (strategy, batch_size, seed)) or any(s.startswith("batches.") for s in sets)
     chose_preset = preset is not None or any(s.startswith("preset=") for s in sets)
+    # the batch size is checked at once when given (or a preset gives it), else once the built
+    # batches are chosen (the defaults' B may not fit where the built batches do)
+    cfg = resolve_config("train", {"dataset": name, "only": "train"}, sets, flags,
+                         check_batches=chose_batches or chose_preset)
     cfg = train_batches(cfg, chose_batches=chose_batches, chose_preset=chose_preset)
+    if not (chose_batches or chose_preset):
+        check_batch_sizes(cfg.dataset, [cfg.batches.batch_size], None, False, "train")
 
     from pipeline.train import run_train
 
