@@ -356,8 +356,6 @@ def check_source(dataset: str, source: Optional[str], stage: str) -> None:
     """The source a run's ingest will read exists (the same resolution as
     :meth:`RunConfig.resolved_source`); an unknown data set without a source suggests the nearest
     known name and says how to give one."""
-    from storage.store import store_names
-
     if not source:
         env = source_env(dataset)
         source = os.environ.get(env) or None
@@ -365,7 +363,10 @@ def check_source(dataset: str, source: Optional[str], stage: str) -> None:
         if source is None and known is not None and known.default_source is not None:
             source = str(known.default_source)
         if source is None:
-            names = sorted({*DATASETS, *store_names()})
+            from storage.paths import datasets_dir  # not storage.store: zarr takes a while to import
+
+            stores = [p.name[: -len(".zarr")] for p in datasets_dir().glob("*.zarr")] if datasets_dir().is_dir() else []
+            names = sorted({*DATASETS, *stores})
             hint = did_you_mean(dataset, names)
             what = f" ({known.note})" if known and known.note else ""
             raise SubsampleError(
@@ -384,11 +385,13 @@ def data_set_size(dataset: str, source: Optional[str], reads_source: bool, split
 
     try:
         store = open_store(dataset)
-        return store.n, str(store.path)
+        same_source = source and store.attrs.get("source") == str(Path(source).expanduser().absolute())
+        if not reads_source or (same_source and store.attrs.get("split", "train") == split):
+            return store.n, str(store.path)
     except SubsampleError:
         if not reads_source:  # the run starts from the store: say it is missing, now
             raise
-    if source:
+    if source:  # the run (re)builds the store from this source: its listing bounds n
         from pipeline.ingest import open_source
 
         try:
@@ -451,6 +454,7 @@ def resolve_config(
     *,
     note: Callable[[str], None] = _stderr,
     machine: bool = True,
+    check_batches: bool = True,
 ) -> RunConfig:
     """A command's run, resolved in one order: RunConfig's defaults < what fits this machine
     (:func:`machine_defaults`, when ``machine``) < the data set's (:func:`dataset_defaults`) < the
@@ -460,7 +464,8 @@ def resolve_config(
 
     Before anything expensive (importing torch, starting a Prefect server): unknown keys, preset
     and data set names (each with the nearest valid name), whether the source exists when the run
-    ingests, and whether the batch size fits the data set (its store, or the source's listing)."""
+    ingests, and whether the batch size fits the data set (its store, or the source's listing;
+    ``check_batches=False`` leaves that to the caller, e.g. ``train`` before it picks built batches)."""
     given = merge(merge(drop_none(fields), parse_overrides(sets, stage)), drop_none(flags or {}))
     check_keys(given, stage)
     dataset = given.get("dataset", RunConfig.model_fields["dataset"].default)
@@ -482,7 +487,7 @@ def resolve_config(
     reads_source = only in (None, "ingest")
     if reads_source:
         check_source(dataset, data.get("source"), stage)
-    if only in (None, "batches", "train"):
+    if check_batches and only in (None, "batches", "train"):
         source = data.get("source") or os.environ.get(source_env(dataset)) or (
             str(DATASETS[dataset].default_source) if dataset in DATASETS and DATASETS[dataset].default_source else None
         )

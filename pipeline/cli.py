@@ -241,7 +241,7 @@ def train_cmd(
     --set < flags); logs to MLflow (experiment subsample/NAME) and writes stages/train/<key>/ with
     the generator, grids and metrics. With --nproc-per-node N the global batch B is split over N
     data-parallel ranks (torch.distributed)."""
-    from flows.config import resolve_config, train_batches
+    from flows.config import check_batch_sizes, resolve_config, train_batches
 
     sets = _train_sets(sets)
     flags = {
@@ -253,10 +253,15 @@ def train_cmd(
         "tables": {"bins": list(bins) if bins else None},
         "features": {"features": list(feature) if feature else None},
     }
-    cfg = resolve_config("train", {"dataset": name, "only": "train"}, sets, flags)
     chose_batches = any(v is not None for v in (strategy, batch_size, seed)) or any(s.startswith("batches.") for s in sets)
     chose_preset = preset is not None or any(s.startswith("preset=") for s in sets)
+    # the batch size is checked at once when given (or a preset gives it), else once the built
+    # batches are chosen (the defaults' B may not fit where the built batches do)
+    cfg = resolve_config("train", {"dataset": name, "only": "train"}, sets, flags,
+                         check_batches=chose_batches or chose_preset)
     cfg = train_batches(cfg, chose_batches=chose_batches, chose_preset=chose_preset)
+    if not (chose_batches or chose_preset):
+        check_batch_sizes(cfg.dataset, [cfg.batches.batch_size], None, False, "train")
 
     from pipeline.train import run_train
 
@@ -427,7 +432,8 @@ def compare_cmd(
     fields = {"dataset": dataset, "source": source, "scale": scale, "design": design, "strategies": _split_list(strategies),
               "batch_sizes": sizes_int, "presets": _split_list(presets), "seeds": seeds}
     cfg = build_compare_config(fields, overrides)
-    check_batch_sizes(cfg.dataset, list(cfg.grid_batch_sizes), cfg.source or cfg.base_run_config().resolved_source(), True, "compare")
+    check_batch_sizes(cfg.dataset, list(cfg.grid_batch_sizes), cfg.source or cfg.base_run_config().resolved_source(), True,
+                      "compare", cfg.ingest.split)
     with _stdout_to_stderr():
         start_temporary_server()
         summary = run(cfg)

@@ -533,7 +533,7 @@ def fidelity_metrics(ctx: EvalContext) -> dict[str, float]:
     """``is{N}``, ``fid{N}_train``, ``kid{N}_train`` (torch-fidelity); skipped with a reason when
     disabled or when the extractor's weights are unavailable."""
     if not ctx.cfg.fidelity:
-        ctx.notes["fidelity"] = "skipped: disabled (--no-fidelity)"
+        ctx.notes["fidelity"] = "skipped: disabled (--no-fidelity, the default on a CPU)"
         return {}
     if ctx.fidelity_skip is not None:
         ctx.notes["fidelity"] = f"skipped: {ctx.fidelity_skip}"

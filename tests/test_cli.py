@@ -182,13 +182,17 @@ def toy(tmp_path_factory):
 
 
 def _train_cfg(flags: dict, sets=(), notes=None):
-    from flows.config import train_batches
+    """What `subsample train toy` resolves (pipeline.cli.train_cmd's steps)."""
+    from flows.config import check_batch_sizes, train_batches
 
     full = {"preset": None, "train": {}, "batches": {}, "tables": {"bins": [8, 8]}, **flags}
-    cfg = resolve_config("train", {"dataset": "toy", "only": "train"}, list(sets), full, note=quiet)
     chose = any(v is not None for v in full["batches"].values())
-    return train_batches(cfg, chose_batches=chose, chose_preset=full["preset"] is not None,
-                         note=(notes.append if notes is not None else quiet))
+    cfg = resolve_config("train", {"dataset": "toy", "only": "train"}, list(sets), full, note=quiet,
+                         check_batches=chose or full["preset"] is not None)
+    cfg = train_batches(cfg, chose_batches=chose, chose_preset=full["preset"] is not None,
+                        note=(notes.append if notes is not None else quiet))
+    check_batch_sizes("toy", [cfg.batches.batch_size], None, False, "train")
+    return cfg
 
 
 def test_train_uses_the_batches_just_built_and_says_which(cpu, toy, monkeypatch):
@@ -208,6 +212,12 @@ def test_train_uses_the_batches_just_built_and_says_which(cpu, toy, monkeypatch)
     notes.clear()
     cfg = _train_cfg({"batches": {"batch_size": 32}}, notes=notes)
     assert (cfg.batches.batch_size, cfg.batches.seed) == (32, 0) and "from the options given" in notes[0]
+    # on a GPU the default preset's B = 2000 does not fit 256 images, the built batches do
+    monkeypatch.setattr(fc, "cuda_available", lambda: True)
+    cfg = _train_cfg({})
+    assert (cfg.preset, cfg.batches.batch_size) == ("paper-constructed", 16)
+    with pytest.raises(SubsampleError, match="batch size 2000 is larger than data set 'toy'"):
+        _train_cfg({"preset": "paper-constructed"})
 
 
 # --- the up-front estimate ----------------------------------------------------------------------

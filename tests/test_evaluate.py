@@ -363,7 +363,7 @@ def test_no_fidelity_and_missing_run_from_the_cli(trained, monkeypatch, capsys):
     monkeypatch.setenv("SUBSAMPLE_HOME", str(home))
     assert cli(["evaluate", key, "--samples", "32", "--no-fidelity", "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
-    assert s["fidelity"] == "skipped: disabled (--no-fidelity)" and "feature_kl32_train" in s["metrics"]
+    assert s["fidelity"] == "skipped: disabled (--no-fidelity, the default on a CPU)" and "feature_kl32_train" in s["metrics"]
     assert cli(["evaluate", "0123456789abcdef", "--samples", "32", "--json"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "0123456789abcdef" in captured.err
