@@ -19,7 +19,10 @@ detected from the path):
 
 Every image goes through one policy (:class:`CropPolicy`): convert to RGB (grey → three equal
 channels, alpha composited on white, palette/CMYK/16-bit converted, EXIF orientation applied),
-centre-crop a square (side ``--crop`` or the short side) and resize it to S×S with Lanczos.
+centre-crop a square (side ``--crop`` or the short side) and resize it to S×S with Lanczos. With
+``--decoder fast`` (the default) JPEGs are decoded by libjpeg-turbo and every image is resampled by
+Pillow's Lanczos as a numba kernel (``pipeline/decode.py``, ``kernels/resize.py``); ``--decoder
+pillow`` is the Pillow-only path of ingest/1.
 
 Files are decoded in parallel by Dask (``files_per_task`` files per task, a bounded window of tasks
 in flight) and appended to the store in sorted order, so memory stays bounded and the result does
