@@ -843,8 +843,10 @@ def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = Tru
         blocks = stack.enter_context(
             closing(run_tasks_in_order(source.tasks(policy, cfg, token), workers=cfg.workers, scheduler=scheduler))
         )
+        n_accepted = 0  # builder.n counts only whole chunks until finish() flushes the last one
         for block in blocks:
             quarantine += block.quarantine
+            n_accepted += len(block.images)
             if len(block.images) and builder is None:  # created lazily: nothing is written for no valid image
                 builder = stack.enter_context(
                     StoreBuilder(cfg.name, size=cfg.size, n_max=source.n_items, has_labels=source.has_labels, attrs=attrs)
@@ -863,7 +865,7 @@ def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = Tru
             extra_attrs={
                 "ingest": {
                     "seconds": round(build_seconds, 3),
-                    "images_per_second": round(builder.n / build_seconds, 1),
+                    "images_per_second": round(n_accepted / build_seconds, 1),
                     "workers": cfg.workers,
                     "scheduler": scheduler,
                     "n_ignored": source.n_ignored,
