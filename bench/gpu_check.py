@@ -1,6 +1,6 @@
 """The GPU check: training and evaluation throughput and a paper-constructed run, on one device.
 
-    .venv/bin/python bench/gpu_check.py                        # one CUDA GPU: ~5-8 minutes
+    .venv/bin/python bench/gpu_check.py                        # one CUDA GPU: minutes (estimated: not run on a GPU yet)
     .venv/bin/python bench/gpu_check.py --device cpu --tiny    # the same code paths, tiny, on a CPU (the tests run this)
 
 Three parts, each reported in one JSON object printed on stdout at the end (progress goes to
@@ -10,8 +10,10 @@ stderr; ``--out FILE`` also writes the JSON to a file):
     loop (``pipeline.train.train_epoch``: the uint8 data set resident on the device, batches
     gathered by index, losses read back every ``SYNC_EVERY`` steps) against the pytorch/examples
     dcgan loop (a ``DataLoader`` over float images in pinned host memory, ``.item()`` every step)
-    on the same models, for every combination of bf16 autocast, channels-last and torch.compile
-    on and off (``bench/train_throughput.py`` does the timing: interleaved rounds, medians).
+    on the same models, with bf16 autocast, channels-last and torch.compile each on and off: all
+    four bf16 × channels-last combinations without compile, and with compile the training stage's
+    CUDA default (bf16 and channels-last on) and all off (``--all-combinations``: all eight).
+    ``bench/train_throughput.py`` does the timing: interleaved rounds, medians.
 (b) ``inception``: evaluate's feature extraction: the torch-fidelity Inception's forward pass
     alone, and ``pipeline.evaluate.fidelity_scores`` (IS, FID and KID of N generated against N
     reference images, both extracted) in images/s. Without the pretrained weights on disk the
@@ -68,7 +70,11 @@ def sync(device: torch.device) -> None:
 def train_throughput(args, device: torch.device) -> dict:
     from train_throughput import bench_size
 
-    combos = [(bf16, cl, comp) for bf16, cl, comp in itertools.product((False, True), repeat=3) if not (comp and args.tiny)]
+    # compile off: all four bf16 × channels-last combinations; compile on: the training stage's
+    # CUDA default (bf16 and channels-last on) and all off, unless --all-combinations (each
+    # compiled combination costs a minute or two of compiling, for both loops)
+    combos = [(bf16, cl, comp) for bf16, cl, comp in itertools.product((False, True), repeat=3)
+              if not comp or (not args.tiny and (args.all_combinations or bf16 == cl))]
     rows = []
     for bf16, cl, comp in combos:
         ns = SimpleNamespace(
@@ -267,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="(a) timed steps per round (default 20; tiny 2)")
     ap.add_argument("--rounds", type=int, default=None, help="(a) interleaved rounds (default 3; tiny 1)")
     ap.add_argument("--warmup", type=int, default=None, help="(a) untimed steps first (default 10; tiny 1)")
+    ap.add_argument("--all-combinations", action="store_true", help="(a) torch.compile with all four bf16 × channels-last combinations, not two")
     ap.add_argument("--loader-workers", type=int, default=None, help="(a) the DataLoader loop's workers (default 4 on CUDA, 0 on CPU)")
     ap.add_argument("--inception-images", type=int, default=None, help="(b) N (default 5,000; tiny 2)")
     ap.add_argument("--inception-batch", type=int, default=None, help="(b) batch (default 250; tiny 2)")

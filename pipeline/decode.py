@@ -26,7 +26,6 @@ the CPU path above.
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 import warnings

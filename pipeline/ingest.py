@@ -24,7 +24,10 @@ must belong to the split asked for.
 
 Every image goes through one policy (:class:`CropPolicy`): convert to RGB (grey → three equal
 channels, alpha composited on white, palette/CMYK/16-bit converted, EXIF orientation applied),
-centre-crop a square (side ``--crop`` or the short side) and resize it to S×S with Lanczos.
+centre-crop a square (side ``--crop`` or the short side) and resize it to S×S with Lanczos. With
+``--decoder fast`` (the default) JPEGs are decoded by libjpeg-turbo and every image is resampled by
+Pillow's Lanczos as a numba kernel (``pipeline/decode.py``, ``kernels/resize.py``); ``--decoder
+pillow`` is the Pillow-only path of ingest/1.
 
 Files are decoded in parallel by Dask (``files_per_task`` files per task, a bounded window of tasks
 in flight) and appended to the store in sorted order, so memory stays bounded and the result does
@@ -1190,8 +1193,10 @@ def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = Tru
         blocks = stack.enter_context(
             closing(run_tasks_in_order(source.tasks(policy, cfg, token), workers=cfg.workers, scheduler=scheduler))
         )
+        n_accepted = 0  # builder.n counts only whole chunks until finish() flushes the last one
         for block in blocks:
             quarantine += block.quarantine
+            n_accepted += len(block.images)
             if len(block.images) and builder is None:  # created lazily: nothing is written for no valid image
                 builder = stack.enter_context(
                     StoreBuilder(cfg.name, size=cfg.size, n_max=source.n_items, has_labels=source.has_labels, attrs=attrs)

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 from test_evaluate import TINY  # registers the tiny extractor with torch-fidelity
-from test_train import BATCHES, TABLES, _cfg, _train, toy_home  # noqa: F401  (the fixture)
+from test_train import _cfg, _train, toy_home  # noqa: F401  (toy_home: the fixture)
 
-from pipeline.config import FeaturesConfig
 
 EVAL = dict(eval_feature_extractor=TINY, eval_samples=64)
 
