@@ -116,6 +116,8 @@ def test_a_short_run_learns_and_is_tracked(toy_home):
     assert len(kl) == 5 and len(floor) == 5 and "feature_kl" not in run.data.metrics
     assert lines[-1]["feature_kl_floor"] == pytest.approx(floor[-1].value) == pytest.approx(s["feature_kl_floor"])
     assert 0 < s["feature_kl_floor"] and s["feature_kl_samples"] == n
+    assert run.data.metrics[f"feature_kl{n}_floor_sd"] == pytest.approx(lines[-1]["feature_kl_floor_sd"])
+    assert lines[-1]["feature_kl_floor_sd"] > 0
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"grids", "generator.pt", "loss_curve.png", "metrics.jsonl", "table"} <= arts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "table")} == {"table/heatmap.png"}
