@@ -403,6 +403,7 @@ def epoch_metrics(t: Trainer, epoch: int, losses: dict, seconds: float, batch_si
         f"d_fake_{kind}": float(d[:, 2].mean()) if steps else None,
         "feature_kl": div["kl"],
         "feature_kl_floor": t.kl_floor["mean"] if t.kl_floor else None,
+        "feature_kl_floor_sd": t.kl_floor["sd"] if t.kl_floor else None,
         "feature_js": div["js"],
         **t.method.epoch_metrics(t),
         "seconds": round(seconds, 3),
@@ -866,13 +867,13 @@ def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size
 
 def mlflow_epoch_metrics(m: dict, kl_samples: int) -> dict:
     """An epoch's metrics as MLflow keys: the feature KL and JS carry their sample size
-    (``feature_kl2048``, ``feature_js2048``, floor ``feature_kl2048_floor``), so they are never
+    (``feature_kl2048``, ``feature_js2048``, floor ``feature_kl2048_floor`` and its s.d.), so they are never
     mistaken for the evaluation's ``eval/feature_kl{N}_train`` at another N."""
     from pipeline.metrics import count_tag
 
     tag = count_tag(kl_samples)
     rename = {"feature_kl": f"feature_kl{tag}", "feature_js": f"feature_js{tag}",
-              "feature_kl_floor": f"feature_kl{tag}_floor"}
+              "feature_kl_floor": f"feature_kl{tag}_floor", "feature_kl_floor_sd": f"feature_kl{tag}_floor_sd"}
     return {rename.get(k, k): v for k, v in m.items() if k not in ("epoch", "step")}
 
 

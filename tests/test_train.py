@@ -126,6 +126,8 @@ def test_a_short_run_learns_and_is_tracked(toy_home):
     # epoch 0 is the untrained generator, logged before the first step
     kl_history = {m.step: m.value for m in kl}
     assert sorted(kl_history) == [0, 1, 2, 3, 4, 5] and kl_history[0] == s["feature_kl_initial"]
+    assert run.data.metrics[f"feature_kl{n}_floor_sd"] == pytest.approx(lines[-1]["feature_kl_floor_sd"])
+    assert lines[-1]["feature_kl_floor_sd"] > 0
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"grids", "generator.pt", "loss_curve.png", "metrics.jsonl", "table"} <= arts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "table")} == {"table/heatmap.png"}
