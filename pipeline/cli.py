@@ -56,7 +56,7 @@ def ingest_cmd(
     size: int = typer.Option(_ingest_default("size"), "--size", help="output side S: images are stored S×S×3 uint8"),
     crop: Optional[int] = typer.Option(None, "--crop", help="centre-crop side before resizing (CelebA: 178); default: the short side"),
     workers: int = typer.Option(_ingest_default("workers"), "--workers", help="parallel decode workers"),
-    scheduler: str = typer.Option(_ingest_default("scheduler"), "--scheduler", help="Dask local scheduler: auto (processes for the fast decoder on image files, else threads), threads or processes"),
+    scheduler: str = typer.Option(_ingest_default("scheduler"), "--scheduler", help="Dask local scheduler: threads or processes"),
     files_per_task: int = typer.Option(_ingest_default("files_per_task"), "--files-per-task", help="files decoded per Dask task"),
     max_pixels: int = typer.Option(_ingest_default("max_pixels"), "--max-pixels", help="quarantine larger source images"),
     decoder: str = typer.Option(_ingest_default("decoder"), "--decoder", help="fast (libjpeg-turbo + Lanczos kernel) or pillow (ingest/1's path)"),
