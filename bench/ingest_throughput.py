@@ -8,7 +8,7 @@ texture, quality 90) to a temporary folder and ingests them with CelebA's conven
 ``$SUBSAMPLE_HOME``:
 
 - ``fast`` (``--decoder fast``, the default: libjpeg-turbo at DCT scale + the Lanczos kernel) with
-  worker processes (the default scheduler) and threads, 1 and 2 workers;
+  threads (the default scheduler) and worker processes, 1 and 2 workers;
 - ``pillow`` (``--decoder pillow``, ingest/1's path) with threads (its faster scheduler), 1 and 2
   workers.
 
@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=178)
     ap.add_argument("--files-per-task", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=2, help="best of this many runs (the machine may be shared)")
-    ap.add_argument("--configs", nargs="+", default=["fast/processes", "fast/threads", "pillow/threads"],
+    ap.add_argument("--configs", nargs="+", default=["fast/threads", "fast/processes", "pillow/threads"],
                     help="DECODER/SCHEDULER pairs")
     args = ap.parse_args()
 

@@ -60,7 +60,7 @@ def ingest_cmd(
     size: int = typer.Option(_ingest_default("size"), "--size", help="output side S: images are stored S×S×3 uint8"),
     crop: Optional[int] = typer.Option(None, "--crop", help="centre-crop side before resizing (CelebA: 178); default: the short side"),
     workers: int = typer.Option(_ingest_default("workers"), "--workers", help="parallel decode workers"),
-    scheduler: str = typer.Option(_ingest_default("scheduler"), "--scheduler", help="Dask local scheduler: auto (processes for the fast decoder on image files, else threads), threads or processes"),
+    scheduler: str = typer.Option(_ingest_default("scheduler"), "--scheduler", help="Dask local scheduler: threads or processes"),
     files_per_task: int = typer.Option(_ingest_default("files_per_task"), "--files-per-task", help="files decoded per Dask task"),
     max_pixels: int = typer.Option(_ingest_default("max_pixels"), "--max-pixels", help="quarantine larger source images (refuse an array source of larger images)"),
     max_bytes: int = typer.Option(_ingest_default("max_bytes"), "--max-bytes", help="refuse a source holding more bytes (files, zip members, arrays' N×H×W×C)"),

@@ -37,11 +37,10 @@ class IngestConfig(StageConfig):
         None, ge=1, description="centre-crop side before resizing (CelebA convention: 178); None = largest centred square"
     )
     workers: int = Field(2, ge=1, description="parallel decode workers (Dask)")
-    scheduler: Literal["auto", "threads", "processes"] = Field(
-        "auto",
-        description="Dask local scheduler for decoding. auto: worker processes for image files decoded by the fast "
-        "decoder (simplejpeg holds the GIL, so threads do not scale), threads otherwise (Pillow releases the GIL; "
-        "array sources need no decoding); measured in bench/jpeg_decode.py and bench/ingest_throughput.py",
+    scheduler: Literal["threads", "processes"] = Field(
+        "threads",
+        description="Dask local scheduler for decoding: threads (default: no start-up cost, and faster in "
+        "bench/ingest_throughput.py even though simplejpeg holds the GIL) or processes",
     )
     files_per_task: int = Field(256, ge=1, description="files decoded per Dask task")
     max_pixels: int = Field(

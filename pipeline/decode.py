@@ -14,8 +14,10 @@
   same kernel. A file the fast decoder refuses is therefore quarantined (or accepted) exactly as
   the Pillow path would: the Pillow path has the last word, with its reasons.
 
-``simplejpeg`` holds the GIL while it decodes, so this path scales over worker *processes*
-(``--scheduler processes``, the default), not threads (measured: 1.0 cores busy with 2 threads).
+``simplejpeg`` holds the GIL while it decodes (two threads of decoding alone keep one core busy),
+yet threads remain the faster scheduler for a whole ingest: the resize kernel, the file reads and
+the store's compression and hashing run outside the GIL beside it, and worker processes pay a
+second or two of start-up and the pickling of every image (``bench/ingest_throughput.py``).
 
 ``--decode-device cuda`` decodes each task's JPEGs as one batch on the GPU with nvJPEG
 (``torchvision.io.decode_jpeg(..., device="cuda")``, full resolution: nvJPEG has no DCT scaling)

@@ -1080,16 +1080,6 @@ def run_tasks_in_order(tasks: Iterable[Task], *, workers: int, scheduler: str) -
         producer.join()
 
 
-def resolve_scheduler(cfg: IngestConfig, source: Source) -> str:
-    """``--scheduler auto``: processes where the decoder holds the GIL (the fast decoder's
-    simplejpeg, on image files and zips), threads elsewhere (Pillow releases the GIL while it
-    decodes; array sources are mostly copying; nvJPEG wants one CUDA context)."""
-    if cfg.scheduler != "auto":
-        return cfg.scheduler
-    files = isinstance(source, (ImageFilesSource, ZipSource))
-    return "processes" if files and cfg.decoder == "fast" and cfg.decode_device == "cpu" else "threads"
-
-
 def _cached_store(name: str, key: str) -> DatasetStore | None:
     try:
         store = open_store(name)
@@ -1161,7 +1151,7 @@ def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = Tru
             return _summary(store, cache_hit=True, seconds=time.perf_counter() - t0)
 
     policy = CropPolicy(cfg.size, cfg.crop, cfg.decoder, cfg.decode_device)
-    scheduler = resolve_scheduler(cfg, source)
+    scheduler = cfg.scheduler
     if cfg.decode_device == "cuda":
         if cfg.decoder != "fast":
             raise SubsampleError(STAGE, "--decode-device cuda needs --decoder fast (the Pillow path decodes on the CPU)")

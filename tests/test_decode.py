@@ -33,16 +33,6 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
-@pytest.fixture(autouse=True)
-def threads_unless_asked(monkeypatch):
-    """``--scheduler auto`` picks worker processes for image files; spawning them costs seconds on
-    a loaded CI machine, so these tests decode in threads unless they name a scheduler (the
-    processes path has its own tests below)."""
-    real = ingest_mod.resolve_scheduler
-    monkeypatch.setattr(ingest_mod, "resolve_scheduler", lambda cfg, source: "threads" if cfg.scheduler == "auto" else real(cfg, source))
-    return real
-
-
 def photo(h: int, w: int, seed: int) -> np.ndarray:
     """A photo-like image: smooth shapes (a 6×5 random image upscaled) plus 1/f-ish detail."""
     rng = np.random.default_rng(seed)
@@ -83,7 +73,7 @@ def test_fast_decoder_gives_the_pillow_paths_images_and_records_its_policy(tmp_p
     fallbacks = []
     real = ingest_mod.decode_image
     monkeypatch.setattr(ingest_mod, "decode_image", lambda *a: fallbacks.append(a) or real(*a))
-    fast = ingest(src, "fast", size=64, crop=178, scheduler="threads")  # the spy reaches threads only
+    fast = ingest(src, "fast", size=64, crop=178)
     assert fallbacks == []  # every one of these JPEGs took the fast path
     old = ingest(src, "old", size=64, crop=178, decoder="pillow")
     a, b = open_store("fast").images[:], open_store("old").images[:]
@@ -184,20 +174,14 @@ def test_decompression_bomb_jpeg_is_quarantined_by_the_fast_path(tmp_path, monke
         assert all(r.startswith("decompression bomb") for r in reasons.values())
 
 
-def test_auto_scheduler_uses_processes_for_jpeg_files_and_gives_the_same_store(tmp_path, monkeypatch, threads_unless_asked):
-    monkeypatch.setattr(ingest_mod, "resolve_scheduler", threads_unless_asked)  # the real rule
+def test_worker_processes_give_the_threads_store(tmp_path):
     src = tmp_path / "j"
     src.mkdir()
     for i in range(5):
         (src / f"{i}.jpg").write_bytes(jpeg(photo(218, 178, i)))
-    auto = ingest(src, "auto", size=32, crop=178, files_per_task=2)
-    threads = ingest(src, "threads", size=32, crop=178, scheduler="threads")
-    assert open_store("auto").attrs["ingest"]["scheduler"] == "processes" and auto["content_hash"] == threads["content_hash"]
-    np.savez(tmp_path / "a.npz", images=photo(10, 10, 0)[None])
-    ingest(tmp_path / "a.npz", "arrays", size=8)
-    assert open_store("arrays").attrs["ingest"]["scheduler"] == "threads"  # nothing to decode: no processes
-    ingest(src, "old", size=32, crop=178, decoder="pillow")
-    assert open_store("old").attrs["ingest"]["scheduler"] == "threads"  # Pillow releases the GIL
+    procs = ingest(src, "procs", size=32, crop=178, files_per_task=2, scheduler="processes")
+    threads = ingest(src, "threads", size=32, crop=178)
+    assert open_store("procs").attrs["ingest"]["scheduler"] == "processes" and procs["content_hash"] == threads["content_hash"]
 
 
 # --- nvJPEG path, run with torchvision's CPU decoder ----------------------------------------------

@@ -31,16 +31,6 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
-@pytest.fixture(autouse=True)
-def threads_unless_asked(monkeypatch):
-    """``--scheduler auto`` picks worker processes for image files; spawning them costs seconds on
-    a loaded CI machine, so these tests decode in threads unless they name a scheduler (the
-    processes path has its own tests: test_decode.py, test_workers_scheduler_...)."""
-    real = ingest_mod.resolve_scheduler
-    monkeypatch.setattr(ingest_mod, "resolve_scheduler", lambda cfg, source: "threads" if cfg.scheduler == "auto" else real(cfg, source))
-    return real
-
-
 def ingest(source, name="t", refresh=False, **kw):
     return run_ingest(IngestConfig(source=str(source), name=name, **kw), progress=False, refresh=refresh)
 
@@ -485,7 +475,7 @@ def test_a_killed_ingest_leaves_no_store_and_a_rerun_completes(tmp_path, home, m
 
     monkeypatch.setattr(ingest_mod, "decode_files", dying)
     with pytest.raises(RuntimeError, match="killed"):
-        ingest(tmp_path / "src", size=6, files_per_task=2, workers=1, scheduler="threads")  # the patch reaches threads
+        ingest(tmp_path / "src", size=6, files_per_task=2, workers=1)
     assert len(calls) >= 3 and not dataset_path("t").exists() and no_leftovers(home)
     with pytest.raises(SubsampleError, match="no data set store"):
         open_store("t")
@@ -498,7 +488,7 @@ def test_a_killed_ingest_leaves_no_store_and_a_rerun_completes(tmp_path, home, m
     calls.clear()
     monkeypatch.setattr(ingest_mod, "decode_files", dying)
     with pytest.raises(RuntimeError):
-        ingest(tmp_path / "src", size=6, files_per_task=2, workers=1, scheduler="threads")  # the patch reaches threads
+        ingest(tmp_path / "src", size=6, files_per_task=2, workers=1)
     assert open_store("t", verify=True).content_hash == s["content_hash"] and no_leftovers(home)
 
 
