@@ -245,3 +245,19 @@ def test_a_long_run_says_how_long_after_its_first_steps(monkeypatch):
         short.tick(step)
         clock["t"] += 2.0
     assert short.estimate_s == pytest.approx(80) and len(said) == 1  # 80 s: nothing to say
+
+
+def test_omp_threads_sleep_only_when_the_cores_are_busy(monkeypatch):
+    import os
+
+    from pipeline.cli import omp_wait_policy
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    for load, want in ((0.4, None), (1.5, "PASSIVE"), (7.0, "PASSIVE")):
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+        omp_wait_policy()
+        assert os.environ.get("OMP_WAIT_POLICY") == want, load
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice stays
+    omp_wait_policy()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
