@@ -180,21 +180,30 @@ def count_table(table: TableLike, batch_size: int) -> np.ndarray:
     return t2
 
 
-def top_up(shortfall: int, counts: np.ndarray, room: np.ndarray, top_k: int, order: np.ndarray) -> np.ndarray:
-    """Spec §3.3: spread ``shortfall`` images over the ``top_k`` most frequent cells in proportion
-    to their probabilities (largest-remainder rule, so it sums exactly). A cell never gets more
-    than its ``room`` (members not already in this batch): what does not fit is spread again over
-    the k most frequent cells that still have room, so a batch never repeats an image."""
+def _spread_over_top_k(shortfall: int, counts: np.ndarray, room: np.ndarray, top_k: int, order: np.ndarray,
+                       split: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Spread ``shortfall`` images over the ``top_k`` most frequent cells that still have room,
+    ``split(left, weights)`` giving each candidate's share of ``left``. A cell never gets more than
+    its ``room`` (members not already in this batch): what does not fit is spread again, the same
+    way, over the k most frequent cells that still have room, so a batch never repeats an image.
+    Sums to ``shortfall``."""
     add = np.zeros(len(counts), np.int64)
     left = int(shortfall)
     while left > 0:
         cand = order[(room[order] - add[order]) > 0][:top_k]
         if len(cand) == 0:  # impossible while B <= n: the cells hold n >= B images
             raise SubsampleError(STAGE, "internal: no cell has room for the top-up")
-        share = np.minimum(largest_remainder(left, counts[cand]), room[cand] - add[cand])
+        share = np.minimum(split(left, counts[cand]), room[cand] - add[cand])
         add[cand] += share
         left -= int(share.sum())
     return add
+
+
+def top_up(shortfall: int, counts: np.ndarray, room: np.ndarray, top_k: int, order: np.ndarray) -> np.ndarray:
+    """Spec §3.3: spread ``shortfall`` images over the ``top_k`` most frequent cells in proportion
+    to their probabilities (largest-remainder rule, so it sums exactly), capped by each cell's
+    ``room`` (:func:`_spread_over_top_k`)."""
+    return _spread_over_top_k(shortfall, counts, room, top_k, order, largest_remainder)
 
 
 def random_top_up(
@@ -202,20 +211,13 @@ def random_top_up(
 ) -> np.ndarray:
     """Spec §3.3, ``topup="random"`` (the paper's reading): the ``shortfall`` images' cells drawn at
     random among the ``top_k`` most frequent cells, with probabilities proportional to their
-    frequencies (one multinomial draw). A cell never gets more than its ``room``; what does not fit
-    is drawn again, the same way, over the k most frequent cells that still have room, so a batch
-    never repeats an image. Sums to ``shortfall``."""
-    add = np.zeros(len(counts), np.int64)
-    left = int(shortfall)
-    while left > 0:
-        cand = order[(room[order] - add[order]) > 0][:top_k]
-        if len(cand) == 0:  # impossible while B <= n: the cells hold n >= B images
-            raise SubsampleError(STAGE, "internal: no cell has room for the top-up")
-        w = counts[cand].astype(np.float64)
-        share = np.minimum(rng.multinomial(left, w / w.sum()), room[cand] - add[cand])
-        add[cand] += share
-        left -= int(share.sum())
-    return add
+    frequencies (one multinomial draw), capped by each cell's ``room`` (:func:`_spread_over_top_k`)."""
+
+    def draw(left: int, weights: np.ndarray) -> np.ndarray:
+        w = weights.astype(np.float64)
+        return rng.multinomial(left, w / w.sum())
+
+    return _spread_over_top_k(shortfall, counts, room, top_k, order, draw)
 
 
 def constructed_demand(
