@@ -217,16 +217,7 @@ def decode_jpeg_fast(data: bytes, policy: "CropPolicy", max_pixels: int) -> np.n
 
     from pipeline.ingest import Rejected
 
-    try:
-        h0, w0, colourspace, _ = simplejpeg.decode_jpeg_header(data)
-    except ValueError as e:
-        raise NotFast(str(e)) from None
-    if colourspace not in FAST_COLOURSPACES:
-        raise NotFast(f"colour space {colourspace}")
-    orientation = jpeg_orientation(data)
-    bomb_check(w0, h0)
-    if w0 * h0 > max_pixels:
-        raise Rejected(f"too large: {w0}×{h0} = {w0 * h0:,} pixels > max_pixels {max_pixels:,}")
+    h0, w0, orientation = _fast_header(data, max_pixels, Rejected)
     scale = draft_scale(policy, w0, h0)
     want = (-(-h0 // scale), -(-w0 // scale))
     try:
@@ -258,21 +249,6 @@ def max_file_bytes(max_pixels: int) -> int:
     """Files up to this size are read whole (4 bytes a pixel and 1 MiB of metadata: no sane
     image of ``max_pixels`` is larger); a larger one is left to the Pillow path."""
     return 4 * max_pixels + (1 << 20)
-
-
-def decode_files_fast(reader: Any, refs: list[str], policy: "CropPolicy", max_pixels: int) -> "Block":
-    """A task's files (``pipeline.ingest.decode_files`` for ``--decoder fast``)."""
-    from pipeline.ingest import Block, quarantine_reason
-
-    out = np.empty((len(refs), policy.size, policy.size, 3), np.uint8)
-    n, bad = 0, []
-    for ref in refs:
-        try:
-            out[n] = decode_file(reader.open(ref), policy, max_pixels)
-            n += 1
-        except Exception as exc:  # as the Pillow path: the reason keeps the type
-            bad.append({"path": ref, "reason": quarantine_reason(exc)})
-    return Block(out[:n], None, bad)
 
 
 # --- nvJPEG on the GPU -----------------------------------------------------------------------------
@@ -380,7 +356,9 @@ def decode_files_cuda(reader: Any, refs: list[str], policy: "CropPolicy", max_pi
     return Block(np.ascontiguousarray(images), None, bad)
 
 
-def _gpu_eligible(data: bytes, max_pixels: int, Rejected: type) -> tuple[int, tuple[int, int]]:
+def _fast_header(data: bytes, max_pixels: int, Rejected: type) -> tuple[int, int, int]:
+    """``(h, w, EXIF orientation)`` of a JPEG the fast path takes; :class:`NotFast` when the
+    Pillow path should decide, the Pillow path's rejections (too large, decompression bomb)."""
     import simplejpeg
 
     try:
@@ -393,6 +371,11 @@ def _gpu_eligible(data: bytes, max_pixels: int, Rejected: type) -> tuple[int, tu
     bomb_check(w0, h0)
     if w0 * h0 > max_pixels:
         raise Rejected(f"too large: {w0}×{h0} = {w0 * h0:,} pixels > max_pixels {max_pixels:,}")
+    return h0, w0, orientation
+
+
+def _gpu_eligible(data: bytes, max_pixels: int, Rejected: type) -> tuple[int, tuple[int, int]]:
+    h0, w0, orientation = _fast_header(data, max_pixels, Rejected)
     return orientation, ((h0, w0) if orientation in (5, 6, 7, 8) else (w0, h0))
 
 

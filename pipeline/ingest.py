@@ -315,17 +315,20 @@ class Block:
 
 
 def decode_files(reader: FolderReader | ZipReader, refs: list[str], policy: CropPolicy, max_pixels: int) -> Block:
+    """A task's files, decoded one by one (the fast decoder, or Pillow alone: ``policy.decoder``;
+    nvJPEG decodes a task's JPEGs as one batch); a file that fails is quarantined with its reason."""
+    decode_one = decode_image
     if policy.decoder != "pillow":
         from pipeline import decode
 
         if policy.decode_device == "cuda":
             return decode.decode_files_cuda(reader, refs, policy, max_pixels)
-        return decode.decode_files_fast(reader, refs, policy, max_pixels)
+        decode_one = decode.decode_file
     out = np.empty((len(refs), policy.size, policy.size, 3), np.uint8)
     n, bad = 0, []
     for ref in refs:
         try:
-            out[n] = decode_image(reader.open(ref), policy, max_pixels)
+            out[n] = decode_one(reader.open(ref), policy, max_pixels)
             n += 1
         except Exception as exc:  # Pillow raises many types for bad data; the reason keeps the type
             bad.append({"path": ref, "reason": quarantine_reason(exc)})

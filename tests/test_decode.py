@@ -203,7 +203,7 @@ def test_gpu_decode_path_logic_on_the_cpu(tmp_path):
     refs = sorted(p.name for p in src.iterdir())
     policy = CropPolicy(32, 178, "fast", "cuda")
     block = dec.decode_files_cuda(FolderReader(str(src)), refs, policy, 1 << 30, device="cpu")
-    fast = dec.decode_files_fast(FolderReader(str(src)), refs, CropPolicy(32, 178), 1 << 30)
+    fast = ingest_mod.decode_files(FolderReader(str(src)), refs, CropPolicy(32, 178), 1 << 30)
     assert block.quarantine == fast.quarantine and len(block.images) == len(fast.images)
     # full-resolution decode (nvJPEG has no DCT scaling): Pillow's full decode + the kernel
     for i, name in enumerate(n for n in refs if n not in {q["path"] for q in fast.quarantine}):
