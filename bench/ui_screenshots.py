@@ -27,8 +27,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,21 +52,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_ok(url: str, timeout_s: float, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow ui exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"no answer from {url} after {timeout_s:.0f} s")
 
 
 def chromium(exe: str, url: str, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
@@ -134,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ok = True
     try:
-        wait_ok(f"{ui}/health", 120, server)
+        from flows.local_server import wait_answering
+
+        wait_answering(f"{ui}/health", 120, server, what="mlflow ui")
         pages = [
             ("experiment", tracking.experiment_url(exp_id, ui), EXPECT_EXPERIMENT),
             ("runs-table", tracking.runs_table_url(exp_id, ui), EXPECT_TABLE + tuple(r.info.run_name for r in runs[:1])),

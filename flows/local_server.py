@@ -150,20 +150,26 @@ def start_temporary_server(note: Callable[[str], None] = lambda m: print(m, file
     return server.api_url
 
 
-def wait_healthy(url: str, timeout_s: float = 120.0, proc: Optional[subprocess.Popen] = None) -> None:
-    """Poll ``<api>/health`` until it answers; raise if ``proc`` exits or the time runs out."""
+def wait_answering(url: str, timeout_s: float = 120.0, proc: Optional[subprocess.Popen] = None,
+                   what: str = "the server") -> None:
+    """Poll ``url`` until it answers 200; raise if ``proc`` exits or the time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the Prefect server exited with code {proc.returncode} before it was healthy")
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before it answered")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return
         except OSError:
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"no answer from {url}/health after {timeout_s:.0f} s")
+    raise TimeoutError(f"no answer from {url} after {timeout_s:.0f} s")
+
+
+def wait_healthy(url: str, timeout_s: float = 120.0, proc: Optional[subprocess.Popen] = None) -> None:
+    """Poll ``<api>/health`` until it answers; raise if ``proc`` exits or the time runs out."""
+    wait_answering(f"{url}/health", timeout_s, proc, what="the Prefect server")
 
 
 def worker_env(url: str, env: Optional[dict] = None) -> dict:
