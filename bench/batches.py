@@ -14,8 +14,8 @@ import argparse
 import time
 import numpy as np
 
-from pipeline.batches import STRATEGIES, construct_epoch, diagnose_epoch
-from pipeline.tables import Table
+from pipeline.stages.batches import STRATEGIES, construct_epoch, diagnose_epoch
+from pipeline.stages.tables import Table
 
 
 def skewed_table(n: int, side: int = 33, seed: int = 0) -> Table:

@@ -10,7 +10,7 @@ ingest stage, computes the features stage, and for m × m bins, m in (8, 16, 24,
   count table T2 = round(B · T1), i.e. B · T1 < 0.5: step 2 of spec §3 never draws them, only the
   top-up can (the paper's coverage loss at small B);
 * the mean KL(f_Xi || f_X) of random batches (the baseline, averaged over E epochs) and of
-  constructed batches (``pipeline.batches``, top-k fill) at the same B, on that table.
+  constructed batches (``pipeline.stages.batches``, top-k fill) at the same B, on that table.
 
 Finer bins describe f_X in more detail but make more cells rare; the default must keep the rare
 share small at the paper's batch sizes (1024-2048) while the table still separates images.
@@ -38,7 +38,7 @@ def ingest(source: Path, name: str) -> None:
     binary records: 1 label byte + 3072 planar RGB bytes)."""
     try:
         from pipeline.config import IngestConfig
-        from pipeline.ingest import run_ingest
+        from pipeline.stages.ingest import run_ingest
     except ImportError:
         from storage.store import write_store
 
@@ -55,10 +55,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="epochs of batches per (m, B), for the mean KL")
     args = parser.parse_args()
 
-    from pipeline.batches import construct_epoch, kl_batch_vs_dataset
+    from pipeline.stages.batches import construct_epoch, kl_batch_vs_dataset
     from pipeline.config import FeaturesConfig
-    from pipeline.features import features_artifact, load_features, run_features
-    from pipeline.tables import build_table
+    from pipeline.stages.features import features_artifact, load_features, run_features
+    from pipeline.stages.tables import build_table
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["SUBSAMPLE_HOME"] = tmp

@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def ensure_demo() -> None:
     from flows.config import DEMO_SOURCE
     from pipeline.config import FeaturesConfig, IngestConfig, TablesConfig
-    from pipeline.features import run_features
-    from pipeline.ingest import run_ingest
-    from pipeline.tables import run_tables
+    from pipeline.stages.features import run_features
+    from pipeline.stages.ingest import run_ingest
+    from pipeline.stages.tables import run_tables
 
     run_ingest(IngestConfig(source=str(DEMO_SOURCE), name="demo", size=32))
     run_features("demo", FeaturesConfig(), progress=False)
@@ -49,7 +49,7 @@ def train_rate(ranks: int, batch_size: int, width: int, device: str, threads: in
 
     from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
     from pipeline.presets import resolve_train_config
-    from pipeline.train import run_train
+    from pipeline.stages.train import run_train
 
     cfg = resolve_train_config("smoke", {"ngf": width, "ndf": width, "epochs": 1, "track": False, "device": device,
                                          "kl_samples": 64, "nproc_per_node": ranks})
@@ -69,9 +69,9 @@ def _step_times(payload: dict) -> dict:
     """One rank: seconds per (D step + G step) with DDP, and with no collective, on B/k images."""
     import torch
 
-    from pipeline import distributed
+    from pipeline.gan import distributed
     from pipeline.presets import resolve_train_config
-    from pipeline.train import make_trainer, resolve_device
+    from pipeline.stages.train import make_trainer, resolve_device
 
     steps, b, width = payload["steps"], payload["batch_size"], payload["width"]
     with distributed.session(payload["device"]) as w:

@@ -78,7 +78,7 @@ def through_store(n: int, size: int, rng, home: Path) -> None:
     from distributed import Client, LocalCluster
 
     from pipeline.config import FeaturesConfig
-    from pipeline.features import compute_store_features
+    from pipeline.stages.features import compute_store_features
     from storage.store import write_store
 
     name = f"bench-{n}-{size}"
@@ -108,7 +108,7 @@ def through_store(n: int, size: int, rng, home: Path) -> None:
         t = time.perf_counter()
         with LocalCluster(n_workers=os.cpu_count(), threads_per_worker=1, processes=processes, dashboard_address=None) as cluster, Client(cluster) as client:
             t_start = time.perf_counter() - t
-            from pipeline.features import _compute_distributed, features_graph
+            from pipeline.stages.features import _compute_distributed, features_graph
 
             class _Bar:
                 def update(self, k):
@@ -127,7 +127,7 @@ def through_store(n: int, size: int, rng, home: Path) -> None:
     # the same modules, and tracemalloc's peak of the allocations made during the stage.
     probe = (
         "import json, sys, tracemalloc\n"
-        "from pipeline.features import run_features\n"
+        "from pipeline.stages.features import run_features\n"
         "from pipeline.config import FeaturesConfig\n"
         "import kernels.features, dask.array, distributed, zarr, numpy\n"
         "hwm = lambda: int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])\n"

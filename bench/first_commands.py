@@ -28,7 +28,7 @@ COMMANDS = (("run", "--dataset", "nosuch"), ("train", "demo", "--batch-size", "9
 def timed(args: tuple[str, ...], env: dict) -> tuple[float, float, int, str]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=env, cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="first-commands-") as tmp:
             env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SUBSAMPLE_"))}
             env.update(SUBSAMPLE_HOME=f"{tmp}/home", PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(REPO))
-            subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", str(REPO / "data" / "demo"), "--name", "demo"],
+            subprocess.run([sys.executable, "-m", "flows.cli", "ingest", str(REPO / "data" / "demo"), "--name", "demo"],
                            env=env, cwd=REPO, capture_output=True, check=True)
             print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs{', 2 spinning processes' if hogs else ''}")
             for command in COMMANDS:

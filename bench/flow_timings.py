@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def timed_run(label: str, extra: list[str], env: dict) -> dict:
-    cmd = [sys.executable, "-m", "pipeline.cli", "demo", "--json", *extra]
+    cmd = [sys.executable, "-m", "flows.cli", "demo", "--json", *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0

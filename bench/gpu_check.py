@@ -7,7 +7,7 @@ Three parts, each reported in one JSON object printed on stdout at the end (prog
 stderr; ``--out FILE`` also writes the JSON to a file):
 
 (a) ``train_throughput``: DCGAN-64 (ngf = ndf = 64, B = 128) training images/s of this project's
-    loop (``pipeline.train.train_epoch``: the uint8 data set resident on the device, batches
+    loop (``pipeline.stages.train.train_epoch``: the uint8 data set resident on the device, batches
     gathered by index, losses read back every ``SYNC_EVERY`` steps) against the pytorch/examples
     dcgan loop (a ``DataLoader`` over float images in pinned host memory, ``.item()`` every step)
     on the same models, with bf16 autocast, channels-last and torch.compile each on and off: all
@@ -15,12 +15,12 @@ stderr; ``--out FILE`` also writes the JSON to a file):
     CUDA default (bf16 and channels-last on) and all off (``--all-combinations``: all eight).
     ``bench/train_throughput.py`` does the timing: interleaved rounds, medians.
 (b) ``inception``: evaluate's feature extraction: the torch-fidelity Inception's forward pass
-    alone, and ``pipeline.evaluate.fidelity_scores`` (IS, FID and KID of N generated against N
+    alone, and ``pipeline.stages.evaluate.fidelity_scores`` (IS, FID and KID of N generated against N
     reference images, both extracted) in images/s. Without the pretrained weights on disk the
     extractor is randomly initialised (``weights`` says so): the throughput is the same, the
     metric values mean nothing.
 (c) ``paper_constructed``: the ``paper-constructed`` preset (constructed batches, B = 2000, Adam
-    2e-3) on a synthetic 50,000-image 64 px data set, trained with ``pipeline.train``'s epoch
+    2e-3) on a synthetic 50,000-image 64 px data set, trained with ``pipeline.stages.train``'s epoch
     loop for two epochs straight, and again with a checkpoint after epoch 1, a fresh trainer
     loaded from it and epoch 2: losses finite, the restored state equal to the saved one, and how
     far the resumed run's losses and weights are from the straight run's (0 on a CPU; CUDA
@@ -132,7 +132,7 @@ def inception_throughput(args, device: torch.device, tmp: Path) -> dict:
     except ImportError as e:
         return {"skipped": f"torch-fidelity not installed ({e})", "ok": True}
     from pipeline.config import EvaluateConfig
-    from pipeline.evaluate import INCEPTION, ImageArrayDataset, cached_inception_weights, fidelity_scores
+    from pipeline.stages.evaluate import INCEPTION, ImageArrayDataset, cached_inception_weights, fidelity_scores
 
     weights = Path(args.inception_weights) if args.inception_weights else cached_inception_weights()
     features = ["2048", "logits_unbiased"]
@@ -203,8 +203,8 @@ def synthetic_images(n: int, s: int, seed: int = 0) -> np.ndarray:
 def paper_constructed(args, device: torch.device, tmp: Path) -> dict:
     from kernels.features import DEFAULT_FEATURES, compute_features
     from pipeline.presets import resolve_batches_config, resolve_train_config
-    from pipeline.tables import build_table
-    from pipeline.train import _train_loop, load_checkpoint, make_sampler, make_trainer
+    from pipeline.stages.tables import build_table
+    from pipeline.stages.train import _train_loop, load_checkpoint, make_sampler, make_trainer
 
     t0 = time.perf_counter()
     images_np = synthetic_images(args.store_images, args.size)

@@ -55,7 +55,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
     os.environ["SUBSAMPLE_HOME"] = str(tmp / "home")
     from pipeline.config import IngestConfig
-    from pipeline.ingest import run_ingest
+    from pipeline.stages.ingest import run_ingest
     from storage.store import open_store
 
     try:

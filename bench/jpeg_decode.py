@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from celeba_like import jpeg_bytes  # noqa: E402
 from kernels.resize import resize_float, resize_lanczos  # noqa: E402
-from pipeline.ingest import CropPolicy, decode_image  # noqa: E402
+from pipeline.stages.ingest import CropPolicy, decode_image  # noqa: E402
 
 Decoder = Callable[[bytes], np.ndarray]
 
@@ -45,7 +45,7 @@ def candidates(size: int, crop: int) -> dict[str, Decoder | str]:
     """name -> decode(bytes) -> (size, size, 3) uint8, or a string saying why it is skipped."""
     import simplejpeg
 
-    from pipeline.decode import decode_jpeg_fast
+    from pipeline.data.decode import decode_jpeg_fast
 
     fast = CropPolicy(size, crop, "fast")
     old = CropPolicy(size, crop, "pillow")

@@ -4,11 +4,11 @@ It trains every cell of the comparison's design × seeds as a ``train-subsample`
 flow's own stage tasks: ingest, features and tables once (content-addressed, so every cell shares
 them), then batches → train → evaluate per cell. ``design="factorial"`` trains ``strategies ×
 batch sizes × presets``; ``design="paper"`` exactly the paper's cells
-(:data:`pipeline.compare.PAPER_DESIGN`), each at its preset's batch size and epochs for the data
+(:data:`pipeline.experiments.compare.PAPER_DESIGN`), each at its preset's batch size and epochs for the data
 set. Before training, the batches of every strategy at every batch size of the design are
 diagnosed and logged to the parent run (``batch_diagnostics.json``), with the design's resolved
 budgets (``design.json``). All training runs are MLflow
-runs nested under one parent run, and the report (:mod:`pipeline.report`) is built from what
+runs nested under one parent run, and the report (:mod:`pipeline.experiments.report`) is built from what
 MLflow recorded for the parent's children, written to ``$SUBSAMPLE_HOME/reports/<parent run id>/``
 and logged to the parent run.
 
@@ -18,7 +18,7 @@ other exception stops the flow (the same bug would fail every cell), with the pa
 ``FAILED`` and a report of the cells done so far.
 
 ``scale`` picks the grid defaults and the settings laid over every preset
-(:data:`pipeline.compare.SCALES`): ``smoke`` (tiny models, minutes on a CPU: checks the machinery),
+(:data:`pipeline.experiments.compare.SCALES`): ``smoke`` (tiny models, minutes on a CPU: checks the machinery),
 ``cpu`` (small models that learn, about 10 minutes on a 2-core CPU) or ``paper`` (the paper's epochs
 and sizes, for a GPU machine).
 """
@@ -36,12 +36,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from flows.config import IngestOptions, RunConfig, build_config, dataset_defaults, merge, parse_overrides
 from flows.train_subsample import STAGE_TASKS
-from pipeline.compare import (
+from pipeline.experiments.compare import (
     PAPER_DESIGN, SCALES, STRATEGIES, GridCell, Scale, cell_sections, design_cell, expand_grid, paper_grid,
 )
 from pipeline.config import FeaturesConfig, TablesConfig
 from storage.errors import SubsampleError
-from storage.paths import check_name, mlflow_tracking_uri, redact_uri
+from storage.errors import redact_uri
+from storage.paths import check_name, mlflow_tracking_uri
 
 UPSTREAM = ("ingest", "features", "tables")  # once per comparison
 PER_CELL = ("batches", "train", "evaluate")
@@ -62,7 +63,7 @@ class CompareConfig(BaseModel):
         "(the method at B = 2000/2048 and 1024, strategies (a)-(d) at 128), each at its preset's B and epochs",
     )
     strategies: tuple[str, ...] = Field(
-        STRATEGIES, description="batch strategies (pipeline.batches.STRATEGIES): trained (factorial) and diagnosed "
+        STRATEGIES, description="batch strategies (pipeline.stages.batches.STRATEGIES): trained (factorial) and diagnosed "
         "at every batch size of the design (both designs)",
     )
     batch_sizes: Optional[tuple[int, ...]] = Field(None, description="factorial: batch sizes B; None = the scale's")
@@ -98,7 +99,7 @@ class CompareConfig(BaseModel):
     @field_validator("strategies")
     @classmethod
     def _known_strategies(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        from pipeline.batches import STRATEGIES as REGISTERED
+        from pipeline.stages.batches import STRATEGIES as REGISTERED
 
         unknown = [s for s in v if s not in REGISTERED]
         if unknown or not v or len(set(v)) != len(v):
@@ -256,19 +257,19 @@ def build_compare_config(fields: dict[str, Any], overrides: list[str] | tuple[st
         raise SubsampleError("compare", e.message) from None
 
 
-# --- tasks (plain functions of pipeline.compare and pipeline.report) ------------------------------
+# --- tasks (plain functions of pipeline.experiments.compare and pipeline.experiments.report) ------------------------------
 
 
 @task(name="record", cache_policy=NO_CACHE)
 def record_task(parent_run_id: str, cell: GridCell, summaries: dict, error: Optional[str], train_key: Optional[str]) -> dict:
-    from pipeline.compare import record_cell
+    from pipeline.experiments.compare import record_cell
 
     return record_cell(parent_run_id, cell, summaries, error=error, train_key=train_key)
 
 
 @task(name="report", cache_policy=NO_CACHE)
 def report_task(parent_run_id: str) -> dict:
-    from pipeline.report import build_report
+    from pipeline.experiments.report import build_report
 
     return build_report(parent_run_id)
 
@@ -276,8 +277,8 @@ def report_task(parent_run_id: str) -> dict:
 def _train_key(rc: RunConfig) -> Optional[str]:
     """The train key of a cell whose training failed (to find its FAILED child run)."""
     try:
-        from pipeline.tables import tables_artifact
-        from pipeline.train import train_key
+        from pipeline.stages.tables import tables_artifact
+        from pipeline.stages.train import train_key
         from storage.store import open_store
 
         return train_key(rc.train, rc.batches, tables_artifact(rc.dataset, rc.tables, rc.features).content_hash,
@@ -309,7 +310,7 @@ def _check_batch_sizes(cfg: CompareConfig) -> None:
 def diagnostics_task(parent_run_id: str, cfg: CompareConfig) -> list[dict]:
     """Every strategy's batches at every batch size and seed of the design (cached batches
     artifacts), logged to the parent run as ``batch_diagnostics.json``."""
-    from pipeline.compare import DIAGNOSTICS_ARTIFACT, batch_diagnostics, log_json
+    from pipeline.experiments.compare import DIAGNOSTICS_ARTIFACT, batch_diagnostics, log_json
 
     rows = batch_diagnostics(cfg.dataset, cfg.diagnostics_configs(), cfg.tables, cfg.features)
     log_json(parent_run_id, DIAGNOSTICS_ARTIFACT, rows)
@@ -342,7 +343,7 @@ def compare_strategies(
     """Train the grid (each cell a train-subsample run sharing the cached upstream stages) under
     one MLflow parent run and write the report. Parameters: see :class:`CompareConfig`;
     ``overrides`` are ``section.field=value`` strings applied on top."""
-    from pipeline import compare
+    from pipeline.experiments import compare
     from storage import tracking
 
     fields = dict(dataset=dataset, source=source, scale=scale, design=design, strategies=strategies,

@@ -392,7 +392,7 @@ def data_set_size(dataset: str, source: Optional[str], reads_source: bool, split
         if not reads_source:  # the run starts from the store: say it is missing, now
             raise
     if source:  # the run (re)builds the store from this source: its listing bounds n
-        from pipeline.ingest import open_source
+        from pipeline.stages.ingest import open_source
 
         try:
             src = open_source(source, split=split)
@@ -514,7 +514,7 @@ def train_batches(
     the batches ``subsample batches`` last built from this data set's table (what a user who just
     built them means); otherwise the resolved ones, with a pointer to the built ones if they differ.
     The run seed follows the batches' seed (``--seed`` sets both)."""
-    from pipeline.batches import built_batches
+    from pipeline.stages.batches import built_batches
 
     built = built_batches(cfg.dataset, cfg.tables, cfg.features)
     same = lambda a, b: a.model_dump(exclude={"epochs"}) == b.model_dump(exclude={"epochs"})  # noqa: E731

@@ -57,14 +57,14 @@ logging.getLogger("prefect.task_runs").addFilter(_no_empty_traceback)
 
 @task(name="ingest", cache_policy=NO_CACHE)
 def ingest_task(cfg: RunConfig, upstream: Optional[dict] = None) -> dict:
-    from pipeline.ingest import run_ingest
+    from pipeline.stages.ingest import run_ingest
 
     return _stage_state("ingest", cfg, lambda: run_ingest(cfg.ingest_config(), refresh=cfg.refreshes("ingest")))
 
 
 @task(name="features", cache_policy=NO_CACHE)
 def features_task(cfg: RunConfig, upstream: Optional[dict] = None) -> dict:
-    from pipeline.features import run_features
+    from pipeline.stages.features import run_features
 
     return _stage_state(
         "features",
@@ -75,7 +75,7 @@ def features_task(cfg: RunConfig, upstream: Optional[dict] = None) -> dict:
 
 @task(name="tables", cache_policy=NO_CACHE)
 def tables_task(cfg: RunConfig, upstream: Optional[dict] = None) -> dict:
-    from pipeline.tables import run_tables
+    from pipeline.stages.tables import run_tables
 
     return _stage_state(
         "tables",
@@ -86,7 +86,7 @@ def tables_task(cfg: RunConfig, upstream: Optional[dict] = None) -> dict:
 
 @task(name="batches", cache_policy=NO_CACHE)
 def batches_task(cfg: RunConfig, upstream: Optional[dict] = None) -> dict:
-    from pipeline.batches import run_batches
+    from pipeline.stages.batches import run_batches
 
     return _stage_state(
         "batches",
@@ -97,7 +97,7 @@ def batches_task(cfg: RunConfig, upstream: Optional[dict] = None) -> dict:
 
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(cfg: RunConfig, upstream: Optional[dict] = None) -> dict:
-    from pipeline.train import run_train
+    from pipeline.stages.train import run_train
 
     def call() -> dict:
         if cfg.train_deployment and (cfg.refreshes("train") or not _train_cached(cfg)):
@@ -122,7 +122,7 @@ def _train_on(deployment: str, cfg: RunConfig) -> dict:
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
-    from pipeline.train import run_train
+    from pipeline.stages.train import run_train
 
     t0 = time.perf_counter()
     params = {**flow_parameters(cfg), "only": "train", "refresh": "train" if cfg.refreshes("train") else None,
@@ -146,7 +146,7 @@ def _train_on(deployment: str, cfg: RunConfig) -> dict:
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(cfg: RunConfig, upstream: Optional[dict] = None) -> dict:
-    from pipeline.evaluate import run_evaluate
+    from pipeline.stages.evaluate import run_evaluate
 
     def call() -> dict:
         # the generator this run trained; with only=evaluate, the cached one for these configs
@@ -158,8 +158,8 @@ def evaluate_task(cfg: RunConfig, upstream: Optional[dict] = None) -> dict:
 
 def _cached_train_key(cfg: RunConfig) -> str:
     """The train artifact these configs name (``only=evaluate``); MissingArtifactError if absent."""
-    from pipeline.tables import tables_artifact
-    from pipeline.train import train_key
+    from pipeline.stages.tables import tables_artifact
+    from pipeline.stages.train import train_key
     from storage.store import open_store
 
     tables_art = tables_artifact(cfg.dataset, cfg.tables, cfg.features)

@@ -175,15 +175,15 @@ class TrainConfig(StageConfig):
     the same run on a CPU and a GPU is the same artifact."""
 
     preset: str | None = Field(None, description="preset the values came from (informational)")
-    # models (pipeline.models)
-    arch: str = Field("dcgan", description="registered architecture (pipeline.models.ARCHITECTURES)")
+    # models (pipeline.gan.models)
+    arch: str = Field("dcgan", description="registered architecture (pipeline.gan.models.ARCHITECTURES)")
     ngf: int = Field(64, ge=1, description="G width: channels of G's last hidden layer")
     ndf: int = Field(64, ge=1, description="D width: channels of D's first layer")
     z_dim: int = Field(100, ge=1)
     spectral_norm: bool = Field(False, description="spectral norm on D's convolutions (then no batch norm in D)")
     d_batchnorm: bool = Field(True, description="batch norm in D (off for gradient penalties)")
-    # losses (pipeline.losses)
-    loss: str = Field("nonsaturating", description="registered loss (pipeline.losses.LOSSES)")
+    # losses (pipeline.gan.losses)
+    loss: str = Field("nonsaturating", description="registered loss (pipeline.gan.losses.LOSSES)")
     g_loss: Literal["nonsaturating", "minimax"] | None = Field(
         None,
         description="gan method, logistic losses: G's objective, 'nonsaturating' -log D(G(z)) or 'minimax' "
@@ -195,8 +195,8 @@ class TrainConfig(StageConfig):
     l2_weight: float = Field(0.0, ge=0, description="L2 penalty on D's weights")
     clip: float | None = Field(None, gt=0, description="WGAN weight clipping of D's parameters to [-clip, clip]")
     d_steps: int = Field(1, ge=1, description="D steps (batches) per G step")
-    # training method (pipeline.methods) and its options
-    method: str = Field("gan", description="registered training method (pipeline.methods.METHODS): what a D step and a G step do")
+    # training method (pipeline.gan.methods) and its options
+    method: str = Field("gan", description="registered training method (pipeline.gan.methods.METHODS): what a D step and a G step do")
     real_target: float = Field(1.0, gt=0, le=1, description="gan: D's target for real images; < 1 is one-sided label smoothing (logistic losses)")
     instance_noise: float = Field(0.0, ge=0, description="gan: σ0 of Gaussian noise on D's inputs, annealed linearly to 0 over the run's D steps")
     lr_schedule: Literal["constant", "igan"] = Field(
@@ -242,14 +242,14 @@ class TrainConfig(StageConfig):
     channels_last: bool = Field(True, description="channels-last memory format (models and data)")
     compile: bool = Field(False, description="torch.compile G and D (D only without gradient penalties)")
     track: bool = Field(True, description="log the run to MLflow")
-    # data-parallel training (pipeline.distributed, docs/distributed.md): execution only, the
+    # data-parallel training (pipeline.gan.distributed, docs/distributed.md): execution only, the
     # global batch B is split over the ranks and the result does not depend on their number
     nproc_per_node: int = Field(1, ge=1, description="ranks (GPUs, or CPU processes) on this node; > 1 launches torchrun's elastic agent")
     nnodes: int = Field(1, ge=1, description="nodes of the run; each runs `subsample train ... --nnodes M` with the same rendezvous")
     node_rank: int | None = Field(None, ge=0, description="this node's rank with a static rendezvous (torchrun --node-rank); None: c10d assigns it")
     rdzv_endpoint: str | None = Field(None, description="HOST:PORT of the rendezvous (node 0) when nnodes > 1")
     sync_batchnorm: bool = Field(True, description="under DDP, batch norm over the global batch; false: per-rank statistics (result depends on the rank count)")
-    # per-epoch fidelity curves (execution only: they read G, never change it; see pipeline.evaluate.EpochEvaluator)
+    # per-epoch fidelity curves (execution only: they read G, never change it; see pipeline.stages.evaluate.EpochEvaluator)
     eval_every: int | None = Field(
         None, ge=0,
         description="epochs between IS/FID/KID + feature-KL evaluations of G during training, logged as MLflow step "
@@ -283,9 +283,9 @@ class TrainConfig(StageConfig):
     @classmethod
     def _registered(cls, v: str, info) -> str:
         """Each of these names a registry entry (imported lazily: the registries import torch)."""
-        from pipeline.losses import LOSSES
-        from pipeline.methods import METHODS
-        from pipeline.models import ARCHITECTURES
+        from pipeline.gan.losses import LOSSES
+        from pipeline.gan.methods import METHODS
+        from pipeline.gan.models import ARCHITECTURES
 
         registry, what = {"arch": (ARCHITECTURES, "architecture"), "loss": (LOSSES, "loss"), "method": (METHODS, "method")}[
             info.field_name

@@ -1,6 +1,6 @@
 """Feature-space metrics between generated images and the training set (spec §5).
 
-Plain numpy on already-binned cells; no I/O. ``pipeline.evaluate`` and the training stage's
+Plain numpy on already-binned cells; no I/O. ``pipeline.stages.evaluate`` and the training stage's
 per-epoch diagnostics both use :func:`feature_kl`.
 
 Decisions (spec §5):
@@ -76,7 +76,7 @@ def feature_kl(gen_cells: np.ndarray, table: Any, *, pseudo_count: float = PSEUD
     """Feature-space divergences of generated images from the training set (spec §5).
 
     ``gen_cells``: flat cell indices of generated images, binned with the *training* scale
-    (``table.bin_values(compute_features(images))``). ``table``: a :class:`pipeline.tables.Table`
+    (``table.bin_values(compute_features(images))``). ``table``: a :class:`pipeline.stages.tables.Table`
     (only ``counts`` is used). Returns ``{"kl": KL(f_G || f_X'), "js": JS(f_G, f_X),
     "occupied_cells": distinct generated cells, "empty_cells_hit": fraction of generated images in
     cells with f_X = 0}``.

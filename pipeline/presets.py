@@ -271,7 +271,7 @@ register_preset(Preset(
     open=_D_OPEN,
 ))
 
-# --- the other seed methods and the common GAN family (pipeline.methods, pipeline.architectures) -----
+# --- the other seed methods and the common GAN family (pipeline.gan.methods, pipeline.gan.architectures) -----
 # Model recipes: the batches keep the stage's default strategy (constructed) and take the batch size
 # the cited paper trained with, so `--strategy random` gives the paper's own setting. Epochs stay at
 # TrainConfig's 25 unless the source says otherwise.

@@ -3,6 +3,15 @@ from __future__ import annotations
 import re
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@\s:]*)(?::[^/@\s]*)?@")
+_SECRET_QUERY_RE = re.compile(r"(?i)([?&](?:password|passwd|pwd|token|secret|key|access_token|api_key)=)[^&\s]*")
+
+
+def redact_uri(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` URI (and secret-looking
+    query parameters) replaced by ``***``: for any URI the project prints or puts in an error."""
+    text = _USERINFO_RE.sub(lambda m: f"{m['scheme']}{m['user']}:***@" if m["user"] else f"{m['scheme']}***@", str(text))
+    return _SECRET_QUERY_RE.sub(r"\1***", text)
 
 
 def one_line(text: str) -> str:
@@ -22,8 +31,6 @@ class SubsampleError(Exception):
     line (:func:`one_line`) and any URI password in it redacted."""
 
     def __init__(self, stage: str, message: str):
-        from storage.paths import redact_uri  # storage.paths imports this module
-
         message = one_line(redact_uri(message))
         super().__init__(f"{stage}: {message}")
         self.stage = stage

@@ -104,12 +104,3 @@ def mlflow_artifact_root() -> str:
     return inside_home(home() / "mlflow-artifacts", what="MLflow artifact root").as_uri()
 
 
-_USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@\s:]*)(?::[^/@\s]*)?@")
-_SECRET_QUERY_RE = re.compile(r"(?i)([?&](?:password|passwd|pwd|token|secret|key|access_token|api_key)=)[^&\s]*")
-
-
-def redact_uri(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@host`` URI (and secret-looking
-    query parameters) replaced by ``***``: for any URI the project prints or puts in an error."""
-    text = _USERINFO_RE.sub(lambda m: f"{m['scheme']}{m['user']}:***@" if m["user"] else f"{m['scheme']}***@", str(text))
-    return _SECRET_QUERY_RE.sub(r"\1***", text)

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from storage.errors import SubsampleError
 from storage.locks import file_lock
-from storage.paths import mlflow_artifact_root, mlflow_tracking_uri, redact_uri
+from storage.errors import redact_uri
+from storage.paths import mlflow_artifact_root, mlflow_tracking_uri
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.batches import (
+from pipeline.stages.batches import (
     STRATEGIES,
     construct_epoch,
     constructed_demand,
@@ -18,7 +18,7 @@ from pipeline.batches import (
     round_half_up_share,
     top_up,
 )
-from pipeline.tables import Table
+from pipeline.stages.tables import Table
 from storage.errors import SubsampleError
 
 
@@ -266,8 +266,8 @@ def test_coverage_and_never_drawn_agree():
 def toy_dataset(tmp_path, monkeypatch):
     """A 240-image store with varied brightness and texture, its features and a 5×5 table."""
     from pipeline.config import FeaturesConfig, TablesConfig
-    from pipeline.features import run_features
-    from pipeline.tables import run_tables
+    from pipeline.stages.features import run_features
+    from pipeline.stages.tables import run_tables
     from storage.store import write_store
 
     monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path))
@@ -282,9 +282,9 @@ def toy_dataset(tmp_path, monkeypatch):
 
 
 def test_stage_writes_batches_and_diagnostics_then_hits_the_cache(toy_dataset):
-    from pipeline.batches import load_batches, run_batches
+    from pipeline.stages.batches import load_batches, run_batches
     from pipeline.config import BatchesConfig, TablesConfig
-    from pipeline.tables import load_table, tables_artifact
+    from pipeline.stages.tables import load_table, tables_artifact
     from storage.artifacts import open_artifact
 
     import json
@@ -325,9 +325,9 @@ def test_stage_writes_batches_and_diagnostics_then_hits_the_cache(toy_dataset):
 
 
 def test_stage_key_follows_the_table_and_the_parameters_that_matter(toy_dataset):
-    from pipeline.batches import run_batches
+    from pipeline.stages.batches import run_batches
     from pipeline.config import BatchesConfig, TablesConfig
-    from pipeline.tables import run_tables
+    from pipeline.stages.tables import run_tables
     from storage.errors import MissingArtifactError
 
     base = run_batches(toy_dataset, BatchesConfig(batch_size=32, strategy="random"), TablesConfig(bins=(4, 4)), progress=False)
@@ -349,7 +349,7 @@ def test_stage_key_follows_the_table_and_the_parameters_that_matter(toy_dataset)
 def test_cli_batches_prints_one_json_object(toy_dataset, capsys):
     import json
 
-    from pipeline.cli import main
+    from flows.cli import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["batches", toy_dataset, "--batch-size", "48", "--strategy", "dealt", "--bins", "4", "4", "--json"])
@@ -440,7 +440,7 @@ def test_topup_only_keys_constructed_batches_and_topk_keeps_the_old_key():
 
 
 def test_label_kl_matches_a_direct_computation():
-    from pipeline.batches import label_kl_batch_vs_dataset
+    from pipeline.stages.batches import label_kl_batch_vs_dataset
 
     rng = np.random.default_rng(0)
     labels = rng.choice([3, 7, 9], size=200, p=[0.5, 0.3, 0.2])  # any integer labels
@@ -460,8 +460,8 @@ def test_label_kl_matches_a_direct_computation():
 def labelled_dataset(tmp_path, monkeypatch):
     """240 images whose labels follow their brightness half the time: a store with labels."""
     from pipeline.config import FeaturesConfig, TablesConfig
-    from pipeline.features import run_features
-    from pipeline.tables import run_tables
+    from pipeline.stages.features import run_features
+    from pipeline.stages.tables import run_tables
     from storage.store import write_store
 
     monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path))
@@ -480,7 +480,7 @@ def test_batches_stage_reports_label_kl_beside_the_feature_kl(labelled_dataset):
     import json
     from pathlib import Path
 
-    from pipeline.batches import label_kl_batch_vs_dataset, load_batches, run_batches
+    from pipeline.stages.batches import label_kl_batch_vs_dataset, load_batches, run_batches
     from pipeline.config import BatchesConfig, TablesConfig
     from storage.artifacts import open_artifact
 
@@ -499,7 +499,7 @@ def test_batches_stage_reports_label_kl_beside_the_feature_kl(labelled_dataset):
 
 
 def test_batches_stage_without_labels_says_so(toy_dataset):
-    from pipeline.batches import run_batches
+    from pipeline.stages.batches import run_batches
     from pipeline.config import BatchesConfig, TablesConfig
 
     s = run_batches(toy_dataset, BatchesConfig(batch_size=32, strategy="random"), TablesConfig(bins=(4, 4)), progress=False)
@@ -508,7 +508,7 @@ def test_batches_stage_without_labels_says_so(toy_dataset):
 
 def test_random_sample_reference_is_the_mean_kl_of_random_batches():
     """The reference is what random batches score on average (both are samples without replacement)."""
-    from pipeline.batches import random_sample_reference
+    from pipeline.stages.batches import random_sample_reference
 
     table = skewed_table(3000, seed=1)
     ref = random_sample_reference(lambda s: kl_batch_vs_dataset(table, s), table.n, 100, repeats=200)

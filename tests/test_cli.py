@@ -127,7 +127,7 @@ def test_batch_size_is_checked_against_the_store_or_the_source_before_the_run(cp
 def _cli(args: list[str], env: dict) -> subprocess.CompletedProcess:
     """``subsample ARGS`` in a child process; prints whether torch or a Prefect server was touched."""
     probe = (
-        "import sys\nfrom pipeline.cli import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
+        "import sys\nfrom flows.cli import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
         "    print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n"
     )
     return subprocess.run([sys.executable, "-c", probe, *args], env=env, cwd=REPO_ROOT, capture_output=True,
@@ -140,7 +140,7 @@ def test_first_mistakes_fail_at_once_in_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SUBSAMPLE_"))}
     env.update(SUBSAMPLE_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect"),
                PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(REPO_ROOT))
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", str(DEMO_SOURCE), "--name", "demo"], env=env,
+    subprocess.run([sys.executable, "-m", "flows.cli", "ingest", str(DEMO_SOURCE), "--name", "demo"], env=env,
                    cwd=REPO_ROOT, capture_output=True, check=True, timeout=300)
     for args, start in ((["run", "--dataset", "nosuch"], "run: no source for data set 'nosuch'"),
                         (["train", "demo", "--batch-size", "99999"], "train: batch size 99999 is larger than data set 'demo' (2,000 images"),
@@ -159,10 +159,10 @@ def test_first_mistakes_fail_at_once_in_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     """A store of 256 images with features, a 9×9 table and two batches artifacts (B=32, then B=16)."""
-    from pipeline.batches import run_batches
+    from pipeline.stages.batches import run_batches
     from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
-    from pipeline.features import run_features
-    from pipeline.tables import run_tables
+    from pipeline.stages.features import run_features
+    from pipeline.stages.tables import run_tables
     from storage.store import write_store
 
     home = tmp_path_factory.mktemp("toy-home")
@@ -182,7 +182,7 @@ def toy(tmp_path_factory):
 
 
 def _train_cfg(flags: dict, sets=(), notes=None):
-    """What `subsample train toy` resolves (pipeline.cli.train_cmd's steps)."""
+    """What `subsample train toy` resolves (flows.cli.train_cmd's steps)."""
     from flows.config import check_batch_sizes, train_batches
 
     full = {"preset": None, "train": {}, "batches": {}, "tables": {"bins": [8, 8]}, **flags}
@@ -226,7 +226,7 @@ def test_train_uses_the_batches_just_built_and_says_which(cpu, toy, monkeypatch)
 def test_a_long_run_says_how_long_after_its_first_steps(monkeypatch):
     import torch
 
-    import pipeline.train as tr
+    import pipeline.stages.train as tr
 
     clock = {"t": 0.0}
     monkeypatch.setattr(tr.time, "perf_counter", lambda: clock["t"])
@@ -250,7 +250,7 @@ def test_a_long_run_says_how_long_after_its_first_steps(monkeypatch):
 def test_omp_threads_sleep_only_when_the_cores_are_busy(monkeypatch):
     import os
 
-    from pipeline.cli import omp_wait_policy
+    from flows.cli import omp_wait_policy
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     for load, want in ((0.4, None), (1.5, "PASSIVE"), (7.0, "PASSIVE")):

@@ -166,7 +166,7 @@ HOLD_LOCK = """
 
 
 def test_a_live_runs_work_folder_is_never_removed_and_a_dead_ones_is(tmp_path, monkeypatch):
-    from pipeline.train import remove_stale_work, run_lock, work_dir
+    from pipeline.stages.train import remove_stale_work, run_lock, work_dir
 
     home = tmp_path / "home"
     monkeypatch.setenv("SUBSAMPLE_HOME", str(home))
@@ -194,10 +194,10 @@ def test_a_second_run_of_the_same_key_waits_for_the_first(tmp_path, monkeypatch,
     import numpy as np
 
     from pipeline.config import FeaturesConfig, TablesConfig
-    from pipeline.features import run_features
+    from pipeline.stages.features import run_features
     from pipeline.presets import resolve_batches_config, resolve_train_config
-    from pipeline.tables import run_tables
-    from pipeline.train import run_lock, run_train, train_key, work_dir
+    from pipeline.stages.tables import run_tables
+    from pipeline.stages.train import run_lock, run_train, train_key, work_dir
     from storage.store import open_store, write_store
 
     home = tmp_path / "home"
@@ -209,7 +209,7 @@ def test_a_second_run_of_the_same_key_waits_for_the_first(tmp_path, monkeypatch,
     run_tables("w", tables, features)
     cfg = resolve_train_config("smoke", {"kl_samples": 16, "sample_grid": 4, "track": False, "ngf": 4, "ndf": 4})
     batches = resolve_batches_config("smoke", {"batch_size": 32})
-    from pipeline.tables import tables_artifact
+    from pipeline.stages.tables import tables_artifact
 
     key = train_key(cfg, batches, tables_artifact("w", tables, features).content_hash, open_store("w").content_hash)
     work_dir(key).mkdir(parents=True)
@@ -219,7 +219,7 @@ def test_a_second_run_of_the_same_key_waits_for_the_first(tmp_path, monkeypatch,
     t0 = time.monotonic()
     seen_live = []
 
-    import pipeline.train as train_mod
+    import pipeline.stages.train as train_mod
 
     real = train_mod._train_locked
 
@@ -242,7 +242,7 @@ def test_a_second_run_of_the_same_key_waits_for_the_first(tmp_path, monkeypatch,
 
 CHAIN = """
     import json, sys
-    from pipeline.cli import main
+    from flows.cli import main
     def run(*argv):
         try:
             main(list(argv) + ["--json"])

@@ -1,4 +1,4 @@
-"""pipeline/decode.py: the fast JPEG path gives the Pillow path's images, keeps its quarantine
+"""pipeline/data/decode.py: the fast JPEG path gives the Pillow path's images, keeps its quarantine
 and records the policy; EXIF/XMP orientation; the nvJPEG path's logic on the CPU."""
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-import pipeline.decode as dec
-import pipeline.ingest as ingest_mod
+import pipeline.data.decode as dec
+import pipeline.stages.ingest as ingest_mod
 from kernels.resize import resize_lanczos
-from pipeline.cli import main
+from flows.cli import main
 from pipeline.config import IngestConfig
-from pipeline.ingest import CropPolicy, FolderReader, run_ingest
+from pipeline.stages.ingest import CropPolicy, FolderReader, run_ingest
 from storage.store import open_store
 
 # The fast path decodes the pixels Pillow's decoder gives (same libjpeg-turbo, same DCT scale:

@@ -1,4 +1,4 @@
-"""Data-parallel training (pipeline.distributed) on the CPU with gloo, 2 ranks launched by torchrun's
+"""Data-parallel training (pipeline.gan.distributed) on the CPU with gloo, 2 ranks launched by torchrun's
 elastic agent, against the one-process run with the same global batch: same weights (max |Δw| <
 1e-4), each rank fed its stratified share of every constructed batch, one MLflow run and one
 artifact, and a killed rank leaves a checkpoint that a rerun resumes to the uninterrupted weights.
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import distributed
+from pipeline.gan import distributed
 from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
 from pipeline.presets import resolve_train_config
 from storage.errors import SubsampleError
@@ -48,8 +48,8 @@ def blobs(n: int = 128, s: int = 32, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    from pipeline.features import run_features
-    from pipeline.tables import run_tables
+    from pipeline.stages.features import run_features
+    from pipeline.stages.tables import run_tables
     from storage.store import write_store
 
     path = tmp_path_factory.mktemp("ddp-home")
@@ -69,7 +69,7 @@ def _cfg(**kw):
 def _train(cfg, nproc: int = 1, **kw) -> tuple[dict, dict]:
     """Train with ``nproc`` ranks; the summary and the final checkpoint (read before the next run
     replaces the artifact: the world size is not in the key)."""
-    from pipeline.train import run_train
+    from pipeline.stages.train import run_train
 
     threads = torch.get_num_threads()
     if nproc == 1:  # as many threads as each of 2 ranks gets: the same summation order within a rank
@@ -89,7 +89,7 @@ def _max_diff(a: dict, b: dict) -> float:
 
 def _recording_worker(payload: dict) -> dict:
     """A rank that saves the index batches the training loop gets (then trains as usual)."""
-    import pipeline.train as train
+    import pipeline.stages.train as train
 
     real = train.epoch_indices
 
@@ -130,8 +130,8 @@ def test_two_ranks_train_the_weights_of_one_process(home, tmp_path, monkeypatch,
     np.testing.assert_allclose(ck1["history"]["loss_g"], ck2["history"]["loss_g"], rtol=1e-4, atol=1e-5)
 
     # the rank split the loop used: rows r::2 of each batch of the one-process sampler
-    from pipeline.tables import load_table, tables_artifact
-    from pipeline.train import make_sampler
+    from pipeline.stages.tables import load_table, tables_artifact
+    from pipeline.stages.train import make_sampler
 
     table = load_table(tables_artifact("toy", TABLES, FeaturesConfig()))
     whole = make_sampler(table, BATCHES)
@@ -159,7 +159,7 @@ def test_two_ranks_train_the_weights_of_one_process(home, tmp_path, monkeypatch,
 
 def _dying_worker(payload: dict) -> dict:
     """Rank 1 dies (exit code 3) once rank 0 has written the epoch-1 checkpoint."""
-    import pipeline.train as train
+    import pipeline.stages.train as train
 
     real = train.epoch_indices
 
@@ -188,7 +188,7 @@ def test_a_killed_rank_leaves_a_checkpoint_that_resumes_to_the_same_weights(home
     state would be off by far more)."""
     import mlflow
 
-    import pipeline.train as train
+    import pipeline.stages.train as train
     from storage.paths import mlflow_tracking_uri
 
     # Adam: this SGD setting with 2 D steps oscillates (D's loss 0.50 -> 0.91 -> 0.32), so a 1e-5
@@ -223,7 +223,7 @@ def test_a_killed_rank_leaves_a_checkpoint_that_resumes_to_the_same_weights(home
 
 def test_bad_world_sizes_and_refused_settings_are_one_line_errors(home):
     """Checked before any rank starts: B not divisible by k, the per-class IGAN, nnodes without a rendezvous."""
-    from pipeline.train import run_train
+    from pipeline.stages.train import run_train
 
     with pytest.raises(SubsampleError, match=r"^train: batch size B=32 is not divisible by the world size k=3 "):
         run_train("toy", _cfg(nproc_per_node=3), BATCHES, TABLES, FeaturesConfig(), progress=False)
@@ -234,7 +234,7 @@ def test_bad_world_sizes_and_refused_settings_are_one_line_errors(home):
 
 
 def test_the_world_size_is_not_in_the_key_unless_batch_norm_is_per_rank():
-    from pipeline.train import train_key
+    from pipeline.stages.train import train_key
 
     base = _cfg()
     key = train_key(base, BATCHES, "t", "s")

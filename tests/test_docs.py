@@ -34,7 +34,7 @@ def command_lines(text: str) -> list[str]:
 def cli_options() -> dict[str, set[str]]:
     import typer
 
-    from pipeline.cli import app
+    from flows.cli import app
 
     group = typer.main.get_command(app)
     return {

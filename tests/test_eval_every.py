@@ -22,7 +22,7 @@ def histories(run_id: str) -> dict[str, list[int]]:
 
 
 def test_eval_every_logs_fidelity_curves_at_the_right_epochs(toy_home, monkeypatch):
-    from pipeline import evaluate
+    from pipeline.stages import evaluate
 
     reads = []
     real_getitem = evaluate.StoreDataset.__getitem__
@@ -56,7 +56,7 @@ def test_resume_logs_every_point_exactly_once(toy_home, monkeypatch):
     """Killed (1) after epoch 2's checkpoint but before its MLflow log, then (2) after epoch 3's
     log but before its checkpoint (checkpoints every 2 epochs): after the resumes every metric
     has exactly the points 1..4, the missing one logged, none twice."""
-    import pipeline.train as train
+    import pipeline.stages.train as train
 
     cfg = _cfg(epochs=4, track=True, eval_every=1, seed=13, checkpoint_every=2, **EVAL)
     real_save, real_log = train.save_checkpoint, train.StepLogger.log
@@ -96,8 +96,8 @@ def test_resume_logs_every_point_exactly_once(toy_home, monkeypatch):
 
 
 def test_compare_report_plots_the_per_epoch_fid_curves(tmp_path, monkeypatch):
-    from pipeline.compare import GridCell
-    from pipeline.report import Member, ReportData, _per_epoch_fid_curves
+    from pipeline.experiments.compare import GridCell
+    from pipeline.experiments.report import Member, ReportData, _per_epoch_fid_curves
     from storage import tracking
 
     monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path))

@@ -13,7 +13,7 @@ from torch_fidelity import register_feature_extractor
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from pipeline import evaluate as ev
+from pipeline.stages import evaluate as ev
 from pipeline.config import EvaluateConfig
 
 TINY = "subsample-test-tiny"
@@ -225,10 +225,10 @@ def trained(tmp_path_factory):
     """A tiny store (256 blob images, 16×16), its features and 4×4 table, and a one-epoch smoke
     training run: ``(home, train key, mlflow run id)``."""
     from pipeline.config import FeaturesConfig, TablesConfig
-    from pipeline.features import run_features
+    from pipeline.stages.features import run_features
     from pipeline.presets import resolve_batches_config, resolve_train_config
-    from pipeline.tables import run_tables
-    from pipeline.train import run_train
+    from pipeline.stages.tables import run_tables
+    from pipeline.stages.train import run_train
     from storage.store import write_store
 
     home = tmp_path_factory.mktemp("home")
@@ -252,7 +252,7 @@ def trained(tmp_path_factory):
 
 def cli(argv: list[str]) -> int:
     """Run ``subsample ARGV`` in-process; its exit code."""
-    from pipeline.cli import main
+    from flows.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(argv)

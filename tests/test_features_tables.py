@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 
-import pipeline.features as features_mod
+import pipeline.stages.features as features_mod
 from kernels.features import compute_features_reference
 from kernels.histogram import cells_reference
 from pipeline.config import FeaturesConfig, TablesConfig
-from pipeline.features import features_artifact, load_features, run_features
-from pipeline.tables import Table, build_table, load_table, run_tables, tables_artifact
+from pipeline.stages.features import features_artifact, load_features, run_features
+from pipeline.stages.tables import Table, build_table, load_table, run_tables, tables_artifact
 from storage.artifacts import open_artifact
 from storage.errors import MissingArtifactError, SubsampleError
 from storage.store import StoreBuilder
@@ -231,7 +231,7 @@ def test_table_validates_its_fields():
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    from pipeline.cli import main
+    from flows.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(list(argv))

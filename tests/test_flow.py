@@ -147,7 +147,7 @@ def test_cli_json_prints_exactly_one_object_and_a_missing_upstream_exits_2(prefe
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", *args], env=env, capture_output=True, text=True, timeout=300
+            [sys.executable, "-m", "flows.cli", *args], env=env, capture_output=True, text=True, timeout=300
         )
 
     ok = cli("run", "--dataset", "cli", "--source", str(tiny_cifar_source), "--only", "ingest", "--json")

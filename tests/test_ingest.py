@@ -1,4 +1,4 @@
-"""pipeline/ingest.py: every source kind round-trips, the crop/resize and colour-mode policy,
+"""pipeline/stages/ingest.py: every source kind round-trips, the crop/resize and colour-mode policy,
 quarantine, atomicity, the restricted unpickler, the CLI's exit codes and the cache."""
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pipeline.ingest as ingest_mod
-from pipeline.cli import main
+import pipeline.stages.ingest as ingest_mod
+from flows.cli import main
 from pipeline.config import IngestConfig
-from pipeline.ingest import CropPolicy, RestrictedUnpickler, run_ingest
+from pipeline.stages.ingest import CropPolicy, RestrictedUnpickler, run_ingest
 from storage.errors import SubsampleError
 from storage.paths import dataset_path
 from storage.store import open_store

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
-from pipeline.methods import (
+from pipeline.gan.methods import (
     METHODS,
     began_convergence,
     began_k_update,
@@ -22,7 +22,7 @@ from pipeline.methods import (
     pl_adversarial_g,
     pl_switch_weight,
 )
-from pipeline.models import ARCHITECTURES, ModelSpec, build_discriminator, build_generator
+from pipeline.gan.models import ARCHITECTURES, ModelSpec, build_discriminator, build_generator
 from pipeline.presets import PRESETS, resolve_train_config
 from storage.errors import SubsampleError
 
@@ -52,8 +52,8 @@ def data():
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     """A SUBSAMPLE_HOME with ``tiny`` (64 labelled 16×16 images), its features and 5×5 table, built once."""
-    from pipeline.features import run_features
-    from pipeline.tables import run_tables
+    from pipeline.stages.features import run_features
+    from pipeline.stages.tables import run_tables
     from storage.store import write_store
 
     root = tmp_path_factory.mktemp("methods-home")
@@ -67,7 +67,7 @@ def home(tmp_path_factory):
 
 
 def _trainer(preset: str, n_classes: int = 2, **kw):
-    from pipeline.train import make_trainer
+    from pipeline.stages.train import make_trainer
 
     cfg = resolve_train_config(preset, {**TINY, **kw})
     uses_labels = ARCHITECTURES[cfg.arch].labels or METHODS[cfg.method].needs_labels(cfg)
@@ -92,7 +92,7 @@ def test_every_new_preset_is_registered_and_cited():
 
 @pytest.mark.parametrize("preset", NEW_PRESETS)
 def test_preset_trains_a_few_steps(preset, data):
-    from pipeline.train import generate, train_epoch
+    from pipeline.stages.train import generate, train_epoch
 
     images, labels = data
     t, uses_labels = _trainer(preset)
@@ -207,7 +207,7 @@ def test_began_step_updates_k_from_the_step_losses(data):
 
 
 def test_self_attention_matches_the_equations():
-    from pipeline.architectures import SelfAttention
+    from pipeline.gan.architectures import SelfAttention
 
     torch.manual_seed(0)
     att = SelfAttention(16)
@@ -254,7 +254,7 @@ def test_conditional_generators_make_the_requested_class(arch):
 def test_semi_supervised_head_beats_chance(data):
     """Two constant-colour classes, half of the training labels, 30 steps: D's (N+1)-class head
     classifies the held-out images far above chance (1/2)."""
-    from pipeline.train import train_epoch
+    from pipeline.stages.train import train_epoch
 
     images, labels = data
     t, _ = _trainer("pl-gan-semi", labelled_fraction=0.5, semi_test_fraction=0.25, lr_d=1e-3)
@@ -282,7 +282,7 @@ def test_methods_refuse_what_they_cannot_train():
 
 
 def test_labels_missing_is_one_clear_error(home, monkeypatch):
-    from pipeline.train import class_labels
+    from pipeline.stages.train import class_labels
     from storage.store import open_store, write_store
 
     monkeypatch.setenv("SUBSAMPLE_HOME", str(home))
@@ -298,7 +298,7 @@ def test_labels_missing_is_one_clear_error(home, monkeypatch):
 
 
 def _train(preset: str, **kw):
-    from pipeline.train import run_train
+    from pipeline.stages.train import run_train
 
     run = {k: kw.pop(k) for k in ("resume", "refresh") if k in kw}
     cfg = resolve_train_config(preset, {**TINY, "epochs": 2, **kw})
@@ -313,7 +313,7 @@ def _train(preset: str, **kw):
 def test_presets_through_the_stage(home, monkeypatch, preset, metrics):
     import json
 
-    from pipeline.train import load_generator
+    from pipeline.stages.train import load_generator
 
     monkeypatch.setenv("SUBSAMPLE_HOME", str(home))
     s = _train(preset, max_steps=6)
@@ -329,7 +329,7 @@ def test_presets_through_the_stage(home, monkeypatch, preset, metrics):
 def test_kill_and_resume_covers_the_methods_state(home, monkeypatch, preset):
     """An extra module and optimiser (decoding-constrained's encoder) or buffer (BEGAN's k_t):
     one epoch, a kill, --resume, bit-for-bit the losses and weights of an uninterrupted run."""
-    import pipeline.train as train
+    import pipeline.stages.train as train
 
     monkeypatch.setenv("SUBSAMPLE_HOME", str(home))
     straight = _train(preset, seed=4)

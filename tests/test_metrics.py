@@ -19,7 +19,7 @@ from pipeline.metrics import (
 
 
 def table_with(counts) -> SimpleNamespace:
-    """Stand-in for pipeline.tables.Table: feature_kl reads only ``counts``."""
+    """Stand-in for pipeline.stages.tables.Table: feature_kl reads only ``counts``."""
     return SimpleNamespace(counts=np.asarray(counts, dtype=np.int64))
 
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import TrainConfig
-from pipeline.losses import LOSSES, PENALTIES, clip_weights, gradient_penalty, make_optimizer, r1_penalty, weight_l2
-from pipeline.models import ARCHITECTURES, ModelSpec, build_discriminator, build_generator, start_size
+from pipeline.gan.losses import LOSSES, PENALTIES, clip_weights, gradient_penalty, make_optimizer, r1_penalty, weight_l2
+from pipeline.gan.models import ARCHITECTURES, ModelSpec, build_discriminator, build_generator, start_size
 from pipeline.presets import PRESETS, resolve_batches_config, resolve_train_config
 from storage.errors import SubsampleError
 
@@ -233,7 +233,7 @@ def test_preset_overrides_and_validation():
 
 
 def test_presets_command_json(capsys):
-    from pipeline.cli import main
+    from flows.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["presets", "--json"])

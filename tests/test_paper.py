@@ -81,7 +81,7 @@ def test_dataset_kind_by_name_and_by_store(tmp_path, monkeypatch):
 
 
 def test_rmsprop_momentum_and_alpha_reach_the_optimiser():
-    from pipeline.losses import make_optimizer
+    from pipeline.gan.losses import make_optimizer
 
     cfg = resolve_train_config("paper-128c")
     opt = make_optimizer("rmsprop", [torch.nn.Parameter(torch.zeros(2))], 1e-4, cfg)
@@ -94,8 +94,8 @@ def test_rmsprop_momentum_and_alpha_reach_the_optimiser():
 
 
 def test_g_loss_switches_the_generator_objective_of_logistic_losses():
-    from pipeline.losses import LOSSES
-    from pipeline.train import make_trainer
+    from pipeline.gan.losses import LOSSES
+    from pipeline.stages.train import make_trainer
 
     fake = torch.tensor([-2.0, 0.5, 3.0])
     for loss, g_loss, want in [("nonsaturating", None, "nonsaturating"), ("nonsaturating", "minimax", "minimax"),
@@ -137,7 +137,7 @@ def test_paper_design_has_exactly_the_papers_cells():
 
 def test_paper_design_budgets_equal_g_updates_for_b_and_keeps_the_papers_epochs():
     from flows.compare import build_compare_config
-    from pipeline.compare import GridCell
+    from pipeline.experiments.compare import GridCell
 
     cfg = build_compare_config({"dataset": "cifar10", "scale": "paper", "design": "paper"})
     epochs = {c.preset: cfg.cell_run_config(c).train.epochs for c in cfg.cells() if c.seed == 0}

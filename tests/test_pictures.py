@@ -69,7 +69,7 @@ def _axis_of(fig, ys):
 def test_loss_curve_has_kl_and_js_on_separate_axes_from_epoch_0():
     import matplotlib.pyplot as plt
 
-    from pipeline.train import loss_figure
+    from pipeline.stages.train import loss_figure
 
     h = _history([0.69, 0.68, 0.4, 0.3, 0.25])
     fig = loss_figure(h, "toy · smoke · random B=32 · seed 0")
@@ -100,7 +100,7 @@ def test_loss_curve_has_kl_and_js_on_separate_axes_from_epoch_0():
 def test_never_drawn_picture_says_when_every_image_was_drawn(tmp_path, monkeypatch):
     from PIL import Image
 
-    from pipeline.batches import write_never_drawn_grid
+    from pipeline.stages.batches import write_never_drawn_grid
     from storage.store import write_store
 
     monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path))

@@ -61,7 +61,7 @@ def test_two_runs_at_once_on_a_fresh_prefect_home_both_start_their_server(tmp_pa
     for i in (1, 2):
         env = clean_env(tmp_path, SUBSAMPLE_HOME=str(tmp_path / f"home{i}"))
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "run", "--dataset", "demo", "--source", str(DEMO_SOURCE),
+            [sys.executable, "-m", "flows.cli", "run", "--dataset", "demo", "--source", str(DEMO_SOURCE),
              "--only", "ingest", "--json"],
             env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         ))

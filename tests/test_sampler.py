@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline.batches import construct_epoch
-from pipeline.sampler import SubsampleBatchSampler
-from pipeline.tables import Table
+from pipeline.stages.batches import construct_epoch
+from pipeline.data.sampler import SubsampleBatchSampler
+from pipeline.stages.tables import Table
 from storage.errors import SubsampleError
 
 
@@ -100,10 +100,10 @@ def test_bad_configurations_are_clear_errors():
 
 
 def test_from_artifact_agrees_with_fresh_construction(tmp_path, monkeypatch):
-    from pipeline.batches import run_batches
+    from pipeline.stages.batches import run_batches
     from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
-    from pipeline.features import run_features
-    from pipeline.tables import load_table, run_tables, tables_artifact
+    from pipeline.stages.features import run_features
+    from pipeline.stages.tables import load_table, run_tables, tables_artifact
     from storage.errors import MissingArtifactError
     from storage.store import write_store
 

@@ -30,7 +30,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.cli import main
+from flows.cli import main
 from storage.errors import SubsampleError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,10 +140,10 @@ def trained(tmp_path_factory):
     """A home with the data set ``blobs`` (256 images, 16 px), its features, a 4×4 table and a
     one-epoch smoke run: ``(home, train key)``."""
     from pipeline.config import FeaturesConfig, TablesConfig
-    from pipeline.features import run_features
+    from pipeline.stages.features import run_features
     from pipeline.presets import resolve_batches_config, resolve_train_config
-    from pipeline.tables import run_tables
-    from pipeline.train import run_train
+    from pipeline.stages.tables import run_tables
+    from pipeline.stages.train import run_train
     from storage.store import write_store
 
     home = tmp_path_factory.mktemp("sec") / "home"
@@ -185,7 +185,7 @@ def test_payload_weights_are_refused_for_every_extractor_and_run_nothing(in_home
 def test_weights_reach_torch_fidelity_only_as_tensors_this_process_serialised(in_home, tmp_path):
     """A good weights file is loaded weights-only and handed over re-serialised: the extractor
     (which unpickles like torch-fidelity's own, weights_only=False) gets exactly its tensors."""
-    from pipeline import evaluate as ev
+    from pipeline.stages import evaluate as ev
     from pipeline.config import EvaluateConfig
 
     good = tmp_path / "good.pth"
@@ -242,7 +242,7 @@ def test_payloads_planted_in_the_fidelity_cache_run_nothing(in_home, tmp_path, c
 
 def _evil_run(folder: Path, home: Path, key_inside: str) -> Path:
     """A folder that looks like a train artifact, its generator.pt naming ``key_inside``."""
-    from pipeline.train import find_train_artifact
+    from pipeline.stages.train import find_train_artifact
 
     real = find_train_artifact(sorted(p.name for p in (home / "stages/train").iterdir() if len(p.name) == 16)[0])
     folder.mkdir(parents=True)
@@ -286,7 +286,7 @@ def test_a_generator_naming_another_key_is_refused(in_home, tmp_path, capsys):
 
 def test_every_project_path_resolves_inside_the_home(tmp_path, monkeypatch):
     """A symlink planted in the home cannot send a write elsewhere."""
-    from pipeline.evaluate import metrics_log_path
+    from pipeline.stages.evaluate import metrics_log_path
     from storage.paths import dataset_path, inside_home, stage_dir
 
     home = tmp_path / "home"
@@ -311,8 +311,8 @@ def test_every_project_path_resolves_inside_the_home(tmp_path, monkeypatch):
 
 PEAK_SCRIPT = textwrap.dedent("""
     import json, resource, sys
-    import pipeline.ingest, pipeline.cli
-    from pipeline.cli import main
+    import pipeline.stages.ingest, flows.cli
+    from flows.cli import main
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
         main(["ingest", sys.argv[1], "--name", "bomb", "--json"] + sys.argv[2:])
@@ -386,7 +386,7 @@ def test_npz_and_idx_byte_limits_and_large_images_stream(tmp_path):
     np.savez_compressed(src, images=x, labels=np.arange(40))
     env_home = tmp_path / "home"
     from pipeline.config import IngestConfig
-    from pipeline.ingest import run_ingest
+    from pipeline.stages.ingest import run_ingest
     from storage.store import open_store
 
     os.environ["SUBSAMPLE_HOME"] = str(env_home)
@@ -558,7 +558,7 @@ def test_an_mlflow_uri_with_a_password_is_redacted_and_leaves_no_work_folder(in_
 
 
 def test_redact_uri():
-    from storage.paths import redact_uri
+    from storage.errors import redact_uri
 
     assert redact_uri("see http://alice:s3cr3t@host:5000/x and https://bob@h/") == "see http://alice:***@host:5000/x and https://bob:***@h/"
     assert redact_uri("postgresql://u:p%40ss@db/mlflow?password=x&sslmode=1") == "postgresql://u:***@db/mlflow?password=***&sslmode=1"
@@ -578,7 +578,7 @@ def test_a_diverging_run_stops_with_a_clear_message(in_home, capsys):
 
 def test_divergence_guard_counts_consecutive_steps():
     from pipeline.config import TrainConfig
-    from pipeline.train import Diverged, _check_divergence
+    from pipeline.stages.train import Diverged, _check_divergence
 
     class T:
         cfg = TrainConfig(diverge_loss_max=10.0, diverge_steps=3)
@@ -621,7 +621,7 @@ def test_a_file_name_with_a_newline_keeps_the_error_on_one_line(tmp_path, monkey
 
 def test_images_per_second_is_never_rounded_to_zero(tmp_path, monkeypatch):
     from pipeline.config import IngestConfig
-    from pipeline.ingest import rate, run_ingest
+    from pipeline.stages.ingest import rate, run_ingest
 
     assert rate(1, 30.0) == 0.0333 and rate(3, 0.001) == 3000.0 and rate(5, 0) is None
     monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path / "home"))

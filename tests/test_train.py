@@ -36,8 +36,8 @@ def patterns(n: int = 256, s: int = 32, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def toy_home(tmp_path_factory):
     """A SUBSAMPLE_HOME with the data set ``toy`` (256 images 32×32), its features and 9×9 table."""
-    from pipeline.features import run_features
-    from pipeline.tables import run_tables
+    from pipeline.stages.features import run_features
+    from pipeline.stages.tables import run_tables
     from storage.store import write_store
 
     home = tmp_path_factory.mktemp("train-home")
@@ -55,7 +55,7 @@ def _cfg(**kw):
 
 
 def _train(cfg, batches=BATCHES, **kw):
-    from pipeline.train import run_train
+    from pipeline.stages.train import run_train
 
     return run_train("toy", cfg, batches, TABLES, FeaturesConfig(), progress=False, **kw)
 
@@ -69,7 +69,7 @@ def test_a_short_run_learns_and_is_tracked(toy_home):
     from generated; grids, checkpoint, metrics and the MLflow record are all there."""
     import mlflow
 
-    from pipeline.train import load_generator
+    from pipeline.stages.train import load_generator
     from storage.paths import mlflow_tracking_uri
 
     cfg = _cfg(epochs=5, track=True)
@@ -141,7 +141,7 @@ def test_kill_and_resume_gives_the_same_losses(toy_home, monkeypatch):
     """Two epochs straight vs one epoch, a kill, and --resume for the second: on a CPU every
     step's losses and the final weights are bit-for-bit equal (RNG, optimiser and sampler state
     all restored). A gradient penalty and 2 D steps per G step exercise the RNG and counters."""
-    import pipeline.train as train
+    import pipeline.stages.train as train
 
     cfg = _cfg(epochs=2, loss="wasserstein", d_batchnorm=False, gp_weight=10.0, d_steps=2, optimizer="rmsprop",
                lr_d=1e-4, lr_g=1e-4, seed=3, ngf=8, ndf=8)
@@ -176,8 +176,8 @@ def test_kill_and_resume_gives_the_same_losses(toy_home, monkeypatch):
 def test_non_finite_loss_stops_with_the_last_good_checkpoint(toy_home, monkeypatch):
     """A D loss that turns NaN at step 12 (epoch 2) stops the run with a SubsampleError naming
     the epoch, the step and the checkpoint of epoch 1, which is kept; no artifact is written."""
-    import pipeline.train as train
-    from pipeline.losses import LOSSES, GanLoss, logistic_d
+    import pipeline.stages.train as train
+    from pipeline.gan.losses import LOSSES, GanLoss, logistic_d
 
     calls = {"n": 0}
 
@@ -199,7 +199,7 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(toy_home, monkeypat
 
 
 def test_cli_train_prints_one_json_object(toy_home, capsys):
-    from pipeline.cli import main
+    from flows.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["train", "toy", "--preset", "smoke", "--bins", "8", "8", "--batch-size", "64", "--max-steps", "2",
@@ -208,7 +208,7 @@ def test_cli_train_prints_one_json_object(toy_home, capsys):
     s = json.loads(capsys.readouterr().out)
     assert (s["stage"], s["steps"], s["preset"], s["strategy"], s["batch_size"]) == ("train", 2, "smoke", "constructed", 64)
     assert s["mlflow_run_id"] is None
-    from pipeline.train import load_generator
+    from pipeline.stages.train import load_generator
 
     assert load_generator(s["key"])[1]["train"]["lr_d"] == 1e-3
 

@@ -8,7 +8,7 @@ B = 2000/2048 and at 1024, strategies (a)-(d) at B = 128), each at its preset's 
 epochs for the data set, with (b)'s epochs scaled so its G updates equal (a), (c), (d)'s.
 Before training, every strategy's batches at every batch size of the design are diagnosed
 (:func:`batch_diagnostics`, the paper's Tables 1-2 with the label check) and logged to the
-parent; :mod:`pipeline.report` then reads the parent's children
+parent; :mod:`pipeline.experiments.report` then reads the parent's children
 back from MLflow and writes the report. This module is the plain-Python part the flow
 ``compare-strategies`` (``flows/compare.py``) wires: the scales, the grid, and
 :func:`record_cell`, which makes each cell's child run complete:
@@ -348,7 +348,7 @@ def batch_diagnostics(dataset: str, configs: list[Any], tables: Any, features: A
     """The batches stage (cached artifacts) for each of ``configs`` (BatchesConfig: every strategy
     at every batch size and seed of the design, trained or not): the paper's Tables 1-2 for all
     strategies, with the label check and the never-drawn counts per epoch."""
-    from pipeline.batches import run_batches
+    from pipeline.stages.batches import run_batches
 
     rows = []
     for bc in configs:

@@ -74,7 +74,7 @@ def ingest_cmd(
     from pydantic import ValidationError
 
     from pipeline.config import IngestConfig
-    from pipeline.ingest import run_ingest
+    from pipeline.stages.ingest import run_ingest
 
     try:
         cfg = IngestConfig(
@@ -112,7 +112,7 @@ def features_cmd(
 ) -> None:
     """Per-image features (colour moment, Eq. 14; energy-gradient sharpness, Eq. 15) of every image."""
     from pipeline.config import FeaturesConfig
-    from pipeline.features import run_features
+    from pipeline.stages.features import run_features
 
     extra = {"features": tuple(feature)} if feature else {}
     cfg = _config_or_exit(
@@ -140,7 +140,7 @@ def tables_cmd(
 ) -> None:
     """The joint distribution table of the features (Eq. 16, round half up), with a heat map."""
     from pipeline.config import FeaturesConfig, TablesConfig
-    from pipeline.tables import run_tables
+    from pipeline.stages.tables import run_tables
 
     bins = bins or _dataset_bins(name)
     cfg = _config_or_exit("tables", lambda: TablesConfig(bins=tuple(bins)) if bins else TablesConfig())
@@ -180,7 +180,7 @@ def batches_cmd(
     """Construct epochs of batches from the joint table, with coverage / KL diagnostics (spec §3-4)."""
     from pydantic import ValidationError
 
-    from pipeline.batches import run_batches
+    from pipeline.stages.batches import run_batches
     from pipeline.config import FeaturesConfig, TablesConfig
 
     try:
@@ -263,7 +263,7 @@ def train_cmd(
     if not (chose_batches or chose_preset):
         check_batch_sizes(cfg.dataset, [cfg.batches.batch_size], None, False, "train")
 
-    from pipeline.train import run_train
+    from pipeline.stages.train import run_train
 
     summary = run_train(cfg.dataset, cfg.train, cfg.batches, cfg.tables, cfg.features, resume=resume, refresh=refresh)
     if summary.get("rank", 0) == 0:  # started by torchrun by hand: rank 0 alone prints the summary
@@ -311,7 +311,7 @@ def evaluate_cmd(
         "samples": samples, "batch_size": batch_size, "weights": weights, "fidelity": fidelity,
         "feature_extractor": feature_extractor, "seed": seed, "device": device,
     })
-    from pipeline.evaluate import run_evaluate
+    from pipeline.stages.evaluate import run_evaluate
 
     emit(run_evaluate(run, cfg, refresh=refresh), as_json)
 
@@ -454,7 +454,7 @@ def compare_report_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Rebuild a comparison's report from MLflow (e.g. after its runs finished on another machine)."""
-    from pipeline.report import build_report
+    from pipeline.experiments.report import build_report
 
     emit(build_report(parent_run_id), as_json)
 

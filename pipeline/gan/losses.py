@@ -90,7 +90,7 @@ def _input_grad_norm(outputs: Tensor, inputs: Tensor) -> Tensor:
 def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, real_logits: Tensor | None = None) -> Tensor:
     """WGAN-GP, 1-centred (Gulrajani et al. 2017, Eq. 3): E[(||∇D(x̂)||₂ - 1)²] at
     x̂ = εx + (1 - ε)G(z), ε ~ U[0, 1] per sample (drawn from torch's global RNG)."""
-    from pipeline import distributed  # under DDP: this rank's rows of one global draw
+    from pipeline.gan import distributed  # under DDP: this rank's rows of one global draw
 
     eps = distributed.rand(len(real), 1, 1, 1, device=real.device, dtype=real.dtype)
     x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)

@@ -47,7 +47,7 @@ GRID_MAX_IMAGES = 64
 
 
 class TableLike(Protocol):
-    """What batch construction needs of :class:`pipeline.tables.Table`."""
+    """What batch construction needs of :class:`pipeline.stages.tables.Table`."""
 
     counts: np.ndarray  # int64, table shape; sums to n
     cells: np.ndarray  # int64 (n,), flat (C-order) cell of each image
@@ -502,7 +502,7 @@ def diagnose_epoch(table: TableLike, batches: np.ndarray, labels: np.ndarray | N
 
 
 def _upstream(dataset: str, tables: TablesConfig, features: FeaturesConfig) -> tuple[Artifact, "DatasetStore"]:
-    from pipeline.tables import tables_artifact
+    from pipeline.stages.tables import tables_artifact
     from storage.store import open_store
 
     table_art = tables_artifact(dataset, tables, features, needed_by=STAGE)
@@ -582,7 +582,7 @@ def run_batches(
     """``subsample batches``: construct ``cfg.epochs`` epochs of batches from the data set's table,
     with diagnostics. Writes ``batches.npy`` (int32 epochs×m×B), ``diagnostics.json``,
     ``diagnostics.md`` and ``never_drawn.png``; returns the summary."""
-    from pipeline.tables import load_table
+    from pipeline.stages.tables import load_table
 
     t0 = time.perf_counter()
     table_art, store = _upstream(dataset, tables, features)

@@ -49,7 +49,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from pipeline.compare import CELL_TAGS, ERROR_TAG, FIDELITY_TAG, GRID_ARTIFACT, GridCell
+from pipeline.experiments.compare import CELL_TAGS, ERROR_TAG, FIDELITY_TAG, GRID_ARTIFACT, GridCell
 from storage.errors import SubsampleError
 from storage.paths import home
 

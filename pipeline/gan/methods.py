@@ -1,12 +1,12 @@
 """Training methods: how a D step and a G step are taken, in a registry.
 
-The training loop (``pipeline.train.train_epoch``) is the same for every method: per batch,
+The training loop (``pipeline.stages.train.train_epoch``) is the same for every method: per batch,
 ``before_step``, a D step, and after every ``d_steps`` D steps a G step. A method says what those
 steps are, may own extra modules and optimisers (checkpointed with the run, so ``--resume`` stays
 exact) and adds per-epoch metrics to ``metrics.jsonl`` and MLflow.
 
 ========================  ========================================================================
-``gan`` (default)         a loss from ``pipeline.losses`` + the enabled penalties + clipping; the
+``gan`` (default)         a loss from ``pipeline.gan.losses`` + the enabled penalties + clipping; the
                           DCGAN baseline and LSGAN, WGAN, WGAN-GP, SNGAN, SAGAN, CGAN, IGAN use it.
                           Options: one-sided label smoothing (``real_target``), annealed Gaussian
                           instance noise on D's inputs (``instance_noise``), IGAN's learning-rate
@@ -31,14 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline import distributed
-from pipeline.losses import LOGISTIC_LOSSES, LOSSES, PENALTIES, clip_weights, make_optimizer
-from pipeline.models import ARCHITECTURES
+from pipeline.gan import distributed
+from pipeline.gan.losses import LOGISTIC_LOSSES, LOSSES, PENALTIES, clip_weights, make_optimizer
+from pipeline.gan.models import ARCHITECTURES
 from storage.errors import SubsampleError
 
 if TYPE_CHECKING:
     from pipeline.config import TrainConfig
-    from pipeline.train import Trainer
+    from pipeline.stages.train import Trainer
 
 STAGE = "train"
 
@@ -74,14 +74,14 @@ def pl_switch_weight(t: float) -> float:
 def pl_adversarial_g(fake_logits: Tensor, w: float) -> Tensor:
     """PL-GAN's piecewise generator loss: (1 - w)·[-log D(G(z))] + w·[log(1 - D(G(z)))]. w weights
     the minimax (saturating) term log(1 - D(G(z))), 1 - w the non-saturating -log D(G(z)); both are
-    minimised by G, and they are ``pipeline.losses``' ``nonsaturating`` and ``minimax`` G losses."""
+    minimised by G, and they are ``pipeline.gan.losses``' ``nonsaturating`` and ``minimax`` G losses."""
     return (1 - w) * LOSSES["nonsaturating"].g(fake_logits) + w * LOSSES["minimax"].g(fake_logits)
 
 
 def feature_matching(real_features: Tensor, fake_features: Tensor, mean: Any = None) -> Tensor:
     """Feature matching (Salimans et al. 2016, §3.1): ||E f(x) - E f(G(z))||₂², f a D feature layer,
     expectations estimated by batch means (``mean``: the batch mean over dim 0; under DDP the
-    global batch's, :func:`pipeline.distributed.global_batch_mean`)."""
+    global batch's, :func:`pipeline.gan.distributed.global_batch_mean`)."""
     mean = mean or (lambda v: v.mean(0))
     return (mean(real_features) - mean(fake_features)).pow(2).sum()
 
@@ -177,7 +177,7 @@ class TrainingMethod:
         return out
 
     def distribute(self, t: Trainer, wrap: Any) -> None:
-        """Under DDP (``pipeline.distributed.wrap``): wrap the method's trained modules with
+        """Under DDP (``pipeline.gan.distributed.wrap``): wrap the method's trained modules with
         ``wrap`` (DistributedDataParallel) for the steps to call; ``self.modules`` keep the plain
         ones for checkpoints."""
 
@@ -238,7 +238,7 @@ def build_method(t: Trainer) -> TrainingMethod:
 @register_method
 class GanMethod(TrainingMethod):
     name = "gan"
-    description = "D and G losses from pipeline.losses, the enabled penalties and weight clipping"
+    description = "D and G losses from pipeline.gan.losses, the enabled penalties and weight clipping"
 
     def __init__(self, t: Trainer):
         super().__init__(t)
@@ -537,7 +537,7 @@ class BeganMethod(TrainingMethod):
 @register_method
 class DecodingConstrainedMethod(GanMethod):
     """Decoding-constrained GAN (seed paper 004). An auto-encoder learns codes of the training
-    images with z's dimension: :class:`pipeline.architectures.CodeEncoder` (a U-Net's contracting
+    images with z's dimension: :class:`pipeline.gan.architectures.CodeEncoder` (a U-Net's contracting
     half, codes batch-normalised to z's moments) and G itself as the decoder. Before each
     adversarial step (``gan``'s D step and G step), encoder and G take one joint L2 reconstruction
     step, min ||G(E(x)) - x||² on the real batch (weight ``recon_weight``), with their own optimiser
@@ -549,7 +549,7 @@ class DecodingConstrainedMethod(GanMethod):
 
     def __init__(self, t: Trainer):
         super().__init__(t)
-        from pipeline.architectures import CodeEncoder
+        from pipeline.gan.architectures import CodeEncoder
 
         if self.g_conditional:
             raise SubsampleError(STAGE, f"decoding-constrained needs an unconditional G, not arch {t.spec.arch!r}")

@@ -53,7 +53,8 @@ from pipeline.metrics import count_tag, feature_kl, sharpness_stats  # count_tag
 from storage.artifacts import artifact_key, artifact_path, build_artifact, open_artifact
 from storage.errors import SubsampleError, brief, one_line
 from storage.locks import owner_tag
-from storage.paths import home, inside_home, is_train_key, redact_uri
+from storage.errors import redact_uri
+from storage.paths import home, inside_home, is_train_key
 
 STAGE = "evaluate"
 CODE_VERSION = "3"  # 2: samples.png titled, >= 512 px wide, or the feature KL's floor beside it; 3: both
@@ -500,7 +501,7 @@ class EvalContext:
 
     images: np.ndarray
     cfg: EvaluateConfig
-    table: Any  # pipeline.tables.Table
+    table: Any  # pipeline.stages.tables.Table
     train_sharpness_mean: float
     table_hash: str | None = None  # the tables artifact's content hash: caches the KL's floor
     reference: Dataset | None = None  # training images for torch-fidelity
@@ -617,7 +618,7 @@ def _train_sharpness_mean(dataset: str, features_cfg: FeaturesConfig, store: Any
     """The training set's mean sharpness: from the features artifact when it has the sharpness
     column, else computed from the store chunk by chunk."""
     from kernels.features import compute_features
-    from pipeline.features import features_artifact, load_features
+    from pipeline.stages.features import features_artifact, load_features
 
     if "sharpness" in features_cfg.features:
         values, names = load_features(features_artifact(dataset, features_cfg, needed_by=STAGE))
@@ -648,8 +649,8 @@ def _log_to_mlflow(run_id: str, metrics: dict[str, float], files: list[Path], ke
 def run_evaluate(run: str, cfg: EvaluateConfig, *, refresh: bool = False, progress: bool = True) -> dict:
     """Evaluate a trained generator (``run``: train artifact key or MLflow run id) against its
     training set. Returns the stage summary with a ``metrics`` dict and the ``fidelity`` status."""
-    from pipeline.tables import load_table, tables_artifact
-    from pipeline.train import load_generator
+    from pipeline.stages.tables import load_table, tables_artifact
+    from pipeline.stages.train import load_generator
     from storage.store import open_store
 
     t0 = time.perf_counter()

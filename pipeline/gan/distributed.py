@@ -1,10 +1,10 @@
 """Data-parallel training over ``torch.distributed``: launch, process group, rank helpers.
 
 ``subsample train NAME --nproc-per-node N`` (or ``train.nproc_per_node`` in a flow run) makes
-:func:`pipeline.train.run_train` start N ranks with torchrun's elastic launcher
+:func:`pipeline.stages.train.run_train` start N ranks with torchrun's elastic launcher
 (:func:`torch.distributed.launcher.api.elastic_launch`, the engine of ``torchrun``); each rank runs
 ``run_train`` again, which finds WORLD_SIZE/RANK in its environment and joins the process group
-(:func:`session`). ``torchrun --nproc-per-node N -m pipeline.cli train NAME ...`` works the same way.
+(:func:`session`). ``torchrun --nproc-per-node N -m flows.cli train NAME ...`` works the same way.
 Backend: NCCL on CUDA (rank r on ``cuda:LOCAL_RANK``), gloo on the CPU.
 
 What keeps a k-rank run equal to the one-process run with the same global batch B (within
@@ -50,7 +50,7 @@ from storage.errors import SubsampleError
 
 if TYPE_CHECKING:
     from pipeline.config import TrainConfig
-    from pipeline.train import Trainer
+    from pipeline.stages.train import Trainer
 
 STAGE = "train"
 TIMEOUT = timedelta(minutes=30)  # a collective waits this long (rank 0 evaluates while the others wait)
@@ -457,7 +457,7 @@ def _mark_killed(work: Any) -> None:
     except (OSError, ValueError):
         return
     if run_id:
-        from pipeline.train import _end_tracking
+        from pipeline.stages.train import _end_tracking
 
         _end_tracking(run_id, "KILLED")
 
@@ -465,7 +465,7 @@ def _mark_killed(work: Any) -> None:
 def _train_worker(payload: dict) -> dict:
     """One rank (a process the elastic agent started): ``run_train`` joins the process group."""
     from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig, TrainConfig
-    from pipeline.train import run_train
+    from pipeline.stages.train import run_train
 
     try:
         summary = run_train(

@@ -11,7 +11,7 @@ on the first layer). What we change, and why:
   cartoon faces are 48×48, IGAN's are 96×96), and ``k`` doublings; channel widths keep the
   reference's rule (``ngf * 2^(k-1)`` at the start, halving at each doubling).
 - **D returns logits** ``(N,)``: the reference's final ``Sigmoid`` moves into the loss
-  (``pipeline.losses``), which is numerically safer and lets non-logistic losses share the network.
+  (``pipeline.gan.losses``), which is numerically safer and lets non-logistic losses share the network.
 - **optional spectral norm** on every D convolution (Miyato et al. 2018), and then no batch norm
   in D; **optional D without batch norm** for gradient-penalty losses (Gulrajani et al. 2017, §4:
   batch norm breaks the per-sample gradient penalty).
@@ -56,7 +56,7 @@ class Architecture:
     labels: bool = False  # needs the store's class labels (ModelSpec.n_classes > 0)
     g_conditional: bool = False  # G(z, y) takes labels y (G(z) alone cycles through the classes)
     d_conditional: bool = False  # D(x, y) takes labels y
-    # what D returns, so a training method can tell whether it can train it (pipeline.methods):
+    # what D returns, so a training method can tell whether it can train it (pipeline.gan.methods):
     # "logit" (N,); "source+classes" (N, 1 + n_classes); "classes+fake" (N, n_classes + 1);
     # "reconstruction" (N, C, S, S)
     d_output: str = "logit"
@@ -170,7 +170,3 @@ register_architecture(
         DCGANDiscriminator,
     )
 )
-
-# the other seed methods' and the common family's architectures register themselves (IGAN, BEGAN,
-# SAGAN, conditional DCGANs); imported last because they build on the names above
-import pipeline.architectures  # noqa: E402,F401

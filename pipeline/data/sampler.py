@@ -9,7 +9,7 @@
 Two sources of batches, which agree for the same (seed, epoch):
 
 * **fresh**: ``SubsampleBatchSampler(table, ...)`` constructs each epoch's batches from the joint
-  table when it is iterated (:func:`pipeline.batches.construct_epoch`, well under a second for
+  table when it is iterated (:func:`pipeline.stages.batches.construct_epoch`, well under a second for
   200k images), for as many epochs as you like;
 * **stored**: ``SubsampleBatchSampler.from_artifact(dataset, batches_cfg, ...)`` (the ``batches``
   stage's ``batches.npy``) or ``from_array(epochs × m × B)``. Asking for an epoch beyond those
@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-from pipeline.batches import batches_per_epoch, construct_epoch
+from pipeline.stages.batches import batches_per_epoch, construct_epoch
 from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
 from storage.errors import SubsampleError
 
@@ -118,7 +118,7 @@ class SubsampleBatchSampler(Sampler[list[int]]):
     ) -> "SubsampleBatchSampler":
         """Over the ``batches`` stage's stored batches for these configs (raises
         :class:`~storage.errors.MissingArtifactError` naming the command when not built yet)."""
-        from pipeline.batches import batches_artifact, load_batches
+        from pipeline.stages.batches import batches_artifact, load_batches
 
         sampler = cls.from_array(
             load_batches(batches_artifact(dataset, batches_cfg, tables_cfg, features_cfg)),

@@ -135,7 +135,7 @@ def tables_artifact(
 ) -> Artifact:
     """The cached tables artifact; raises :class:`MissingArtifactError` (stage ``needed_by``) naming
     the missing artifact (the table, or the features under it) and the command to run."""
-    from pipeline.features import features_artifact  # imports zarr: not needed to build or bin a Table
+    from pipeline.stages.features import features_artifact  # imports zarr: not needed to build or bin a Table
 
     fa = features_artifact(dataset, features, needed_by=needed_by)
     key = tables_key(cfg, fa)
@@ -217,7 +217,7 @@ def run_tables(
 ) -> dict:
     """Build (or find cached) the joint table of ``dataset``'s features; returns the summary."""
     t0 = time.perf_counter()
-    from pipeline.features import features_artifact, load_features
+    from pipeline.stages.features import features_artifact, load_features
 
     fa = features_artifact(dataset, features, needed_by=STAGE)
     key = tables_key(cfg, fa)

@@ -26,7 +26,7 @@ Every image goes through one policy (:class:`CropPolicy`): convert to RGB (grey 
 channels, alpha composited on white, palette/CMYK/16-bit converted, EXIF orientation applied),
 centre-crop a square (side ``--crop`` or the short side) and resize it to S×S with Lanczos. With
 ``--decoder fast`` (the default) JPEGs are decoded by libjpeg-turbo and every image is resampled by
-Pillow's Lanczos as a numba kernel (``pipeline/decode.py``, ``kernels/resize.py``); ``--decoder
+Pillow's Lanczos as a numba kernel (``pipeline/data/decode.py``, ``kernels/resize.py``); ``--decoder
 pillow`` is the Pillow-only path of ingest/1.
 
 Files are decoded in parallel by Dask (``files_per_task`` files per task, a bounded window of tasks
@@ -103,9 +103,9 @@ class CropPolicy:
 
     ``decoder``: ``fast`` (default) decodes JPEGs with libjpeg-turbo and resamples with
     :func:`kernels.resize.resize_lanczos` (Pillow's Lanczos, bit for bit, without Pillow's
-    per-image overhead; ``pipeline.decode``); ``pillow`` is the Pillow-only path of ingest/1,
+    per-image overhead; ``pipeline.data.decode``); ``pillow`` is the Pillow-only path of ingest/1,
     kept for comparison (``bench/ingest_throughput.py``). ``decode_device`` ``cuda``: JPEGs are
-    decoded by nvJPEG on the GPU (``pipeline.decode.decode_files_cuda``)."""
+    decoded by nvJPEG on the GPU (``pipeline.data.decode.decode_files_cuda``)."""
 
     size: int
     crop: int | None = None
@@ -128,7 +128,7 @@ class CropPolicy:
         if self.decoder == "pillow":
             return {"decoder": "pillow", "decode_device": "cpu", "jpeg": f"{pillow} (draft mode 1/2-1/8)",
                     "other_formats": pillow, "resize": f"{pillow} Image.resize LANCZOS"}
-        from pipeline.decode import simplejpeg_version
+        from pipeline.data.decode import simplejpeg_version
 
         jpeg = ("nvjpeg (torchvision.io.decode_jpeg on cuda, full resolution)" if self.decode_device == "cuda"
                 else f"simplejpeg {simplejpeg_version()} (libjpeg-turbo; DCT scale 1/2-1/8 as Pillow's draft mode)")
@@ -319,7 +319,7 @@ def decode_files(reader: FolderReader | ZipReader, refs: list[str], policy: Crop
     nvJPEG decodes a task's JPEGs as one batch); a file that fails is quarantined with its reason."""
     decode_one = decode_image
     if policy.decoder != "pillow":
-        from pipeline import decode
+        from pipeline.data import decode
 
         if policy.decode_device == "cuda":
             return decode.decode_files_cuda(reader, refs, policy, max_pixels)
@@ -1158,7 +1158,7 @@ def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = Tru
     if cfg.decode_device == "cuda":
         if cfg.decoder != "fast":
             raise SubsampleError(STAGE, "--decode-device cuda needs --decoder fast (the Pillow path decodes on the CPU)")
-        from pipeline.decode import check_cuda
+        from pipeline.data.decode import check_cuda
 
         check_cuda()
         scheduler = "threads"  # one CUDA context, shared by the worker threads

@@ -1,7 +1,7 @@
 """The training stage: a GAN trained on the batches stage's batches (spec §6).
 
-``run_train(dataset, cfg, batches)`` trains G and D (``pipeline.models``) with a training method
-(``pipeline.methods``: by default a loss and penalties from ``pipeline.losses``) on the batches that :class:`pipeline.sampler.SubsampleBatchSampler`
+``run_train(dataset, cfg, batches)`` trains G and D (``pipeline.gan.models``) with a training method
+(``pipeline.gan.methods``: by default a loss and penalties from ``pipeline.gan.losses``) on the batches that :class:`pipeline.data.sampler.SubsampleBatchSampler`
 constructs from the cached joint table: epoch e trains on exactly the batches ``subsample batches``
 stores for epoch e. The artifact::
 
@@ -53,10 +53,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pipeline import distributed
+from pipeline.gan import distributed
 from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig, TrainConfig
-from pipeline.losses import make_optimizer
-from pipeline.models import ModelSpec, build_discriminator, build_generator
+from pipeline.gan.losses import make_optimizer
+from pipeline.gan.models import ModelSpec, build_discriminator, build_generator
 from pipeline.pictures import run_title
 from storage.artifacts import artifact_key, build_artifact, cached_summary, open_artifact
 from storage.errors import SubsampleError, brief
@@ -106,7 +106,7 @@ def to_uint8(images: Tensor) -> np.ndarray:
 
 def make_sampler(table: Any, batches: BatchesConfig) -> Any:
     """The batches stage's sampler, constructing each epoch from the table (spec §3)."""
-    from pipeline.sampler import SubsampleBatchSampler
+    from pipeline.data.sampler import SubsampleBatchSampler
 
     return SubsampleBatchSampler(
         table, batch_size=batches.batch_size, strategy=batches.strategy, seed=batches.seed,
@@ -145,7 +145,7 @@ class Trainer:
     step: int = 0  # D steps so far
     g_steps: int = 0
     history: dict = field(default_factory=lambda: {"epochs": [], "loss_d": [], "loss_g": [], "g_steps_at": []})
-    method: Any = None  # the pipeline.methods.TrainingMethod taking the steps (make_trainer sets it)
+    method: Any = None  # the pipeline.gan.methods.TrainingMethod taking the steps (make_trainer sets it)
     steps_over_bound: int = 0  # consecutive D steps with a loss above cfg.diverge_loss_max (divergence guard)
     clock: Any = None  # a RunClock: the up-front time estimate (timing only, no effect on training)
     kl_floor: dict | None = None  # the feature KL's floor at kl_samples (pipeline.floors), when known
@@ -163,7 +163,7 @@ def resolve_device(name: str) -> torch.device:
 def make_trainer(cfg: TrainConfig, image_size: int, device: torch.device, n_classes: int = 0) -> Trainer:
     """Models, optimisers and the training method; ``n_classes`` for architectures and methods
     that use the store's labels."""
-    from pipeline.methods import build_method
+    from pipeline.gan.methods import build_method
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -275,7 +275,7 @@ class Diverged(Exception):
 
 def train_epoch(t: Trainer, images: Tensor, batches: list[Tensor], bar: Any = None, labels: Tensor | None = None) -> dict:
     """One pass over the epoch's batches: a D step per batch, a G step after every ``d_steps`` D
-    steps, as the run's training method takes them (``pipeline.methods``). ``labels`` (N,) is
+    steps, as the run's training method takes them (``pipeline.gan.methods``). ``labels`` (N,) is
     indexed like ``images`` when the method or architecture uses classes. Returns the epoch's
     per-step losses (host floats); raises :class:`NonFiniteLoss`."""
     cfg, method = t.cfg, t.method
@@ -435,7 +435,7 @@ def set_rng_state(s: dict) -> None:
 
 def save_checkpoint(t: Trainer, path: Path, rng_ranks: list | None = None) -> None:
     """Everything a resume needs, written atomically (temporary file + os.replace); under DDP
-    ``rng_ranks`` holds every rank's RNG state (:func:`pipeline.distributed.gather_rng`)."""
+    ``rng_ranks`` holds every rank's RNG state (:func:`pipeline.gan.distributed.gather_rng`)."""
     payload = {
         "G": t.G.state_dict(), "D": t.D.state_dict(),
         "opt_g": t.opt_g.state_dict(), "opt_d": t.opt_d.state_dict(), "method": t.method.state_dict(),
@@ -538,8 +538,8 @@ def _key_params(cfg: TrainConfig, batches: BatchesConfig) -> dict:
 
 def class_labels(cfg: TrainConfig, store: Any, dataset: str) -> np.ndarray | None:
     """The store's labels (int64, N) when the architecture or the method uses classes, else None."""
-    from pipeline.methods import METHODS
-    from pipeline.models import ARCHITECTURES
+    from pipeline.gan.methods import METHODS
+    from pipeline.gan.models import ARCHITECTURES
 
     if not (ARCHITECTURES[cfg.arch].labels or METHODS[cfg.method].needs_labels(cfg)):
         return None
@@ -600,9 +600,9 @@ def run_train(
     progress: bool = True,
 ) -> dict:
     """Train (or find cached) a GAN on ``dataset``'s batches; returns the stage summary. With
-    ``nproc_per_node``/``nnodes`` > 1 it launches that many ranks (``pipeline.distributed``); a
+    ``nproc_per_node``/``nnodes`` > 1 it launches that many ranks (``pipeline.gan.distributed``); a
     process started by torchrun joins its process group."""
-    from pipeline.tables import load_table, tables_artifact
+    from pipeline.stages.tables import load_table, tables_artifact
     from storage.store import open_store
 
     if distributed.needs_session():  # one rank of a torchrun launch: join the process group
@@ -639,7 +639,7 @@ def run_train(
 def _train_locked(dataset, cfg, batches, tables, features, store, tables_art, key, base, t0, *, resume, progress) -> dict:
     """run_train's work, holding the run's lock (or, for a rank of a data-parallel run, under its
     launcher's)."""
-    from pipeline.tables import load_table
+    from pipeline.stages.tables import load_table
 
     distributed.check_supported(cfg, batches.batch_size)
     main = distributed.is_main()  # rank 0 (or the only process) writes; the other ranks train
@@ -689,7 +689,7 @@ def _train_locked(dataset, cfg, batches, tables, features, store, tables_art, ke
         if main:
             run_id = _start_tracking(cfg, batches, tables, features, dataset, key, store, tables_art, run_info.get("mlflow_run_id"))
             run_file.write_text(json.dumps({"key": key, "dataset": dataset, "mlflow_run_id": run_id}))
-        from pipeline.evaluate import epoch_evaluator
+        from pipeline.stages.evaluate import epoch_evaluator
 
         evaluator = epoch_evaluator(cfg, store, table, cfg.z_dim, device) if main else None
         logger = StepLogger(run_id, t.history["epochs"] if resumed_from is not None else [], cfg.kl_samples)

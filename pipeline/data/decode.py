@@ -10,7 +10,7 @@
   EXIF (and XMP) orientation is applied as Pillow's ``exif_transpose`` does.
 - **Everything else**, and any JPEG this path does not fully understand (CMYK/YCCK/RGB colour
   spaces, a malformed or repeated EXIF block, a decode error of any kind, a file too large to read
-  whole), goes through the Pillow path (:func:`pipeline.ingest.decode_image`), resampled by the
+  whole), goes through the Pillow path (:func:`pipeline.stages.ingest.decode_image`), resampled by the
   same kernel. A file the fast decoder refuses is therefore quarantined (or accepted) exactly as
   the Pillow path would: the Pillow path has the last word, with its reasons.
 
@@ -39,7 +39,7 @@ from PIL import Image
 from kernels.resize import fixed_coeffs, resize_lanczos
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.ingest import Block, CropPolicy
+    from pipeline.stages.ingest import Block, CropPolicy
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 FAST_COLOURSPACES = ("YCbCr", "Gray")  # what libjpeg-turbo converts to RGB as Pillow does
@@ -215,7 +215,7 @@ def decode_jpeg_fast(data: bytes, policy: "CropPolicy", max_pixels: int) -> np.n
     and the Pillow path's rejections (too large, decompression bomb) itself."""
     import simplejpeg
 
-    from pipeline.ingest import Rejected
+    from pipeline.stages.ingest import Rejected
 
     h0, w0, orientation = _fast_header(data, max_pixels, Rejected)
     scale = draft_scale(policy, w0, h0)
@@ -232,7 +232,7 @@ def decode_jpeg_fast(data: bytes, policy: "CropPolicy", max_pixels: int) -> np.n
 
 def decode_file(src: str | os.PathLike | io.BytesIO, policy: "CropPolicy", max_pixels: int) -> np.ndarray:
     """One source file under ``policy``: the JPEG fast path, else the Pillow path."""
-    from pipeline.ingest import decode_image
+    from pipeline.stages.ingest import decode_image
 
     data = read_source(src, max_file_bytes(max_pixels))
     if data is not None:
@@ -300,7 +300,7 @@ def decode_files_cuda(reader: Any, refs: list[str], policy: "CropPolicy", max_pi
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from pipeline.ingest import Block, Rejected, quarantine_reason
+    from pipeline.stages.ingest import Block, Rejected, quarantine_reason
 
     results: list[np.ndarray | None] = [None] * len(refs)
     reasons: dict[int, str] = {}

@@ -1,5 +1,5 @@
 """The other seed methods' and the common GAN family's architectures (registered in
-``pipeline.models.ARCHITECTURES``; the DCGAN baseline stays alone in ``pipeline.models``).
+``pipeline.gan.models.ARCHITECTURES``; the DCGAN baseline stays alone in ``pipeline.gan.models``).
 
 - ``igan`` / ``igan-nclass``: IGAN (Meng et al. 2021; spec "Other seed methods"), a multi-scale
   residual generator and a residual discriminator; the N-class variant has one generator branch and
@@ -13,7 +13,7 @@
   2019, §4-5).
 
 :class:`CodeEncoder` is the decoding-constrained GAN's encoder (seed 004), not a registered
-architecture: it is part of that training method (``pipeline.methods``).
+architecture: it is part of that training method (``pipeline.gan.methods``).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.models import (
+from pipeline.gan.models import (
     Architecture,
     DCGANDiscriminator,
     DCGANGenerator,
