@@ -14,7 +14,8 @@ import argparse
 import time
 import numpy as np
 
-from pipeline.stages.batches import STRATEGIES, construct_epoch, diagnose_epoch
+from pipeline.data.strategies import STRATEGIES, construct_epoch
+from pipeline.stages.batches import diagnose_epoch
 from pipeline.stages.tables import Table
 
 

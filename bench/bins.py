@@ -55,7 +55,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="epochs of batches per (m, B), for the mean KL")
     args = parser.parse_args()
 
-    from pipeline.stages.batches import construct_epoch, kl_batch_vs_dataset
+    from pipeline.data.strategies import construct_epoch
+    from pipeline.stages.batches import kl_batch_vs_dataset
     from pipeline.config import FeaturesConfig
     from pipeline.stages.features import features_artifact, load_features, run_features
     from pipeline.stages.tables import build_table

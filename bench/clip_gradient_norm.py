@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pipeline.presets import resolve_train_config
-from pipeline.stages.train import make_trainer, to_float, train_epoch
+from pipeline.gan.trainer import make_trainer, to_float, train_epoch
 
 
 def grad_norms(t, real: torch.Tensor) -> tuple[float, float]:

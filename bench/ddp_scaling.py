@@ -71,7 +71,7 @@ def _step_times(payload: dict) -> dict:
 
     from pipeline.gan import distributed
     from pipeline.presets import resolve_train_config
-    from pipeline.stages.train import make_trainer, resolve_device
+    from pipeline.gan.trainer import make_trainer, resolve_device
 
     steps, b, width = payload["steps"], payload["batch_size"], payload["width"]
     with distributed.session(payload["device"]) as w:

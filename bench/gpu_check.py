@@ -7,7 +7,7 @@ Three parts, each reported in one JSON object printed on stdout at the end (prog
 stderr; ``--out FILE`` also writes the JSON to a file):
 
 (a) ``train_throughput``: DCGAN-64 (ngf = ndf = 64, B = 128) training images/s of this project's
-    loop (``pipeline.stages.train.train_epoch``: the uint8 data set resident on the device, batches
+    loop (``pipeline.gan.trainer.train_epoch``: the uint8 data set resident on the device, batches
     gathered by index, losses read back every ``SYNC_EVERY`` steps) against the pytorch/examples
     dcgan loop (a ``DataLoader`` over float images in pinned host memory, ``.item()`` every step)
     on the same models, with bf16 autocast, channels-last and torch.compile each on and off: all
@@ -15,7 +15,7 @@ stderr; ``--out FILE`` also writes the JSON to a file):
     CUDA default (bf16 and channels-last on) and all off (``--all-combinations``: all eight).
     ``bench/train_throughput.py`` does the timing: interleaved rounds, medians.
 (b) ``inception``: evaluate's feature extraction: the torch-fidelity Inception's forward pass
-    alone, and ``pipeline.stages.evaluate.fidelity_scores`` (IS, FID and KID of N generated against N
+    alone, and ``pipeline.stages.fidelity.fidelity_scores`` (IS, FID and KID of N generated against N
     reference images, both extracted) in images/s. Without the pretrained weights on disk the
     extractor is randomly initialised (``weights`` says so): the throughput is the same, the
     metric values mean nothing.
@@ -132,7 +132,7 @@ def inception_throughput(args, device: torch.device, tmp: Path) -> dict:
     except ImportError as e:
         return {"skipped": f"torch-fidelity not installed ({e})", "ok": True}
     from pipeline.config import EvaluateConfig
-    from pipeline.stages.evaluate import INCEPTION, ImageArrayDataset, cached_inception_weights, fidelity_scores
+    from pipeline.fidelity import INCEPTION, ImageArrayDataset, cached_inception_weights, fidelity_scores
 
     weights = Path(args.inception_weights) if args.inception_weights else cached_inception_weights()
     features = ["2048", "logits_unbiased"]
@@ -204,7 +204,8 @@ def paper_constructed(args, device: torch.device, tmp: Path) -> dict:
     from kernels.features import DEFAULT_FEATURES, compute_features
     from pipeline.presets import resolve_batches_config, resolve_train_config
     from pipeline.stages.tables import build_table
-    from pipeline.stages.train import _train_loop, load_checkpoint, make_sampler, make_trainer
+    from pipeline.gan.trainer import load_checkpoint, make_trainer
+    from pipeline.stages.train import _train_loop, make_sampler
 
     t0 = time.perf_counter()
     images_np = synthetic_images(args.store_images, args.size)

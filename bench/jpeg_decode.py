@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from celeba_like import jpeg_bytes  # noqa: E402
 from kernels.resize import resize_float, resize_lanczos  # noqa: E402
-from pipeline.stages.ingest import CropPolicy, decode_image  # noqa: E402
+from pipeline.data.images import CropPolicy, decode_image  # noqa: E402
 
 Decoder = Callable[[bytes], np.ndarray]
 

@@ -62,7 +62,7 @@ def inception_flops() -> float:
 def step_flops(preset: str, size: int, b: int = 8) -> tuple[float, float, object]:
     """(D-step FLOPs per image, G-step FLOPs per image, cfg) of ``preset`` at ``size`` px."""
     from pipeline.presets import resolve_train_config
-    from pipeline.stages.train import make_trainer
+    from pipeline.gan.trainer import make_trainer
 
     cfg = resolve_train_config(preset, {"device": "cpu", "track": False, "amp": "off", "kl_samples": 4, "sample_grid": 4,
                                         "channels_last": False})
@@ -80,7 +80,7 @@ def cpu_images_per_second(preset: str, size: int, b: int, steps: int) -> tuple[f
     loop on this CPU. The second is what a shared, loaded machine still measures fairly; an idle
     machine with T threads runs at most T times it."""
     from pipeline.presets import resolve_train_config
-    from pipeline.stages.train import make_trainer, train_epoch
+    from pipeline.gan.trainer import make_trainer, train_epoch
 
     cfg = resolve_train_config(preset, {"device": "cpu", "track": False, "kl_samples": 4, "sample_grid": 4})
     t = make_trainer(cfg, size, torch.device("cpu"))

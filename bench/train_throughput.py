@@ -6,7 +6,7 @@
 For each batch size B it measures, on synthetic uint8 32×32 images (the data path does not care
 what the pixels are):
 
-1. ``ours``: ``pipeline.stages.train.train_epoch`` as the training stage runs it (uint8 data set resident
+1. ``ours``: ``pipeline.gan.trainer.train_epoch`` as the training stage runs it (uint8 data set resident
    on the device, batches gathered by index and converted on the fly, losses read back every
    ``SYNC_EVERY`` steps, bf16 autocast and channels-last as configured);
 2. ``gather+convert``: the data part alone (index the uint8 tensor, permute, to float [-1, 1]);
@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline.gan.losses import LOSSES
 from pipeline.presets import resolve_train_config
-from pipeline.stages.train import make_trainer, resolve_device, to_float, train_epoch
+from pipeline.gan.trainer import make_trainer, resolve_device, to_float, train_epoch
 
 
 def sync(device: torch.device) -> None:

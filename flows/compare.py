@@ -99,7 +99,7 @@ class CompareConfig(BaseModel):
     @field_validator("strategies")
     @classmethod
     def _known_strategies(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        from pipeline.stages.batches import STRATEGIES as REGISTERED
+        from pipeline.data.strategies import STRATEGIES as REGISTERED
 
         unknown = [s for s in v if s not in REGISTERED]
         if unknown or not v or len(set(v)) != len(v):

@@ -392,7 +392,7 @@ def data_set_size(dataset: str, source: Optional[str], reads_source: bool, split
         if not reads_source:  # the run starts from the store: say it is missing, now
             raise
     if source:  # the run (re)builds the store from this source: its listing bounds n
-        from pipeline.stages.ingest import open_source
+        from pipeline.data.sources import open_source
 
         try:
             src = open_source(source, split=split)

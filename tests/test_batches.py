@@ -5,19 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.stages.batches import (
+from pipeline.data.strategies import (
     STRATEGIES,
     construct_epoch,
     constructed_demand,
     count_table,
-    coverage_per_epoch,
-    kl_batch_vs_dataset,
-    kl_stats,
     largest_remainder,
-    never_drawn,
     round_half_up_share,
     top_up,
 )
+from pipeline.stages.batches import coverage_per_epoch, kl_batch_vs_dataset, kl_stats, never_drawn
 from pipeline.stages.tables import Table
 from storage.errors import SubsampleError
 

@@ -11,11 +11,14 @@ import torch
 from PIL import Image
 
 import pipeline.data.decode as dec
-import pipeline.stages.ingest as ingest_mod
+import pipeline.data.images as images_mod
+import pipeline.data.sources as sources_mod
 from kernels.resize import resize_lanczos
 from flows.cli import main
 from pipeline.config import IngestConfig
-from pipeline.stages.ingest import CropPolicy, FolderReader, run_ingest
+from pipeline.data.images import CropPolicy
+from pipeline.data.sources import FolderReader
+from pipeline.stages.ingest import run_ingest
 from storage.store import open_store
 
 # The fast path decodes the pixels Pillow's decoder gives (same libjpeg-turbo, same DCT scale:
@@ -71,14 +74,14 @@ def test_fast_decoder_gives_the_pillow_paths_images_and_records_its_policy(tmp_p
     for name, data in files.items():
         (src / name).write_bytes(data)
     fallbacks = []
-    real = ingest_mod.decode_image
-    monkeypatch.setattr(ingest_mod, "decode_image", lambda *a: fallbacks.append(a) or real(*a))
+    real = images_mod.decode_image
+    monkeypatch.setattr(dec, "decode_image", lambda *a: fallbacks.append(a) or real(*a))
     fast = ingest(src, "fast", size=64, crop=178)
     assert fallbacks == []  # every one of these JPEGs took the fast path
     old = ingest(src, "old", size=64, crop=178, decoder="pillow")
     a, b = open_store("fast").images[:], open_store("old").images[:]
     assert a.shape == b.shape == (11, 64, 64, 3) and close(a, b)
-    pillow_decoded = np.stack([ingest_mod.decode_image(str(src / n), CropPolicy(64, 178), 1 << 30) for n in sorted(files)])
+    pillow_decoded = np.stack([images_mod.decode_image(str(src / n), CropPolicy(64, 178), 1 << 30) for n in sorted(files)])
     assert np.array_equal(a, pillow_decoded)  # the decoder itself: Pillow's pixels exactly
     celeba = [i for i, n in enumerate(sorted(files)) if n.startswith("celeba")]
     assert np.array_equal(a[celeba], b[celeba])  # CelebA's geometry: bit for bit
@@ -97,9 +100,9 @@ def test_exif_orientation_as_pillow_with_scaled_decode(orientation):
     for crop in (None, 100):
         fast = CropPolicy(32, crop)
         got = dec.decode_jpeg_fast(data, fast, 1 << 30)
-        same_decoder = ingest_mod.decode_image(io.BytesIO(data), fast, 1 << 30)  # Pillow decodes, the kernel resizes
+        same_decoder = images_mod.decode_image(io.BytesIO(data), fast, 1 << 30)  # Pillow decodes, the kernel resizes
         assert np.array_equal(got, same_decoder), (orientation, crop)
-        old_path = ingest_mod.decode_image(io.BytesIO(data), CropPolicy(32, crop, "pillow"), 1 << 30)
+        old_path = images_mod.decode_image(io.BytesIO(data), CropPolicy(32, crop, "pillow"), 1 << 30)
         assert close(got, old_path), (orientation, crop)
 
 
@@ -203,12 +206,12 @@ def test_gpu_decode_path_logic_on_the_cpu(tmp_path):
     refs = sorted(p.name for p in src.iterdir())
     policy = CropPolicy(32, 178, "fast", "cuda")
     block = dec.decode_files_cuda(FolderReader(str(src)), refs, policy, 1 << 30, device="cpu")
-    fast = ingest_mod.decode_files(FolderReader(str(src)), refs, CropPolicy(32, 178), 1 << 30)
+    fast = sources_mod.decode_files(FolderReader(str(src)), refs, CropPolicy(32, 178), 1 << 30)
     assert block.quarantine == fast.quarantine and len(block.images) == len(fast.images)
     # full-resolution decode (nvJPEG has no DCT scaling): Pillow's full decode + the kernel
     for i, name in enumerate(n for n in refs if n not in {q["path"] for q in fast.quarantine}):
         if name in ("good.jpg", "rotated.jpg"):
-            full = ingest_mod.ImageOps.exif_transpose(Image.open(src / name)).convert("RGB")
+            full = images_mod.ImageOps.exif_transpose(Image.open(src / name)).convert("RGB")
             want = resize_lanczos(np.asarray(full), policy.box(*full.size), 32)
             assert np.array_equal(block.images[i], want), name
 

@@ -23,10 +23,11 @@ def histories(run_id: str) -> dict[str, list[int]]:
 
 def test_eval_every_logs_fidelity_curves_at_the_right_epochs(toy_home, monkeypatch):
     from pipeline.stages import evaluate
+    from pipeline import fidelity
 
     reads = []
-    real_getitem = evaluate.StoreDataset.__getitem__
-    monkeypatch.setattr(evaluate.StoreDataset, "__getitem__", lambda self, i: reads.append(i) or real_getitem(self, i))
+    real_getitem = fidelity.StoreDataset.__getitem__
+    monkeypatch.setattr(fidelity.StoreDataset, "__getitem__", lambda self, i: reads.append(i) or real_getitem(self, i))
     s = _train(_cfg(epochs=3, track=True, eval_every=2, seed=11, **EVAL))
     h = histories(s["mlflow_run_id"])
     for name in ("fid64_train", "kid64_train", "is64", "feature_kl64_train", "feature_js64_train"):

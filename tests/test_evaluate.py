@@ -14,6 +14,8 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from pipeline.stages import evaluate as ev
+
+from pipeline import fidelity
 from pipeline.config import EvaluateConfig
 
 TINY = "subsample-test-tiny"
@@ -71,8 +73,8 @@ def noisy(images: np.ndarray, sigma: float, seed: int = 1) -> np.ndarray:
     return np.clip(images + rng.normal(0, sigma, images.shape), 0, 255).round().astype(np.uint8)
 
 
-def scores(gen: np.ndarray, ref: np.ndarray, **kw) -> ev.FidelityResult:
-    return ev.fidelity_scores(ev.ImageArrayDataset(gen), ev.ImageArrayDataset(ref), CFG, **kw)
+def scores(gen: np.ndarray, ref: np.ndarray, **kw) -> fidelity.FidelityResult:
+    return fidelity.fidelity_scores(fidelity.ImageArrayDataset(gen), fidelity.ImageArrayDataset(ref), CFG, **kw)
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise():
@@ -103,12 +105,12 @@ def test_metrics_are_exactly_torch_fidelitys(tmp_path):
 
     x, gen = blob_images(120, seed=3), noisy(blob_images(120, seed=3), 15)
     raw = torch_fidelity.calculate_metrics(
-        input1=ev.ImageArrayDataset(gen), input2=ev.ImageArrayDataset(x), isc=True, fid=True, kid=True,
+        input1=fidelity.ImageArrayDataset(gen), input2=fidelity.ImageArrayDataset(x), isc=True, fid=True, kid=True,
         feature_extractor=TINY, isc_splits=CFG.isc_splits, kid_subsets=CFG.kid_subsets, kid_subset_size=100,
         batch_size=CFG.batch_size, cuda=False, cache=False, rng_seed=CFG.seed, save_cpu_ram=True, verbose=False,
     )
     for kw in ({}, {"reference_cache_name": "r", "cache_root": tmp_path}, {"reference_cache_name": "r", "cache_root": tmp_path}):
-        m = ev.fidelity_scores(ev.ImageArrayDataset(gen), ev.ImageArrayDataset(x), CFG.model_copy(update={"kid_subset_size": 100}), **kw).metrics
+        m = fidelity.fidelity_scores(fidelity.ImageArrayDataset(gen), fidelity.ImageArrayDataset(x), CFG.model_copy(update={"kid_subset_size": 100}), **kw).metrics
         assert m["fid120_train"] == raw[torch_fidelity.KEY_METRIC_FID]
         assert m["is120"] == raw[torch_fidelity.KEY_METRIC_ISC_MEAN] and m["is120_std"] == raw[torch_fidelity.KEY_METRIC_ISC_STD]
         assert m["kid120_train"] == raw[torch_fidelity.KEY_METRIC_KID_MEAN]
@@ -133,8 +135,8 @@ def test_reference_statistics_are_cached_per_data_set(tmp_path):
         def __getitem__(self, i):
             raise AssertionError("reference images were read again despite the cache")
 
-    second = ev.fidelity_scores(
-        ev.ImageArrayDataset(gen), Untouchable(), CFG, reference_cache_name="ds-abc", cache_root=cache
+    second = fidelity.fidelity_scores(
+        fidelity.ImageArrayDataset(gen), Untouchable(), CFG, reference_cache_name="ds-abc", cache_root=cache
     )
     assert second.reference_cache == "hit"
     assert second.metrics == pytest.approx(first.metrics)
@@ -152,7 +154,7 @@ def test_store_dataset_reads_chunks_in_order(tmp_path, monkeypatch):
     with StoreBuilder("blobs", size=8, n_max=25, chunk=10) as b:
         b.append(x)
         store = b.finish()
-    ds = ev.StoreDataset(store.images)
+    ds = fidelity.StoreDataset(store.images)
     assert len(ds) == 25
     got = np.stack([ds[i].numpy().transpose(1, 2, 0) for i in range(25)])
     np.testing.assert_array_equal(got, x)
@@ -170,8 +172,8 @@ def test_offline_inception_weights_give_one_clear_reason_without_network(tmp_pat
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    with pytest.raises(ev.WeightsUnavailable) as e:
-        ev.resolve_weights(EvaluateConfig())
+    with pytest.raises(fidelity.WeightsUnavailable) as e:
+        fidelity.resolve_weights(EvaluateConfig())
     msg = str(e.value)
     assert "\n" not in msg
     assert "Inception weights not available offline" in msg and "--weights PATH" in msg
@@ -184,22 +186,22 @@ def test_offline_inception_weights_give_one_clear_reason_without_network(tmp_pat
     w = tmp_path / "weights.pth"
     w.write_bytes(b"not really weights")
     with pytest.raises(SubsampleError, match="cannot be loaded weights-only"):
-        ev.resolve_weights(EvaluateConfig(weights=str(w)))
+        fidelity.resolve_weights(EvaluateConfig(weights=str(w)))
     torch.save({"some.weight": torch.zeros(3)}, w)
     with pytest.raises(SubsampleError, match="not torch-fidelity's Inception state dict"):
-        ev.resolve_weights(EvaluateConfig(weights=str(w)))
+        fidelity.resolve_weights(EvaluateConfig(weights=str(w)))
     fake = {"Conv2d_1a_3x3.conv.weight": torch.zeros(1), "fc.weight": torch.zeros(1008, 1)}
     torch.save(fake, w)
-    path, tag = ev.resolve_weights(EvaluateConfig(weights=str(w)))
+    path, tag = fidelity.resolve_weights(EvaluateConfig(weights=str(w)))
     assert path == str(w) and len(tag) == 16
     # a file already in the hub cache is used without any download, checked like any other
     hub = tmp_path / "torch" / "hub" / "checkpoints"
     hub.mkdir(parents=True, exist_ok=True)
     (hub / "weights-inception-2015-12-05-6726825d.pth").write_bytes(b"x")
     with pytest.raises(SubsampleError, match="cannot be loaded weights-only"):
-        ev.resolve_weights(EvaluateConfig())
+        fidelity.resolve_weights(EvaluateConfig())
     torch.save(fake, hub / "weights-inception-2015-12-05-6726825d.pth")
-    path, _ = ev.resolve_weights(EvaluateConfig())
+    path, _ = fidelity.resolve_weights(EvaluateConfig())
     assert path.endswith("weights-inception-2015-12-05-6726825d.pth") and len(calls) == 1
 
 
@@ -207,11 +209,11 @@ def test_missing_weights_file_is_a_user_error(tmp_path):
     from storage.errors import SubsampleError
 
     with pytest.raises(SubsampleError, match="no such file"):
-        ev.resolve_weights(EvaluateConfig(weights=str(tmp_path / "nope.pth")))
+        fidelity.resolve_weights(EvaluateConfig(weights=str(tmp_path / "nope.pth")))
 
 
 def test_count_tag_and_grid():
-    assert ev.count_tag(50_000) == "50k" and ev.count_tag(1000) == "1k" and ev.count_tag(1234) == "1234"
+    assert fidelity.count_tag(50_000) == "50k" and fidelity.count_tag(1000) == "1k" and fidelity.count_tag(1234) == "1234"
     g = ev.image_grid(np.full((5, 4, 4, 3), 255, np.uint8), columns=3)
     assert g.shape == (2 * 6 + 2, 3 * 6 + 2, 3)
     assert (g == 255).sum() == 5 * 16 * 3

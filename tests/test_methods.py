@@ -67,7 +67,7 @@ def home(tmp_path_factory):
 
 
 def _trainer(preset: str, n_classes: int = 2, **kw):
-    from pipeline.stages.train import make_trainer
+    from pipeline.gan.trainer import make_trainer
 
     cfg = resolve_train_config(preset, {**TINY, **kw})
     uses_labels = ARCHITECTURES[cfg.arch].labels or METHODS[cfg.method].needs_labels(cfg)
@@ -92,7 +92,7 @@ def test_every_new_preset_is_registered_and_cited():
 
 @pytest.mark.parametrize("preset", NEW_PRESETS)
 def test_preset_trains_a_few_steps(preset, data):
-    from pipeline.stages.train import generate, train_epoch
+    from pipeline.gan.trainer import generate, train_epoch
 
     images, labels = data
     t, uses_labels = _trainer(preset)
@@ -254,7 +254,7 @@ def test_conditional_generators_make_the_requested_class(arch):
 def test_semi_supervised_head_beats_chance(data):
     """Two constant-colour classes, half of the training labels, 30 steps: D's (N+1)-class head
     classifies the held-out images far above chance (1/2)."""
-    from pipeline.stages.train import train_epoch
+    from pipeline.gan.trainer import train_epoch
 
     images, labels = data
     t, _ = _trainer("pl-gan-semi", labelled_fraction=0.5, semi_test_fraction=0.25, lr_d=1e-3)

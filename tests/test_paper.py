@@ -95,7 +95,7 @@ def test_rmsprop_momentum_and_alpha_reach_the_optimiser():
 
 def test_g_loss_switches_the_generator_objective_of_logistic_losses():
     from pipeline.gan.losses import LOSSES
-    from pipeline.stages.train import make_trainer
+    from pipeline.gan.trainer import make_trainer
 
     fake = torch.tensor([-2.0, 0.5, 3.0])
     for loss, g_loss, want in [("nonsaturating", None, "nonsaturating"), ("nonsaturating", "minimax", "minimax"),

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline.stages.batches import construct_epoch
+from pipeline.data.strategies import construct_epoch
 from pipeline.data.sampler import SubsampleBatchSampler
 from pipeline.stages.tables import Table
 from storage.errors import SubsampleError
@@ -99,9 +99,9 @@ def test_bad_configurations_are_clear_errors():
         SubsampleBatchSampler()
 
 
-def test_from_artifact_agrees_with_fresh_construction(tmp_path, monkeypatch):
-    from pipeline.stages.batches import run_batches
+def test_stored_sampler_agrees_with_fresh_construction(tmp_path, monkeypatch):
     from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
+    from pipeline.stages.batches import run_batches, stored_sampler
     from pipeline.stages.features import run_features
     from pipeline.stages.tables import load_table, run_tables, tables_artifact
     from storage.errors import MissingArtifactError
@@ -116,9 +116,9 @@ def test_from_artifact_agrees_with_fresh_construction(tmp_path, monkeypatch):
     run_tables("toy", tables)
     cfg = BatchesConfig(batch_size=40, strategy="constructed", epochs=2, seed=7, fill="coverage")
     with pytest.raises(MissingArtifactError, match="subsample batches toy"):
-        SubsampleBatchSampler.from_artifact("toy", cfg, tables)
+        stored_sampler("toy", cfg, tables)
     run_batches("toy", cfg, tables, progress=False)
-    stored = SubsampleBatchSampler.from_artifact("toy", cfg, tables)
+    stored = stored_sampler("toy", cfg, tables)
     fresh = SubsampleBatchSampler(
         load_table(tables_artifact("toy", tables)), batch_size=40, strategy="constructed", seed=7, fill="coverage"
     )

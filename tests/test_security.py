@@ -186,19 +186,20 @@ def test_weights_reach_torch_fidelity_only_as_tensors_this_process_serialised(in
     """A good weights file is loaded weights-only and handed over re-serialised: the extractor
     (which unpickles like torch-fidelity's own, weights_only=False) gets exactly its tensors."""
     from pipeline.stages import evaluate as ev
+    from pipeline import fidelity
     from pipeline.config import EvaluateConfig
 
     good = tmp_path / "good.pth"
     sd = {"a.weight": torch.arange(6.0).reshape(2, 3), "b.bias": torch.ones(4)}
     torch.save(sd, good)
     cfg = EvaluateConfig(samples=40, feature_extractor=EXTRACTOR, kid_subsets=5, weights=str(good))
-    path, tag = ev.resolve_weights(cfg)
+    path, tag = fidelity.resolve_weights(cfg)
     LOADED.clear()
     images = blobs(40)
-    ev.fidelity_scores(ev.ImageArrayDataset(images), ev.ImageArrayDataset(images), cfg, weights_path=path)
+    fidelity.fidelity_scores(fidelity.ImageArrayDataset(images), fidelity.ImageArrayDataset(images), cfg, weights_path=path)
     assert len(LOADED) == 1 and set(LOADED[0]) == set(sd)
     assert all(torch.equal(LOADED[0][k], v) for k, v in sd.items())
-    assert tag == ev.sha256_file(good)[:16]
+    assert tag == fidelity.sha256_file(good)[:16]
 
 
 @pytest.mark.parametrize("extractor", ["clip-vit-b-32", "dinov2-vit-s-14"])
@@ -578,7 +579,7 @@ def test_a_diverging_run_stops_with_a_clear_message(in_home, capsys):
 
 def test_divergence_guard_counts_consecutive_steps():
     from pipeline.config import TrainConfig
-    from pipeline.stages.train import Diverged, _check_divergence
+    from pipeline.gan.trainer import Diverged, _check_divergence
 
     class T:
         cfg = TrainConfig(diverge_loss_max=10.0, diverge_steps=3)

@@ -10,7 +10,7 @@
   EXIF (and XMP) orientation is applied as Pillow's ``exif_transpose`` does.
 - **Everything else**, and any JPEG this path does not fully understand (CMYK/YCCK/RGB colour
   spaces, a malformed or repeated EXIF block, a decode error of any kind, a file too large to read
-  whole), goes through the Pillow path (:func:`pipeline.stages.ingest.decode_image`), resampled by the
+  whole), goes through the Pillow path (:func:`pipeline.data.images.decode_image`), resampled by the
   same kernel. A file the fast decoder refuses is therefore quarantined (or accepted) exactly as
   the Pillow path would: the Pillow path has the last word, with its reasons.
 
@@ -31,25 +31,17 @@ import io
 import os
 import re
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from kernels.resize import fixed_coeffs, resize_lanczos
-
-if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.stages.ingest import Block, CropPolicy
+from pipeline.data.images import Block, CropPolicy, Rejected, decode_image, quarantine_reason
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 FAST_COLOURSPACES = ("YCbCr", "Gray")  # what libjpeg-turbo converts to RGB as Pillow does
 DRAFT_SCALES = (8, 4, 2, 1)  # libjpeg's power-of-two DCT scales, as Pillow's draft mode tries them
-
-
-def simplejpeg_version() -> str:
-    import simplejpeg
-
-    return simplejpeg.__version__
 
 
 # --- header facts: dimensions, orientation ---------------------------------------------------------
@@ -160,7 +152,7 @@ def bomb_check(w: int, h: int) -> None:
         )
 
 
-def draft_scale(policy: "CropPolicy", w0: int, h0: int) -> int:
+def draft_scale(policy: CropPolicy, w0: int, h0: int) -> int:
     """The DCT scale denominator Pillow's draft mode picks for ``policy`` (1 = full size): the
     largest of 8, 4, 2 with ``min(w0 // dw, h0 // dh) >= s``, (dw, dh) = ``policy.draft_size``,
     and only when the crop has at least 2·S pixels a side."""
@@ -171,7 +163,7 @@ def draft_scale(policy: "CropPolicy", w0: int, h0: int) -> int:
     return next(s for s in DRAFT_SCALES if scale >= s)
 
 
-def crop_resize(img: np.ndarray, policy: "CropPolicy", full: tuple[int, int], scale: int) -> np.ndarray:
+def crop_resize(img: np.ndarray, policy: CropPolicy, full: tuple[int, int], scale: int) -> np.ndarray:
     """``policy`` on an upright RGB array decoded at 1/``scale`` of ``full`` = (w, h): the crop
     box is computed at full size and divided by the scale (fractional coordinates kept)."""
     box = policy.box(*full)
@@ -210,12 +202,10 @@ def read_source(src: str | os.PathLike | io.IOBase, max_bytes: int) -> bytes | N
     return data
 
 
-def decode_jpeg_fast(data: bytes, policy: "CropPolicy", max_pixels: int) -> np.ndarray:
+def decode_jpeg_fast(data: bytes, policy: CropPolicy, max_pixels: int) -> np.ndarray:
     """One JPEG to (S, S, 3) uint8; raises :class:`NotFast` when the Pillow path should decide,
     and the Pillow path's rejections (too large, decompression bomb) itself."""
     import simplejpeg
-
-    from pipeline.stages.ingest import Rejected
 
     h0, w0, orientation = _fast_header(data, max_pixels, Rejected)
     scale = draft_scale(policy, w0, h0)
@@ -230,10 +220,8 @@ def decode_jpeg_fast(data: bytes, policy: "CropPolicy", max_pixels: int) -> np.n
     return crop_resize(upright(img, orientation), policy, full, scale)
 
 
-def decode_file(src: str | os.PathLike | io.BytesIO, policy: "CropPolicy", max_pixels: int) -> np.ndarray:
+def decode_file(src: str | os.PathLike | io.BytesIO, policy: CropPolicy, max_pixels: int) -> np.ndarray:
     """One source file under ``policy``: the JPEG fast path, else the Pillow path."""
-    from pipeline.stages.ingest import decode_image
-
     data = read_source(src, max_file_bytes(max_pixels))
     if data is not None:
         if data.startswith(JPEG_MAGIC):
@@ -293,14 +281,12 @@ def resize_torch(images: Any, box: tuple[float, float, float, float], size: int)
     return out.to(torch.uint8)
 
 
-def decode_files_cuda(reader: Any, refs: list[str], policy: "CropPolicy", max_pixels: int, device: str = "cuda") -> "Block":
+def decode_files_cuda(reader: Any, refs: list[str], policy: CropPolicy, max_pixels: int, device: str = "cuda") -> Block:
     """A task's files with nvJPEG: the JPEGs the fast path takes are decoded as one batch on
     ``device`` at full resolution, oriented, grouped by (size, box) and resampled there; every
     other file goes through :func:`decode_file` on the CPU. Source order is kept."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
-
-    from pipeline.stages.ingest import Block, Rejected, quarantine_reason
 
     results: list[np.ndarray | None] = [None] * len(refs)
     reasons: dict[int, str] = {}

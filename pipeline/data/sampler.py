@@ -9,10 +9,10 @@
 Two sources of batches, which agree for the same (seed, epoch):
 
 * **fresh**: ``SubsampleBatchSampler(table, ...)`` constructs each epoch's batches from the joint
-  table when it is iterated (:func:`pipeline.stages.batches.construct_epoch`, well under a second for
+  table when it is iterated (:func:`pipeline.data.strategies.construct_epoch`, well under a second for
   200k images), for as many epochs as you like;
-* **stored**: ``SubsampleBatchSampler.from_artifact(dataset, batches_cfg, ...)`` (the ``batches``
-  stage's ``batches.npy``) or ``from_array(epochs × m × B)``. Asking for an epoch beyond those
+* **stored**: ``SubsampleBatchSampler.from_array(epochs × m × B)``, e.g. the ``batches`` stage's
+  ``batches.npy`` (``pipeline.stages.batches.stored_sampler(dataset, batches_cfg, ...)``). Asking for an epoch beyond those
   stored raises an error, unless ``cycle=True``: then epoch e uses stored epoch ``e mod E``
   (the same batches again, in the same order — say so when you report results).
 
@@ -28,8 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-from pipeline.stages.batches import batches_per_epoch, construct_epoch
-from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
+from pipeline.data.strategies import batches_per_epoch, construct_epoch
 from storage.errors import SubsampleError
 
 
@@ -66,7 +65,7 @@ class SubsampleBatchSampler(Sampler[list[int]]):
     ):
         super().__init__()
         if (table is None) == (stored is None):
-            raise SubsampleError("sampler", "give either a table (fresh batches) or stored batches (from_array / from_artifact)")
+            raise SubsampleError("sampler", "give either a table (fresh batches) or stored batches (from_array)")
         if stored is not None:
             stored = np.asarray(stored)
             if stored.ndim != 3 or stored.shape[0] < 1 or stored.shape[1] < 1:
@@ -103,30 +102,6 @@ class SubsampleBatchSampler(Sampler[list[int]]):
         if batches.ndim == 2:
             batches = batches[None]
         return cls(stored=batches, num_replicas=num_replicas, rank=rank, cycle=cycle)
-
-    @classmethod
-    def from_artifact(
-        cls,
-        dataset: str,
-        batches_cfg: BatchesConfig,
-        tables_cfg: TablesConfig = TablesConfig(),
-        features_cfg: FeaturesConfig = FeaturesConfig(),
-        *,
-        num_replicas: int | None = None,
-        rank: int | None = None,
-        cycle: bool = False,
-    ) -> "SubsampleBatchSampler":
-        """Over the ``batches`` stage's stored batches for these configs (raises
-        :class:`~storage.errors.MissingArtifactError` naming the command when not built yet)."""
-        from pipeline.stages.batches import batches_artifact, load_batches
-
-        sampler = cls.from_array(
-            load_batches(batches_artifact(dataset, batches_cfg, tables_cfg, features_cfg)),
-            num_replicas=num_replicas, rank=rank, cycle=cycle,
-        )
-        sampler.strategy, sampler.seed = batches_cfg.strategy, batches_cfg.seed
-        sampler.top_k, sampler.fill, sampler.topup = batches_cfg.top_k, batches_cfg.fill, batches_cfg.topup
-        return sampler
 
     @property
     def stored_epochs(self) -> int | None:

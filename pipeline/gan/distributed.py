@@ -34,23 +34,17 @@ per-class IGAN (``igan-nclass``), whose branches see different classes on differ
 """
 from __future__ import annotations
 
-import json
 import os
-import sys
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from storage.errors import SubsampleError
 
-if TYPE_CHECKING:
-    from pipeline.config import TrainConfig
-    from pipeline.stages.train import Trainer
 
 STAGE = "train"
 TIMEOUT = timedelta(minutes=30)  # a collective waits this long (rank 0 evaluates while the others wait)
@@ -93,7 +87,7 @@ def is_main() -> bool:
     return _WORLD is None or _WORLD.main
 
 
-def world_size_of(cfg: TrainConfig) -> int:
+def world_size_of(cfg: Any) -> int:
     return cfg.nproc_per_node * cfg.nnodes
 
 
@@ -111,12 +105,12 @@ def needs_session() -> bool:
     return _WORLD is None and _env_world() is not None
 
 
-def needs_launch(cfg: TrainConfig) -> bool:
+def needs_launch(cfg: Any) -> bool:
     """The config asks for more than one rank and this process is not one of them yet."""
     return world_size_of(cfg) > 1 and _WORLD is None and _env_world() is None
 
 
-def joined_config(cfg: TrainConfig) -> TrainConfig:
+def joined_config(cfg: Any) -> Any:
     """``cfg`` with the world it actually runs in (torchrun's, when it was launched by hand)."""
     w = _WORLD
     if w is None:
@@ -325,7 +319,7 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
 # --- models ------------------------------------------------------------------------------------------
 
 
-def check_supported(cfg: TrainConfig, batch_size: int) -> None:
+def check_supported(cfg: Any, batch_size: int) -> None:
     """One-line refusals of what DDP cannot run as the one-process run does."""
     k = world_size_of(cfg)
     if k <= 1:
@@ -339,7 +333,7 @@ def check_supported(cfg: TrainConfig, batch_size: int) -> None:
         raise SubsampleError(STAGE, f"arch {cfg.arch!r} is not supported under DDP: {REFUSED_ARCHS[cfg.arch]}; train it on one process")
 
 
-def wrap(t: Trainer) -> None:
+def wrap(t: Any) -> None:
     """Batch norm -> :class:`SyncBatchNorm` (unless ``sync_batchnorm`` is off) and G, D and the
     method's trained modules in DistributedDataParallel; ``t.G``/``t.D`` stay the plain modules
     (checkpoints, samples), ``t.G_train``/``t.D_train`` are what the steps call."""
@@ -387,93 +381,3 @@ def own_rng(ck: dict) -> dict:
     return ck["rng"]
 
 
-# --- launch --------------------------------------------------------------------------------------
-
-
-def launch_train(dataset: str, cfg: TrainConfig, batches: Any, tables: Any, features: Any, *,
-                 key: str, work: Any, resume: bool, refresh: bool, progress: bool) -> dict:
-    """Run ``run_train`` on ``nproc_per_node`` ranks of this node (``nnodes`` nodes in all) under
-    torchrun's elastic agent; rank 0's summary. A failed rank ends the run with one line."""
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    check_supported(cfg, batches.batch_size)
-    nnodes, nproc = cfg.nnodes, cfg.nproc_per_node
-    if nnodes > 1:
-        if not cfg.rdzv_endpoint:
-            raise SubsampleError(STAGE, f"nnodes={nnodes} needs --rdzv-endpoint HOST:PORT (the same on every node)")
-        if cfg.node_rank is not None:  # torchrun's static rendezvous: HOST:PORT is node 0's
-            backend, conf = "static", {"rank": cfg.node_rank}
-        else:
-            backend, conf = "c10d", {}
-        endpoint, run_id = cfg.rdzv_endpoint, f"subsample-{key}"
-    else:  # torchrun --standalone: a c10d store on a free local port
-        backend, conf, endpoint, run_id = "c10d", {}, "localhost:0", str(uuid.uuid4())
-    if nproc > 1 and "OMP_NUM_THREADS" not in os.environ:
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    config = LaunchConfig(
-        min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc, run_id=run_id, rdzv_backend=backend,
-        rdzv_endpoint=endpoint, rdzv_configs=conf, max_restarts=0, monitor_interval=0.2, start_method="spawn",
-    )
-    payload = {
-        "dataset": dataset, "train": cfg.model_dump(mode="json"), "batches": batches.model_dump(mode="json"),
-        "tables": tables.model_dump(mode="json"), "features": features.model_dump(mode="json"),
-        "resume": resume, "refresh": refresh, "progress": progress,
-    }
-    try:
-        results = elastic_launch(config, _train_worker)(payload)
-    except ChildFailedError as e:
-        r, failure = e.get_first_failure()
-        _mark_killed(work)
-        ckpt = work / "checkpoint.pt"
-        last = f"{ckpt} is kept; rerun with --resume to continue from it" if ckpt.exists() else "no epoch had finished, nothing to resume"
-        raise SubsampleError(
-            STAGE, f"rank {r} of {world_size_of(cfg)} died ({_why(failure)}), which ended the run; last good checkpoint: {last}",
-        ) from None
-    errors = [v["error"] for _, v in sorted(results.items()) if isinstance(v, dict) and v.get("error")]
-    if errors:
-        raise SubsampleError(STAGE, errors[0].removeprefix(f"{STAGE}: "))
-    if 0 not in results:  # another node holds rank 0, which wrote the artifact
-        return {"stage": STAGE, "dataset": dataset, "key": key, "node_rank": cfg.node_rank, "world_size": world_size_of(cfg),
-                "note": "trained as a non-zero node; rank 0 (node 0) wrote the artifact and the MLflow run"}
-    return results[0]["summary"]
-
-
-def _why(failure: Any) -> str:
-    code = getattr(failure, "exitcode", None)
-    msg = getattr(failure, "message", "") or ""
-    if isinstance(msg, dict):
-        msg = msg.get("message", "")
-    msg = str(msg).strip().splitlines()[-1] if str(msg).strip() else ""
-    if code is not None and code < 0:
-        return f"killed by signal {-code}"
-    return f"exit code {code}" + (f": {msg[:200]}" if msg and "To enable traceback" not in msg else "")
-
-
-def _mark_killed(work: Any) -> None:
-    """The MLflow run of a run whose ranks died is marked KILLED (a resume reopens it)."""
-    try:
-        run_id = json.loads((work / "run.json").read_text()).get("mlflow_run_id")
-    except (OSError, ValueError):
-        return
-    if run_id:
-        from pipeline.stages.train import _end_tracking
-
-        _end_tracking(run_id, "KILLED")
-
-
-def _train_worker(payload: dict) -> dict:
-    """One rank (a process the elastic agent started): ``run_train`` joins the process group."""
-    from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig, TrainConfig
-    from pipeline.stages.train import run_train
-
-    try:
-        summary = run_train(
-            payload["dataset"], TrainConfig(**payload["train"]), BatchesConfig(**payload["batches"]),
-            TablesConfig(**payload["tables"]), FeaturesConfig(**payload["features"]),
-            resume=payload["resume"], refresh=payload["refresh"], progress=payload["progress"],
-        )
-    except SubsampleError as e:
-        print(str(e), file=sys.stderr)
-        return {"error": str(e)}
-    return {"summary": summary}

@@ -1,6 +1,6 @@
 """Training methods: how a D step and a G step are taken, in a registry.
 
-The training loop (``pipeline.stages.train.train_epoch``) is the same for every method: per batch,
+The training loop (``pipeline.gan.trainer.train_epoch``) is the same for every method: per batch,
 ``before_step``, a D step, and after every ``d_steps`` D steps a G step. A method says what those
 steps are, may own extra modules and optimisers (checkpointed with the run, so ``--resume`` stays
 exact) and adds per-epoch metrics to ``metrics.jsonl`` and MLflow.
@@ -25,7 +25,7 @@ pytorch/examples' dcgan does; ``gan`` reproduces the original training step bit 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +36,6 @@ from pipeline.gan.losses import LOGISTIC_LOSSES, LOSSES, PENALTIES, clip_weights
 from pipeline.gan.models import ARCHITECTURES
 from storage.errors import SubsampleError
 
-if TYPE_CHECKING:
-    from pipeline.config import TrainConfig
-    from pipeline.stages.train import Trainer
 
 STAGE = "train"
 
@@ -118,10 +115,10 @@ class TrainingMethod:
     unsupported: ClassVar[tuple[str, ...]] = ()  # TrainConfig fields that must stay at their defaults
 
     @classmethod
-    def needs_labels(cls, cfg: TrainConfig) -> bool:
+    def needs_labels(cls, cfg: Any) -> bool:
         return False
 
-    def __init__(self, t: Trainer):
+    def __init__(self, t: Any):
         arch = ARCHITECTURES[t.spec.arch]
         if arch.d_output not in self.d_outputs:
             raise SubsampleError(
@@ -140,14 +137,14 @@ class TrainingMethod:
         self.fake: Tensor | None = None  # the last D step's generated images, for the G step
 
     # hooks
-    def attach_data(self, t: Trainer, images: Tensor, labels: Tensor | None) -> Tensor | None:
+    def attach_data(self, t: Any, images: Tensor, labels: Tensor | None) -> Tensor | None:
         """Called once per run with the resident data set; returns the labels the steps receive."""
         return labels
 
-    def epoch_start(self, t: Trainer, n_batches: int) -> None:
+    def epoch_start(self, t: Any, n_batches: int) -> None:
         self.total_steps = t.cfg.epochs * n_batches
 
-    def before_step(self, t: Trainer, real: Tensor, y: Tensor | None) -> None:
+    def before_step(self, t: Any, real: Tensor, y: Tensor | None) -> None:
         """Before each D step: IGAN's learning-rate schedule when ``lr_schedule="igan"``."""
         cfg = t.cfg
         if cfg.lr_schedule == "igan":
@@ -157,11 +154,11 @@ class TrainingMethod:
             for group in t.opt_g.param_groups:
                 group["lr"] = cfg.igan_g_lr_ratio * lr
 
-    def d_step(self, t: Trainer, real: Tensor, y: Tensor | None) -> Tensor:
+    def d_step(self, t: Any, real: Tensor, y: Tensor | None) -> Tensor:
         """One D update; returns (loss_d, D's mean score on real, on generated), on the device."""
         raise NotImplementedError
 
-    def g_step(self, t: Trainer, real: Tensor, y: Tensor | None) -> Tensor:
+    def g_step(self, t: Any, real: Tensor, y: Tensor | None) -> Tensor:
         """One G update (on ``self.fake``, the last D step's images); returns loss_g, on the device."""
         raise NotImplementedError
 
@@ -170,13 +167,13 @@ class TrainingMethod:
         """Suffix of the d_real_/d_fake_ metrics: ``prob`` (sigmoid of a logit) or ``score`` (raw)."""
         return "score"
 
-    def epoch_metrics(self, t: Trainer) -> dict[str, float]:
+    def epoch_metrics(self, t: Any) -> dict[str, float]:
         """The epoch's means of what :meth:`record` collected (one device sync)."""
         out = {name: float(torch.stack(vals).float().mean()) for name, vals in self._records.items() if vals}
         self._records.clear()
         return out
 
-    def distribute(self, t: Trainer, wrap: Any) -> None:
+    def distribute(self, t: Any, wrap: Any) -> None:
         """Under DDP (``pipeline.gan.distributed.wrap``): wrap the method's trained modules with
         ``wrap`` (DistributedDataParallel) for the steps to call; ``self.modules`` keep the plain
         ones for checkpoints."""
@@ -185,10 +182,10 @@ class TrainingMethod:
     def record(self, name: str, value: Tensor) -> None:
         self._records.setdefault(name, []).append(value.detach().float())
 
-    def generate(self, t: Trainer, z: Tensor, y: Tensor | None) -> Tensor:
+    def generate(self, t: Any, z: Tensor, y: Tensor | None) -> Tensor:
         return t.G_train(z, y) if self.g_conditional else t.G_train(z)
 
-    def critic(self, t: Trainer, y: Tensor | None) -> nn.Module:
+    def critic(self, t: Any, y: Tensor | None) -> nn.Module:
         """D as the step calls it: with the labels bound for a conditional D, so penalties that
         call ``D(x)`` judge interpolates with their images' class."""
         return _WithLabels(t.D_train, y) if self.d_conditional else t.D_train
@@ -226,7 +223,7 @@ def register_method(cls: type[TrainingMethod]) -> type[TrainingMethod]:
     return cls
 
 
-def build_method(t: Trainer) -> TrainingMethod:
+def build_method(t: Any) -> TrainingMethod:
     if t.cfg.method not in METHODS:
         raise SubsampleError(STAGE, f"unknown method {t.cfg.method!r}; registered: {', '.join(sorted(METHODS))}")
     return METHODS[t.cfg.method](t)
@@ -240,7 +237,7 @@ class GanMethod(TrainingMethod):
     name = "gan"
     description = "D and G losses from pipeline.gan.losses, the enabled penalties and weight clipping"
 
-    def __init__(self, t: Trainer):
+    def __init__(self, t: Any):
         super().__init__(t)
         cfg = t.cfg
         self.loss = LOSSES[cfg.loss]
@@ -255,18 +252,18 @@ class GanMethod(TrainingMethod):
     def score_kind(self) -> str:
         return "prob" if self.loss.probabilities else "score"
 
-    def noisy(self, t: Trainer, x: Tensor) -> Tensor:
+    def noisy(self, t: Any, x: Tensor) -> Tensor:
         """D's input with annealed Gaussian instance noise (``instance_noise`` > 0)."""
         if not t.cfg.instance_noise:
             return x
         return x + instance_noise_sigma(t.cfg.instance_noise, t.step, self.total_steps) * distributed.randn_like(x)
 
-    def d_loss(self, t: Trainer, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    def d_loss(self, t: Any, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
         if t.cfg.real_target < 1:
             return logistic_d_one_sided(real_logits, fake_logits, t.cfg.real_target)
         return self.loss.d(real_logits, fake_logits)
 
-    def d_step(self, t: Trainer, real: Tensor, y: Tensor | None) -> Tensor:
+    def d_step(self, t: Any, real: Tensor, y: Tensor | None) -> Tensor:
         cfg = t.cfg
         z = distributed.randn(len(real), cfg.z_dim, device=t.device)
         real.requires_grad_(cfg.r1_weight > 0)
@@ -285,7 +282,7 @@ class GanMethod(TrainingMethod):
         self.fake = fake
         return torch.stack([loss_d.detach(), self.score(real_logits.detach()).mean(), self.score(fake_logits.detach()).mean()])
 
-    def g_step(self, t: Trainer, real: Tensor, y: Tensor | None) -> Tensor:
+    def g_step(self, t: Any, real: Tensor, y: Tensor | None) -> Tensor:
         t.D_train.requires_grad_(False)
         with t.autocast():
             loss_g = self.g_objective(self.critic(t, y)(self.noisy(t, self.fake)).float())
@@ -316,10 +313,10 @@ class AcganMethod(TrainingMethod):
     unsupported = _NOT_GAN
 
     @classmethod
-    def needs_labels(cls, cfg: TrainConfig) -> bool:
+    def needs_labels(cls, cfg: Any) -> bool:
         return True
 
-    def __init__(self, t: Trainer):
+    def __init__(self, t: Any):
         super().__init__(t)
         self.loss = LOSSES[t.cfg.loss]
         self.score = torch.sigmoid if self.loss.probabilities else (lambda v: v)
@@ -328,7 +325,7 @@ class AcganMethod(TrainingMethod):
     def score_kind(self) -> str:
         return "prob" if self.loss.probabilities else "score"
 
-    def d_step(self, t: Trainer, real: Tensor, y: Tensor | None) -> Tensor:
+    def d_step(self, t: Any, real: Tensor, y: Tensor | None) -> Tensor:
         z = distributed.randn(len(real), t.cfg.z_dim, device=t.device)
         with t.autocast():
             fake = self.generate(t, z, y)
@@ -342,7 +339,7 @@ class AcganMethod(TrainingMethod):
         self.record("acgan_class_accuracy_real", (out_real[:, 1:].argmax(1) == y).float().mean())
         return torch.stack([loss_d.detach(), self.score(out_real[:, 0].detach()).mean(), self.score(out_fake[:, 0].detach()).mean()])
 
-    def g_step(self, t: Trainer, real: Tensor, y: Tensor | None) -> Tensor:
+    def g_step(self, t: Any, real: Tensor, y: Tensor | None) -> Tensor:
         t.D_train.requires_grad_(False)
         with t.autocast():
             out = t.D_train(self.fake).float()
@@ -379,10 +376,10 @@ class PlGanMethod(TrainingMethod):
     unsupported = _NOT_GAN
 
     @classmethod
-    def needs_labels(cls, cfg: TrainConfig) -> bool:
+    def needs_labels(cls, cfg: Any) -> bool:
         return cfg.labelled_fraction > 0
 
-    def __init__(self, t: Trainer):
+    def __init__(self, t: Any):
         super().__init__(t)
         self.semi = ARCHITECTURES[t.spec.arch].d_output == "classes+fake"
         if self.semi != (t.cfg.labelled_fraction > 0):
@@ -403,7 +400,7 @@ class PlGanMethod(TrainingMethod):
         """D's real-vs-generated logit: the output itself, or logsumexp(classes) - l_generated."""
         return torch.logsumexp(out[:, : self.n_classes], 1) - out[:, self.n_classes] if self.semi else out
 
-    def attach_data(self, t: Trainer, images: Tensor, labels: Tensor | None) -> Tensor | None:
+    def attach_data(self, t: Any, images: Tensor, labels: Tensor | None) -> Tensor | None:
         if not self.semi:
             return labels
         n = len(images)
@@ -416,11 +413,11 @@ class PlGanMethod(TrainingMethod):
         train_labels[kept] = labels[kept]
         return train_labels
 
-    def epoch_start(self, t: Trainer, n_batches: int) -> None:
+    def epoch_start(self, t: Any, n_batches: int) -> None:
         super().epoch_start(t, n_batches)
         self.w = pl_switch_weight(t.epoch / (t.cfg.pl_switch_epochs or t.cfg.epochs))
 
-    def d_step(self, t: Trainer, real: Tensor, y: Tensor | None) -> Tensor:
+    def d_step(self, t: Any, real: Tensor, y: Tensor | None) -> Tensor:
         z = distributed.randn(len(real), t.cfg.z_dim, device=t.device)
         with t.autocast():
             fake = t.G_train(z)
@@ -438,7 +435,7 @@ class PlGanMethod(TrainingMethod):
         self.fake = fake
         return torch.stack([loss_d.detach(), torch.sigmoid(s_real.detach()).mean(), torch.sigmoid(s_fake.detach()).mean()])
 
-    def g_step(self, t: Trainer, real: Tensor, y: Tensor | None) -> Tensor:
+    def g_step(self, t: Any, real: Tensor, y: Tensor | None) -> Tensor:
         cfg, D = t.cfg, t.D
         D.requires_grad_(False)
         with t.autocast():
@@ -454,7 +451,7 @@ class PlGanMethod(TrainingMethod):
         return loss_g.detach()
 
     @torch.no_grad()
-    def test_accuracy(self, t: Trainer) -> float:
+    def test_accuracy(self, t: Any) -> float:
         """D's class accuracy (argmax over the N real classes) on the held-out labelled images."""
         was = t.D.training
         t.D.eval()
@@ -467,7 +464,7 @@ class PlGanMethod(TrainingMethod):
         finally:
             t.D.train(was)
 
-    def epoch_metrics(self, t: Trainer) -> dict[str, float]:
+    def epoch_metrics(self, t: Any) -> dict[str, float]:
         out = {**super().epoch_metrics(t), "pl_w": self.w}
         if self.semi:
             out["semi_test_accuracy"] = self.test_accuracy(t)
@@ -490,7 +487,7 @@ class BeganMethod(TrainingMethod):
     d_outputs = frozenset({"reconstruction"})
     unsupported = _NOT_GAN
 
-    def __init__(self, t: Trainer):
+    def __init__(self, t: Any):
         super().__init__(t)
         self.buffers["k"] = torch.zeros((), device=t.device)
         self.loss_real: Tensor | None = None
@@ -499,7 +496,7 @@ class BeganMethod(TrainingMethod):
     def score_kind(self) -> str:
         return "recon"
 
-    def d_step(self, t: Trainer, real: Tensor, y: Tensor | None) -> Tensor:
+    def d_step(self, t: Any, real: Tensor, y: Tensor | None) -> Tensor:
         z = distributed.randn(len(real), t.cfg.z_dim, device=t.device)
         with t.autocast():
             fake = t.G_train(z)
@@ -511,7 +508,7 @@ class BeganMethod(TrainingMethod):
         self.fake, self.loss_real = fake, loss_real.detach()
         return torch.stack([loss_d.detach(), loss_real.detach(), loss_fake.detach()])
 
-    def g_step(self, t: Trainer, real: Tensor, y: Tensor | None) -> Tensor:
+    def g_step(self, t: Any, real: Tensor, y: Tensor | None) -> Tensor:
         cfg = t.cfg
         t.D_train.requires_grad_(False)
         with t.autocast():
@@ -527,7 +524,7 @@ class BeganMethod(TrainingMethod):
         self.record("began_M", began_convergence(self.loss_real, lg, cfg.began_gamma))
         return lg
 
-    def epoch_metrics(self, t: Trainer) -> dict[str, float]:
+    def epoch_metrics(self, t: Any) -> dict[str, float]:
         return {**super().epoch_metrics(t), "began_k": float(self.buffers["k"])}
 
 
@@ -547,7 +544,7 @@ class DecodingConstrainedMethod(GanMethod):
     name = "decoding-constrained"
     description = "gan + a joint encoder/G L2 reconstruction step on the real batch's codes before each adversarial step"
 
-    def __init__(self, t: Trainer):
+    def __init__(self, t: Any):
         super().__init__(t)
         from pipeline.gan.architectures import CodeEncoder
 
@@ -561,10 +558,10 @@ class DecodingConstrainedMethod(GanMethod):
         self.optimizers["reconstruction"] = make_optimizer(
             t.cfg.optimizer, [*E.parameters(), *t.G.parameters()], t.cfg.lr_g, t.cfg)
 
-    def distribute(self, t: Trainer, wrap: Any) -> None:
+    def distribute(self, t: Any, wrap: Any) -> None:
         self.encoder = wrap(self.modules["encoder"])
 
-    def before_step(self, t: Trainer, real: Tensor, y: Tensor | None) -> None:
+    def before_step(self, t: Any, real: Tensor, y: Tensor | None) -> None:
         super().before_step(t, real, y)
         opt = self.optimizers["reconstruction"]
         with t.autocast():

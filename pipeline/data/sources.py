@@ -1,0 +1,800 @@
+"""Ingest's sources: what can be read (a folder or zip of images, CIFAR-10 binary or python
+batches, MNIST IDX files, an npz), each opened as a :class:`Source` that yields tasks of files or
+array records, under :class:`SourceLimits` checked before memory is allocated.
+
+Files from outside are hostile here: zip members are read capped at their declared size, CIFAR's
+python batches go through a restricted unpickler that only builds numpy arrays, IDX and npz headers
+are read and checked before their bodies are streamed. The kinds and their layout are described in
+``pipeline.stages.ingest`` and docs/ingest.md.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import math
+import os
+import pickle
+import re
+import threading
+import warnings
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from pipeline.config import IngestConfig
+from storage.errors import SubsampleError, one_line
+from pipeline.data.images import Block, CropPolicy, Rejected, decode_image, quarantine_reason
+
+STAGE = "ingest"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+ARRAY_BLOCK = 1024  # records per task for array sources (CIFAR, IDX, npz)
+
+
+# --- readers and tasks (module level: they run in Dask workers) --------------------------------------
+
+
+@dataclass(frozen=True)
+class FolderReader:
+    root: str
+
+    def open(self, rel: str) -> str:
+        path = os.path.join(self.root, rel)
+        if os.path.islink(path):  # again at read time (one lstat): the listing may be older than the file
+            check_inside_source(self.root, path)
+        if os.path.getsize(path) == 0:
+            raise Rejected("zero bytes")
+        return path
+
+
+def check_inside_source(root: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Raise :class:`Rejected` when ``path`` (after following symlinks) leaves the source folder
+    ``root``: a symlink to a file elsewhere on the machine is never read."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise Rejected(f"symlink: points outside the source folder (to {real})")
+
+
+_thread_zips = threading.local()
+
+
+@dataclass(frozen=True)
+class ZipReader:
+    """Reads members in place. Each worker thread keeps its own open ZipFile for the run (``token``):
+    parsing CelebA's central directory per task would cost more than decoding. The workers' threads
+    (or processes) end with the run, and their ZipFiles are closed with them."""
+
+    path: str
+    token: str
+    max_bytes: int
+
+    def _zip(self) -> zipfile.ZipFile:
+        cache = getattr(_thread_zips, "cache", None)
+        if cache is None:
+            cache = _thread_zips.cache = {}
+        zf = cache.get(self.token)
+        if zf is None:
+            zf = cache[self.token] = zipfile.ZipFile(self.path)
+        return zf
+
+    def open(self, member: str) -> io.BytesIO:
+        zf = self._zip()
+        info = zf.getinfo(member)
+        if info.file_size == 0:
+            raise Rejected("zero bytes")
+        if info.file_size > self.max_bytes:
+            raise Rejected(f"too large: {info.file_size:,} bytes uncompressed")
+        return io.BytesIO(read_member_capped(zf, info))
+
+
+def read_member_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A zip member's bytes, read a capped piece at a time and never past its declared size.
+    (``ZipFile.read`` inflates up to 2 GiB in one call before it truncates to the declared size,
+    so a member whose declared size was patched small still costs gigabytes.) A member whose data
+    run past or short of its declared size fails its CRC: Rejected."""
+    with zf.open(info) as f:
+        data = _read_capped(f, info.file_size)  # the member stream itself stops at the declared size and checks the CRC
+    if len(data) != info.file_size:
+        raise Rejected(f"corrupt: member ends after {len(data):,} of its declared {info.file_size:,} bytes")
+    return data
+
+
+def decode_files(reader: FolderReader | ZipReader, refs: list[str], policy: CropPolicy, max_pixels: int) -> Block:
+    """A task's files, decoded one by one (the fast decoder, or Pillow alone: ``policy.decoder``;
+    nvJPEG decodes a task's JPEGs as one batch); a file that fails is quarantined with its reason."""
+    decode_one = decode_image
+    if policy.decoder != "pillow":
+        from pipeline.data import decode
+
+        if policy.decode_device == "cuda":
+            return decode.decode_files_cuda(reader, refs, policy, max_pixels)
+        decode_one = decode.decode_file
+    out = np.empty((len(refs), policy.size, policy.size, 3), np.uint8)
+    n, bad = 0, []
+    for ref in refs:
+        try:
+            out[n] = decode_one(reader.open(ref), policy, max_pixels)
+            n += 1
+        except Exception as exc:  # Pillow raises many types for bad data; the reason keeps the type
+            bad.append({"path": ref, "reason": quarantine_reason(exc)})
+    return Block(out[:n], None, bad)
+
+
+def prepare_array_block(images: np.ndarray, labels: np.ndarray | None, policy: CropPolicy) -> Block:
+    """Array sources: (k, H, W) grey or (k, H, W, 3) → RGB, then the crop/resize policy."""
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    return Block(np.ascontiguousarray(policy.apply_array(images)), labels)
+
+
+def _worker_init(max_image_pixels: int | None = Image.MAX_IMAGE_PIXELS) -> None:
+    """A worker process decodes under the parent's decompression-bomb limit (a spawned process
+    would otherwise have Pillow's default), and the warning between it and twice it is an error."""
+    Image.MAX_IMAGE_PIXELS = max_image_pixels
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
+# --- sources ----------------------------------------------------------------------------------------
+
+
+Task = tuple[Callable[..., Block], tuple]
+
+
+@dataclass
+class Source:
+    """A detected source: its kind, the files it reads (for the fingerprint) and its tasks."""
+
+    path: Path
+    format: str
+    files: list[Path]
+    n_items: int
+    has_labels: bool = False
+    class_names: list[str] | None = None
+    n_ignored: int = 0
+    listing_quarantine: list[dict] = field(default_factory=list)
+
+    def fingerprint(self) -> str:
+        """sha256 of the format and the sorted (relative path, size, mtime_ns) of the files read."""
+        base = self.path if self.path.is_dir() else self.path.parent
+        h = hashlib.sha256(self.format.encode() + b"\n")
+        for f in sorted(self.files):
+            st = f.stat()
+            h.update(f"{f.relative_to(base).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+    def tasks(self, policy: CropPolicy, cfg: IngestConfig, token: str) -> Iterator[Task]:
+        raise NotImplementedError
+
+
+@dataclass
+class ImageFilesSource(Source):
+    root: Path = Path()
+    refs: list[str] = field(default_factory=list)
+
+    def tasks(self, policy, cfg, token):
+        reader = FolderReader(str(self.root))
+        for s in range(0, len(self.refs), cfg.files_per_task):
+            yield decode_files, (reader, self.refs[s : s + cfg.files_per_task], policy, cfg.max_pixels)
+
+
+@dataclass
+class ZipSource(Source):
+    members: list[str] = field(default_factory=list)
+
+    def tasks(self, policy, cfg, token):
+        reader = ZipReader(str(self.path), token, max_bytes=4 * cfg.max_pixels + (1 << 20))
+        for s in range(0, len(self.members), cfg.files_per_task):
+            yield decode_files, (reader, self.members[s : s + cfg.files_per_task], policy, cfg.max_pixels)
+
+
+@dataclass
+class ArraySource(Source):
+    """CIFAR, IDX and npz: ``load`` yields (images, labels) per file, in order."""
+
+    load: Callable[[], Iterator[tuple[np.ndarray, np.ndarray | None]]] = lambda: iter(())
+
+    def tasks(self, policy, cfg, token):
+        for images, labels in self.load():
+            for s in range(0, len(images), ARRAY_BLOCK):
+                lab = None if labels is None else np.asarray(labels[s : s + ARRAY_BLOCK], np.int64)
+                yield prepare_array_block, (np.asarray(images[s : s + ARRAY_BLOCK]), lab, policy)
+
+
+_CIFAR_PY = re.compile(r"^(data_batch_\d+|test_batch)$")
+_IDX_IMAGES = re.compile(r"^(?P<stem>.*)images(?P<sep>[-.])idx3-ubyte(\.gz)?$")
+CIFAR_RECORD = 3072  # 3 × 32 × 32 planar RGB bytes per image
+CIFAR_PY_MAX_FILE_BYTES = 512 << 20  # a python batch is unpickled in memory: 16× the 31 MB of a real one
+ARRAY_BLOCK_BYTES = 16 << 20  # array sources are read this many bytes (at most ARRAY_BLOCK records) at a time
+READ_PIECE = 1 << 20  # the largest single read from a compressed stream (a real cap on what one read inflates)
+
+
+# --- source limits --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceLimits:
+    """What a source may hold, checked from headers and declared sizes before anything is read:
+    ``max_pixels`` per image (H × W), ``max_bytes`` in all (image files' and zip members' sizes;
+    N × H × W × C of arrays). Array sources are then read in blocks of :data:`ARRAY_BLOCK_BYTES`,
+    so memory stays bounded whatever a header claims."""
+
+    max_pixels: int = IngestConfig.model_fields["max_pixels"].default
+    max_bytes: int = IngestConfig.model_fields["max_bytes"].default
+
+    @classmethod
+    def of(cls, cfg: IngestConfig) -> "SourceLimits":
+        return cls(cfg.max_pixels, cfg.max_bytes)
+
+    def check_images(self, path: Path, shape: tuple[int, ...], itemsize: int = 1) -> None:
+        """``shape`` (N, H, W[, C]) of an array source: no empty dimension, H × W within
+        ``max_pixels``, the whole within ``max_bytes``; else one :class:`SubsampleError` line."""
+        if any(d == 0 for d in shape):
+            raise SubsampleError(STAGE, f"{path}: images of shape {_dims(shape)} have an empty dimension; nothing to ingest")
+        n, h, w = shape[:3]
+        if h * w > self.max_pixels:
+            raise SubsampleError(
+                STAGE, f"{path}: images of {h:,}×{w:,} = {h * w:,} pixels exceed --max-pixels {self.max_pixels:,}; refusing the source"
+            )
+        self.check_bytes(path, math.prod(shape) * itemsize, f"{_dims(shape)} images")
+
+    def check_bytes(self, path: Path, nbytes: int, what: str) -> None:
+        if nbytes > self.max_bytes:
+            raise SubsampleError(
+                STAGE, f"{path}: {what} hold {nbytes:,} bytes, more than --max-bytes {self.max_bytes:,}; refusing the source "
+                "(raise --max-bytes if it is genuine)"
+            )
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "×".join(str(d) for d in shape)
+
+
+def _read_capped(f: Any, n: int) -> bytes:
+    """Exactly ``n`` bytes from ``f`` (fewer only at its end), in reads of at most
+    :data:`READ_PIECE`: a compressed stream (gzip, a zip member) never inflates more than that per
+    call, whatever the file's headers declare."""
+    parts, left = [], n
+    while left > 0:
+        piece = f.read(min(left, READ_PIECE))
+        if not piece:
+            break
+        parts.append(piece)
+        left -= len(piece)
+    return b"".join(parts)
+
+
+def _block_records(record_bytes: int) -> int:
+    return max(1, min(ARRAY_BLOCK, ARRAY_BLOCK_BYTES // max(record_bytes, 1)))
+
+
+# --- CIFAR-10 python batches: the restricted unpickler ---------------------------------------------
+
+
+class _NdarrayName:
+    """What a pickle gets for ``numpy.ndarray``: accepted only as ``_reconstruct``'s first argument
+    (how numpy pickles an array), never called: ``ndarray(shape)`` would allocate a declared shape
+    of uninitialised memory without any data behind it."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise pickle.UnpicklingError("refusing numpy.ndarray(...): an array must come with its data")
+
+
+_NDARRAY = _NdarrayName()
+
+
+class _CheckedArray(np.ndarray):
+    """The array ``_reconstruct`` builds; its state (shape, dtype, bytes) is checked before numpy
+    sees it: plain numeric dtypes only, at most 2-D, the declared shape exactly the bytes carried,
+    and 2-D uint8 arrays in CIFAR's record layout (N, 3072)."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("malformed array state")
+        shape, dtype, _, data = state[-4:]
+        if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape) or len(shape) > 2:
+            raise pickle.UnpicklingError(f"refusing an array of shape {shape!r}: CIFAR batches hold 1-D and 2-D arrays")
+        if not isinstance(dtype, np.dtype) or dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+            raise pickle.UnpicklingError(f"refusing an array of dtype {dtype!r}: only plain numbers are allowed")
+        if not isinstance(data, (bytes, bytearray)) or len(data) != math.prod(shape) * dtype.itemsize:
+            got = f"{len(data):,} bytes" if isinstance(data, (bytes, bytearray)) else type(data).__name__
+            raise pickle.UnpicklingError(f"refusing an array declaring shape {shape} of {dtype} but carrying {got}")
+        if dtype == np.uint8 and len(shape) == 2 and shape[1] != CIFAR_RECORD:
+            raise pickle.UnpicklingError(f"refusing uint8 records of shape {shape}: CIFAR-10 records are (N, {CIFAR_RECORD})")
+        super().__setstate__(state)
+
+
+def _checked_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    if subtype is not _NDARRAY or shape != (0,):
+        raise pickle.UnpicklingError(f"refusing _reconstruct({subtype!r}, {shape!r}): not how numpy pickles an array")
+    return np.ndarray.__new__(_CheckedArray, (0,), dtype=np.dtype(dtype.decode("latin1") if isinstance(dtype, bytes) else dtype))
+
+
+def _checked_bytearray(*args: Any) -> bytearray:
+    if len(args) > 2 or (args and not isinstance(args[0], (bytes, bytearray, str))):
+        raise pickle.UnpicklingError("refusing bytearray(size): only bytearray(bytes) is allowed")
+    return bytearray(*args)
+
+
+_UNPICKLE_ALLOWED: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _checked_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _checked_reconstruct,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy.core.multiarray", "scalar"): None,  # None: the real object
+    ("numpy._core.multiarray", "scalar"): None,
+    ("numpy", "dtype"): None,
+    ("_codecs", "encode"): None,  # protocol-2 pickles written by Python 3 spell bytes this way
+    ("builtins", "bytearray"): _checked_bytearray,
+    ("builtins", "set"): None,
+    ("builtins", "frozenset"): None,
+    ("builtins", "complex"): None,
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Builds numpy arrays and plain containers only: anything else a pickle names (``os.system``,
+    ``builtins.eval``, a class with ``__reduce__``) raises :class:`pickle.UnpicklingError`, and an
+    array's declared shape is checked against the bytes it carries before numpy allocates it
+    (:class:`_CheckedArray`)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _UNPICKLE_ALLOWED:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: only numpy arrays and plain containers are allowed"
+            )
+        replacement = _UNPICKLE_ALLOWED[(module, name)]
+        if replacement is not None:
+            return replacement
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):
+            module = "numpy._core." + module[len("numpy.core.") :]  # numpy 2: avoid the deprecated alias
+        return super().find_class(module, name)
+
+
+def _plain(obj: Any) -> Any:
+    """The unpickled object with every :class:`_CheckedArray` as a plain ndarray."""
+    if isinstance(obj, _CheckedArray):
+        return obj.view(np.ndarray)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def restricted_load(path: Path, max_bytes: int = CIFAR_PY_MAX_FILE_BYTES) -> Any:
+    """Unpickle a CIFAR-10 python file without running code from it. The file (at most
+    ``max_bytes``) is read into memory first: a length the pickle declares can then never make
+    the unpickler read (allocate) more than the file holds."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise SubsampleError(STAGE, f"{path}: {size:,} bytes is more than a CIFAR-10 python batch may hold ({max_bytes:,}); refusing it")
+    try:
+        with open(path, "rb") as f:
+            data = _read_capped(f, size)
+        return _plain(RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load())
+    except pickle.UnpicklingError as e:
+        raise SubsampleError(STAGE, f"{path}: {e}; not a CIFAR-10 python batch, refusing to load it") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError, OverflowError) as e:
+        raise SubsampleError(STAGE, f"{path}: not a readable CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+
+
+def _get(d: dict, key: str) -> Any:
+    return d.get(key.encode(), d.get(key))
+
+
+def _cifar_planar(records: np.ndarray) -> np.ndarray:
+    return records.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+
+
+def _open_cifar_bin(path: Path, files: list[Path], limits: SourceLimits = SourceLimits()) -> ArraySource:
+    for f in files:
+        if f.stat().st_size % 3073:
+            raise SubsampleError(
+                STAGE,
+                f"{f}: {f.stat().st_size:,} bytes is not a whole number of CIFAR-10 records (3,073 bytes: "
+                "1 label + 3,072 pixels); is it a CIFAR-10 binary batch?",
+            )
+    limits.check_bytes(path, sum(f.stat().st_size for f in files), "the CIFAR-10 binary files")
+    meta = (path if path.is_dir() else path.parent) / "batches.meta.txt"
+    names = None
+    if meta.is_file():
+        limits.check_bytes(meta, meta.stat().st_size, "the class names file")
+        names = [ln.strip() for ln in meta.read_text(errors="replace").splitlines() if ln.strip()]
+
+    def load():
+        for f in files:  # memory-mapped: blocks are read as they are sliced
+            rec = np.memmap(f, dtype=np.uint8, mode="r").reshape(-1, 3073) if f.stat().st_size else np.zeros((0, 3073), np.uint8)
+            yield _cifar_planar(rec[:, 1:]), rec[:, 0]
+
+    n = sum(f.stat().st_size // 3073 for f in files)
+    return ArraySource(path, "cifar10-bin", files + ([meta] if names else []), n, True, names, load=load)
+
+
+def _open_cifar_python(path: Path, files: list[Path], limits: SourceLimits = SourceLimits()) -> ArraySource:
+    cap = min(limits.max_bytes, CIFAR_PY_MAX_FILE_BYTES)
+    meta = (path if path.is_dir() else path.parent) / "batches.meta"
+    names = None
+    if meta.is_file():
+        label_names = _get(restricted_load(meta, cap), "label_names")
+        if label_names:
+            names = [x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in label_names]
+    limits.check_bytes(path, sum(f.stat().st_size for f in files), "the CIFAR-10 python batches")
+
+    def batch(f: Path) -> tuple[np.ndarray, np.ndarray]:
+        d = restricted_load(f, cap)
+        data = _get(d, "data") if isinstance(d, dict) else None
+        labels = _get(d, "labels") if isinstance(d, dict) else None
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != CIFAR_RECORD:
+            raise SubsampleError(STAGE, f"{f}: expected a dict with b'data' uint8 (N, 3072) and b'labels'")
+        if labels is None or len(labels) != len(data):
+            raise SubsampleError(STAGE, f"{f}: b'labels' missing or not one per image")
+        try:
+            labels = np.asarray(labels, np.int64)
+        except (TypeError, ValueError, OverflowError):
+            raise SubsampleError(STAGE, f"{f}: b'labels' must be integers") from None
+        return _cifar_planar(data), labels
+
+    def load():
+        for f in files:
+            yield batch(f)
+
+    # the count is only known after unpickling; 10,000 per CIFAR-10 batch is an upper bound for
+    # progress only (the store shrinks to the accepted count)
+    return ArraySource(path, "cifar10-python", files + ([meta] if meta.is_file() else []), 10_000 * len(files), True, names, load=load)
+
+
+# --- IDX (MNIST): header first, then the body streamed ---------------------------------------------
+
+
+def _idx_open(path: Path) -> Any:
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def _idx_header(f: Any, path: Path, ndim: int) -> tuple[int, ...]:
+    """The dimensions in an IDX header (magic: two zero bytes, type 0x08 = unsigned byte, ndim)."""
+    head = f.read(4 + 4 * ndim)
+    if len(head) < 4 + 4 * ndim or head[:3] != b"\0\0\x08" or head[3] != ndim:
+        raise SubsampleError(STAGE, f"{path}: not an unsigned-byte IDX file with {ndim} dimension(s) (bad magic number)")
+    return tuple(int(d) for d in np.frombuffer(head, ">u4", ndim, 4))
+
+
+def _read_idx_header(path: Path, ndim: int) -> tuple[int, ...]:
+    """The dimensions of an IDX file, checked against the file's size when it is not compressed."""
+    try:
+        with _idx_open(path) as f:
+            dims = _idx_header(f, path, ndim)
+    except (OSError, EOFError) as e:
+        raise SubsampleError(STAGE, f"{path}: cannot read IDX file ({e})") from None
+    if not path.name.endswith(".gz"):
+        body = path.stat().st_size - (4 + 4 * ndim)
+        if body != math.prod(dims):
+            raise SubsampleError(STAGE, f"{path}: header says {_dims(dims)} = {math.prod(dims):,} bytes, file holds {body:,}")
+    return dims
+
+
+def _stream_idx(path: Path, ndim: int, dims: tuple[int, ...], records: int) -> Iterator[np.ndarray]:
+    """The body of an IDX file as blocks of ``records`` records, read (and inflated) a block at a
+    time; a body shorter or longer than the header says is an error naming the file."""
+    rec_shape = dims[1:]
+    rec_bytes = math.prod(rec_shape)
+    try:
+        with _idx_open(path) as f:
+            _idx_header(f, path, ndim)
+            for start in range(0, dims[0], records):
+                k = min(records, dims[0] - start)
+                raw = _read_capped(f, k * rec_bytes)
+                if len(raw) != k * rec_bytes:
+                    raise SubsampleError(
+                        STAGE, f"{path}: header says {_dims(dims)} = {math.prod(dims):,} bytes, file holds {start * rec_bytes + len(raw):,}"
+                    )
+                yield np.frombuffer(raw, np.uint8).reshape((k, *rec_shape))
+            if f.read(1):
+                raise SubsampleError(STAGE, f"{path}: more data than its header's {_dims(dims)}")
+    except (OSError, EOFError, zlib.error) as e:
+        raise SubsampleError(STAGE, f"{path}: cannot read IDX file ({type(e).__name__}: {e})") from None
+
+
+def _idx_labels_for(images: Path) -> Path | None:
+    m = _IDX_IMAGES.match(images.name)
+    assert m is not None
+    for sep in ("-", "."):
+        for gz in (".gz", ""):
+            cand = images.parent / f"{m['stem']}labels{sep}idx1-ubyte{gz}"
+            if cand.is_file():
+                return cand
+    return None
+
+
+def _open_idx(path: Path, image_files: list[Path], limits: SourceLimits = SourceLimits()) -> ArraySource:
+    by_stem: dict[str, Path] = {}
+    for f in image_files:  # both foo-idx3-ubyte and foo-idx3-ubyte.gz: read one (the raw one)
+        stem = f.name.removesuffix(".gz")
+        if stem not in by_stem or not f.name.endswith(".gz"):
+            by_stem[stem] = f
+    pairs = [(f, _idx_labels_for(f)) for f in sorted(by_stem.values())]
+    has_labels = all(lab is not None for _, lab in pairs)
+
+    # every header is read and checked before any body: a bomb is refused before allocation
+    headers, total = [], 0
+    for f, lab in pairs:
+        dims = _read_idx_header(f, 3)
+        limits.check_images(f, dims)
+        total += math.prod(dims)
+        limits.check_bytes(path, total, "the IDX files")
+        if has_labels:
+            assert lab is not None
+            ldims = _read_idx_header(lab, 1)
+            if ldims[0] != dims[0]:
+                raise SubsampleError(STAGE, f"{lab}: {ldims[0]:,} labels for {dims[0]:,} images in {f.name}")
+        headers.append(dims)
+
+    def load():
+        for (f, lab), dims in zip(pairs, headers):
+            records = _block_records(dims[1] * dims[2])
+            labels = _stream_idx(lab, 1, (dims[0],), records) if has_labels and lab is not None else None
+            for block in _stream_idx(f, 3, dims, records):
+                yield block, (next(labels) if labels is not None else None)
+
+    files = [f for f, _ in pairs] + [lab for _, lab in pairs if lab is not None and has_labels]
+    n = sum(d[0] for d in headers)
+    return ArraySource(path, "idx", files, n, has_labels, None, load=load)
+
+
+# --- npz: each member's .npy header first, then the member streamed --------------------------------
+
+
+@dataclass(frozen=True)
+class _NpyMember:
+    name: str  # the zip member, e.g. images.npy
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    offset: int  # bytes of .npy header before the data
+
+
+def _npy_member(zf: zipfile.ZipFile, npz: Path, key: str) -> _NpyMember | None:
+    """The header of array ``key`` of an npz (None when absent), read without reading its data;
+    the member's declared size must be exactly the header plus the data the header describes."""
+    name = f"{key}.npy"
+    try:
+        info = zf.getinfo(name)
+    except KeyError:
+        return None
+    try:
+        with zf.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f".npy format version {version} is not supported")
+            offset = f.tell()
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise SubsampleError(STAGE, f"{npz}: {name} is not a readable .npy array ({e})") from None
+    if dtype.hasobject:
+        raise SubsampleError(STAGE, f"{npz}: {name} holds Python objects; only numeric arrays are read (no pickles)")
+    if fortran and len(shape) > 1:
+        raise SubsampleError(STAGE, f"{npz}: {name} is stored in Fortran order; save it C-ordered: np.savez(path, {key}=np.ascontiguousarray(a))")
+    if info.file_size != offset + math.prod(shape) * dtype.itemsize:
+        raise SubsampleError(
+            STAGE, f"{npz}: {name} declares {info.file_size:,} bytes but its header describes {_dims(shape) or 'a scalar'} {dtype}; the file is corrupt"
+        )
+    return _NpyMember(name, tuple(shape), dtype, offset)
+
+
+def _stream_npy(npz: Path, m: _NpyMember, records: int) -> Iterator[np.ndarray]:
+    """Member ``m`` of ``npz`` as blocks of ``records`` rows, inflated a capped piece at a time."""
+    rec_bytes = math.prod(m.shape[1:]) * m.dtype.itemsize
+    try:
+        with zipfile.ZipFile(npz) as zf, zf.open(m.name) as f:
+            _read_capped(f, m.offset)
+            for start in range(0, m.shape[0], records):
+                k = min(records, m.shape[0] - start)
+                raw = _read_capped(f, k * rec_bytes)
+                if len(raw) != k * rec_bytes:
+                    raise SubsampleError(STAGE, f"{npz}: {m.name} ends after {start + len(raw) // max(rec_bytes, 1):,} of {m.shape[0]:,} rows")
+                yield np.frombuffer(raw, m.dtype).reshape((k, *m.shape[1:]))
+    except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as e:
+        raise SubsampleError(STAGE, f"{npz}: cannot read {m.name} ({type(e).__name__}: {e})") from None
+
+
+def _open_npz(path: Path, limits: SourceLimits = SourceLimits()) -> ArraySource:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            keys = [n.removesuffix(".npy") for n in zf.namelist() if n.endswith(".npy")]
+            images = _npy_member(zf, path, "images")
+            labels = _npy_member(zf, path, "labels")
+    except (OSError, zipfile.BadZipFile) as e:
+        raise SubsampleError(STAGE, f"{path}: not a readable .npz ({e})") from None
+    if images is None:
+        raise SubsampleError(STAGE, f"{path}: no 'images' array (has {keys}); save it with np.savez(path, images=..., labels=...)")
+    shape = images.shape
+    ok_shape = len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3))
+    if images.dtype != np.uint8 or not ok_shape:
+        raise SubsampleError(STAGE, f"{path}: 'images' must be uint8 N×H×W×3 or N×H×W, got {images.dtype} {shape}")
+    limits.check_images(path, shape)
+    if labels is not None and (len(labels.shape) != 1 or labels.shape[0] != shape[0] or labels.dtype.kind not in "iu"):
+        raise SubsampleError(STAGE, f"{path}: 'labels' must be integers, one per image; got {labels.dtype} {labels.shape}")
+
+    def load():
+        records = _block_records(math.prod(shape[1:]))
+        label_blocks = _stream_npy(path, labels, records) if labels is not None else None
+        for block in _stream_npy(path, images, records):
+            lab = None
+            if label_blocks is not None:
+                lab = next(label_blocks)
+                if lab.dtype == np.uint64 and len(lab) and lab.max() > np.iinfo(np.int64).max:
+                    raise SubsampleError(STAGE, f"{path}: 'labels' holds values above 2**63 - 1")
+            yield block, lab
+
+    return ArraySource(path, "npz", [path], shape[0], labels is not None, None, load=load)
+
+
+def _is_hidden(rel: str) -> bool:
+    parts = rel.split("/")
+    return any(p.startswith(".") and p not in (".", "..") or p == "__MACOSX" for p in parts)
+
+
+def _unsafe_member(name: str) -> bool:
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or bool(re.match(r"^[A-Za-z]:", name)) or ".." in parts
+
+
+def _open_zip(path: Path, limits: SourceLimits = SourceLimits()) -> ZipSource:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise SubsampleError(STAGE, f"{path}: not a readable zip file ({e})") from None
+    members, bad, ignored = [], [], 0
+    for info in sorted(infos, key=lambda i: i.filename):
+        name = info.filename
+        if info.is_dir():
+            continue
+        if _unsafe_member(name):  # never read, whatever its extension: the zip is suspect
+            bad.append({"path": name, "reason": "unsafe member path: absolute or with '..'"})
+        elif _is_hidden(name) or not name.lower().endswith(IMAGE_EXTENSIONS):
+            ignored += 1
+        else:
+            members.append(name)
+    if not members and not bad:
+        raise SubsampleError(STAGE, f"{path}: the zip holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    by_name = {i.filename: i for i in infos}
+    limits.check_bytes(path, sum(by_name[m].file_size for m in members), f"its {len(members):,} image members (declared sizes)")
+    return ZipSource(path, "zip", [path], len(members), n_ignored=ignored, listing_quarantine=bad, members=members)
+
+
+def _has_array_files(d: Path) -> bool:
+    return any(p.suffix.lower() == ".bin" or _CIFAR_PY.match(p.name) or _IDX_IMAGES.match(p.name) for p in d.iterdir())
+
+
+def _open_image_dir(path: Path, limits: SourceLimits = SourceLimits()) -> ImageFilesSource:
+    refs, files, ignored, bad = [], [], 0, []
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):  # symlinked folders are listed, never entered
+        for d in [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            link = Path(dirpath) / d
+            try:
+                check_inside_source(path, link)
+                ignored += 1  # a link to a folder inside the source: its files are read where they are
+            except Rejected as e:
+                bad.append({"path": link.relative_to(path).as_posix(), "reason": str(e)})
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__MACOSX" and not os.path.islink(os.path.join(dirpath, d))]
+        for fn in filenames:
+            if fn.startswith(".") or not fn.lower().endswith(IMAGE_EXTENSIONS):
+                ignored += 1
+                continue
+            full = Path(dirpath) / fn
+            rel = full.relative_to(path).as_posix()
+            try:
+                check_inside_source(path, full)
+                total += full.stat().st_size
+            except Rejected as e:
+                bad.append({"path": rel, "reason": one_line(str(e))})
+                continue
+            except OSError as e:  # a dangling symlink, a file removed meanwhile
+                bad.append({"path": rel, "reason": one_line(f"unreadable: {e.strerror or e}")})
+                continue
+            refs.append(rel)
+    refs.sort()
+    if not refs and not bad:
+        hint = ""
+        others = sorted(p for p in path.iterdir() if p.suffix.lower() in (".zip", ".npz") and p.is_file())
+        nested = sorted(d for d in path.iterdir() if d.is_dir() and _has_array_files(d))
+        if others or nested:
+            hint = f"; pass {(others or nested)[0]} itself as SOURCE"
+        raise SubsampleError(
+            STAGE, f"{path}: no image files ({', '.join(IMAGE_EXTENSIONS)}) and no CIFAR-10 or IDX files found{hint}"
+        )
+    limits.check_bytes(path, total, f"its {len(refs):,} image files")
+    files = [path / r for r in refs]
+    return ImageFilesSource(path, "images", files, len(refs), n_ignored=ignored, listing_quarantine=bad, root=path, refs=refs)
+
+
+def _array_files_inside(path: Path, files: list[Path]) -> list[Path]:
+    """Array-source files of folder ``path``; one leaving the folder through a symlink is refused."""
+    for f in files:
+        try:
+            check_inside_source(path, f)
+        except Rejected as e:
+            raise SubsampleError(STAGE, f"{path / f.name}: {e}; refusing the source") from None
+    return files
+
+
+def _is_cifar_test(path: Path) -> bool:
+    return path.name in ("test_batch", "test_batch.bin")
+
+
+def cifar_split(path: Path, files: list[Path], split: str) -> list[Path]:
+    """The files of a CIFAR-10 source that belong to ``split`` (train: all but the test batch)."""
+    chosen = files if split == "all" else [f for f in files if _is_cifar_test(f) == (split == "test")]
+    if not chosen:
+        have = ", ".join(f.name for f in files)
+        other = "test" if split == "train" else "train"
+        raise SubsampleError(
+            STAGE, f"{path}: no CIFAR-10 {split} batch among {have}; pass --split {other} or --split all "
+            "(run: --set ingest.split=...)",
+        )
+    return chosen
+
+
+def open_source(source: str | os.PathLike, limits: SourceLimits | None = None, split: str = "train") -> Source:
+    """Detect the kind of ``source``; raises :class:`SubsampleError` for a missing, empty,
+    unrecognised or too large source (``limits``, checked from headers and declared sizes) before
+    anything is written or allocated. ``split`` picks CIFAR-10's training or test batches (or
+    all); other kinds have no split and take only ``train``."""
+    src = _open_source(source, limits or SourceLimits(), split)
+    if src.format not in ("cifar10-bin", "cifar10-python") and split != "train":
+        raise SubsampleError(STAGE, f"{src.path}: --split {split} applies to CIFAR-10 sources only ({src.format} has no test split)")
+    return src
+
+
+def _open_source(source: str | os.PathLike, limits: SourceLimits, split: str) -> Source:
+    path = Path(source).expanduser().absolute()
+    if not path.exists():
+        raise SubsampleError(STAGE, f"source {path} does not exist")
+    name = path.name.lower()
+    if path.is_dir():
+        entries = sorted(p for p in path.iterdir() if p.is_file())
+        kinds = {
+            "cifar10-bin": [p for p in entries if p.suffix.lower() == ".bin"],
+            "cifar10-python": [p for p in entries if _CIFAR_PY.match(p.name)],
+            "idx": [p for p in entries if _IDX_IMAGES.match(p.name)],
+        }
+        found = {k: _array_files_inside(path, v) for k, v in kinds.items() if v}
+        if len(found) > 1:
+            raise SubsampleError(STAGE, f"{path}: holds files of several kinds ({', '.join(found)}); pass one file or a folder of one kind")
+        if "cifar10-bin" in found:
+            return _open_cifar_bin(path, cifar_split(path, found["cifar10-bin"], split), limits)
+        if "cifar10-python" in found:
+            return _open_cifar_python(path, cifar_split(path, found["cifar10-python"], split), limits)
+        if "idx" in found:
+            return _open_idx(path, found["idx"], limits)
+        return _open_image_dir(path, limits)
+    if name.endswith(".zip"):
+        return _open_zip(path, limits)
+    if name.endswith(".npz"):
+        return _open_npz(path, limits)
+    if name.endswith(".bin"):
+        return _open_cifar_bin(path, cifar_split(path, [path], split), limits)
+    if _IDX_IMAGES.match(path.name):
+        return _open_idx(path, [path], limits)
+    if _CIFAR_PY.match(path.name):
+        return _open_cifar_python(path, cifar_split(path, [path], split), limits)
+    if name.endswith(IMAGE_EXTENSIONS):
+        limits.check_bytes(path, path.stat().st_size, "the image file")
+        return ImageFilesSource(path, "images", [path], 1, root=path.parent, refs=[path.name])
+    raise SubsampleError(
+        STAGE,
+        f"{path}: unknown source kind; expected a folder of images, a .zip of images, CIFAR-10 .bin or "
+        "python batches, an MNIST-style *-images-idx3-ubyte[.gz] file, or a .npz with an 'images' array",
+    )
+
+

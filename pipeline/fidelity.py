@@ -1,0 +1,670 @@
+"""Measuring generated images: torch-fidelity's IS / FID / KID (extractor weights handled safely,
+reference statistics cached per data set), the feature-space KL/JS against the training table and
+the sharpness statistics, behind one metric registry; and the per-epoch evaluator training runs.
+
+The evaluate stage (``pipeline.stages.evaluate``) and the train stage (``--eval-every``) both
+measure through this module, so a curve's last point and the final evaluation are the same
+computation. It reads a store's images and a table, never a stage's artifact.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import os
+import re
+import socket
+import sys
+import time
+import urllib.error
+import uuid
+import zipfile
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.config import EvaluateConfig
+from pipeline.metrics import count_tag, feature_kl, sharpness_stats
+from storage.errors import SubsampleError, brief, one_line
+from storage.locks import owner_tag
+from storage.paths import home, inside_home
+
+STAGE = "evaluate"
+INCEPTION = "inception-v3-compat"
+
+
+def fidelity_cache_root() -> Path:
+    return inside_home(home() / "fidelity-cache", what="fidelity cache")
+
+
+# --- torch-fidelity inputs: Datasets yielding uint8 3×H×W tensors --------------------------------
+
+
+class ImageArrayDataset(Dataset):
+    """In-memory uint8 ``(N, H, W, 3)`` images as torch-fidelity input (uint8 ``3×H×W``)."""
+
+    def __init__(self, images: np.ndarray):
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+            raise ValueError(f"expected uint8 (N, H, W, 3) images, got {images.dtype} {images.shape}")
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.images[i].transpose(2, 0, 1)))
+
+
+class StoreDataset(Dataset):
+    """A data set store's images as torch-fidelity input, read a whole zarr chunk at a time:
+    torch-fidelity asks for indices in order, so one cached chunk serves a chunk's worth of reads
+    instead of decompressing the chunk once per image."""
+
+    def __init__(self, images: Any):
+        self.images = images  # zarr array (N, S, S, 3) uint8
+        self.step = int(images.chunks[0])
+        self._start = -1
+        self._chunk: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        start = (i // self.step) * self.step
+        if start != self._start:
+            self._chunk = np.asarray(self.images[start : start + self.step])
+            self._start = start
+        return torch.from_numpy(np.ascontiguousarray(self._chunk[i - start].transpose(2, 0, 1)))
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Generator output ``(N, 3, S, S)`` in [-1, 1] -> uint8 ``(N, S, S, 3)``."""
+    x = ((x.float() + 1.0) * 127.5).round().clamp_(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def generate_images(
+    G: torch.nn.Module,
+    n: int,
+    z_dim: int,
+    *,
+    seed: int = 0,
+    batch_size: int = 250,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """``n`` images from ``G`` with latent codes ``z ~ N(0, I)`` drawn on the CPU from ``seed`` (so
+    the images do not depend on the batch size or the device), generated in batches on ``device``
+    (default: the generator's). Returns uint8 ``(n, S, S, 3)``."""
+    from tqdm import tqdm
+
+    if device is None:
+        p = next(G.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    device = torch.device(device)
+    was_training = G.training
+    G.eval()
+    z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
+    out: list[np.ndarray] = []
+    try:
+        with tqdm(total=n, desc="evaluate: generate", unit="img", disable=not progress, file=sys.stderr) as bar:
+            for start in range(0, n, batch_size):
+                out.append(to_uint8(G(z[start : start + batch_size].to(device))))
+                bar.update(len(out[-1]))
+    finally:
+        G.train(was_training)
+    return np.concatenate(out)
+
+
+class WeightsUnavailable(Exception):
+    """The feature extractor's weights are neither local nor downloadable; ``str`` is the reason."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, socket.timeout)
+
+
+def _check_inception(sd: dict) -> bool:
+    return "Conv2d_1a_3x3.conv.weight" in sd and "fc.weight" in sd and tuple(sd["fc.weight"].shape)[:1] == (1008,)
+
+
+def _check_vgg16(sd: dict) -> bool:
+    return "features.0.weight" in sd and "classifier.6.weight" in sd and tuple(sd["classifier.6.weight"].shape) == (1000, 4096)
+
+
+@dataclass(frozen=True)
+class ExtractorWeights:
+    """An extractor whose weights the project loads itself: the file torch-fidelity would fetch
+    (``url``; the sha256 prefix in its name is checked on download), what its state dict looks like."""
+
+    label: str
+    url: Callable[[], str]
+    check: Callable[[dict], bool]
+
+
+def _inception_url() -> str:
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    return URL_INCEPTION_V3
+
+
+def _vgg16_url() -> str:
+    import torchvision
+
+    return torchvision.models.VGG16_Weights.IMAGENET1K_V1.url
+
+
+# --- feature-extractor weights ---------------------------------------------------------------------
+# torch-fidelity 0.4.0 loads a weights file with torch.load(weights_only=False) (Inception, VGG16),
+# torch.jit.load (CLIP) or torch.hub.load (DINOv2, code from GitHub), and torchvision's default
+# VGG16 weights through torch.hub.load_state_dict_from_url(weights_only=False): each can run code
+# from a file. So the project loads every weights file itself, weights-only, checks it is the
+# extractor's state dict, and hands torch-fidelity those tensors re-serialised in memory: the bytes
+# torch-fidelity unpickles are ones this process wrote. Extractors whose weights cannot be loaded
+# weights-only (TorchScript archives, hub code) are refused.
+
+
+SAFE_EXTRACTORS: dict[str, ExtractorWeights] = {
+    INCEPTION: ExtractorWeights("Inception", _inception_url, _check_inception),
+    "vgg16": ExtractorWeights("VGG16", _vgg16_url, _check_vgg16),
+}
+
+
+def _unsafe_extractor(name: str) -> str | None:
+    """Why torch-fidelity's extractor ``name`` can run code from a file, or None."""
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    cls = FEATURE_EXTRACTORS_REGISTRY.get(name)
+    mod = getattr(cls, "__module__", "")
+    if mod.endswith("feature_extractor_clip"):
+        return "its weights are a TorchScript archive (torch.jit.load)"
+    if mod.endswith("feature_extractor_dinov2"):
+        return "it runs model code fetched with torch.hub.load"
+    return None
+
+
+def weights_dir() -> Path:
+    """Where downloaded extractor weights go: under the home, like everything the project writes."""
+    return inside_home(home() / "weights", what="weights folder")
+
+
+def default_weights(extractor: str, *, timeout_s: float = 20.0, progress: bool = False) -> Path:
+    """The default weights file of a :data:`SAFE_EXTRACTORS` extractor: torch hub's cache copy when
+    present, else ``$SUBSAMPLE_HOME/weights/`` (downloaded if missing, socket timeout
+    ``timeout_s``, so a dead network fails instead of hanging; the sha256 prefix in the file name
+    is checked). Raises :class:`WeightsUnavailable` with the one-line reason when that fails."""
+    spec = SAFE_EXTRACTORS[extractor]
+    url = spec.url()
+    fname = url.rsplit("/", 1)[-1]
+    for cached in (Path(torch.hub.get_dir()) / "checkpoints" / fname, weights_dir() / fname):
+        if cached.is_file():
+            return cached
+    dest = weights_dir() / fname
+    old = socket.getdefaulttimeout()
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        socket.setdefaulttimeout(timeout_s)
+        prefix = torch.hub.HASH_REGEX.search(fname)
+        with redirect_stdout(sys.stderr):  # torch.hub announces downloads on stdout
+            torch.hub.download_url_to_file(url, str(dest), hash_prefix=prefix.group(1) if prefix else None, progress=progress)
+    except (*_NETWORK_ERRORS, OSError, RuntimeError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise WeightsUnavailable(
+            f"{spec.label} weights not available offline (tried to download {fname} into {dest.parent}: {reason}); "
+            "pass --weights PATH to a local copy"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(old)
+    return dest
+
+
+def inception_weights(*, timeout_s: float = 20.0, progress: bool = False) -> Path:
+    """Path of torch-fidelity's Inception weights (:func:`default_weights`)."""
+    return default_weights(INCEPTION, timeout_s=timeout_s, progress=progress)
+
+
+def load_state_dict_safely(path: str | Path, extractor: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, loaded weights-only (a file that would run code when
+    unpickled is refused: one :class:`SubsampleError` line), checked to be a flat state dict and,
+    for a :data:`SAFE_EXTRACTORS` extractor, that extractor's."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for code, and every kind of garbled file
+        raise SubsampleError(
+            STAGE, f"weights {path} cannot be loaded weights-only ({brief(e)}); refusing it "
+            "(a weights file must be a plain state dict of tensors)"
+        ) from None
+    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise SubsampleError(STAGE, f"weights {path} are not a state dict (a dict of named tensors)")
+    spec = SAFE_EXTRACTORS.get(extractor or "")
+    if spec is not None and not spec.check(sd):
+        fname = spec.url().rsplit("/", 1)[-1]
+        raise SubsampleError(STAGE, f"weights {path} are not torch-fidelity's {spec.label} state dict ({fname})")
+    return sd
+
+
+def check_inception_weights(path: Path) -> None:
+    """Refuse a file that is not torch-fidelity's Inception state dict (rather than letting a
+    load_state_dict traceback surface in the middle of the evaluation)."""
+    load_state_dict_safely(path, INCEPTION)
+
+
+def weights_handover(path: str | Path, extractor: str) -> io.BytesIO:
+    """What torch-fidelity gets as ``feature_extractor_weights_path``: the file's tensors, loaded
+    weights-only and re-serialised in memory by this process (torch.load accepts a file object)."""
+    buf = io.BytesIO()
+    torch.save(load_state_dict_safely(path, extractor), buf)
+    buf.seek(0)
+    return buf
+
+
+def resolve_weights(cfg: EvaluateConfig, *, progress: bool = False) -> tuple[str | None, str]:
+    """``(weights path or None, weights tag)``, the file checked (weights-only load, the
+    extractor's state dict). The tag (sha256 prefix of the weights file, or ``default`` for a
+    registered extractor that needs none) names the reference cache and enters the artifact key,
+    so other weights never reuse cached statistics. An extractor torch-fidelity would load unsafely
+    is refused."""
+    fe = cfg.feature_extractor
+    why = _unsafe_extractor(fe)
+    if why is not None:
+        raise SubsampleError(
+            STAGE, f"feature extractor {fe!r} is refused: {why}, which can run code from a file; use "
+            f"{' or '.join(SAFE_EXTRACTORS)} (weights loaded weights-only)"
+        )
+    if cfg.weights is not None:
+        path = Path(cfg.weights).expanduser()
+        if not path.is_file():
+            raise SubsampleError(STAGE, f"--weights {path}: no such file; pass a local copy of the extractor's weights")
+    elif fe in SAFE_EXTRACTORS:
+        path = default_weights(fe, timeout_s=cfg.download_timeout_s, progress=progress)
+    else:
+        return None, "default"  # an extractor registered in-process (code, not a file) that needs no weights
+    load_state_dict_safely(path, fe)
+    return str(path.absolute()), sha256_file(path)[:16]
+
+
+# --- IS / FID / KID -----------------------------------------------------------------------------
+# The reference set's features and FID statistics are cached by this project, not torch-fidelity
+# (whose cache is unpickled with weights_only=False): an .npz of plain arrays per data set and
+# extractor, read with allow_pickle=False after its headers are checked. torch-fidelity's
+# metric functions (IS, FID, KID) are called on the features exactly as calculate_metrics does.
+
+
+@dataclass
+class FidelityResult:
+    metrics: dict[str, float]
+    reference_cache: str  # 'hit', 'miss' or 'off'
+
+
+_LAYER_RE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def reference_cache_file(cache_root: Path, cache_name: str, extractor: str, layers: set[str]) -> Path:
+    """``<cache root>/<cache name>-<extractor>-<layers>.npz``."""
+    parts = [cache_name, extractor, *sorted(layers)]
+    return cache_root / ("-".join(_LAYER_RE.sub("_", x) for x in parts) + ".npz")
+
+
+def _load_reference_cache(path: Path, layers: set[str], fid_layer: str, n_ref: int) -> dict | None:
+    """The cached reference features ``{layer: tensor}`` and FID statistics, or None when the file
+    is missing or is not what :func:`_save_reference_cache` writes (checked from the .npy headers
+    before any array is read: the right row count, float data, no Python objects)."""
+    if not path.is_file():
+        return None
+    keys = {f"feature__{layer}" for layer in layers} | {"fid_mu", "fid_sigma"}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for key in keys:
+                with zf.open(f"{key}.npy") as f:
+                    version = np.lib.format.read_magic(f)
+                    shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(f)
+                if dtype.kind != "f" or len(shape) not in (1, 2) or any(d > (1 << 16) for d in shape[1:]):
+                    raise ValueError(f"{key}: unexpected {dtype} {shape}")
+                if key.startswith("feature__") and shape[0] != n_ref:
+                    raise ValueError(f"{key}: {shape[0]} rows for {n_ref} reference images")
+        with np.load(path, allow_pickle=False) as z:
+            features = {layer: torch.from_numpy(z[f"feature__{layer}"].copy()) for layer in layers}
+            stats = {"mu": z["fid_mu"].copy(), "sigma": z["fid_sigma"].copy()}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        print(f"{STAGE}: reference cache {path} is unreadable ({one_line(str(e))[:200]}); recomputing it", file=sys.stderr)
+        return None
+    if stats["mu"].shape[0] != features[fid_layer].shape[1]:
+        return None
+    return {"features": features, "fid": stats}
+
+
+def _save_reference_cache(path: Path, features: dict, stats: dict) -> None:
+    arrays = {f"feature__{k}": v.cpu().numpy() for k, v in features.items()}
+    arrays.update(fid_mu=stats["mu"], fid_sigma=stats["sigma"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{owner_tag()}-{uuid.uuid4().hex[:8]}.tmp.npz")
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fidelity_scores(
+    generated: Dataset,
+    reference: Dataset,
+    cfg: EvaluateConfig,
+    *,
+    weights_path: str | None = None,
+    reference_cache_name: str | None = None,
+    cache_root: str | Path | None = None,
+    cuda: bool = False,
+    progress: bool = False,
+) -> FidelityResult:
+    """IS of ``generated``, FID and KID between ``generated`` and ``reference`` (torch-fidelity's
+    metric functions, ``cfg.feature_extractor``). With ``reference_cache_name`` the reference's
+    features and FID statistics are cached under ``cache_root`` and reused by later calls. Metric
+    names follow :func:`count_tag`: ``is{N}``, ``is{N}_std``, ``fid{N}_train``, ``kid{N}_train``,
+    ``kid{N}_train_std``. ``weights_path`` is loaded weights-only and handed over in memory."""
+    import torch_fidelity
+    from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+    from torch_fidelity.metric_kid import kid_featuresdict_to_metric
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+    from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
+    fe = cfg.feature_extractor
+    if fe not in FEATURE_EXTRACTORS_REGISTRY:
+        raise SubsampleError(
+            STAGE, f"feature extractor {fe!r} is not registered with torch-fidelity; known: {sorted(FEATURE_EXTRACTORS_REGISTRY)}"
+        )
+    n, n_ref = len(generated), len(reference)
+    kid_subset = min(cfg.kid_subset_size, n, n_ref)
+    cls = FEATURE_EXTRACTORS_REGISTRY[fe]
+    layer_isc = cfg.feature_layer_isc or cls.get_default_feature_layer_for_metric("isc")
+    layer_fid = cfg.feature_layer_fid or cls.get_default_feature_layer_for_metric("fid")
+    layer_kid = cfg.feature_layer_kid or cls.get_default_feature_layer_for_metric("kid")
+    layers = {layer_isc, layer_fid, layer_kid}
+    cache_file = None
+    if reference_cache_name is not None:
+        cache_root = Path(cache_root) if cache_root is not None else fidelity_cache_root()
+        cache_file = reference_cache_file(cache_root, reference_cache_name, fe, layers)
+    kwargs: dict[str, Any] = dict(  # torch-fidelity's metric options, as calculate_metrics passes them
+        isc_splits=cfg.isc_splits, kid_subsets=cfg.kid_subsets, kid_subset_size=kid_subset, rng_seed=cfg.seed, verbose=progress,
+    )
+    fe_kwargs: dict[str, Any] = {"verbose": progress}
+    if weights_path is not None:
+        fe_kwargs["feature_extractor_weights_path"] = weights_handover(weights_path, fe)
+    with redirect_stdout(sys.stderr):  # torch-fidelity prints some notes on stdout; --json owns it
+        try:
+            extractor = create_feature_extractor(fe, sorted(layers), cuda=cuda, **fe_kwargs)
+        except RuntimeError as e:  # load_state_dict: the weights do not fit the network
+            raise SubsampleError(STAGE, f"weights {weights_path} do not fit extractor {fe!r} ({brief(e)})") from None
+
+        def features(ds: Dataset) -> dict:
+            # save_cpu_ram: datasets are read in this process (zarr 3 runs an asyncio thread that
+            # must not be forked into DataLoader workers; the inputs are in memory or chunk-cached)
+            return get_featuresdict_from_dataset(ds, extractor, cfg.batch_size, cuda, True, progress)
+
+        f_gen = features(generated)
+        cached = _load_reference_cache(cache_file, layers, layer_fid, n_ref) if cache_file is not None else None
+        if cached is not None:
+            f_ref, stats_ref = cached["features"], cached["fid"]
+        else:
+            f_ref = features(reference)
+            stats_ref = fid_featuresdict_to_statistics(f_ref, layer_fid)
+            if cache_file is not None:
+                _save_reference_cache(cache_file, f_ref, stats_ref)
+        raw = {
+            **isc_featuresdict_to_metric(f_gen, layer_isc, **kwargs),
+            **fid_statistics_to_metric(fid_featuresdict_to_statistics(f_gen, layer_fid), stats_ref, progress),
+            **kid_featuresdict_to_metric(f_gen, f_ref, layer_kid, **kwargs),
+        }
+    t = count_tag(n)
+    metrics = {
+        f"is{t}": raw[torch_fidelity.KEY_METRIC_ISC_MEAN],
+        f"is{t}_std": raw[torch_fidelity.KEY_METRIC_ISC_STD],
+        f"fid{t}_train": raw[torch_fidelity.KEY_METRIC_FID],
+        f"kid{t}_train": raw[torch_fidelity.KEY_METRIC_KID_MEAN],
+        f"kid{t}_train_std": raw[torch_fidelity.KEY_METRIC_KID_STD],
+    }
+    status = "off" if cache_file is None else ("hit" if cached is not None else "miss")
+    return FidelityResult({k: float(v) for k, v in metrics.items()}, status)
+
+
+# --- the metric registry ------------------------------------------------------------------------
+
+
+@dataclass
+class EvalContext:
+    """Everything a metric family may read. ``images``: generated uint8 (N, S, S, 3)."""
+
+    images: np.ndarray
+    cfg: EvaluateConfig
+    table: Any  # pipeline.stages.tables.Table
+    train_sharpness_mean: float
+    table_hash: str | None = None  # the tables artifact's content hash: caches the KL's floor
+    reference: Dataset | None = None  # training images for torch-fidelity
+    reference_cache_name: str | None = None
+    weights_path: str | None = None
+    fidelity_skip: str | None = None  # reason IS/FID/KID cannot run, or None
+    cuda: bool = False
+    progress: bool = False
+    notes: dict[str, Any] = field(default_factory=dict)  # family -> status for the summary
+
+    @property
+    def tag(self) -> str:
+        return count_tag(len(self.images))
+
+
+MetricFamily = Callable[[EvalContext], dict[str, float]]
+
+
+METRIC_FAMILIES: dict[str, MetricFamily] = {}
+
+
+def register_metric_family(name: str) -> Callable[[MetricFamily], MetricFamily]:
+    def deco(fn: MetricFamily) -> MetricFamily:
+        METRIC_FAMILIES[name] = fn
+        return fn
+
+    return deco
+
+
+@register_metric_family("fidelity")
+def fidelity_metrics(ctx: EvalContext) -> dict[str, float]:
+    """``is{N}``, ``fid{N}_train``, ``kid{N}_train`` (torch-fidelity); skipped with a reason when
+    disabled or when the extractor's weights are unavailable."""
+    if not ctx.cfg.fidelity:
+        ctx.notes["fidelity"] = "skipped: disabled (--no-fidelity, the default on a CPU)"
+        return {}
+    if ctx.fidelity_skip is not None:
+        ctx.notes["fidelity"] = f"skipped: {ctx.fidelity_skip}"
+        return {}
+    if ctx.reference is None:
+        raise ValueError("fidelity metrics need the training images (ctx.reference)")
+    try:
+        res = fidelity_scores(
+            ImageArrayDataset(ctx.images),
+            ctx.reference,
+            ctx.cfg,
+            weights_path=ctx.weights_path,
+            reference_cache_name=ctx.reference_cache_name,
+            cuda=ctx.cuda,
+            progress=ctx.progress,
+        )
+    except _NETWORK_ERRORS as e:  # an extractor other than Inception fetching its own weights
+        reason = f"{ctx.cfg.feature_extractor} weights not available offline ({getattr(e, 'reason', None) or e}); pass --weights PATH"
+        ctx.notes["fidelity"] = f"skipped: {reason}"
+        print(f"{STAGE}: {reason}; IS/FID/KID skipped", file=sys.stderr)
+        return {}
+    ctx.notes["fidelity"] = "ok"
+    ctx.notes["fidelity_reference_cache"] = res.reference_cache
+    return res.metrics
+
+
+@register_metric_family("feature")
+def feature_space_metrics(ctx: EvalContext) -> dict[str, float]:
+    """``feature_kl{N}_train`` = KL(f_G || f_X) with f_X smoothed (0.5 per cell), its floor at N
+    samples ``feature_kl{N}_train_floor`` (mean over real samples of N, s.d. ``..._floor_sd``),
+    ``feature_js{N}_train``, and ``feature_outside{N}_train``: the fraction of generated images in
+    cells no training image occupies (spec §5)."""
+    from kernels.features import compute_features
+    from pipeline.floors import cached_feature_kl_floor
+
+    values = compute_features(ctx.images, names=tuple(ctx.table.features))
+    r = feature_kl(ctx.table.bin_values(values), ctx.table)
+    floor = cached_feature_kl_floor(ctx.table, ctx.table_hash, len(ctx.images))
+    t = ctx.tag
+    out = {
+        f"feature_kl{t}_train": r["kl"],
+        f"feature_kl{t}_train_floor": floor["mean"],
+        f"feature_js{t}_train": r["js"],
+        f"feature_outside{t}_train": r["empty_cells_hit"],
+    }
+    if floor["sd"] is not None:
+        out[f"feature_kl{t}_train_floor_sd"] = floor["sd"]
+    return out
+
+
+@register_metric_family("sharpness")
+def sharpness_metrics(ctx: EvalContext) -> dict[str, float]:
+    """``sharpness_mean{N}`` and ``sharpness_diff{N}_train`` (generated − training mean, Eq. 15)."""
+    from kernels.features import compute_features
+
+    s = compute_features(ctx.images, names=("sharpness",))[:, 0]
+    r = sharpness_stats(s, ctx.train_sharpness_mean)
+    t = ctx.tag
+    return {
+        f"sharpness_mean{t}": r["sharpness_mean"],
+        "sharpness_mean_train": r["sharpness_train_mean"],
+        f"sharpness_diff{t}_train": r["sharpness_diff"],
+    }
+
+
+def evaluate_images(ctx: EvalContext, families: tuple[str, ...] | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    """Run the metric families on ``ctx`` -> ``(metrics, seconds per family)``."""
+    metrics: dict[str, float] = {}
+    timing: dict[str, float] = {}
+    for name in families or tuple(METRIC_FAMILIES):
+        t0 = time.perf_counter()
+        metrics.update(METRIC_FAMILIES[name](ctx))
+        timing[name] = round(time.perf_counter() - t0, 3)
+    return metrics, timing
+
+
+# --- during training: per-epoch curves (``subsample train --eval-every E``) -----------------------
+
+
+def cached_inception_weights() -> Path | None:
+    """torch-fidelity's Inception weights in the torch hub cache, if they are there (no download)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / URL_INCEPTION_V3.rsplit("/", 1)[-1]
+    return path if path.is_file() else None
+
+
+@contextmanager
+def preserved_rng():
+    """Restore the global random states (torch CPU and CUDA, numpy, random) on exit."""
+    import random
+
+    state = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+             np.random.get_state(), random.getstate())
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state_all(state[1])
+        np.random.set_state(state[2])
+        random.setstate(state[3])
+
+
+@dataclass
+class EpochEvaluator:
+    """IS/FID/KID (torch-fidelity, the ``fidelity`` family above) and the feature-space KL/JS
+    (the ``feature`` family) of ``cfg.samples`` images of the generator being trained, every
+    ``every`` epochs and after the last. The same machinery and names as ``subsample evaluate``
+    (``fid10k_train``, ``feature_kl10k_train``, ...), with the same latent seed, so the last point
+    of a curve is the final evaluation's figure when the sample counts agree. The reference
+    statistics are cached once per data set and extractor (``fidelity-cache/``), shared with the
+    evaluate stage.
+
+    It cannot change training: z comes from a CPU ``torch.Generator`` of its own, G runs in eval
+    mode under ``no_grad`` (batch-norm statistics untouched) and is put back in train mode, and
+    the global RNGs (torch CPU and CUDA, numpy, random) are restored afterwards: torch-fidelity's
+    DataLoader draws its base seed from torch's global generator, which would otherwise shift
+    every later draw of the training run."""
+
+    every: int
+    cfg: EvaluateConfig
+    table: Any
+    z_dim: int
+    device: torch.device
+    reference: Dataset | None = None
+    reference_cache_name: str | None = None
+    weights_path: str | None = None
+    fidelity_skip: str | None = None
+
+    def due(self, epoch: int, last: bool) -> bool:
+        """Evaluate after (1-based) ``epoch``?"""
+        return epoch % self.every == 0 or last
+
+    def __call__(self, G: torch.nn.Module) -> dict[str, float]:
+        with preserved_rng():
+            return self._evaluate(G)
+
+    def _evaluate(self, G: torch.nn.Module) -> dict[str, float]:
+        images = generate_images(G, self.cfg.samples, self.z_dim, seed=self.cfg.seed, batch_size=self.cfg.batch_size,
+                                 device=self.device)
+        ctx = EvalContext(
+            images=images, cfg=self.cfg, table=self.table, train_sharpness_mean=0.0, reference=self.reference,
+            reference_cache_name=self.reference_cache_name, weights_path=self.weights_path,
+            fidelity_skip=self.fidelity_skip, cuda=self.device.type == "cuda",
+        )
+        metrics, _ = evaluate_images(ctx, families=("fidelity", "feature"))
+        return metrics
+
+
+def epoch_evaluator(train_cfg: Any, store: Any, table: Any, z_dim: int, device: torch.device) -> EpochEvaluator | None:
+    """The evaluator ``subsample train`` runs after epochs, or None when off. ``eval_every``:
+    0 off; an integer, every that many epochs; None (auto) every ``max(1, epochs // 20)`` epochs
+    when training on CUDA with the extractor's weights on disk (``eval_weights``, or Inception in
+    the torch hub cache; no download is tried), else off. When asked for explicitly but the
+    weights cannot be had, IS/FID/KID are skipped with one line on stderr and the feature-space
+    metrics are still logged."""
+    every = train_cfg.eval_every
+    inception = train_cfg.eval_feature_extractor == INCEPTION
+    if every is None:
+        local = train_cfg.eval_weights is not None or (inception and cached_inception_weights() is not None)
+        if device.type != "cuda" or not local:
+            return None
+        every = max(1, train_cfg.epochs // 20)
+    if every == 0:
+        return None
+    n = train_cfg.eval_samples
+    cfg = EvaluateConfig(samples=n, seed=0, feature_extractor=train_cfg.eval_feature_extractor, weights=train_cfg.eval_weights,
+                         isc_splits=min(10, n), device=str(device))
+    skip, weights_path, tag = None, None, "none"
+    try:
+        weights_path, tag = resolve_weights(cfg)
+    except WeightsUnavailable as e:
+        skip = str(e)
+        print(f"train: per-epoch IS/FID/KID skipped: {e} (for training: --set eval_weights=PATH); "
+              "feature KL is still evaluated", file=sys.stderr)
+    return EpochEvaluator(
+        every=every, cfg=cfg, table=table, z_dim=z_dim, device=device, reference=StoreDataset(store.images),
+        reference_cache_name=f"subsample-{store.content_hash[:16]}-w{tag}", weights_path=weights_path, fidelity_skip=skip,
+    )
