@@ -127,7 +127,7 @@ def test_report_numbers_are_what_mlflow_recorded(first):
 
 
 def test_report_documents(first):
-    from pipeline.experiments.report import fmt_mean_sd
+    from pipeline.experiments.summary import fmt_mean_sd
 
     rep = report_json(first)
     md = Path(first["report_md"]).read_text()
@@ -271,7 +271,8 @@ def test_compare_config_validation_names_the_field():
 
 
 def test_comparison_wording_follows_the_seed_spread():
-    from pipeline.experiments.report import EVAL_METRICS, compare_to_baseline, comparison_sentence
+    from pipeline.experiments.stats import EVAL_METRICS, compare_to_baseline
+    from pipeline.experiments.summary import comparison_sentence
 
     kl = EVAL_METRICS[0]
     far = compare_to_baseline([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], lower_is_better=True)
@@ -297,7 +298,7 @@ def test_comparison_wording_follows_the_seed_spread():
 
 def test_missing_fidelity_metrics_say_why():
     from pipeline.experiments.compare import GridCell
-    from pipeline.experiments.report import Member, fidelity_reason
+    from pipeline.experiments.stats import Member, fidelity_reason
 
     def member(note: str) -> Member:
         return Member("r", GridCell("random", 64, "paper-128a", 0), "FINISHED", None, note, {})
@@ -315,7 +316,7 @@ def test_missing_fidelity_metrics_say_why():
 
 def _member(strategy, b, seed, *, batch_kl, coverage, fkl, kl_history, preset="paper-constructed"):
     from pipeline.experiments.compare import GridCell
-    from pipeline.experiments.report import Member
+    from pipeline.experiments.stats import Member
 
     metrics = {"batches/kl_mean": batch_kl, "batches/coverage_mean": coverage, "eval/feature_kl2000_train": fkl,
                "feature_kl": kl_history[-1][1]}
@@ -329,7 +330,7 @@ def _synthetic(fkl_constructed=(1.2, 1.4, 1.6), fkl_random=(1.1, 1.3, 1.5), stra
     """Two batch sizes × 3 seeds: constructed batches much closer to the data set than random ones
     (batch KL 0.05 vs 0.30, small spread) but covering less; the generators' feature KL as given;
     ``stuck`` (strategy, B, seed) cells whose generator never left its untrained feature KL."""
-    from pipeline.experiments.report import ReportData
+    from pipeline.experiments.stats import ReportData
 
     members = []
     for b in (128, 500):
@@ -346,7 +347,8 @@ def _synthetic(fkl_constructed=(1.2, 1.4, 1.6), fkl_random=(1.1, 1.3, 1.5), stra
 
 
 def test_answer_paragraph_gives_direction_and_the_seed_spread():
-    from pipeline.experiments.report import _blocks, render_markdown, summarise
+    from pipeline.experiments.report import _blocks, render_markdown
+    from pipeline.experiments.summary import summarise
 
     summary = summarise(_synthetic())
     answer, details = summary["answer"], summary["answer_details"]
@@ -380,7 +382,7 @@ def test_answer_paragraph_gives_direction_and_the_seed_spread():
 
 
 def test_answer_says_when_constructed_generators_are_worse_and_when_it_cannot_answer():
-    from pipeline.experiments.report import summarise
+    from pipeline.experiments.summary import summarise
 
     worse = summarise(_synthetic(fkl_constructed=(2.0, 2.05, 2.1), fkl_random=(1.0, 1.05, 1.1)))
     assert ("At the generator level, no: generators trained on constructed batches reach a higher (worse) final "
@@ -401,7 +403,8 @@ def test_answer_says_when_constructed_generators_are_worse_and_when_it_cannot_an
 
 
 def test_generators_that_did_not_move_from_their_untrained_value_are_flagged():
-    from pipeline.experiments.report import _blocks, render_markdown, summarise
+    from pipeline.experiments.report import _blocks, render_markdown
+    from pipeline.experiments.summary import summarise
 
     data = _synthetic(stuck={("constructed", 500, 2), ("random", 500, 0)})
     data.members[0].history["feature_kl"] = data.members[0].history["feature_kl"][1:]  # no epoch-0 record

@@ -98,7 +98,8 @@ def test_resume_logs_every_point_exactly_once(toy_home, monkeypatch):
 
 def test_compare_report_plots_the_per_epoch_fid_curves(tmp_path, monkeypatch):
     from pipeline.experiments.compare import GridCell
-    from pipeline.experiments.report import Member, ReportData, _per_epoch_fid_curves
+    from pipeline.experiments.plots import _per_epoch_fid_curves
+    from pipeline.experiments.stats import Member, ReportData
     from storage import tracking
 
     monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path))
