@@ -12,12 +12,12 @@ from PIL import Image
 
 import pipeline.data.decode as dec
 import pipeline.data.images as images_mod
-import pipeline.data.sources as sources_mod
+import pipeline.data.readers as readers_mod
 from kernels.resize import resize_lanczos
 from flows.cli import main
 from pipeline.config import IngestConfig
 from pipeline.data.images import CropPolicy
-from pipeline.data.sources import FolderReader
+from pipeline.data.readers import FolderReader
 from pipeline.stages.ingest import run_ingest
 from storage.store import open_store
 
@@ -206,7 +206,7 @@ def test_gpu_decode_path_logic_on_the_cpu(tmp_path):
     refs = sorted(p.name for p in src.iterdir())
     policy = CropPolicy(32, 178, "fast", "cuda")
     block = dec.decode_files_cuda(FolderReader(str(src)), refs, policy, 1 << 30, device="cpu")
-    fast = sources_mod.decode_files(FolderReader(str(src)), refs, CropPolicy(32, 178), 1 << 30)
+    fast = readers_mod.decode_files(FolderReader(str(src)), refs, CropPolicy(32, 178), 1 << 30)
     assert block.quarantine == fast.quarantine and len(block.images) == len(fast.images)
     # full-resolution decode (nvJPEG has no DCT scaling): Pillow's full decode + the kernel
     for i, name in enumerate(n for n in refs if n not in {q["path"] for q in fast.quarantine}):

@@ -17,12 +17,12 @@ import pytest
 from PIL import Image
 
 import pipeline.data.images as images_mod
-import pipeline.data.sources as sources_mod
+import pipeline.data.readers as readers_mod
 import pipeline.stages.ingest as ingest_mod
 from flows.cli import main
 from pipeline.config import IngestConfig
 from pipeline.data.images import CropPolicy
-from pipeline.data.sources import RestrictedUnpickler
+from pipeline.data.arrays import RestrictedUnpickler
 from pipeline.stages.ingest import run_ingest
 from storage.errors import SubsampleError
 from storage.paths import dataset_path
@@ -469,7 +469,7 @@ def png_folder(path: Path, n: int, seed=0, size=6) -> np.ndarray:
 
 def test_a_killed_ingest_leaves_no_store_and_a_rerun_completes(tmp_path, home, monkeypatch):
     x = png_folder(tmp_path / "src", 9)
-    real, calls = sources_mod.decode_files, []
+    real, calls = readers_mod.decode_files, []
 
     def dying(*args):
         calls.append(1)
@@ -477,20 +477,20 @@ def test_a_killed_ingest_leaves_no_store_and_a_rerun_completes(tmp_path, home, m
             raise RuntimeError("killed mid-way")
         return real(*args)
 
-    monkeypatch.setattr(sources_mod, "decode_files", dying)
+    monkeypatch.setattr(readers_mod, "decode_files", dying)
     with pytest.raises(RuntimeError, match="killed"):
         ingest(tmp_path / "src", size=6, files_per_task=2, workers=1)
     assert len(calls) >= 3 and not dataset_path("t").exists() and no_leftovers(home)
     with pytest.raises(SubsampleError, match="no data set store"):
         open_store("t")
-    monkeypatch.setattr(sources_mod, "decode_files", real)
+    monkeypatch.setattr(readers_mod, "decode_files", real)
     s = ingest(tmp_path / "src", size=6, files_per_task=2)
     assert s["n_images"] == 9 and np.array_equal(stored()[0], x)
 
     # a killed rebuild keeps the old store
     (tmp_path / "src" / "000.png").write_bytes(png_bytes(rgb(1, 6, 6, seed=99)[0]))
     calls.clear()
-    monkeypatch.setattr(sources_mod, "decode_files", dying)
+    monkeypatch.setattr(readers_mod, "decode_files", dying)
     with pytest.raises(RuntimeError):
         ingest(tmp_path / "src", size=6, files_per_task=2, workers=1)
     assert open_store("t", verify=True).content_hash == s["content_hash"] and no_leftovers(home)
@@ -546,7 +546,7 @@ def test_cache_hit_on_an_unchanged_rerun_and_rebuild_when_a_file_changes(tmp_pat
     def must_not_run(*args):
         raise AssertionError("decoded on a cache hit")
 
-    monkeypatch.setattr(sources_mod, "decode_files", must_not_run)
+    monkeypatch.setattr(readers_mod, "decode_files", must_not_run)
     again = ingest(tmp_path / "src", size=6, workers=1, files_per_task=1)  # execution-only changes
     assert again["cache_hit"] is True and again["key"] == first["key"] and again["content_hash"] == first["content_hash"]
     assert again["n_images"] == 4 and again["images_per_second"] == first["images_per_second"]

@@ -65,7 +65,8 @@ from storage.errors import SubsampleError
 from storage.paths import check_name, dataset_path
 from storage.store import QUARANTINE_FILE, DatasetStore, StoreBuilder, open_store
 from pipeline.data.images import Block, CropPolicy
-from pipeline.data.sources import SourceLimits, Task, _worker_init, open_source
+from pipeline.data.readers import SourceLimits, Task, _worker_init
+from pipeline.data.sources import open_source
 
 CODE_VERSION = "ingest/2"  # 2: the fast decoder (libjpeg-turbo + the Lanczos kernel) and decoder fields in the key
 STAGE = "ingest"
