@@ -1,7 +1,19 @@
-"""The stages, as plain Python: ingest, features, tables, batches, train, evaluate.
+"""The pipeline as plain Python, in layers; a module imports its own layer or those below, never
+above (``tests/test_layers.py`` checks it):
 
-Each stage module exposes a ``run_<stage>(cfg, ...)`` function that takes a validated config, reads
-only its declared upstream artifacts, writes one content-addressed artifact and returns a small
-JSON-serialisable summary dict (always with ``stage``, ``cache_hit``, ``seconds``, ``key``, ``path``).
-``flows/`` wires these into Prefect; ``flows.cli`` is a thin CLI over them.
+``pipeline.stages``       the six stages (ingest, features, tables, batches, train, evaluate): each
+                          writes one content-addressed artifact under ``$SUBSAMPLE_HOME``
+``pipeline.experiments``  above the stages: the strategy comparison and its report
+``pipeline.data``         what the stages read and draw: image policy and decoders, source readers,
+                          batch strategies and the sampler
+``pipeline.presets``, ``pipeline.floors``, ``pipeline.fidelity``
+                          training presets; the feature KL's floors; IS/FID/KID and the metric registry
+``pipeline.config``       the stages' typed configs
+``pipeline.gan``          the GAN library: models, losses, methods, the trainer, DDP collectives
+``pipeline.metrics``, ``pipeline.pictures``
+                          pure numpy measures; titled image grids
+
+Below them sit ``kernels`` (numba kernels with numpy references) and ``storage`` (stores, artifact
+keys, locks, MLflow); above them ``flows`` (the Prefect flows and, on top, the ``subsample`` CLI in
+``flows.cli``).
 """
