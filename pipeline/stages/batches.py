@@ -1,19 +1,8 @@
 """Batches: construct an epoch's mini-batches from the joint table, and diagnose them (spec §3, §4).
 
-Strategies live in a registry (name → function) and all give an int64 array ``(m, B)`` of image
-indices with ``m = floor(n / B)`` batches (Eq. 4), reproducible from ``(seed, epoch)``:
-
-``random``       the baseline: a shuffled permutation cut into m batches, ``n mod B`` dropped.
-``constructed``  the paper (Section 2.2): ``T2 = round(B·T1)`` images per cell, drawn from per-cell
-                 queues that prefer not-yet-drawn images, the shortfall topped up from the k most
-                 frequent cells (or first from not-yet-drawn images of rare cells, ``fill="coverage"``),
-                 in proportion (``topup="topk"``) or by a multinomial draw per batch (``topup="random"``).
-``dealt``        beyond the paper: every image at most once per epoch, and every batch within one
-                 image per cell of its ideal share ``B·T1`` (see :func:`dealt_batches`).
-
-Inside a batch the images are ordered by cell, so any stride slice ``batch[r::k]`` is itself
-stratified (within one image per cell of ``1/k`` of the batch's count); the sampler splits
-batches across distributed ranks that way.
+The strategies (``random``, the paper's ``constructed``, ``dealt``) are pure functions of the table,
+``B``, ``seed`` and epoch in ``pipeline.data.strategies``; this stage stores ``epochs`` of them as
+``batches.npy`` with their diagnostics, so a training run and a reader see the same batches.
 
 Diagnostics (the paper's Tables 1 and 2): :func:`coverage_per_epoch`, :func:`kl_batch_vs_dataset`
 (Eq. 10) with :func:`kl_stats`, and :func:`never_drawn` (the paper's Fig. 5); beyond the paper, an
