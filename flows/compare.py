@@ -34,12 +34,12 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flows.config import IngestOptions, RunConfig, build_config, dataset_defaults, merge, parse_overrides
+from flows.config import IngestOptions, RunConfig, as_fields, build_config, dataset_defaults, merge, parse_overrides
 from flows.train_subsample import STAGE_TASKS
 from pipeline.experiments.compare import (
     PAPER_DESIGN, SCALES, STRATEGIES, GridCell, Scale, cell_sections, design_cell, expand_grid, paper_grid,
 )
-from pipeline.config import FeaturesConfig, TablesConfig
+from pipeline.config import FeaturesConfig, TablesConfig, validation_message
 from storage.errors import SubsampleError
 from storage.errors import redact_uri
 from storage.paths import check_name, mlflow_tracking_uri
@@ -242,17 +242,16 @@ class CompareConfig(BaseModel):
 
 
 def build_compare_config(fields: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> CompareConfig:
-    """Validate ``fields`` plus ``section.field=value`` overrides (``train.epochs=2``,
-    ``evaluate.samples=1000``, ``tables.bins=[16,16]``) into a CompareConfig; a validation error
-    becomes a one-line :class:`SubsampleError` naming the field."""
-    data = {k: (v.model_dump(exclude_unset=True) if isinstance(v, BaseModel) else v) for k, v in fields.items()
-            if v is not None}
-    data = merge(data, parse_overrides(overrides))
+    """Validate ``fields`` plus ``--set`` overrides in the grammar of every command
+    (:func:`flows.config.parse_overrides`: ``train.epochs=2``, ``evaluate.samples=1000``,
+    ``tables.bins=[16,16]``, ``batch_scale=0.5``) into a CompareConfig; each cell's run resolves
+    through :func:`flows.config.resolve_config` like ``subsample run``'s. A validation error becomes
+    a one-line :class:`SubsampleError` naming the field."""
+    data = merge(as_fields(fields), parse_overrides(overrides, "compare"))
     try:
         return CompareConfig.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in e.errors())
-        raise SubsampleError("compare", f"invalid comparison: {problems}") from None
+        raise SubsampleError("compare", f"invalid comparison: {validation_message(e, CompareConfig)}") from None
     except SubsampleError as e:  # a cell's run config (raised by build_config)
         raise SubsampleError("compare", e.message) from None
 
