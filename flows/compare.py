@@ -77,6 +77,8 @@ class CompareConfig(BaseModel):
     tables: TablesConfig = Field(default_factory=TablesConfig)
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig values over every preset and the scale's (e.g. epochs, device)")
     evaluate: dict[str, Any] = Field(default_factory=dict, description="EvaluateConfig values over the scale's (e.g. samples, weights)")
+    batches: dict[str, Any] = Field(
+        default_factory=dict, description="BatchesConfig values under each cell's strategy, B and seed (e.g. top_k, fill, topup)")
     diagnostic_epochs: Optional[int] = Field(None, ge=1, description="epochs of batches the coverage/KL tables cover; None = the scale's")
     dask_address: Optional[str] = Field(None, description="Dask scheduler for the features stage; None = local")
 
@@ -186,7 +188,7 @@ class CompareConfig(BaseModel):
         cell's batches and seed. In the paper design a cell that the paper compares at equal epochs
         with 1-D-step cells but that takes ``d_steps`` D steps (a batch each) per G step, (b), trains
         ``epochs × d_steps`` epochs, so its G updates equal theirs."""
-        sections = cell_sections(cell, self.scale_spec, self.train, self.evaluate, self.grid_diagnostic_epochs)
+        sections = cell_sections(cell, self.scale_spec, self.train, self.evaluate, self.grid_diagnostic_epochs, self.batches)
         rc = build_config({**self._shared_fields(), **sections})
         dc = design_cell(cell.preset, cell.strategy) if self.design == "paper" else None
         if dc is not None and dc.equal_g_updates and rc.train.d_steps > 1:
@@ -236,7 +238,7 @@ class CompareConfig(BaseModel):
             "design": self.design, "batch_scale": self.grid_batch_scale if self.design == "paper" else None,
             "scale": self.scale, "dataset": self.dataset,
             "scale_train": self.scale_spec.train, "scale_evaluate": self.scale_spec.evaluate,
-            "train": self.train, "evaluate": self.evaluate,
+            "train": self.train, "evaluate": self.evaluate, "batches": self.batches,
             "tables": self.tables.model_dump(mode="json"), "features": self.features.model_dump(mode="json"),
         }
 
@@ -335,6 +337,7 @@ def compare_strategies(
     tables: TablesConfig = TablesConfig(),
     train: Optional[dict[str, Any]] = None,
     evaluate: Optional[dict[str, Any]] = None,
+    batches: Optional[dict[str, Any]] = None,
     diagnostic_epochs: Optional[int] = None,
     dask_address: Optional[str] = None,
     overrides: Optional[list[str]] = None,
@@ -348,7 +351,7 @@ def compare_strategies(
     fields = dict(dataset=dataset, source=source, scale=scale, design=design, strategies=strategies,
                   batch_sizes=batch_sizes, presets=presets, batch_scale=batch_scale, seeds=seeds, ingest=ingest,
                   features=features, tables=tables, train=train,
-                  evaluate=evaluate, diagnostic_epochs=diagnostic_epochs, dask_address=dask_address)
+                  evaluate=evaluate, batches=batches, diagnostic_epochs=diagnostic_epochs, dask_address=dask_address)
     try:
         cfg = build_compare_config(fields, overrides or ())
     except SubsampleError as e:
