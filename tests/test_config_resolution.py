@@ -64,6 +64,8 @@ CASES = [
     # a preset given, fields of two sections, a value the preset also sets
     ("demo", "smoke", ["train.loss=hinge", "train.epochs=5", "batches.top_k=4", "tables.bins=[8,8]"],
      {"loss": "hinge", "epochs": 5, "ngf": 8, "preset": "smoke"}),
+    # no preset and a data set without one: the machine's (demo on a CPU) for `train` as for `run`
+    ("cifar10", None, ["train.epochs=3"], {"preset": "demo", "epochs": 3, "ngf": 16}),
     # the preset's values for the data set's kind (paper-constructed-1024: 100 epochs on CIFAR-10) under --set
     ("cifar10", "paper-constructed-1024", ["train.lr_g=5e-4", "train.clip=null"],
      {"lr_g": 5e-4, "lr_d": 1e-3, "epochs": 100, "clip": None, "beta1": 0.5}),
