@@ -356,6 +356,10 @@ def check_keys(data: dict[str, Any], stage: str) -> None:
     top = list(RunConfig.model_fields)
     unknown = [k for k in data if k not in RunConfig.model_fields]
     if unknown:
+        owners = [s for s, model in _section_models().items() if unknown[0] in model.model_fields]
+        if len(owners) == 1:  # `subsample run --set lr_d=1e-4`: a stage's field without its section
+            raise SubsampleError(stage, f"unknown setting {unknown[0]!r}: a {owners[0]} setting is given as "
+                                 f"{owners[0]}.{unknown[0]}=VALUE")
         raise SubsampleError(stage, unknown_keys_message(unknown, top))
     for section, model in _section_models().items():
         value = data.get(section)

@@ -138,6 +138,9 @@ def test_set_grammar_dotted_everywhere_bare_for_the_commands_own_stage():
                             "(it reads features, tables, batches, train); `subsample run --set evaluate.samples=10` does")
     with pytest.raises(SubsampleError, match=r"^train: --set 'lr_d': expected section.field=value, e.g. lr_d=1e-4"):
         parse_overrides(["lr_d"], "train", "train")
+    # on `run` a stage's field needs its section, and is told which
+    with pytest.raises(SubsampleError, match=r"^run: unknown setting 'lr_d': a train setting is given as train.lr_d=VALUE"):
+        resolve_config("run", {"dataset": "demo"}, ["lr_d=1e-4"], checks=False, note=quiet)
     # an unknown bare key is named as the stage's, with the nearest valid one
     with pytest.raises(SubsampleError, match=r"unknown setting 'train.lr_dd' \(did you mean 'train.lr_d'\?\)"):
         resolve_config("train", {"dataset": "demo", "only": "train"}, ["lr_dd=1"], checks=False, note=quiet)
