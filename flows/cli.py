@@ -73,7 +73,7 @@ def ingest_cmd(
     """Decode a source data set into the store datasets/NAME.zarr (centre crop, resize to S×S, RGB)."""
     from pydantic import ValidationError
 
-    from pipeline.config import IngestConfig
+    from pipeline.config import IngestConfig, validation_message
     from pipeline.stages.ingest import run_ingest
 
     try:
@@ -83,7 +83,7 @@ def ingest_cmd(
             decoder=decoder, decode_device=decode_device,
         )
     except ValidationError as e:
-        raise SubsampleError("ingest", "; ".join(f"--{'-'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
+        raise SubsampleError("ingest", validation_message(e, IngestConfig, flags=True)) from None
     emit(run_ingest(cfg, refresh=refresh), as_json)
 
 
@@ -94,17 +94,25 @@ def _config_or_exit(stage: str, make):
     """Build a pydantic config, turning a validation error into a one-line SubsampleError."""
     from pydantic import ValidationError
 
+    from pipeline.config import validation_message
+
     try:
         return make()
     except ValidationError as e:
-        raise SubsampleError(stage, "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
+        raise SubsampleError(stage, validation_message(e)) from None
+
+
+def _features_default(field: str) -> Any:
+    from pipeline.config import FeaturesConfig
+
+    return FeaturesConfig.model_fields[field].default
 
 
 @app.command("features")
 def features_cmd(
     name: str = typer.Argument(..., help="data set name (its store must exist: run `subsample ingest` first)"),
     dask_address: Optional[str] = typer.Option(None, "--dask-address", help="existing Dask scheduler (tcp://host:8786); its workers must see the store path"),
-    scheduler: str = typer.Option("threads", "--scheduler", help="without --dask-address: 'threads' (default, no start-up cost) or 'local-cluster' (worker processes)"),
+    scheduler: str = typer.Option(_features_default("scheduler"), "--scheduler", help="without --dask-address: 'threads' (default, no start-up cost) or 'local-cluster' (worker processes)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="local threads / cluster workers (default: all cores)"),
     feature: Optional[list[str]] = typer.Option(None, "--feature", help="registered feature name (repeat; default: colour_moment, sharpness)"),
     refresh: bool = typer.Option(False, "--refresh", help="recompute even if the artifact is cached"),
@@ -178,38 +186,51 @@ def batches_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Construct epochs of batches from the joint table, with coverage / KL diagnostics (spec §3-4)."""
-    from pydantic import ValidationError
-
     from pipeline.stages.batches import run_batches
     from pipeline.config import FeaturesConfig, TablesConfig
 
-    try:
+    def configs():
         cfg = _BatchesConfig(
             batch_size=batch_size, strategy=strategy.value, epochs=epochs, seed=seed, top_k=top_k, fill=fill.value,
             topup=topup.value,
         )
-        bins = bins or _dataset_bins(name)
-        tables = TablesConfig(bins=tuple(bins)) if bins else TablesConfig()
+        table = bins or _dataset_bins(name)
+        tables = TablesConfig(bins=tuple(table)) if table else TablesConfig()
         features = FeaturesConfig(features=tuple(feature)) if feature else FeaturesConfig()
-    except ValidationError as e:
-        raise SubsampleError("batches", "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
+        return cfg, tables, features
+
+    cfg, tables, features = _config_or_exit("batches", configs)
     emit(run_batches(name, cfg, tables, features, refresh=refresh), as_json)
 
 
 # --- train / evaluate / presets -----------------------------------------------------------------
 
 
-def _train_sets(items: list[str]) -> list[str]:
-    """``subsample train``'s ``--set key=value`` are training fields: ``lr_d=1e-4`` is
-    ``train.lr_d=1e-4``; ``preset=P`` and ``SECTION.FIELD=V`` (``batches.top_k=4``) pass as they are."""
-    from flows.config import RunConfig
+SetOpt = typer.Option(
+    [], "--set", metavar="KEY=VALUE",
+    help="override any setting: section.field=value (train.lr_d=1e-4, tables.bins=[16,16]) or a run setting "
+    "(preset=smoke); repeatable (docs/training.md, 'Changing settings: --set')",
+)
+DryRunOpt = typer.Option(False, "--dry-run", help="print the resolved configuration (with --json: one object) and run nothing")
 
-    out = []
-    for item in items:
-        key = item.partition("=")[0].strip()
-        head = key.split(".")[0]
-        out.append(item if key == "preset" or ("." in key and head in RunConfig.model_fields) else f"train.{item}")
-    return out
+
+def config_view(cfg: Any) -> dict[str, Any]:
+    """What ``--dry-run`` prints: the resolved run configuration, every section, and the training
+    config on its own (``train_config``, the entry every ``--json`` summary of a training run has)."""
+    return {"dry_run": True, "config": cfg.model_dump(mode="json"), "train_config": cfg.train.model_dump(mode="json")}
+
+
+def show_config(view: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit(view, True)
+        return
+    for section, value in view["config"].items():
+        if isinstance(value, dict):
+            print(f"{section}:")
+            for k, v in value.items():
+                print(f"  {k}: {json.dumps(v, default=str)}")
+        else:
+            print(f"{section}: {json.dumps(value, default=str)}")
 
 
 @app.command("train")
@@ -228,22 +249,26 @@ def train_cmd(
         None, "--eval-every", min=0, help="epochs between IS/FID/KID + feature-KL evaluations during training, logged "
         "per epoch to MLflow (0 off; default: on with CUDA and the Inception weights on disk, else off)"),
     eval_samples: Optional[int] = typer.Option(None, "--eval-samples", min=10, help="generated images per such evaluation (default 10,000)"),
-    sets: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override any training field, e.g. --set lr_d=1e-4 --set loss=hinge (repeatable)"),
+    sets: list[str] = typer.Option(
+        [], "--set", metavar="KEY=VALUE",
+        help="override a setting: a training field bare or dotted (lr_d=1e-4 = train.lr_d=1e-4), the batches or table "
+        "train reads (batches.top_k=4, tables.bins=[16,16]), or preset=P; repeatable (docs/training.md)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run of the same configuration from its last checkpoint"),
     refresh: bool = typer.Option(False, "--refresh", help="train again even if the artifact is cached"),
     nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node", help="data-parallel ranks on this node (GPUs, or CPU processes); launches torchrun's elastic agent (docs/distributed.md)"),
     nnodes: Optional[int] = typer.Option(None, "--nnodes", help="nodes of a multi-node run (each runs this command)"),
     node_rank: Optional[int] = typer.Option(None, "--node-rank", help="this node's rank (static rendezvous; else c10d assigns it)"),
     rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT of the rendezvous on node 0 (multi-node)"),
+    dry_run: bool = DryRunOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a GAN on the data set's batches (defaults < the machine's < the data set's < preset <
     --set < flags); logs to MLflow (experiment subsample/NAME) and writes stages/train/<key>/ with
     the generator, grids and metrics. With --nproc-per-node N the global batch B is split over N
     data-parallel ranks (torch.distributed)."""
-    from flows.config import check_batch_sizes, resolve_config, train_batches
+    from flows.config import check_batch_sizes, parse_overrides, resolve_config, train_batches
 
-    sets = _train_sets(sets)
+    given = parse_overrides(sets, "train", "train")  # (resolve_config parses them again; this says what they set)
     flags = {
         "preset": preset,
         "train": {"epochs": epochs, "seed": seed, "device": device, "max_steps": max_steps,
@@ -253,8 +278,8 @@ def train_cmd(
         "tables": {"bins": list(bins) if bins else None},
         "features": {"features": list(feature) if feature else None},
     }
-    chose_batches = any(v is not None for v in (strategy, batch_size, seed)) or any(s.startswith("batches.") for s in sets)
-    chose_preset = preset is not None or any(s.startswith("preset=") for s in sets)
+    chose_batches = any(v is not None for v in (strategy, batch_size, seed)) or "batches" in given
+    chose_preset = preset is not None or "preset" in given
     # the batch size is checked at once when given (or a preset gives it), else once the built
     # batches are chosen (the defaults' B may not fit where the built batches do)
     cfg = resolve_config("train", {"dataset": name, "only": "train"}, sets, flags,
@@ -262,12 +287,14 @@ def train_cmd(
     cfg = train_batches(cfg, chose_batches=chose_batches, chose_preset=chose_preset)
     if not (chose_batches or chose_preset):
         check_batch_sizes(cfg.dataset, [cfg.batches.batch_size], None, False, "train")
+    if dry_run:
+        return show_config(config_view(cfg), as_json)
 
     from pipeline.stages.train import run_train
 
     summary = run_train(cfg.dataset, cfg.train, cfg.batches, cfg.tables, cfg.features, resume=resume, refresh=refresh)
     if summary.get("rank", 0) == 0:  # started by torchrun by hand: rank 0 alone prints the summary
-        emit(summary, as_json)
+        emit({**summary, "train_config": cfg.train.model_dump(mode="json")} if as_json else summary, as_json)
 
 
 @app.command("presets")
@@ -289,17 +316,23 @@ def presets_cmd(as_json: bool = JsonOpt) -> None:
             print(f"{pad}  on {KIND_NAMES.get(kind, kind)}: {flat}")
 
 
+def _evaluate_default(field: str) -> Any:
+    from pipeline.config import EvaluateConfig
+
+    return EvaluateConfig.model_fields[field].default
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     run: str = typer.Argument(..., help="train artifact key or MLflow run id"),
-    samples: Optional[int] = typer.Option(None, "--samples", "-n", min=2, help="generated images N (names: fid10k_train, is10k, ...; default 10,000 with a GPU, 2,000 on a CPU)"),
-    batch_size: int = typer.Option(250, "--batch-size", min=1, help="generation and feature-extraction batch"),
+    samples: Optional[int] = typer.Option(None, "--samples", "-n", min=2, help="generated images N (names: fid10k_train, is10k, ...; default: EvaluateConfig's with a GPU, 2,000 on a CPU)"),
+    batch_size: int = typer.Option(_evaluate_default("batch_size"), "--batch-size", min=1, help="generation and feature-extraction batch"),
     weights: Optional[str] = typer.Option(
         None, "--weights", help="local copy of the feature extractor's weights (default: torch-fidelity's download)"
     ),
     fidelity: Optional[bool] = typer.Option(None, "--fidelity/--no-fidelity", help="IS/FID/KID with torch-fidelity (default: on with a GPU, off on a CPU); --no-fidelity: feature-space metrics only"),
     feature_extractor: Optional[str] = typer.Option(None, "--feature-extractor", help="torch-fidelity extractor (default inception-v3-compat); giving it, or --weights, turns IS/FID/KID on unless --no-fidelity"),
-    seed: int = typer.Option(0, "--seed", help="seed of the latent codes"),
+    seed: int = typer.Option(_evaluate_default("seed"), "--seed", help="seed of the latent codes"),
     device: Optional[str] = typer.Option(None, "--device", help="default: the generator's device"),
     refresh: bool = typer.Option(False, "--refresh", help="recompute even if this evaluation is cached"),
     as_json: bool = JsonOpt,
@@ -339,9 +372,12 @@ def _stdout_to_stderr():
         os.close(saved)
 
 
-def _run_flow(cfg: Any, as_json: bool) -> None:
+def _run_flow(cfg: Any, as_json: bool, dry_run: bool = False) -> None:
     """Run the validated config as the flow train-subsample: the temporary Prefect server (when no
-    PREFECT_API_URL is set) starts only now, after every check that needs none."""
+    PREFECT_API_URL is set) starts only now, after every check that needs none. ``--json`` adds the
+    resolved training config (``train_config``, as ``subsample train --json`` shows it)."""
+    if dry_run:
+        return show_config(config_view(cfg), as_json)
     from flows.local_server import start_temporary_server
     from flows.train_subsample import run
 
@@ -349,7 +385,8 @@ def _run_flow(cfg: Any, as_json: bool) -> None:
         start_temporary_server()
         report = run(cfg)
     if as_json:
-        emit(report, True)
+        trains = "train" in cfg.stages()
+        emit({**report, **({"train_config": cfg.train.model_dump(mode="json")} if trains else {})}, True)
         return
     print(f"flow run {report['flow_run']} on data set {report['dataset']} ({report['seconds']:.1f} s)")
     for s in report["stages"]:
@@ -359,15 +396,22 @@ def _run_flow(cfg: Any, as_json: bool) -> None:
             print(f"{k}: {v if not isinstance(v, (dict, list)) else json.dumps(v, default=str)}")
 
 
+def _run_default(field: str) -> Any:
+    from flows.config import RunConfig
+
+    return RunConfig.model_fields[field].default
+
+
 @app.command("run")
 def run_cmd(
-    dataset: str = typer.Option("demo", "--dataset", "-d", help="data set name (known: demo, celeba, cifar10, anime-faces, mnist)"),
+    dataset: str = typer.Option(_run_default("dataset"), "--dataset", "-d", help="data set name (known: demo, celeba, cifar10, anime-faces, mnist)"),
     source: Optional[str] = typer.Option(None, "--source", help="source path (default: $SUBSAMPLE_<DATASET>_SOURCE; demo: the embedded data)"),
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="training preset (default: the data set's, else demo on a CPU, paper-constructed on a GPU)"),
     only: Optional[str] = typer.Option(None, "--only", metavar="STAGE", help="run this one stage; its upstream must be cached"),
     refresh: Optional[str] = typer.Option(None, "--refresh", metavar="STAGE", help="rebuild this stage and everything downstream"),
-    overrides: list[str] = typer.Option([], "--set", metavar="SECTION.FIELD=VALUE", help="e.g. --set tables.bins=[16,16] --set train.epochs=2 (repeatable)"),
+    overrides: list[str] = SetOpt,
     dask_address: Optional[str] = typer.Option(None, "--dask-address", help="Dask scheduler for the features stage (default: Dask on this machine, features.scheduler)"),
+    dry_run: bool = DryRunOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Run the Prefect flow train-subsample (ingest → features → tables → batches → train → evaluate);
@@ -375,19 +419,20 @@ def run_cmd(
     from flows.config import resolve_config
 
     fields = {"dataset": dataset, "source": source, "only": only, "refresh": refresh, "dask_address": dask_address}
-    _run_flow(resolve_config("run", fields, overrides, {"preset": preset}), as_json)
+    _run_flow(resolve_config("run", fields, overrides, {"preset": preset}), as_json, dry_run)
 
 
 @app.command("demo")
 def demo_cmd(
-    overrides: list[str] = typer.Option([], "--set", metavar="SECTION.FIELD=VALUE", help="change a demo setting"),
+    overrides: list[str] = SetOpt,
+    dry_run: bool = DryRunOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """The whole flow on the embedded demo data (2,000 CIFAR-10 images) with short training
     settings: a few minutes on a laptop CPU, no server needed. The same as `subsample run --dataset demo`."""
     from flows.config import demo_fields, resolve_config
 
-    _run_flow(resolve_config("demo", demo_fields(), overrides), as_json)
+    _run_flow(resolve_config("demo", demo_fields(), overrides), as_json, dry_run)
 
 
 def _split_list(values: list[str]) -> Optional[list[str]]:
@@ -398,19 +443,23 @@ def _split_list(values: list[str]) -> Optional[list[str]]:
 
 @app.command("compare")
 def compare_cmd(
-    dataset: str = typer.Option("demo", "--dataset", "-d", help="data set name (known: demo, celeba, cifar10, anime-faces, mnist)"),
+    dataset: str = typer.Option(_run_default("dataset"), "--dataset", "-d", help="data set name (known: demo, celeba, cifar10, anime-faces, mnist)"),
     source: Optional[str] = typer.Option(None, "--source", help="source path (default: $SUBSAMPLE_<DATASET>_SOURCE; demo: the embedded data)"),
-    scale: str = typer.Option("smoke", "--scale", help="smoke: tiny models, minutes on a CPU (checks the machinery); cpu: small models that learn, about 10 min on a 2-core CPU; paper: the paper's settings (a GPU machine)"),
-    design: str = typer.Option(
-        "factorial", "--design",
-        help="factorial: strategies × batch sizes × presets; paper: exactly the paper's cells (the method at B = 2000, "
+    scale: Optional[str] = typer.Option(None, "--scale", help="(default smoke) smoke: tiny models, minutes on a CPU (checks the machinery); cpu: small models that learn, about 10 min on a 2-core CPU; paper: the paper's settings (a GPU machine)"),
+    design: Optional[str] = typer.Option(
+        None, "--design",
+        help="(default factorial) factorial: strategies × batch sizes × presets; paper: exactly the paper's cells (the method at B = 2000, "
         "2048 on CIFAR-10, and 1024; strategies (a)-(d) at 128), each at its preset's B and epochs",
     ),
     strategies: list[str] = typer.Option([], "--strategies", help="batch strategies trained (factorial) and diagnosed (both designs); default: random, constructed, dealt; repeat or comma-separate"),
     batch_sizes: list[str] = typer.Option([], "--batch-sizes", help="factorial: batch sizes (default: the scale's; smoke 128,1000, cpu 128,500, paper 128,512,1024,2000)"),
     presets: list[str] = typer.Option([], "--presets", help="factorial: training presets (default: the scale's; `subsample presets` lists them)"),
-    seeds: int = typer.Option(3, "--seeds", help="seeds per configuration (at least 3)"),
-    overrides: list[str] = typer.Option([], "--set", metavar="SECTION.FIELD=VALUE", help="e.g. --set train.epochs=2 --set evaluate.samples=1000 --set tables.bins=[16,16]"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="seeds per configuration (at least 3; default 3)"),
+    overrides: list[str] = typer.Option(
+        [], "--set", metavar="KEY=VALUE",
+        help="every cell's settings, as `subsample run --set` takes them (train.epochs=2, evaluate.samples=1000, "
+        "tables.bins=[16,16]), or a comparison setting (batch_scale=0.5)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved comparison and every cell's training config (with --json: one object); run nothing"),
     as_json: bool = JsonOpt,
 ) -> None:
     """The paper's comparison (Prefect flow compare-strategies): the paper's cells (--design paper) or
@@ -432,6 +481,16 @@ def compare_cmd(
     fields = {"dataset": dataset, "source": source, "scale": scale, "design": design, "strategies": _split_list(strategies),
               "batch_sizes": sizes_int, "presets": _split_list(presets), "seeds": seeds}
     cfg = build_compare_config(fields, overrides)
+    if dry_run:
+        runs = [(c, cfg.cell_run_config(c)) for c in cfg.cells()]
+        view = {"dry_run": True, "config": cfg.model_dump(mode="json"),
+                "cells": [{"cell": c.label, "train_config": rc.train.model_dump(mode="json"),
+                           "batches_config": rc.batches.model_dump(mode="json")} for c, rc in runs]}
+        if as_json:
+            return emit(view, True)
+        for row in view["cells"]:
+            print(f"{row['cell']}: {json.dumps(row['train_config'], default=str)}")
+        return
     check_batch_sizes(cfg.dataset, list(cfg.grid_batch_sizes), cfg.source or cfg.base_run_config().resolved_source(), True,
                       "compare", cfg.ingest.split)
     with _stdout_to_stderr():

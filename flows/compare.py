@@ -34,12 +34,12 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flows.config import IngestOptions, RunConfig, build_config, dataset_defaults, merge, parse_overrides
+from flows.config import IngestOptions, RunConfig, as_fields, build_config, dataset_defaults, merge, parse_overrides
 from flows.train_subsample import STAGE_TASKS
 from pipeline.experiments.compare import (
     PAPER_DESIGN, SCALES, STRATEGIES, GridCell, Scale, cell_sections, design_cell, expand_grid, paper_grid,
 )
-from pipeline.config import FeaturesConfig, TablesConfig
+from pipeline.config import FeaturesConfig, TablesConfig, validation_message
 from storage.errors import SubsampleError
 from storage.errors import redact_uri
 from storage.paths import check_name, mlflow_tracking_uri
@@ -77,6 +77,8 @@ class CompareConfig(BaseModel):
     tables: TablesConfig = Field(default_factory=TablesConfig)
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig values over every preset and the scale's (e.g. epochs, device)")
     evaluate: dict[str, Any] = Field(default_factory=dict, description="EvaluateConfig values over the scale's (e.g. samples, weights)")
+    batches: dict[str, Any] = Field(
+        default_factory=dict, description="BatchesConfig values under each cell's strategy, B and seed (e.g. top_k, fill, topup)")
     diagnostic_epochs: Optional[int] = Field(None, ge=1, description="epochs of batches the coverage/KL tables cover; None = the scale's")
     dask_address: Optional[str] = Field(None, description="Dask scheduler for the features stage; None = local")
 
@@ -186,7 +188,7 @@ class CompareConfig(BaseModel):
         cell's batches and seed. In the paper design a cell that the paper compares at equal epochs
         with 1-D-step cells but that takes ``d_steps`` D steps (a batch each) per G step, (b), trains
         ``epochs × d_steps`` epochs, so its G updates equal theirs."""
-        sections = cell_sections(cell, self.scale_spec, self.train, self.evaluate, self.grid_diagnostic_epochs)
+        sections = cell_sections(cell, self.scale_spec, self.train, self.evaluate, self.grid_diagnostic_epochs, self.batches)
         rc = build_config({**self._shared_fields(), **sections})
         dc = design_cell(cell.preset, cell.strategy) if self.design == "paper" else None
         if dc is not None and dc.equal_g_updates and rc.train.d_steps > 1:
@@ -236,23 +238,22 @@ class CompareConfig(BaseModel):
             "design": self.design, "batch_scale": self.grid_batch_scale if self.design == "paper" else None,
             "scale": self.scale, "dataset": self.dataset,
             "scale_train": self.scale_spec.train, "scale_evaluate": self.scale_spec.evaluate,
-            "train": self.train, "evaluate": self.evaluate,
+            "train": self.train, "evaluate": self.evaluate, "batches": self.batches,
             "tables": self.tables.model_dump(mode="json"), "features": self.features.model_dump(mode="json"),
         }
 
 
 def build_compare_config(fields: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> CompareConfig:
-    """Validate ``fields`` plus ``section.field=value`` overrides (``train.epochs=2``,
-    ``evaluate.samples=1000``, ``tables.bins=[16,16]``) into a CompareConfig; a validation error
-    becomes a one-line :class:`SubsampleError` naming the field."""
-    data = {k: (v.model_dump(exclude_unset=True) if isinstance(v, BaseModel) else v) for k, v in fields.items()
-            if v is not None}
-    data = merge(data, parse_overrides(overrides))
+    """Validate ``fields`` plus ``--set`` overrides in the grammar of every command
+    (:func:`flows.config.parse_overrides`: ``train.epochs=2``, ``evaluate.samples=1000``,
+    ``tables.bins=[16,16]``, ``batch_scale=0.5``) into a CompareConfig; each cell's run resolves
+    through :func:`flows.config.resolve_config` like ``subsample run``'s. A validation error becomes
+    a one-line :class:`SubsampleError` naming the field."""
+    data = merge(as_fields(fields), parse_overrides(overrides, "compare"))
     try:
         return CompareConfig.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in e.errors())
-        raise SubsampleError("compare", f"invalid comparison: {problems}") from None
+        raise SubsampleError("compare", f"invalid comparison: {validation_message(e, CompareConfig)}") from None
     except SubsampleError as e:  # a cell's run config (raised by build_config)
         raise SubsampleError("compare", e.message) from None
 
@@ -336,6 +337,7 @@ def compare_strategies(
     tables: TablesConfig = TablesConfig(),
     train: Optional[dict[str, Any]] = None,
     evaluate: Optional[dict[str, Any]] = None,
+    batches: Optional[dict[str, Any]] = None,
     diagnostic_epochs: Optional[int] = None,
     dask_address: Optional[str] = None,
     overrides: Optional[list[str]] = None,
@@ -349,7 +351,7 @@ def compare_strategies(
     fields = dict(dataset=dataset, source=source, scale=scale, design=design, strategies=strategies,
                   batch_sizes=batch_sizes, presets=presets, batch_scale=batch_scale, seeds=seeds, ingest=ingest,
                   features=features, tables=tables, train=train,
-                  evaluate=evaluate, diagnostic_epochs=diagnostic_epochs, dask_address=dask_address)
+                  evaluate=evaluate, batches=batches, diagnostic_epochs=diagnostic_epochs, dask_address=dask_address)
     try:
         cfg = build_compare_config(fields, overrides or ())
     except SubsampleError as e:

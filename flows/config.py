@@ -34,6 +34,8 @@ from pipeline.config import (
     StageConfig,
     TablesConfig,
     TrainConfig,
+    unknown_keys_message,
+    validation_message,
 )
 from storage.errors import SubsampleError, did_you_mean
 from storage.paths import check_name
@@ -212,20 +214,48 @@ class RunConfig(BaseModel):
         return self.features
 
 
-def parse_overrides(overrides: list[str] | tuple[str, ...], stage: str = "run") -> dict[str, Any]:
-    """``["tables.bins=[8,8]", "only=tables"]`` -> nested dict. Values are JSON when they parse
-    as JSON (numbers, lists, true/false/null), else strings."""
+# The sections each stage command reads: its own, and those that name its inputs (which table a
+# training run's batches come from). `subsample train --set evaluate.samples=10` would change nothing.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "ingest": ("ingest",),
+    "features": ("features",),
+    "tables": ("features", "tables"),
+    "batches": ("features", "tables", "batches"),
+    "train": ("features", "tables", "batches", "train"),
+    "evaluate": ("evaluate",),
+}
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...], stage: str = "run", section: Optional[str] = None) -> dict[str, Any]:
+    """``--set`` in its one grammar, for every command: ``section.field=value`` (``tables.bins=[8,8]``,
+    ``train.lr_d=1e-4``) or a run-level ``field=value`` (``preset=smoke``, ``only=tables``), as a
+    nested dict. On a stage command (``section``: the stage it runs) a bare key that is not a
+    run-level field is that stage's (``subsample train --set lr_d=1e-4`` is ``train.lr_d=1e-4``), and
+    a dotted key must name a section the stage reads (:data:`STAGE_SECTIONS`; ``train`` reads
+    ``features``, ``tables``, ``batches``, ``train``), else one line says which command uses it.
+    Values are JSON when they parse as JSON (numbers, lists, true/false/null), else strings."""
     out: dict[str, Any] = {}
+    reads = STAGE_SECTIONS.get(section or "")
     for item in overrides:
         path, sep, raw = item.partition("=")
-        if not sep or not path.strip():
-            raise SubsampleError(stage, f"--set {item!r}: expected section.field=value, e.g. tables.bins=[8,8]")
+        path = path.strip()
+        if not sep or not path:
+            example = "lr_d=1e-4 or train.lr_d=1e-4" if section == "train" else "tables.bins=[8,8]"
+            raise SubsampleError(stage, f"--set {item!r}: expected section.field=value, e.g. {example}")
+        head = path.split(".")[0]
+        if reads and head not in RunConfig.model_fields:
+            path, head = f"{section}.{path}", section
+        if reads and head in _section_models() and head not in reads:
+            raise SubsampleError(
+                stage, f"--set {item!r}: `subsample {section}` does not use the {head} settings (it reads "
+                f"{', '.join(reads)}); `subsample run --set {item}` does",
+            )
         try:
             value = json.loads(raw)
         except ValueError:
             value = raw
         node = out
-        keys = path.strip().split(".")
+        keys = path.split(".")
         for key in keys[:-1]:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
@@ -246,19 +276,11 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_config(fields: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Validate ``fields`` (plus ``section.field=value`` overrides) into a RunConfig; a validation
-    error becomes a one-line :class:`SubsampleError` naming the field."""
-    # a section's unset fields stay unset, so the data set's and the preset's values fill them
-    data = {k: (v.model_dump(exclude_unset=True) if isinstance(v, BaseModel) else v) for k, v in fields.items()}
-    data = merge(data, parse_overrides(overrides))
-    check_keys(data, "run")
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in e.errors()
-        )
-        raise SubsampleError("run", f"invalid configuration: {problems}") from None
+    """A flow run's (a deployment's) parameters, plus ``section.field=value`` overrides, as a
+    RunConfig: :func:`resolve_config` without the machine's layer (the parameters say what to run;
+    a run the CLI started arrives resolved) and without the checks of this machine's files (the
+    worker resolves the source when ingest runs)."""
+    return resolve_config("run", fields, overrides, machine=False, checks=False)
 
 
 def demo_fields() -> dict[str, Any]:
@@ -331,11 +353,13 @@ def _section_models() -> dict[str, type[BaseModel]]:
 def check_keys(data: dict[str, Any], stage: str) -> None:
     """Unknown fields in ``data`` (RunConfig fields and section fields) are one line naming them,
     the nearest valid name and every valid name, before pydantic (or torch) is involved."""
-    from pipeline.presets import unknown_keys_message
-
     top = list(RunConfig.model_fields)
     unknown = [k for k in data if k not in RunConfig.model_fields]
     if unknown:
+        owners = [s for s, model in _section_models().items() if unknown[0] in model.model_fields]
+        if len(owners) == 1:  # `subsample run --set lr_d=1e-4`: a stage's field without its section
+            raise SubsampleError(stage, f"unknown setting {unknown[0]!r}: a {owners[0]} setting is given as "
+                                 f"{owners[0]}.{unknown[0]}=VALUE")
         raise SubsampleError(stage, unknown_keys_message(unknown, top))
     for section, model in _section_models().items():
         value = data.get(section)
@@ -446,6 +470,14 @@ def drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def as_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """A command's or a flow's fields as plain data: a section given as a config object keeps only
+    the fields it was given (the data set's and the preset's values fill the rest); a top-level
+    None is not given. A None inside a section is a value (``train.clip=None`` turns clipping off)."""
+    return {k: (v.model_dump(exclude_unset=True) if isinstance(v, BaseModel) else v) for k, v in fields.items()
+            if v is not None}
+
+
 def resolve_config(
     stage: str,
     fields: dict[str, Any],
@@ -454,28 +486,33 @@ def resolve_config(
     *,
     note: Callable[[str], None] = _stderr,
     machine: bool = True,
+    checks: bool = True,
     check_batches: bool = True,
 ) -> RunConfig:
-    """A command's run, resolved in one order: RunConfig's defaults < what fits this machine
-    (:func:`machine_defaults`, when ``machine``) < the data set's (:func:`dataset_defaults`) < the
-    preset's < ``fields`` (what the command was given) < ``sets`` (``section.field=value``) <
-    ``flags`` (the command's dedicated options; None values mean not given). ``stage`` names the
-    command in error messages.
+    """The one resolution of a run's configuration, for every command (``run``, ``demo``, the
+    stage commands, each cell of ``compare``) and every deployment (:func:`build_config`), in one
+    order: RunConfig's defaults < what fits this machine (:func:`machine_defaults`, when
+    ``machine``) < the data set's (:func:`dataset_defaults`) < the preset's < ``fields`` (what the
+    command was given) < ``sets`` (``--set``, :func:`parse_overrides`; on a stage command, ``stage``
+    names it and a bare key is that stage's field) < ``flags`` (the command's dedicated options;
+    None values mean not given). ``stage`` names the command in error messages.
 
     Before anything expensive (importing torch, starting a Prefect server): unknown keys, preset
-    and data set names (each with the nearest valid name), whether the source exists when the run
-    ingests, and whether the batch size fits the data set (its store, or the source's listing;
-    ``check_batches=False`` leaves that to the caller, e.g. ``train`` before it picks built batches)."""
-    given = merge(merge(drop_none(fields), parse_overrides(sets, stage)), drop_none(flags or {}))
+    and data set names (each with the nearest valid name), and, with ``checks``, whether the
+    source exists when the run ingests and whether the batch size fits the data set (its store, or
+    the source's listing; ``check_batches=False`` leaves that to the caller, e.g. ``train`` before
+    it picks built batches)."""
+    sets_data = parse_overrides(sets, stage, stage if stage in STAGE_SECTIONS else None)
+    given = merge(merge(as_fields(fields), sets_data), drop_none(flags or {}))
     check_keys(given, stage)
     dataset = given.get("dataset", RunConfig.model_fields["dataset"].default)
     try:
         check_name(dataset)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise SubsampleError(stage, str(e)) from None
     check_preset(given.get("preset"), stage)
 
-    base = dataset_defaults(dataset)
+    base = dataset_defaults(dataset) if isinstance(dataset, str) else {}
     why = None
     if machine and "preset" not in given and "preset" not in base:
         layer, why = machine_defaults(run_device(effective(given, "train", "device")))
@@ -485,9 +522,9 @@ def resolve_config(
 
     only = data.get("only")
     reads_source = only in (None, "ingest")
-    if reads_source:
+    if checks and reads_source:
         check_source(dataset, data.get("source"), stage)
-    if check_batches and only in (None, "batches", "train"):
+    if checks and check_batches and only in (None, "batches", "train"):
         source = data.get("source") or os.environ.get(source_env(dataset)) or (
             str(DATASETS[dataset].default_source) if dataset in DATASETS and DATASETS[dataset].default_source else None
         )
@@ -498,8 +535,7 @@ def resolve_config(
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in e.errors())
-        raise SubsampleError(stage, f"invalid configuration: {problems}") from None
+        raise SubsampleError(stage, f"invalid configuration: {validation_message(e, RunConfig)}") from None
 
 
 def describe_batches(b: BatchesConfig) -> str:
@@ -548,5 +584,4 @@ def resolve_evaluate_config(flags: dict[str, Any], note: Callable[[str], None] =
     try:
         return EvaluateConfig(**{**layer, **given})
     except ValidationError as e:
-        problems = "; ".join(f"--{'-'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        raise SubsampleError("evaluate", problems) from None
+        raise SubsampleError("evaluate", validation_message(e, EvaluateConfig, flags=True)) from None

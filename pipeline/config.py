@@ -325,3 +325,49 @@ class EvaluateConfig(StageConfig):
     download_timeout_s: float = Field(20.0, gt=0, description="socket timeout when fetching extractor weights")
 
     _execution_fields: ClassVar[frozenset[str]] = frozenset({"weights", "batch_size", "device", "download_timeout_s"})
+
+
+# --- one line for a configuration error ---------------------------------------------------------
+
+
+def unknown_keys_message(keys: list[str], fields, section: str = "") -> str:
+    """``unknown setting 'lr_dd' (did you mean 'lr_d'?); valid settings: arch, ngf, ...``: what an
+    unknown ``--set`` key is told, with every valid key of its section."""
+    from storage.errors import did_you_mean
+
+    prefix = f"{section}." if section else ""
+    first = keys[0]
+    more = f" (and {', '.join(repr(prefix + k) for k in keys[1:])})" if len(keys) > 1 else ""
+    return (
+        f"unknown setting {prefix + first!r}{did_you_mean(first, fields, what=prefix)}{more}; "
+        f"valid{' ' + section if section else ''} settings: {', '.join(fields)}"
+    )
+
+
+def _model_at(model: type[BaseModel] | None, loc: tuple) -> type[BaseModel] | None:
+    """The config model a field path leads to inside ``model`` (``('train',)`` -> TrainConfig)."""
+    for part in loc:
+        field = model.model_fields.get(str(part)) if model is not None else None
+        annotation = field.annotation if field is not None else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return model
+
+
+def validation_message(e: Any, model: type[BaseModel] | None = None, *, flags: bool = False) -> str:
+    """A pydantic ``ValidationError`` as one line, the one rendering every command uses: each
+    problem as ``path.to.field: message`` (``--field-name: message`` with ``flags``, for a command's
+    options); unknown fields of ``model`` (or of its sections) as :func:`unknown_keys_message` says
+    them, with the nearest valid name."""
+    problems, unknown = [], {}
+    for err in e.errors():
+        loc = tuple(err["loc"])
+        target = _model_at(model, loc[:-1]) if loc else None
+        if err["type"] == "extra_forbidden" and target is not None:
+            unknown.setdefault(loc[:-1], []).append(str(loc[-1]))
+            continue
+        path = ("-".join(map(str, loc)).replace("_", "-") if flags else ".".join(map(str, loc))) or "config"
+        problems.append(f"{'--' if flags and loc else ''}{path}: {err['msg']}")
+    for section, keys in unknown.items():
+        fields = list(_model_at(model, section).model_fields)
+        problems.insert(0, unknown_keys_message(keys, fields, ".".join(map(str, section))))
+    return "; ".join(problems)

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Optional
 
 from pydantic import ValidationError
 
-from pipeline.config import BatchesConfig, TrainConfig
+from pipeline.config import BatchesConfig, TrainConfig, unknown_keys_message, validation_message  # noqa: F401 (re-exported)
 from storage.errors import SubsampleError, did_you_mean
 
 
@@ -82,25 +82,6 @@ def get_preset(name: str, stage: str = "train") -> Preset:
     return PRESETS[name]
 
 
-def unknown_keys_message(keys: list[str], fields, section: str = "") -> str:
-    """``unknown setting 'lr_dd' (did you mean 'lr_d'?); valid: arch, ngf, ...``: what an unknown
-    ``--set`` key is told, with every valid key of its section."""
-    prefix = f"{section}." if section else ""
-    first = keys[0]
-    more = f" (and {', '.join(repr(prefix + k) for k in keys[1:])})" if len(keys) > 1 else ""
-    return (
-        f"unknown setting {prefix + first!r}{did_you_mean(first, fields, what=prefix)}{more}; "
-        f"valid{' ' + section if section else ''} settings: {', '.join(fields)}"
-    )
-
-
-def _validation_message(e: ValidationError) -> str:
-    extra = [err for err in e.errors() if err["type"] == "extra_forbidden"]
-    if extra:
-        return unknown_keys_message([str(err["loc"][-1]) for err in extra], list(TrainConfig.model_fields))
-    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors())
-
-
 def resolve_train_config(
     preset: str, overrides: Mapping[str, Any] | None = None, *, dataset: Optional[str] = None
 ) -> TrainConfig:
@@ -111,7 +92,7 @@ def resolve_train_config(
     try:
         return TrainConfig(**{**train, "preset": preset, **dict(overrides or {})})
     except ValidationError as e:
-        raise SubsampleError("train", f"invalid training setting: {_validation_message(e)}") from None
+        raise SubsampleError("train", f"invalid training setting: {validation_message(e, TrainConfig)}") from None
 
 
 def resolve_batches_config(
@@ -123,7 +104,7 @@ def resolve_batches_config(
     try:
         return BatchesConfig(**{**batches, **{k: v for k, v in dict(overrides or {}).items() if v is not None}})
     except ValidationError as e:
-        raise SubsampleError("train", f"invalid batches setting: {_validation_message(e)}") from None
+        raise SubsampleError("train", f"invalid batches setting: {validation_message(e, BatchesConfig)}") from None
 
 
 def preset_table() -> list[dict[str, Any]]:

@@ -186,13 +186,15 @@ def paper_grid(dataset: str, seeds: tuple[int, ...], batch_scale: float = 1.0) -
 
 
 def cell_sections(cell: GridCell, scale: Scale, train: Mapping[str, Any], evaluate: Mapping[str, Any],
-                  diagnostic_epochs: int) -> dict[str, Any]:
-    """The run-config sections of one cell, over its preset's values: the cell's batches
-    (strategy, B, seed, epochs of diagnostics); the scale's then the user's training values, then
-    the cell's seed (tracked, so the child run exists); the scale's then the user's evaluation."""
+                  diagnostic_epochs: int, batches: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The run-config sections of one cell, the layers a cell adds between its preset's values and
+    :func:`flows.config.resolve_config`'s validation: the user's batches values (top-k, fill, top-up)
+    under the cell's (strategy, B, seed, epochs of diagnostics); the scale's then the user's
+    training values, then the cell's seed (tracked, so the child run exists); the scale's then the
+    user's evaluation."""
     return {
         "preset": cell.preset,
-        "batches": {"strategy": cell.strategy, "batch_size": cell.batch_size, "seed": cell.seed,
+        "batches": {**dict(batches or {}), "strategy": cell.strategy, "batch_size": cell.batch_size, "seed": cell.seed,
                     "epochs": diagnostic_epochs},
         "train": {**scale.train, **dict(train), "seed": cell.seed, "track": True},
         "evaluate": {**scale.evaluate, **dict(evaluate)},
