@@ -333,3 +333,73 @@ def test_every_code_path_and_name_the_docs_cite_exists():
             if obj is None:
                 wrong.append(f"{doc.name}: {name}")
     assert wrong == []
+
+
+# --- the cheap documented commands, run -----------------------------------------------------------
+
+STAGE_ORDER = ("presets", "ingest", "features", "tables", "batches", "train", "evaluate")
+
+
+def runnable(argv: list[str]) -> bool:
+    """A documented command that takes seconds on the demo data: the listing, ingest of data/demo,
+    the demo's features, tables and batches, and a smoke-preset training run."""
+    name, args = argv[0], argv[1:]
+    if name == "presets":
+        return True
+    if name == "ingest":
+        return args[:1] == ["data/demo"]
+    if name in ("features", "tables", "batches"):
+        return args[:1] == ["demo"]
+    if name == "train":
+        return args[:1] == ["demo"] and "smoke" in args and not {"--eval-every", "--epochs", "--nproc-per-node"} & set(args)
+    return False
+
+
+def documented_answer(page: str, command: str) -> str:
+    """The output a page shows for ``command``: the first code block or inline span after it."""
+    text = (REPO_ROOT / "docs" / page).read_text()
+    after = text[text.index(f"`{command}`") + len(command) + 2:]
+    m = re.search(r"```[^\n]*\n(.*?)```|`([^`]+)`", after, re.S)
+    return " ".join((m.group(1) or m.group(2)).split())
+
+
+@pytest.mark.slow
+def test_the_cheap_documented_commands_run_as_written(tmp_path):
+    """In fresh homes, every documented demo-data command that takes seconds runs, as written, in
+    stage order (ingest first), and exits 0; then `subsample evaluate KEY` with the key train
+    made; and the two first-mistake examples print what the docs say they print (exit 2)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SUBSAMPLE_"))}
+    env.update(SUBSAMPLE_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect"),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(REPO_ROOT))
+
+    def subsample(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "flows.cli", *argv], env=env, cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=600)
+
+    commands = []
+    for _, segment, argv in fenced_commands():
+        if runnable(argv) and argv not in commands:
+            commands.append(argv)
+    commands.sort(key=lambda a: STAGE_ORDER.index(a[0]))
+    assert {"presets", "ingest", "features", "tables", "batches", "train"} <= {a[0] for a in commands}, commands
+    for argv in commands:
+        r = subsample(*argv)
+        assert r.returncode == 0, f"`subsample {' '.join(argv)}` exited {r.returncode}: {r.stderr[-1500:]}"
+    blocks = [b for doc in DOCS for b in FENCE.findall(doc.read_text())]
+    assert any(re.search(r"^subsample evaluate (?:KEY|RUN)\b", b, re.M) for b in blocks)
+    keys = sorted(p.name for p in (tmp_path / "home" / "stages" / "train").iterdir() if re.fullmatch("[0-9a-f]{16}", p.name))
+    assert len(keys) == 1
+    r = subsample("evaluate", keys[0], "--json")
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert any(k.startswith("feature_kl") for k in json.loads(r.stdout)["metrics"])
+
+    r = subsample("run", "--dataset", "nosuch")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == documented_answer("flows.md", "subsample run --dataset nosuch")
+    r = subsample("train", "demo", "--batch-size", "99999")
+    expected = re.escape(documented_answer("training.md", "subsample train demo --batch-size 99999")).replace(r"\.\.\.", ".*")
+    assert r.returncode == 2 and re.fullmatch(expected, " ".join(r.stderr.split())), r.stderr
