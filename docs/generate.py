@@ -10,7 +10,8 @@ A page marks a generated table with two comments::
 
 and this script replaces what lies between them with the table of that name (:data:`TABLES`),
 read from the registries the code keeps: the training presets, the batch strategies, the metrics
-``subsample evaluate`` computes, the GAN architectures, losses and training methods. Edit the code
+``subsample evaluate`` computes, the GAN architectures, losses and training methods, the data
+sets ``--dataset`` knows. Edit the code
 (a preset's description, a strategy's docstring), then run this; never edit a generated table by
 hand. ``--check`` writes nothing: it names every stale region and exits 1 (tests/test_docs.py runs
 it). It reads the code and writes only README.md and docs/*.md.
@@ -147,6 +148,37 @@ def methods_table() -> str:
     return table(("method", "what a step does"), ((f"`{n}`", describe(m)) for n, m in methods.items()))
 
 
+def datasets_table() -> str:
+    """The data sets ``--dataset`` knows (``flows.config.DATASETS``): ingest size and crop, where
+    the source is looked for, and the run settings the data set implies; then any other name."""
+    from flows.config import DATASETS, IngestOptions, source_env
+
+    def where(name: str, d: Any) -> str:
+        default = d.default_source
+        if default is not None:
+            default = Path(default)
+            default = f"`{default.relative_to(REPO)}/` (embedded)" if default.is_relative_to(REPO) else f"`{default}`"
+            return f"`${source_env(name)}`, else {default}"
+        return f"`${source_env(name)}`" + (f" ({d.note})" if d.note else "")
+
+    def implies(run: dict | None) -> str:
+        flat = []
+        for k, v in (run or {}).items():
+            flat += [f"{k}.{f}={_json(x)}" for f, x in v.items()] if isinstance(v, dict) else [f"{k}={_json(v)}"]
+        return ", ".join(f"`{x}`" for x in flat)
+
+    rows = [(f"`{n}`", f"{d.size}" + (f" (centre crop {d.crop})" if d.crop else ""), where(n, d), implies(d.run))
+            for n, d in DATASETS.items()]
+    rows.append(("any other", f"{IngestOptions().size} (`--set ingest.size=S`)", "`$SUBSAMPLE_<NAME>_SOURCE`", ""))
+    return table(("`--dataset`", "ingest size", "source, unless `--source`", "settings it implies"), rows)
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "presets": presets_table,
     "strategies": strategies_table,
@@ -154,6 +186,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "architectures": architectures_table,
     "losses": losses_table,
     "methods": methods_table,
+    "datasets": datasets_table,
 }
 
 
