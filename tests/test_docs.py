@@ -403,3 +403,12 @@ def test_the_cheap_documented_commands_run_as_written(tmp_path):
     r = subsample("train", "demo", "--batch-size", "99999")
     expected = re.escape(documented_answer("training.md", "subsample train demo --batch-size 99999")).replace(r"\.\.\.", ".*")
     assert r.returncode == 2 and re.fullmatch(expected, " ".join(r.stderr.split())), r.stderr
+
+
+def test_the_readme_is_short_and_opens_with_the_two_commands():
+    """A newcomer reads it in minutes: under 250 lines, the two commands first (CI runs them)."""
+    lines = (REPO_ROOT / "README.md").read_text().splitlines()
+    assert len(lines) < 250
+    first = [ln.split("#")[0].strip() for ln in lines[:6] if ln.strip() and not ln.startswith(("#", "```"))]
+    assert first[:2] == ["make demo", "make test"]
+    assert all(re.search(rf"\]\(docs/{p.name}\)", "\n".join(lines)) for p in (REPO_ROOT / "docs").glob("*.md"))
