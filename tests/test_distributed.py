@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from pipeline.gan import distributed
+from pipeline.stages import train
 from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
 from pipeline.presets import resolve_train_config
 from storage.errors import SubsampleError
@@ -100,7 +101,7 @@ def _recording_worker(payload: dict) -> dict:
         return out
 
     train.epoch_indices = record
-    return distributed._train_worker(payload)
+    return train._train_worker(payload)
 
 
 @pytest.mark.slow
@@ -120,7 +121,7 @@ def test_two_ranks_train_the_weights_of_one_process(home, tmp_path, monkeypatch,
     cfg = _cfg(epochs=2, max_steps=6, **setting)
     one, ck1 = _train(cfg)
     monkeypatch.setenv("DDP_TEST_RECORD", str(tmp_path))
-    monkeypatch.setattr(distributed, "_train_worker", _recording_worker)
+    monkeypatch.setattr(train, "_train_worker", _recording_worker)
     two, ck2 = _train(cfg.model_copy(update={"track": True}), nproc=2)
 
     assert (two["world_size"], two["backend"], two["key"], two["steps"]) == (2, "gloo", one["key"], 6)
@@ -176,7 +177,7 @@ def _dying_worker(payload: dict) -> dict:
         return real(sampler, epoch, device)
 
     train.epoch_indices = die_in_epoch_2
-    return distributed._train_worker(payload)
+    return train._train_worker(payload)
 
 
 @pytest.mark.slow
@@ -196,8 +197,8 @@ def test_a_killed_rank_leaves_a_checkpoint_that_resumes_to_the_same_weights(home
     cfg = _cfg(epochs=2, d_steps=2, seed=4, track=True, optimizer="adam", lr_g=2e-4, lr_d=2e-4)
     straight, a = _train(cfg)
 
-    real_worker = distributed._train_worker
-    monkeypatch.setattr(distributed, "_train_worker", _dying_worker)
+    real_worker = train._train_worker
+    monkeypatch.setattr(train, "_train_worker", _dying_worker)
     with pytest.raises(SubsampleError) as e:
         _train(cfg, nproc=2)
     msg = str(e.value)
@@ -210,7 +211,7 @@ def test_a_killed_rank_leaves_a_checkpoint_that_resumes_to_the_same_weights(home
     killed_run = json.loads((work / "run.json").read_text())["mlflow_run_id"]
     assert client.get_run(killed_run).info.status == "KILLED"
 
-    monkeypatch.setattr(distributed, "_train_worker", real_worker)
+    monkeypatch.setattr(train, "_train_worker", real_worker)
     resumed, b = _train(cfg, nproc=2, resume=True)
     assert resumed["resumed_from_epoch"] == 1 and resumed["mlflow_run_id"] == killed_run
     assert client.get_run(killed_run).info.status == "FINISHED"
