@@ -29,12 +29,12 @@ import zarr
 
 from kernels.features import compute_features
 from pipeline.config import FeaturesConfig
-from pipeline.stages.lineage import CODE_VERSIONS, find_features, locate, store_key
+from pipeline.stages.lineage import CODE_VERSIONS, find, locate, store_key
 from pipeline.stages.lineage import features_command, features_key  # noqa: F401  (their home before lineage)
 from pipeline.stages.result import StageResult, built_result, cached_result
 from storage.artifacts import Artifact, build_artifact
 from storage.errors import SubsampleError
-from storage.store import DatasetStore, open_store
+from storage.store import DatasetStore
 
 STAGE = "features"
 CODE_VERSION = CODE_VERSIONS[STAGE]  # bumped in pipeline/stages/lineage.py, with the key recipe
@@ -45,7 +45,7 @@ SCHEDULER_CONNECT_TIMEOUT = "10s"
 def features_artifact(dataset: str, cfg: FeaturesConfig = FeaturesConfig(), *, needed_by: str = STAGE) -> Artifact:
     """The cached features artifact of ``dataset``; raises :class:`MissingArtifactError` (stage
     ``needed_by``) naming it and the command that builds it when it is missing or corrupt."""
-    return find_features(open_store(dataset), cfg, dataset=dataset, needed_by=needed_by)
+    return find(STAGE, dataset, features=cfg, needed_by=needed_by)
 
 
 def load_features(artifact: Artifact) -> tuple[np.ndarray, tuple[str, ...]]:
