@@ -35,7 +35,7 @@ from prefect.states import Failed
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flows.config import IngestOptions, RunConfig, as_fields, build_config, dataset_defaults, merge, parse_overrides
-from flows.train_subsample import STAGE_TASKS
+from flows.train_subsample import STAGE_TASKS, handed_on
 from pipeline.experiments.compare import (
     PAPER_DESIGN, SCALES, STRATEGIES, GridCell, Scale, cell_sections, design_cell, expand_grid, paper_grid,
 )
@@ -275,15 +275,14 @@ def report_task(parent_run_id: str) -> dict:
     return build_report(parent_run_id)
 
 
-def _train_key(rc: RunConfig) -> Optional[str]:
-    """The train key of a cell whose training failed (to find its FAILED child run)."""
-    try:
-        from pipeline.stages.tables import tables_artifact
-        from pipeline.stages.train import train_key
-        from storage.store import open_store
+def _train_key(rc: RunConfig, shared: dict[str, Any]) -> Optional[str]:
+    """The train key of a cell whose training failed (to find its FAILED child run): the train
+    stage's, for the shared upstream results (``pipeline.stages.lineage.train_key_for``)."""
+    from pipeline.stages.lineage import train_key_for
 
-        return train_key(rc.train, rc.batches, tables_artifact(rc.dataset, rc.tables, rc.features).content_hash,
-                         open_store(rc.dataset).content_hash)
+    try:
+        return train_key_for(rc.dataset, rc.train, rc.batches, rc.tables, rc.features,
+                             given={s: r.artifact for s, r in shared.items()})
     except SubsampleError:
         return None
 
@@ -359,12 +358,12 @@ def compare_strategies(
     started = time.perf_counter()
 
     base = cfg.base_run_config()
-    upstream: Optional[dict] = None
+    shared: dict[str, Any] = {}  # stage -> StageResult of the upstream stages every cell shares
     for stage in UPSTREAM:
-        state = STAGE_TASKS[stage](base, upstream, return_state=True)
+        state = STAGE_TASKS[stage](base, handed_on(stage, shared), return_state=True)
         if not state.is_completed():
             return Failed(message=state.message, data=state.result(raise_on_failure=False))
-        upstream = state.result()
+        shared[stage] = state.result()
     try:
         _check_batch_sizes(cfg)
     except SubsampleError as e:
@@ -396,17 +395,19 @@ def compare_strategies(
                 rc = cfg.cell_run_config(cell)
                 summaries: dict[str, dict] = {}
                 error: Optional[str] = None
-                prev: Optional[dict] = None
+                results = dict(shared)
                 for stage in PER_CELL:
-                    state = STAGE_TASKS[stage].with_options(task_run_name=f"{stage} [{cell.label}]")(rc, prev, return_state=True)
+                    state = STAGE_TASKS[stage].with_options(task_run_name=f"{stage} [{cell.label}]")(
+                        rc, handed_on(stage, results), return_state=True)
                     if not state.is_completed():
                         exc = state.result(raise_on_failure=False)
                         if not isinstance(exc, SubsampleError):
                             raise exc if isinstance(exc, BaseException) else RuntimeError(state.message)
                         error = str(exc)
                         break
-                    prev = summaries[stage] = state.result()
-                train_key = None if "train" in summaries or error is None else _train_key(rc)
+                    results[stage] = state.result()
+                    summaries[stage] = results[stage].to_json()
+                train_key = None if "train" in summaries or error is None else _train_key(rc, shared)
                 rows.append(record_task.with_options(task_run_name=f"record [{cell.label}]")(
                     parent, cell, summaries, error, train_key))
                 compare.note(f"[{i}/{len(cells)}] {cell.label}: {'failed: ' + error if error else 'ok'}")

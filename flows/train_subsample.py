@@ -1,7 +1,9 @@
 """The Prefect flow ``train-subsample``: ingest → features → tables → batches → train → evaluate.
 
-Each task calls one ``pipeline`` stage function and nothing else; the stages are ordinary Python
-that the ``subsample <stage>`` commands call too.
+Each task calls one ``pipeline`` stage function, handing it the artifacts the earlier stages
+returned (``pipeline.stages.result.StageResult``); the stages are ordinary Python that the
+``subsample <stage>`` commands call too, after finding their inputs by lineage
+(``pipeline.stages.lineage``).
 
 Caching: the stage artifact store is the cache, and the tasks say so with ``NO_CACHE``. Every
 stage already keys its artifact by H(its parameters, its inputs' content hashes, its code version)
@@ -34,7 +36,6 @@ from prefect.states import Completed, Failed, State
 
 from flows.config import STAGES, IngestOptions, RunConfig, Stage, build_config
 from pipeline.config import BatchesConfig, EvaluateConfig, FeaturesConfig, TablesConfig, TrainConfig
-from storage.artifacts import open_artifact
 from storage.errors import MissingArtifactError, SubsampleError
 
 
@@ -50,79 +51,98 @@ logging.getLogger("prefect.task_runs").addFilter(_no_empty_traceback)
 
 
 # --- tasks: one per stage, each a call of the stage function -----------------------------------
-# A stage finds its inputs itself, by recomputing their keys from the configs; `upstream` (the
-# previous stage's summary) only draws the dependency in the UI's graph. Stage modules are imported
-# inside the tasks, so loading the flow (`prefect deploy`, a worker) does not import torch.
+# A task is handed the results of the earlier tasks whose artifacts its stage consumes (`upstream`,
+# by stage; this also draws the dependencies in the UI's graph) and passes those artifacts to its
+# stage. A stage whose inputs were not handed to it (`only=...`) finds them by lineage, from the
+# configs. Stage modules are imported inside the tasks, so loading the flow (`prefect deploy`, a
+# worker) does not import torch.
+
+Upstream = Optional[dict[str, Any]]  # stage -> pipeline.stages.result.StageResult
+
+
+def _inputs(stage: str, cfg: RunConfig, upstream: Upstream) -> Any:
+    """The artifacts ``stage`` consumes: those the earlier tasks returned, the others by lineage."""
+    from pipeline.stages.lineage import locate
+
+    given = {s: r.artifact for s, r in (upstream or {}).items()}
+    return locate(stage, cfg.dataset, features=cfg.features, tables=cfg.tables, batches=cfg.batches,
+                  train=cfg.train, given=given)
 
 
 @task(name="ingest", cache_policy=NO_CACHE)
-def ingest_task(cfg: RunConfig, upstream: Optional[dict] = None) -> dict:
-    from pipeline.stages.ingest import run_ingest
+def ingest_task(cfg: RunConfig, upstream: Upstream = None) -> Any:
+    from pipeline.stages.ingest import ingest_stage
 
-    return _stage_state("ingest", cfg, lambda: run_ingest(cfg.ingest_config(), refresh=cfg.refreshes("ingest")))
+    return _stage_state("ingest", cfg, lambda: ingest_stage(cfg.ingest_config(), refresh=cfg.refreshes("ingest")))
 
 
 @task(name="features", cache_policy=NO_CACHE)
-def features_task(cfg: RunConfig, upstream: Optional[dict] = None) -> dict:
-    from pipeline.stages.features import run_features
+def features_task(cfg: RunConfig, upstream: Upstream = None) -> Any:
+    from pipeline.stages.features import features_stage
 
-    return _stage_state(
-        "features",
-        cfg,
-        lambda: run_features(cfg.dataset, cfg.features_config(), refresh=cfg.refreshes("features")),
-    )
+    def call() -> Any:
+        got = _inputs("features", cfg, upstream)
+        return features_stage(got.store, cfg.features_config(), dataset=cfg.dataset, refresh=cfg.refreshes("features"))
+
+    return _stage_state("features", cfg, call)
 
 
 @task(name="tables", cache_policy=NO_CACHE)
-def tables_task(cfg: RunConfig, upstream: Optional[dict] = None) -> dict:
-    from pipeline.stages.tables import run_tables
+def tables_task(cfg: RunConfig, upstream: Upstream = None) -> Any:
+    from pipeline.stages.tables import tables_stage
 
-    return _stage_state(
-        "tables",
-        cfg,
-        lambda: run_tables(cfg.dataset, cfg.tables, cfg.features, refresh=cfg.refreshes("tables")),
-    )
+    def call() -> Any:
+        got = _inputs("tables", cfg, upstream)
+        return tables_stage(got.features, cfg.tables, dataset=cfg.dataset, refresh=cfg.refreshes("tables"))
+
+    return _stage_state("tables", cfg, call)
 
 
 @task(name="batches", cache_policy=NO_CACHE)
-def batches_task(cfg: RunConfig, upstream: Optional[dict] = None) -> dict:
-    from pipeline.stages.batches import run_batches
+def batches_task(cfg: RunConfig, upstream: Upstream = None) -> Any:
+    from pipeline.stages.batches import batches_stage
 
-    return _stage_state(
-        "batches",
-        cfg,
-        lambda: run_batches(cfg.dataset, cfg.batches, cfg.tables, cfg.features, refresh=cfg.refreshes("batches")),
-    )
+    def call() -> Any:
+        got = _inputs("batches", cfg, upstream)
+        return batches_stage(got.tables, got.store, cfg.batches, dataset=cfg.dataset, refresh=cfg.refreshes("batches"))
+
+    return _stage_state("batches", cfg, call)
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_task(cfg: RunConfig, upstream: Optional[dict] = None) -> dict:
-    from pipeline.stages.train import run_train
+def train_task(cfg: RunConfig, upstream: Upstream = None) -> Any:
+    from pipeline.stages.train import train_stage
 
-    def call() -> dict:
-        if cfg.train_deployment and (cfg.refreshes("train") or not _train_cached(cfg)):
-            return _train_on(cfg.train_deployment, cfg)
-        return run_train(cfg.dataset, cfg.train, cfg.batches, cfg.tables, cfg.features, refresh=cfg.refreshes("train"))
+    def call() -> Any:
+        got = _inputs("train", cfg, upstream)
+        if cfg.train_deployment and (cfg.refreshes("train") or not _train_cached(cfg, got)):
+            return _train_on(cfg.train_deployment, cfg, got)
+        return train_stage(got.store, got.tables, cfg.batches, cfg.train, dataset=cfg.dataset,
+                           refresh=cfg.refreshes("train"))
 
     return _stage_state("train", cfg, call)
 
 
-def _train_cached(cfg: RunConfig) -> bool:
+def _train_cached(cfg: RunConfig, got: Any) -> bool:
+    from pipeline.stages.lineage import find_train
+
     try:
-        _cached_train_key(cfg)
+        find_train(got.store, got.tables, cfg.train, cfg.batches, dataset=cfg.dataset, needed_by="train")
         return True
     except MissingArtifactError:
         return False
 
 
-def _train_on(deployment: str, cfg: RunConfig) -> dict:
+def _train_on(deployment: str, cfg: RunConfig, got: Any) -> Any:
     """Train on another work pool (a GPU machine): a child flow run of ``deployment`` with
     ``only=train``. It writes the artifact into the shared ``$SUBSAMPLE_HOME``, where this run then
     finds it (a verified cache hit) and reports it as built."""
+    import dataclasses
+
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
-    from pipeline.stages.train import run_train
+    from pipeline.stages.train import train_stage
 
     t0 = time.perf_counter()
     params = {**flow_parameters(cfg), "only": "train", "refresh": "train" if cfg.refreshes("train") else None,
@@ -139,37 +159,20 @@ def _train_on(deployment: str, cfg: RunConfig) -> dict:
         state = child.state.name if child.state else "unknown"
         raise SubsampleError("train", f"the train run {child.name!r} of {deployment} ended {state}: "
                                       f"{child.state.message if child.state else ''}")
-    summary = run_train(cfg.dataset, cfg.train, cfg.batches, cfg.tables, cfg.features)
-    return {**summary, "cache_hit": False, "seconds": round(time.perf_counter() - t0, 3),
-            "trained_by": f"{deployment} ({child.name})"}
+    result = train_stage(got.store, got.tables, cfg.batches, cfg.train, dataset=cfg.dataset)
+    return dataclasses.replace(result, cache_hit=False, seconds=round(time.perf_counter() - t0, 3),
+                               details={**result.details, "trained_by": f"{deployment} ({child.name})"})
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(cfg: RunConfig, upstream: Optional[dict] = None) -> dict:
-    from pipeline.stages.evaluate import run_evaluate
+def evaluate_task(cfg: RunConfig, upstream: Upstream = None) -> Any:
+    from pipeline.stages.evaluate import evaluate_stage
 
-    def call() -> dict:
-        # the generator this run trained; with only=evaluate, the cached one for these configs
-        run_key = upstream["key"] if upstream else _cached_train_key(cfg)
-        return run_evaluate(run_key, cfg.evaluate, refresh=cfg.refreshes("evaluate"))
+    def call() -> Any:
+        # the generator this run trained; with only=evaluate, the one these configs name (lineage)
+        return evaluate_stage(_inputs("evaluate", cfg, upstream).train, cfg.evaluate, refresh=cfg.refreshes("evaluate"))
 
     return _stage_state("evaluate", cfg, call)
-
-
-def _cached_train_key(cfg: RunConfig) -> str:
-    """The train artifact these configs name (``only=evaluate``); MissingArtifactError if absent."""
-    from pipeline.stages.tables import tables_artifact
-    from pipeline.stages.train import train_key
-    from storage.store import open_store
-
-    tables_art = tables_artifact(cfg.dataset, cfg.tables, cfg.features)
-    key = train_key(cfg.train, cfg.batches, tables_art.content_hash, open_store(cfg.dataset).content_hash)
-    if open_artifact("train", key) is None:
-        raise MissingArtifactError(
-            "evaluate", f"no train artifact {key} for {cfg.dataset!r} with these settings; "
-            f"run `subsample run --dataset {cfg.dataset} --only train` (same --set values) first",
-        )
-    return key
 
 
 STAGE_TASKS = {
@@ -178,17 +181,17 @@ STAGE_TASKS = {
 }
 
 
-def _stage_state(stage: str, cfg: RunConfig, call: Callable[[], dict]) -> State:
-    """Run a stage; a cache hit finishes as ``Cached``, a SubsampleError as a one-line ``Failed``."""
+def _stage_state(stage: str, cfg: RunConfig, call: Callable[[], Any]) -> State:
+    """Run a stage; a cache hit finishes as ``Cached``, a SubsampleError as a one-line ``Failed``.
+    The state's data is the stage's :class:`~pipeline.stages.result.StageResult`."""
     try:
-        summary = call()
+        result = call()
     except SubsampleError as e:
         return Failed(message=str(e), data=e)
-    _publish(stage, cfg.dataset, summary)
-    hit = bool(summary.get("cache_hit"))
-    message = f"{'cache hit' if hit else 'built'}: {stage}/{summary.get('key')} in {summary.get('seconds', 0):.1f}s"
+    _publish(stage, cfg.dataset, result.to_json())
+    message = f"{'cache hit' if result.cache_hit else 'built'}: {stage}/{result.key} in {result.seconds:.1f}s"
     get_run_logger().info(message)
-    return Completed(name="Cached" if hit else "Completed", message=message, data=summary)
+    return Completed(name="Cached" if result.cache_hit else "Completed", message=message, data=result)
 
 
 def _artifact_key(*parts: str) -> str:
@@ -249,17 +252,24 @@ def train_subsample(
     except SubsampleError as e:
         return Failed(message=str(e), data=e)
     started = time.perf_counter()
-    summaries: dict[str, dict] = {}
-    upstream: Optional[dict] = None
+    results: dict[str, Any] = {}  # stage -> StageResult
     for stage in cfg.stages():
-        state = STAGE_TASKS[stage](cfg, upstream, return_state=True)
+        state = STAGE_TASKS[stage](cfg, handed_on(stage, results), return_state=True)
         if not state.is_completed():
             # the flow fails with the stage's one-line message (and its exception, for `run`)
             return Failed(message=state.message, data=state.result(raise_on_failure=False))
-        upstream = summaries[stage] = state.result()
+        results[stage] = state.result()
+    summaries = {stage: r.to_json() for stage, r in results.items()}
     report = flow_report(cfg, summaries, time.perf_counter() - started)
     _publish_report(report)
     return report
+
+
+def handed_on(stage: str, results: dict[str, Any]) -> dict[str, Any]:
+    """The earlier results whose artifacts ``stage`` consumes (``pipeline.stages.lineage.CONSUMES``)."""
+    from pipeline.stages.lineage import CONSUMES
+
+    return {s: results[s] for s in CONSUMES[stage] if s in results}
 
 
 def flow_report(cfg: RunConfig, summaries: dict[str, dict], seconds: float) -> dict:

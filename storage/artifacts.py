@@ -89,7 +89,15 @@ class Artifact:
 
     @property
     def inputs(self) -> dict:
+        """The content hashes of its inputs (part of the key)."""
         return self.manifest.get("inputs", {})
+
+    @property
+    def upstream(self) -> dict:
+        """The keys of the artifacts it was built from, by stage (not part of the key: where the
+        inputs whose hashes ``inputs`` holds can be opened). Empty for artifacts made before
+        manifests recorded them."""
+        return self.manifest.get("upstream", {})
 
 
 def artifact_path(stage: str, key: str) -> Path:
@@ -147,6 +155,7 @@ class ArtifactBuilder:
     params: dict
     inputs: dict
     code_version: str
+    upstream: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
 
     @property
@@ -163,17 +172,19 @@ def build_artifact(
     params: Mapping[str, Any],
     inputs: Mapping[str, str],
     code_version: str,
+    upstream: Mapping[str, str] | None = None,
 ) -> Iterator[ArtifactBuilder]:
     """Build an artifact atomically: write files under ``builder.path`` (a temporary directory),
     set ``builder.summary``; on normal exit the manifest is written and the directory renamed into
-    place (replacing a corrupt one). On an exception the temporary directory is removed."""
+    place (replacing a corrupt one). On an exception the temporary directory is removed.
+    ``upstream``: the keys of the artifacts it is built from, by stage, recorded in the manifest."""
     final = artifact_path(stage, key)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(final.parent, STALE_PREFIXES)
     replaces = dir_identity(final)  # what a finished build may replace (a corrupt copy, or --refresh)
     tmp = final.parent / f".tmp-{key}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
-    builder = ArtifactBuilder(stage, key, tmp, dict(params), dict(inputs), code_version)
+    builder = ArtifactBuilder(stage, key, tmp, dict(params), dict(inputs), code_version, dict(upstream or {}))
     try:
         yield builder
         manifest = {
@@ -181,6 +192,7 @@ def build_artifact(
             "key": key,
             "params": builder.params,
             "inputs": builder.inputs,
+            "upstream": builder.upstream,
             "code_version": code_version,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "summary": builder.summary,

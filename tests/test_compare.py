@@ -193,14 +193,14 @@ def test_second_comparison_copies_cached_runs_and_reports_a_failed_cell(first, t
     import pipeline.stages.train
     from flows.cli import main
 
-    real = pipeline.stages.train.run_train
+    real = pipeline.stages.train.train_stage
 
-    def flaky(dataset, cfg, batches, *args, **kwargs):
+    def flaky(store, tables_art, batches, cfg, *args, **kwargs):
         if batches.strategy == "constructed" and cfg.seed == 2:
             raise SubsampleError("train", "non-finite D loss at epoch 1 step 2 (injected by the test)")
-        return real(dataset, cfg, batches, *args, **kwargs)
+        return real(store, tables_art, batches, cfg, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline.stages.train, "run_train", flaky)
+    monkeypatch.setattr(pipeline.stages.train, "train_stage", flaky)
     capfd.readouterr()
     args = ["compare", "--dataset", "tiny", "--source", str(tiny_cifar_source), "--strategies", "random,constructed",
             "--batch-sizes", "64", "--presets", "paper-128a", "--seeds", "3", "--json"]

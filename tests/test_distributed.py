@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-import pipeline.stages.train as train_stage
 from pipeline.gan import distributed
+from pipeline.stages import train
 from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
 from pipeline.presets import resolve_train_config
 from storage.errors import SubsampleError
@@ -121,7 +121,7 @@ def test_two_ranks_train_the_weights_of_one_process(home, tmp_path, monkeypatch,
     cfg = _cfg(epochs=2, max_steps=6, **setting)
     one, ck1 = _train(cfg)
     monkeypatch.setenv("DDP_TEST_RECORD", str(tmp_path))
-    monkeypatch.setattr(train_stage, "_train_worker", _recording_worker)
+    monkeypatch.setattr(train, "_train_worker", _recording_worker)
     two, ck2 = _train(cfg.model_copy(update={"track": True}), nproc=2)
 
     assert (two["world_size"], two["backend"], two["key"], two["steps"]) == (2, "gloo", one["key"], 6)
@@ -197,8 +197,8 @@ def test_a_killed_rank_leaves_a_checkpoint_that_resumes_to_the_same_weights(home
     cfg = _cfg(epochs=2, d_steps=2, seed=4, track=True, optimizer="adam", lr_g=2e-4, lr_d=2e-4)
     straight, a = _train(cfg)
 
-    real_worker = train_stage._train_worker
-    monkeypatch.setattr(train_stage, "_train_worker", _dying_worker)
+    real_worker = train._train_worker
+    monkeypatch.setattr(train, "_train_worker", _dying_worker)
     with pytest.raises(SubsampleError) as e:
         _train(cfg, nproc=2)
     msg = str(e.value)
@@ -211,7 +211,7 @@ def test_a_killed_rank_leaves_a_checkpoint_that_resumes_to_the_same_weights(home
     killed_run = json.loads((work / "run.json").read_text())["mlflow_run_id"]
     assert client.get_run(killed_run).info.status == "KILLED"
 
-    monkeypatch.setattr(train_stage, "_train_worker", real_worker)
+    monkeypatch.setattr(train, "_train_worker", real_worker)
     resumed, b = _train(cfg, nproc=2, resume=True)
     assert resumed["resumed_from_epoch"] == 1 and resumed["mlflow_run_id"] == killed_run
     assert client.get_run(killed_run).info.status == "FINISHED"

@@ -322,6 +322,31 @@ def test_run_evaluate_end_to_end_cache_and_mlflow(trained, monkeypatch):
     assert other["key"] != s["key"] and "fid50_train" in other["metrics"]
 
 
+def test_evaluate_opens_the_table_its_train_manifest_names(trained, monkeypatch):
+    """The generator's table and features are the artifacts its train manifest (and the table's)
+    record: evaluate finds them with lineage's lookups from configs disabled; its own manifest
+    records the train key."""
+    from pipeline.stages import lineage
+    from storage.artifacts import open_artifact
+
+    home, key, _ = trained
+    monkeypatch.setenv("SUBSAMPLE_HOME", str(home))
+    train = open_artifact("train", key)
+    tables = open_artifact("tables", train.upstream["tables"])
+    assert tables.content_hash == train.inputs["tables"]
+    assert lineage.upstream_artifact(tables, "features").content_hash == tables.inputs["features"]
+
+    def from_configs(*a, **k):
+        raise AssertionError("evaluate looked an artifact up from configs")
+
+    for name in ("find_features", "find_tables", "find_train", "locate", "find"):
+        monkeypatch.setattr(lineage, name, from_configs)
+    s = ev.run_evaluate(key, EvaluateConfig(samples=64, fidelity=False, grid=4), refresh=True, progress=False)
+    assert s["cache_hit"] is False and s["train_key"] == key
+    assert np.isfinite(s["metrics"]["feature_kl64_train"]) and np.isfinite(s["metrics"]["sharpness_diff64_train"])
+    assert open_artifact("evaluate", s["key"]).upstream == {"train": key}
+
+
 def test_offline_evaluation_says_so_in_one_line_and_keeps_feature_metrics(trained, offline, monkeypatch, capsys):
     import json
 

@@ -65,6 +65,43 @@ def test_cold_run_builds_every_stage_then_a_rerun_is_all_cache_hits(cold, tiny_c
     assert again["mlflow_run_id"] == cold["mlflow_run_id"]
 
 
+def test_stages_run_alone_find_their_inputs_by_lineage_and_give_the_flows_keys(cold, tiny_cifar_source):
+    """Each stage run alone (what its command calls) finds the artifacts the flow handed on and
+    gives the flow's key; the train key is one function's, the same for the flow, the stage run
+    alone, the comparison and lineage; every manifest records the keys of its inputs."""
+    from flows.compare import _train_key
+    from pipeline.stages.batches import run_batches
+    from pipeline.stages.features import run_features
+    from pipeline.stages.lineage import locate, train_key_for
+    from pipeline.stages.tables import run_tables
+    from pipeline.stages.train import run_train
+    from storage.artifacts import open_artifact
+
+    cfg = config(tiny_cifar_source)
+    keys = {s["stage"]: s["key"] for s in cold["stages"]}
+    alone = {
+        "features": run_features(cfg.dataset, cfg.features_config(), progress=False),
+        "tables": run_tables(cfg.dataset, cfg.tables, cfg.features),
+        "batches": run_batches(cfg.dataset, cfg.batches, cfg.tables, cfg.features, progress=False),
+        "train": run_train(cfg.dataset, cfg.train, cfg.batches, cfg.tables, cfg.features, progress=False),
+    }
+    assert {stage: s["key"] for stage, s in alone.items()} == {stage: keys[stage] for stage in alone}
+    assert all(s["cache_hit"] for s in alone.values())
+    assert train_key_for(cfg.dataset, cfg.train, cfg.batches, cfg.tables, cfg.features) == keys["train"]
+    assert _train_key(cfg, {}) == keys["train"]
+    assert locate("evaluate", cfg.dataset, features=cfg.features, tables=cfg.tables, batches=cfg.batches,
+                  train=cfg.train).train.key == keys["train"]
+
+    upstream = {stage: open_artifact(stage, keys[stage]).upstream for stage in STAGES if stage != "ingest"}
+    assert upstream == {
+        "features": {"ingest": keys["ingest"]},
+        "tables": {"features": keys["features"]},
+        "batches": {"tables": keys["tables"], "ingest": keys["ingest"]},
+        "train": {"tables": keys["tables"], "ingest": keys["ingest"]},
+        "evaluate": {"train": keys["train"]},
+    }
+
+
 def test_cache_hits_are_prefect_cached_states(cold, tiny_cifar_source):
     """A hit shows in the UI as Prefect's own hits do: a Completed state named Cached."""
     import asyncio

@@ -21,7 +21,9 @@ import numpy as np
 
 from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
 from pipeline.data.strategies import TableLike, construct_epoch
-from storage.artifacts import Artifact, artifact_key, build_artifact, cached_summary, open_artifact
+from pipeline.stages.lineage import locate, store_key
+from pipeline.stages.result import StageResult, built_result, cached_result
+from storage.artifacts import Artifact, artifact_key, build_artifact, open_artifact
 from storage.errors import MissingArtifactError, SubsampleError
 from storage.paths import stage_dir
 
@@ -141,11 +143,9 @@ def diagnose_epoch(table: TableLike, batches: np.ndarray, labels: np.ndarray | N
 
 
 def _upstream(dataset: str, tables: TablesConfig, features: FeaturesConfig) -> tuple[Artifact, "DatasetStore"]:
-    from pipeline.stages.tables import tables_artifact
-    from storage.store import open_store
-
-    table_art = tables_artifact(dataset, tables, features, needed_by=STAGE)
-    return table_art, open_store(dataset)
+    got = locate(STAGE, dataset, features=features, tables=tables)
+    assert got.tables is not None and got.store is not None
+    return got.tables, got.store
 
 
 def batches_key(table_art: Artifact, store: "DatasetStore", cfg: BatchesConfig) -> str:
@@ -233,25 +233,26 @@ def stored_sampler(
     return sampler
 
 
-def run_batches(
-    dataset: str,
+def batches_stage(
+    table_art: Artifact,
+    store: "DatasetStore",
     cfg: BatchesConfig,
-    tables: TablesConfig = TablesConfig(),
-    features: FeaturesConfig = FeaturesConfig(),
     *,
+    dataset: str | None = None,
     refresh: bool = False,
     progress: bool = True,
-) -> dict[str, Any]:
-    """``subsample batches``: construct ``cfg.epochs`` epochs of batches from the data set's table,
-    with diagnostics. Writes ``batches.npy`` (int32 epochs×m×B), ``diagnostics.json``,
-    ``diagnostics.md`` and ``never_drawn.png``; returns the summary."""
+) -> StageResult:
+    """Construct ``cfg.epochs`` epochs of batches from the table ``table_art`` of ``store``'s
+    images, with diagnostics. Writes ``batches.npy`` (int32 epochs×m×B), ``diagnostics.json``,
+    ``diagnostics.md`` and ``never_drawn.png``."""
     from pipeline.stages.tables import load_table
 
     t0 = time.perf_counter()
-    table_art, store = _upstream(dataset, tables, features)
+    dataset = dataset or store.name
     key = batches_key(table_art, store, cfg)
-    if not refresh and (hit := cached_summary(STAGE, key, started=t0, dataset=dataset)) is not None:
-        hit["never_drawn_grid"] = str(Path(hit["path"]) / "never_drawn.png")
+    upstream = {"tables": table_art.key, "ingest": store_key(store)}
+    if not refresh and (hit := cached_result(STAGE, key, started=t0, upstream=upstream, dataset=dataset)) is not None:
+        hit.details["never_drawn_grid"] = str(Path(hit.path or "") / "never_drawn.png")
         return hit
 
     table = load_table(table_art)
@@ -300,6 +301,7 @@ def run_batches(
     with build_artifact(
         STAGE, key, params=cfg.key_params(),
         inputs={"tables": table_art.content_hash, "store": store.content_hash}, code_version=CODE_VERSION,
+        upstream=upstream,
     ) as builder:
         np.save(builder.path / "batches.npy", np.stack(epochs_out))
         diag = {
@@ -322,7 +324,22 @@ def run_batches(
             "never_drawn_grid": str(builder.final_path / "never_drawn.png"),
         }
         summary = builder.summary
-    return {**summary, "seconds": round(time.perf_counter() - t0, 3)}
+    return built_result(STAGE, key, summary, started=t0, upstream=upstream)
+
+
+def run_batches(
+    dataset: str,
+    cfg: BatchesConfig,
+    tables: TablesConfig = TablesConfig(),
+    features: FeaturesConfig = FeaturesConfig(),
+    *,
+    refresh: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``subsample batches``: the stage on the table and store of ``dataset`` (found by lineage);
+    returns the summary."""
+    table_art, store = _upstream(dataset, tables, features)
+    return batches_stage(table_art, store, cfg, dataset=dataset, refresh=refresh, progress=progress).to_json()
 
 
 def diagnostics_markdown(

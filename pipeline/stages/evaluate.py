@@ -40,8 +40,10 @@ from pipeline.config import EvaluateConfig, FeaturesConfig, TablesConfig
 from pipeline.fidelity import (
     EvalContext, StoreDataset, WeightsUnavailable, evaluate_images, generate_images, resolve_weights,
 )
-from storage.artifacts import artifact_key, artifact_path, build_artifact, open_artifact
-from storage.errors import SubsampleError, one_line, redact_uri
+from pipeline.stages.lineage import tables_command, upstream_artifact
+from pipeline.stages.result import StageResult
+from storage.artifacts import Artifact, artifact_key, artifact_path, build_artifact, open_artifact
+from storage.errors import MissingArtifactError, SubsampleError, one_line, redact_uri
 from storage.paths import home, inside_home, is_train_key
 
 STAGE = "evaluate"
@@ -77,19 +79,37 @@ def samples_title(info: dict, epochs: Any) -> str:
 # --- the stage ----------------------------------------------------------------------------------
 
 
-def _train_sharpness_mean(dataset: str, features_cfg: FeaturesConfig, store: Any) -> float:
-    """The training set's mean sharpness: from the features artifact when it has the sharpness
-    column, else computed from the store chunk by chunk."""
+def _train_sharpness_mean(table: Any, tables_art: Artifact, store: Any) -> float:
+    """The training set's mean sharpness: from the features artifact under the table when it has
+    the sharpness column, else computed from the store chunk by chunk."""
     from kernels.features import compute_features
-    from pipeline.stages.features import features_artifact, load_features
+    from pipeline.stages.features import load_features
 
-    if "sharpness" in features_cfg.features:
-        values, names = load_features(features_artifact(dataset, features_cfg, needed_by=STAGE))
+    if "sharpness" in table.features and (features_art := upstream_artifact(tables_art, "features")) is not None:
+        values, names = load_features(features_art)
         return float(values[:, list(names).index("sharpness")].mean())
     total, step = 0.0, int(store.images.chunks[0])
     for start in range(0, store.n, step):
         total += float(compute_features(np.asarray(store.images[start : start + step]), names=("sharpness",)).sum())
     return total / store.n
+
+
+def _training_table(train: Artifact, info: dict) -> Artifact:
+    """The tables artifact the generator was trained on, by the key the train manifest records
+    (by content hash for runs made before manifests recorded keys); MissingArtifactError naming
+    the command that rebuilds it when it is gone."""
+    tables_art = upstream_artifact(train, "tables")
+    if tables_art is not None:
+        return tables_art
+    dataset, key = info["dataset"], train.upstream.get("tables", "?")
+    try:
+        command = tables_command(dataset, TablesConfig(**info["tables"]), FeaturesConfig(**info["features"]))
+    except (TypeError, ValueError, KeyError) as e:
+        raise SubsampleError(STAGE, f"{info['path']}/generator.pt: invalid features/tables settings ({one_line(str(e))[:200]})") from None
+    raise MissingArtifactError(
+        STAGE, f"the table train run {train.key} was trained on (stages/tables/{key}) is missing or corrupt; "
+        f"run `{command}` first",
+    )
 
 
 def _log_to_mlflow(run_id: str, metrics: dict[str, float], files: list[Path], key: str, step: int) -> bool:
@@ -110,19 +130,28 @@ def _log_to_mlflow(run_id: str, metrics: dict[str, float], files: list[Path], ke
 
 
 def run_evaluate(run: str, cfg: EvaluateConfig, *, refresh: bool = False, progress: bool = True) -> dict:
-    """Evaluate a trained generator (``run``: train artifact key or MLflow run id) against its
-    training set. Returns the stage summary with a ``metrics`` dict and the ``fidelity`` status."""
-    from pipeline.stages.tables import load_table, tables_artifact
-    from pipeline.stages.train import load_generator
+    """``subsample evaluate RUN``: evaluate a trained generator (``run``: train artifact key or
+    MLflow run id) against its training set. Returns the stage summary with a ``metrics`` dict and
+    the ``fidelity`` status."""
+    from pipeline.stages.train import find_train_artifact
+
+    return evaluate_stage(find_train_artifact(run), cfg, run=run, refresh=refresh, progress=progress).to_json()
+
+
+def evaluate_stage(train: Artifact, cfg: EvaluateConfig, *, run: str | None = None, refresh: bool = False,
+                   progress: bool = True) -> StageResult:
+    """Evaluate the generator of the train artifact ``train`` against its training set (the store
+    it names, the table its manifest records); ``run``: how it was asked for (default its key)."""
+    from pipeline.stages.tables import load_table
+    from pipeline.stages.train import open_generator
     from storage.store import open_store
 
     t0 = time.perf_counter()
+    run = run or train.key
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    G, info = load_generator(run, map_location=device)
+    G, info = open_generator(train, map_location=device)
     dataset, train_key = info["dataset"], info["key"]
-    train = open_artifact("train", train_key, verify=False)
-    if train is None:
-        raise SubsampleError(STAGE, f"train artifact {train_key} for {run!r} is missing; re-run `subsample train {dataset}`")
+    upstream = {"train": train.key}
 
     fidelity_skip: str | None = None
     weights_path, weights_tag = None, "none"
@@ -143,16 +172,14 @@ def run_evaluate(run: str, cfg: EvaluateConfig, *, refresh: bool = False, progre
         art = None  # cached while the extractor's weights were unreachable; they are reachable now
     if art is not None:
         s = art.summary
-        return {**base, "path": str(art.path), "cache_hit": True, "seconds": round(time.perf_counter() - t0, 3),
-                "metrics": s.get("metrics", {}), "fidelity": s.get("fidelity"),
-                "fidelity_reference_cache": s.get("fidelity_reference_cache"), "metrics_log": s.get("metrics_log")}
+        return StageResult.from_summary(
+            {**base, "path": str(art.path), "cache_hit": True, "seconds": round(time.perf_counter() - t0, 3),
+             "metrics": s.get("metrics", {}), "fidelity": s.get("fidelity"),
+             "fidelity_reference_cache": s.get("fidelity_reference_cache"), "metrics_log": s.get("metrics_log")},
+            upstream=upstream, artifact=art)
 
     store = open_store(dataset, verify=True, stage=STAGE)
-    try:
-        features_cfg, tables_cfg = FeaturesConfig(**info["features"]), TablesConfig(**info["tables"])
-    except (TypeError, ValueError) as e:
-        raise SubsampleError(STAGE, f"{info['path']}/generator.pt: invalid features/tables settings ({one_line(str(e))[:200]})") from None
-    tables_art = tables_artifact(dataset, tables_cfg, features_cfg, needed_by=STAGE)
+    tables_art = _training_table(train, info)
     table = load_table(tables_art)
     image_size = int(info.get("image_size", store.size))
     if image_size != store.size:
@@ -170,7 +197,7 @@ def run_evaluate(run: str, cfg: EvaluateConfig, *, refresh: bool = False, progre
         images=images,
         cfg=cfg,
         table=table,
-        train_sharpness_mean=_train_sharpness_mean(dataset, features_cfg, store),
+        train_sharpness_mean=_train_sharpness_mean(table, tables_art, store),
         table_hash=tables_art.content_hash,
         reference=StoreDataset(store.images),
         reference_cache_name=f"subsample-{store.content_hash[:16]}-w{weights_tag}",
@@ -183,7 +210,8 @@ def run_evaluate(run: str, cfg: EvaluateConfig, *, refresh: bool = False, progre
     timing = {"generate": gen_seconds, **timing}
     log_path = metrics_log_path(train_key)
 
-    with build_artifact(STAGE, key, params=cfg.key_params(), inputs=inputs, code_version=CODE_VERSION) as b:
+    with build_artifact(STAGE, key, params=cfg.key_params(), inputs=inputs, code_version=CODE_VERSION,
+                        upstream=upstream) as b:
         result = {"metrics": metrics, "fidelity": ctx.notes.get("fidelity"),
                   "fidelity_reference_cache": ctx.notes.get("fidelity_reference_cache")}
         (b.path / "metrics.json").write_text(json.dumps({**base, **result}, indent=2))
@@ -210,7 +238,9 @@ def run_evaluate(run: str, cfg: EvaluateConfig, *, refresh: bool = False, progre
     if info.get("mlflow_run_id"):
         mlflow_logged = _log_to_mlflow(info["mlflow_run_id"], metrics, final_files, key, int(train.summary.get("epochs") or 0))
 
-    return {**base, "path": str(final_files[0].parent), "cache_hit": False, "seconds": seconds,
-            "metrics": metrics, "fidelity": ctx.notes.get("fidelity"),
-            "fidelity_reference_cache": ctx.notes.get("fidelity_reference_cache"),
-            "metrics_log": str(log_path), "mlflow_logged": mlflow_logged, "timing": timing}
+    return StageResult.from_summary(
+        {**base, "path": str(final_files[0].parent), "cache_hit": False, "seconds": seconds,
+         "metrics": metrics, "fidelity": ctx.notes.get("fidelity"),
+         "fidelity_reference_cache": ctx.notes.get("fidelity_reference_cache"),
+         "metrics_log": str(log_path), "mlflow_logged": mlflow_logged, "timing": timing},
+        upstream=upstream, artifact=open_artifact(STAGE, key, verify=False))

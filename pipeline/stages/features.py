@@ -29,40 +29,23 @@ import zarr
 
 from kernels.features import compute_features
 from pipeline.config import FeaturesConfig
-from storage.artifacts import Artifact, artifact_key, build_artifact, cached_summary, open_artifact
-from storage.errors import MissingArtifactError, SubsampleError
-from storage.store import DatasetStore, open_store
+from pipeline.stages.lineage import CODE_VERSIONS, find, locate, store_key
+from pipeline.stages.lineage import features_command, features_key  # noqa: F401  (their home before lineage)
+from pipeline.stages.result import StageResult, built_result, cached_result
+from storage.artifacts import Artifact, build_artifact
+from storage.errors import SubsampleError
+from storage.store import DatasetStore
 
 STAGE = "features"
-CODE_VERSION = "features/1"
+CODE_VERSION = CODE_VERSIONS[STAGE]  # bumped in pipeline/stages/lineage.py, with the key recipe
 FEATURES_FILE = "features.zarr"
 SCHEDULER_CONNECT_TIMEOUT = "10s"
-
-
-def features_key(store: DatasetStore, cfg: FeaturesConfig) -> str:
-    return artifact_key(STAGE, cfg.key_params(), {"store": store.content_hash}, CODE_VERSION)
-
-
-def features_command(dataset: str, cfg: FeaturesConfig) -> str:
-    cmd = f"subsample features {dataset}"
-    if tuple(cfg.features) != FeaturesConfig().features:
-        cmd += " --feature " + " --feature ".join(cfg.features)
-    return cmd
 
 
 def features_artifact(dataset: str, cfg: FeaturesConfig = FeaturesConfig(), *, needed_by: str = STAGE) -> Artifact:
     """The cached features artifact of ``dataset``; raises :class:`MissingArtifactError` (stage
     ``needed_by``) naming it and the command that builds it when it is missing or corrupt."""
-    store = open_store(dataset)
-    key = features_key(store, cfg)
-    art = open_artifact(STAGE, key)
-    if art is None:
-        raise MissingArtifactError(
-            needed_by,
-            f"the features artifact of data set {dataset!r} (stages/{STAGE}/{key}, features "
-            f"{list(cfg.features)}) is missing or corrupt; run `{features_command(dataset, cfg)}` first",
-        )
-    return art
+    return find(STAGE, dataset, features=cfg, needed_by=needed_by)
 
 
 def load_features(artifact: Artifact) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -180,10 +163,14 @@ def _write_features(path, values: np.ndarray, names: tuple[str, ...]) -> None:
     arr[:] = values
 
 
-def run_features(dataset: str, cfg: FeaturesConfig = FeaturesConfig(), *, refresh: bool = False, progress: bool = True) -> dict:
-    """Compute (or find cached) the features of every image of ``dataset``; returns the summary."""
+def features_stage(
+    store: DatasetStore, cfg: FeaturesConfig = FeaturesConfig(), *, dataset: str | None = None,
+    refresh: bool = False, progress: bool = True,
+) -> StageResult:
+    """Compute (or find cached) the features of every image of ``store`` (``dataset``: the name it
+    was asked by, default the store's)."""
     t0 = time.perf_counter()
-    store = open_store(dataset)
+    dataset = dataset or store.name
     names = tuple(cfg.features)
     from kernels.features import FEATURES
 
@@ -193,13 +180,15 @@ def run_features(dataset: str, cfg: FeaturesConfig = FeaturesConfig(), *, refres
     if store.n == 0:
         raise SubsampleError(STAGE, f"data set store {store.path} has no images; re-run ingest")
     key = features_key(store, cfg)
+    upstream = {"ingest": store_key(store)}
 
-    if not refresh and (hit := cached_summary(STAGE, key, started=t0, dataset=dataset)) is not None:
+    if not refresh and (hit := cached_result(STAGE, key, started=t0, upstream=upstream, dataset=dataset)) is not None:
         return hit
     store.verify(STAGE, use_record=True)  # the features must be of the images the content hash names
 
     with build_artifact(
-        STAGE, key, params=cfg.key_params(), inputs={"store": store.content_hash}, code_version=CODE_VERSION
+        STAGE, key, params=cfg.key_params(), inputs={"store": store.content_hash}, code_version=CODE_VERSION,
+        upstream=upstream,
     ) as b:
         t1 = time.perf_counter()
         values = compute_store_features(str(store.path), names, cfg, progress=progress)
@@ -230,6 +219,11 @@ def run_features(dataset: str, cfg: FeaturesConfig = FeaturesConfig(), *, refres
         }
         summary["seconds"] = round(time.perf_counter() - t0, 3)
         b.summary = summary
-    summary = dict(summary)
-    summary["seconds"] = round(time.perf_counter() - t0, 3)
-    return summary
+    return built_result(STAGE, key, summary, started=t0, upstream=upstream)
+
+
+def run_features(dataset: str, cfg: FeaturesConfig = FeaturesConfig(), *, refresh: bool = False, progress: bool = True) -> dict:
+    """``subsample features``: the stage on the store of ``dataset``; returns the summary."""
+    store = locate(STAGE, dataset).store
+    assert store is not None
+    return features_stage(store, cfg, dataset=dataset, refresh=refresh, progress=progress).to_json()

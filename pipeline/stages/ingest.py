@@ -60,6 +60,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.config import IngestConfig
+from pipeline.stages.result import StageResult
 from storage.artifacts import artifact_key
 from storage.errors import SubsampleError
 from storage.paths import check_name, dataset_path
@@ -204,9 +205,14 @@ def _quarantine_message(quarantine: list[dict], where: str) -> str:
 
 
 def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Build (or find) the store ``datasets/<cfg.name>.zarr`` from ``cfg.source``; return the
-    summary. A missing/empty source, or one without a single valid image, raises
-    :class:`SubsampleError` and writes nothing."""
+    """``subsample ingest``: :func:`ingest_stage`'s summary."""
+    return ingest_stage(cfg, refresh=refresh, progress=progress).to_json()
+
+
+def ingest_stage(cfg: IngestConfig, *, refresh: bool = False, progress: bool = True) -> StageResult:
+    """Build (or find) the store ``datasets/<cfg.name>.zarr`` from ``cfg.source``; the result's
+    artifact is the :class:`DatasetStore`. A missing/empty source, or one without a single valid
+    image, raises :class:`SubsampleError` and writes nothing."""
     t0 = time.perf_counter()
     try:
         final = dataset_path(check_name(cfg.name))
@@ -218,7 +224,7 @@ def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = Tru
     if not refresh:
         store = _cached_store(cfg.name, key)
         if store is not None:
-            return _summary(store, cache_hit=True, seconds=time.perf_counter() - t0)
+            return StageResult.from_summary(_summary(store, cache_hit=True, seconds=time.perf_counter() - t0), artifact=store)
 
     policy = CropPolicy(cfg.size, cfg.crop, cfg.decoder, cfg.decode_device)
     scheduler = cfg.scheduler
@@ -284,4 +290,4 @@ def run_ingest(cfg: IngestConfig, *, refresh: bool = False, progress: bool = Tru
         )
     if quarantine:
         log.warning("ingest: %s", _quarantine_message(quarantine, f"see {final / QUARANTINE_FILE}"))
-    return _summary(store, cache_hit=False, seconds=time.perf_counter() - t0)
+    return StageResult.from_summary(_summary(store, cache_hit=False, seconds=time.perf_counter() - t0), artifact=store)

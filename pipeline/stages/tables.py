@@ -26,11 +26,14 @@ import numpy as np
 
 from kernels.histogram import bin_cells, count_cells, table_shape
 from pipeline.config import FeaturesConfig, TablesConfig
-from storage.artifacts import Artifact, artifact_key, build_artifact, cached_summary, open_artifact
-from storage.errors import MissingArtifactError, SubsampleError
+from pipeline.stages.lineage import CODE_VERSIONS, find, locate, tables_key
+from pipeline.stages.lineage import tables_command  # noqa: F401  (its home before lineage)
+from pipeline.stages.result import StageResult, built_result, cached_result
+from storage.artifacts import Artifact, build_artifact
+from storage.errors import SubsampleError
 
 STAGE = "tables"
-CODE_VERSION = "tables/1"
+CODE_VERSION = CODE_VERSIONS[STAGE]  # bumped in pipeline/stages/lineage.py, with the key recipe
 TABLE_FILE = "table.npz"
 HEATMAP_FILE = "heatmap.png"
 
@@ -115,17 +118,6 @@ def load_table(artifact: Artifact) -> Table:
         )
 
 
-def tables_command(dataset: str, cfg: TablesConfig, features: FeaturesConfig) -> str:
-    cmd = f"subsample tables {dataset} --bins {' '.join(map(str, cfg.bins))}"
-    if tuple(features.features) != FeaturesConfig().features:
-        cmd += " --feature " + " --feature ".join(features.features)
-    return cmd
-
-
-def tables_key(cfg: TablesConfig, features_art: Artifact) -> str:
-    return artifact_key(STAGE, cfg.key_params(), {"features": features_art.content_hash}, CODE_VERSION)
-
-
 def tables_artifact(
     dataset: str,
     cfg: TablesConfig = TablesConfig(),
@@ -135,18 +127,7 @@ def tables_artifact(
 ) -> Artifact:
     """The cached tables artifact; raises :class:`MissingArtifactError` (stage ``needed_by``) naming
     the missing artifact (the table, or the features under it) and the command to run."""
-    from pipeline.stages.features import features_artifact  # imports zarr: not needed to build or bin a Table
-
-    fa = features_artifact(dataset, features, needed_by=needed_by)
-    key = tables_key(cfg, fa)
-    art = open_artifact(STAGE, key)
-    if art is None:
-        raise MissingArtifactError(
-            needed_by,
-            f"the table of data set {dataset!r} with bins {list(cfg.bins)} (stages/{STAGE}/{key}) is missing "
-            f"or corrupt; run `{tables_command(dataset, cfg, features)}` first",
-        )
-    return art
+    return find(STAGE, dataset, features=features, tables=cfg, needed_by=needed_by)
 
 
 # --- pictures -----------------------------------------------------------------------------------
@@ -212,28 +193,28 @@ def _safe(name: str) -> str:
 # --- the stage ----------------------------------------------------------------------------------
 
 
-def run_tables(
-    dataset: str, cfg: TablesConfig = TablesConfig(), features: FeaturesConfig = FeaturesConfig(), *, refresh: bool = False
-) -> dict:
-    """Build (or find cached) the joint table of ``dataset``'s features; returns the summary."""
+def tables_stage(features_art: Artifact, cfg: TablesConfig = TablesConfig(), *, dataset: str, refresh: bool = False) -> StageResult:
+    """Build (or find cached) the joint table of the features in ``features_art`` (``dataset``:
+    the data set's name, for the summary and the pictures' titles)."""
     t0 = time.perf_counter()
-    from pipeline.stages.features import features_artifact, load_features
+    from pipeline.stages.features import load_features  # imports zarr: not needed to build or bin a Table
 
-    fa = features_artifact(dataset, features, needed_by=STAGE)
-    key = tables_key(cfg, fa)
-    if not refresh and (hit := cached_summary(STAGE, key, started=t0, dataset=dataset)) is not None:
-        if hit.get("heatmap"):  # recorded as an absolute path: follow the artifact if $SUBSAMPLE_HOME moved
-            hit["heatmap"] = str(Path(hit["path"]) / HEATMAP_FILE)
+    key = tables_key(cfg, features_art)
+    upstream = {"features": features_art.key}
+    if not refresh and (hit := cached_result(STAGE, key, started=t0, upstream=upstream, dataset=dataset)) is not None:
+        if hit.details.get("heatmap"):  # recorded as an absolute path: follow the artifact if $SUBSAMPLE_HOME moved
+            hit.details["heatmap"] = str(Path(hit.path or "") / HEATMAP_FILE)
         return hit
 
-    values, names = load_features(fa)
+    values, names = load_features(features_art)
     if len(cfg.bins) != len(names):
         raise SubsampleError(
             STAGE, f"--bins gives {len(cfg.bins)} bin counts but the features artifact has {len(names)} features {list(names)}"
         )
     table = build_table(values, names, cfg.bins)
     with build_artifact(
-        STAGE, key, params=cfg.key_params(), inputs={"features": fa.content_hash}, code_version=CODE_VERSION
+        STAGE, key, params=cfg.key_params(), inputs={"features": features_art.content_hash}, code_version=CODE_VERSION,
+        upstream=upstream,
     ) as b:
         save_table(table, b.path / TABLE_FILE)
         final = b.final_path
@@ -253,7 +234,7 @@ def run_tables(
             "seconds": 0.0,
             "n_images": table.n,
             "features": list(names),
-            "features_key": fa.key,
+            "features_key": features_art.key,
             "bins": list(table.bins),
             "shape": list(table.shape),
             "maxima": [float(x) for x in table.maxima],
@@ -264,4 +245,13 @@ def run_tables(
         }
         summary["seconds"] = round(time.perf_counter() - t0, 3)
         b.summary = summary
-    return dict(summary)
+    return built_result(STAGE, key, summary, started=t0, upstream=upstream)
+
+
+def run_tables(
+    dataset: str, cfg: TablesConfig = TablesConfig(), features: FeaturesConfig = FeaturesConfig(), *, refresh: bool = False
+) -> dict:
+    """``subsample tables``: the stage on the features of ``dataset`` (found by lineage); returns the summary."""
+    fa = locate(STAGE, dataset, features=features).features
+    assert fa is not None
+    return tables_stage(fa, cfg, dataset=dataset, refresh=refresh).to_json()

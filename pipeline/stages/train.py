@@ -1,6 +1,7 @@
 """The training stage: a GAN trained on the batches stage's batches (spec §6).
 
-``run_train(dataset, cfg, batches)`` trains G and D (``pipeline.gan.models``) with a training method
+``train_stage(store, tables_art, batches, cfg)`` (``run_train(dataset, cfg, batches, tables, features)``
+finds the store and the table by lineage first) trains G and D (``pipeline.gan.models``) with a training method
 (``pipeline.gan.methods``: by default a loss and penalties from ``pipeline.gan.losses``) on the batches that :class:`pipeline.data.sampler.SubsampleBatchSampler`
 constructs from the cached joint table: epoch e trains on exactly the batches ``subsample batches``
 stores for epoch e. The artifact::
@@ -14,7 +15,8 @@ stores for epoch e. The artifact::
         checkpoint.pt     the last checkpoint (models, optimisers, RNG states, history)
         manifest.json
 
-with ``key = H(train params, batches params, tables artifact hash, store hash, CODE_VERSION)``.
+with ``key = H(train params, batches params, tables artifact hash, store hash, CODE_VERSION)``
+(:func:`pipeline.stages.lineage.train_key`, the one place it is computed).
 Until the run finishes it lives in ``stages/train/<key>.work/`` (checkpoints, grids so far), which
 survives a kill; ``--resume`` continues from its checkpoint exactly (on a CPU a killed and resumed
 run gives bit-for-bit the losses of an uninterrupted one). Every run is also an MLflow run in the
@@ -60,13 +62,16 @@ from pipeline.gan.trainer import (
     save_checkpoint, to_uint8, train_epoch,
 )
 from pipeline.pictures import run_title
-from storage.artifacts import artifact_key, build_artifact, cached_summary, open_artifact
+from pipeline.stages.lineage import CODE_VERSIONS, locate, store_key, train_key
+from pipeline.stages.lineage import train_key_params as _key_params
+from pipeline.stages.result import StageResult, cached_result
+from storage.artifacts import Artifact, build_artifact, open_artifact
 from storage.errors import SubsampleError, brief
 from storage.locks import LockBusy, file_lock, lock_is_free
 from storage.paths import check_name, inside_home, is_run_id, is_train_key, stage_dir
 
 STAGE = "train"
-CODE_VERSION = "train/2"  # 2: epoch-0 feature KL/JS, titled grids, loss curve on three axes
+CODE_VERSION = CODE_VERSIONS[STAGE]  # bumped in pipeline/stages/lineage.py, with the key recipe
 ESTIMATE_STEPS = 10  # steps timed (after the first, which warms up) for the up-front time estimate
 LONG_RUN_S = 180  # a run estimated to take longer says so, with the estimate, after those steps
 MAX_CLASSES = 100_000  # conditional models embed one vector per class: labels are class indices, not ids
@@ -299,15 +304,6 @@ def loss_figure(history: dict, title: str = "") -> Any:
 # --- the stage ------------------------------------------------------------------------------------
 
 
-def train_key(cfg: TrainConfig, batches: BatchesConfig, tables_hash: str, store_hash: str) -> str:
-    return artifact_key(STAGE, _key_params(cfg, batches), {"tables": tables_hash, "store": store_hash}, CODE_VERSION)
-
-
-def _key_params(cfg: TrainConfig, batches: BatchesConfig) -> dict:
-    # the batches' epochs count is the batches stage's business: training constructs its own epochs
-    return {**cfg.key_params(), "batches": {k: v for k, v in batches.key_params().items() if k != "epochs"}}
-
-
 def class_labels(cfg: TrainConfig, store: Any, dataset: str) -> np.ndarray | None:
     """The store's labels (int64, N) when the architecture or the method uses classes, else None."""
     from pipeline.gan.methods import METHODS
@@ -360,6 +356,59 @@ def remove_stale_work() -> list[Path]:
     return removed
 
 
+def train_stage(
+    store: Any,
+    tables_art: Artifact,
+    batches: BatchesConfig,
+    cfg: TrainConfig,
+    *,
+    dataset: str | None = None,
+    resume: bool = False,
+    refresh: bool = False,
+    progress: bool = True,
+) -> StageResult:
+    """Train (or find cached) a GAN on the images of ``store`` (a DatasetStore), its batches
+    constructed from the table ``tables_art`` as ``batches`` says. With ``nproc_per_node``/``nnodes``
+    > 1 it launches that many ranks (``pipeline.gan.distributed``); a process started by torchrun
+    joins its process group."""
+    if distributed.needs_session():  # one rank of a torchrun launch: join the process group
+        with distributed.session(cfg.device):
+            return train_stage(store, tables_art, batches, distributed.joined_config(cfg), dataset=dataset,
+                               resume=resume, refresh=refresh, progress=progress)
+    t0 = time.perf_counter()
+    dataset = dataset or store.name
+    key = train_key(cfg, batches, tables_art.content_hash, store.content_hash)
+    upstream = {"tables": tables_art.key, "ingest": store_key(store)}
+    base = {"stage": STAGE, "dataset": dataset, "key": key}
+
+    def result(summary: dict) -> StageResult:
+        return StageResult.from_summary(summary, upstream=upstream, artifact=open_artifact(STAGE, key, verify=False))
+
+    def hit() -> StageResult | None:
+        return cached_result(STAGE, key, started=t0, upstream=upstream, **base)
+
+    if not refresh and (cached := hit()) is not None:
+        return cached
+    if distributed.needs_launch(cfg):  # this process launches the ranks, holding the run's lock meanwhile
+        stage_dir(STAGE).mkdir(parents=True, exist_ok=True)
+        remove_stale_work()
+        with file_lock(run_lock(key), message=f"{STAGE}: the same run ({key}) is training in another process; waiting for it"):
+            if not refresh and (cached := hit()) is not None:
+                return cached
+            return result(launch_train(dataset, cfg, batches, tables_art, key=key, work=work_dir(key),
+                                       resume=resume, refresh=refresh, progress=progress, started=t0))
+    if distributed.world() is not None:  # one rank of a data-parallel run: its launcher owns the run
+        return result(_train_locked(dataset, cfg, batches, store, tables_art, key, base, t0, upstream,
+                                    resume=resume, progress=progress))
+    stage_dir(STAGE).mkdir(parents=True, exist_ok=True)
+    remove_stale_work()
+    with file_lock(run_lock(key), message=f"{STAGE}: the same run ({key}) is training in another process; waiting for it"):
+        if not refresh and (cached := hit()) is not None:
+            return cached  # the run we waited for finished it
+        return result(_train_locked(dataset, cfg, batches, store, tables_art, key, base, t0, upstream,
+                                    resume=resume, progress=progress))
+
+
 def run_train(
     dataset: str,
     cfg: TrainConfig,
@@ -371,45 +420,15 @@ def run_train(
     refresh: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Train (or find cached) a GAN on ``dataset``'s batches; returns the stage summary. With
-    ``nproc_per_node``/``nnodes`` > 1 it launches that many ranks (``pipeline.gan.distributed``); a
-    process started by torchrun joins its process group."""
-    from pipeline.stages.tables import load_table, tables_artifact
-    from storage.store import open_store
-
-    if distributed.needs_session():  # one rank of a torchrun launch: join the process group
-        with distributed.session(cfg.device):
-            return run_train(dataset, distributed.joined_config(cfg), batches, tables, features,
-                             resume=resume, refresh=refresh, progress=progress)
-    t0 = time.perf_counter()
-    store = open_store(dataset)
-    tables_art = tables_artifact(dataset, tables, features)
-    key = train_key(cfg, batches, tables_art.content_hash, store.content_hash)
-    base = {"stage": STAGE, "dataset": dataset, "key": key}
-    if not refresh and (hit := cached_summary(STAGE, key, started=t0, **base)) is not None:
-        return hit
-    if distributed.needs_launch(cfg):  # this process launches the ranks, holding the run's lock meanwhile
-        stage_dir(STAGE).mkdir(parents=True, exist_ok=True)
-        remove_stale_work()
-        with file_lock(run_lock(key), message=f"{STAGE}: the same run ({key}) is training in another process; waiting for it"):
-            if not refresh and (hit := cached_summary(STAGE, key, started=t0, **base)) is not None:
-                return hit
-            return launch_train(dataset, cfg, batches, tables, features, key=key, work=work_dir(key),
-                                            resume=resume, refresh=refresh, progress=progress)
-    if distributed.world() is not None:  # one rank of a data-parallel run: its launcher owns the run
-        return _train_locked(dataset, cfg, batches, tables, features, store, tables_art, key, base, t0,
-                             resume=resume, progress=progress)
-    stage_dir(STAGE).mkdir(parents=True, exist_ok=True)
-    remove_stale_work()
-    with file_lock(run_lock(key), message=f"{STAGE}: the same run ({key}) is training in another process; waiting for it"):
-        if not refresh and (hit := cached_summary(STAGE, key, started=t0, **base)) is not None:
-            return hit  # the run we waited for finished it
-        return _train_locked(dataset, cfg, batches, tables, features, store, tables_art, key, base, t0,
-                             resume=resume, progress=progress)
+    """``subsample train``: the stage on the store and table of ``dataset`` (found by lineage from
+    these configs); returns the summary."""
+    got = locate(STAGE, dataset, features=features, tables=tables)
+    return train_stage(got.store, got.tables, batches, cfg, dataset=dataset, resume=resume, refresh=refresh,
+                       progress=progress).to_json()
 
 
-def _train_locked(dataset, cfg, batches, tables, features, store, tables_art, key, base, t0, *, resume, progress) -> dict:
-    """run_train's work, holding the run's lock (or, for a rank of a data-parallel run, under its
+def _train_locked(dataset, cfg, batches, store, tables_art, key, base, t0, upstream, *, resume, progress) -> dict:
+    """train_stage's work, holding the run's lock (or, for a rank of a data-parallel run, under its
     launcher's)."""
     from pipeline.stages.tables import load_table
 
@@ -424,6 +443,8 @@ def _train_locked(dataset, cfg, batches, tables, features, store, tables_art, ke
             "pass --batch-size (`subsample presets` shows each preset's batch sizes per data set)",
         )
     table = load_table(tables_art)
+    # the table's and features' settings, as recorded by the artifacts (MLflow params, generator.pt)
+    tables, features = TablesConfig(**tables_art.params), FeaturesConfig(features=table.features)
     device = distributed.local_device(resolve_device(cfg.device))
     labels = class_labels(cfg, store, dataset)
     t = make_trainer(cfg, store.size, device, n_classes=0 if labels is None else int(labels.max()) + 1)
@@ -515,7 +536,7 @@ def _train_locked(dataset, cfg, batches, tables, features, store, tables_art, ke
     }
     with build_artifact(STAGE, key, params=_key_params(cfg, batches),
                         inputs={"tables": tables_art.content_hash, "store": store.content_hash},
-                        code_version=CODE_VERSION) as b:
+                        code_version=CODE_VERSION, upstream=upstream) as b:
         torch.save({"state_dict": t.G.state_dict(), "model": t.spec.to_dict(), "info": info}, b.path / "generator.pt")
         shutil.copytree(work / "grids", b.path / "grids")
         shutil.copy2(ckpt, b.path / "checkpoint.pt")
@@ -749,7 +770,11 @@ def load_generator(run: str, *, map_location: str | torch.device = "cpu") -> tup
     ``dataset, key, mlflow_run_id, z_dim, image_size, tables, features, batches, train, model, path``.
     G maps z (N, z_dim) to images (N, 3, S, S) in [-1, 1]. ``generator.pt`` is loaded weights-only
     and its contents checked: the key it names must be its artifact's, the data set a valid name."""
-    art = find_train_artifact(run)
+    return open_generator(find_train_artifact(run), map_location=map_location)
+
+
+def open_generator(art: Artifact, *, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """:func:`load_generator` for a train artifact already found."""
     path = art.path / "generator.pt"
 
     def refuse(why: str) -> SubsampleError:
@@ -775,10 +800,11 @@ def load_generator(run: str, *, map_location: str | torch.device = "cpu") -> tup
     return G, {**info, "path": str(art.path)}
 
 
-def launch_train(dataset: str, cfg: TrainConfig, batches: Any, tables: Any, features: Any, *,
-                 key: str, work: Any, resume: bool, refresh: bool, progress: bool) -> dict:
-    """Run ``run_train`` on ``nproc_per_node`` ranks of this node (``nnodes`` nodes in all) under
-    torchrun's elastic agent; rank 0's summary. A failed rank ends the run with one line."""
+def launch_train(dataset: str, cfg: TrainConfig, batches: Any, tables_art: Artifact, *,
+                 key: str, work: Any, resume: bool, refresh: bool, progress: bool, started: float | None = None) -> dict:
+    """Run ``train_stage`` on ``nproc_per_node`` ranks of this node (``nnodes`` nodes in all) under
+    torchrun's elastic agent; rank 0's summary. A failed rank ends the run with one line. Each
+    rank opens the store by name and the table by its key (``tables_art.key``)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -802,8 +828,7 @@ def launch_train(dataset: str, cfg: TrainConfig, batches: Any, tables: Any, feat
     )
     payload = {
         "dataset": dataset, "train": cfg.model_dump(mode="json"), "batches": batches.model_dump(mode="json"),
-        "tables": tables.model_dump(mode="json"), "features": features.model_dump(mode="json"),
-        "resume": resume, "refresh": refresh, "progress": progress,
+        "tables_key": tables_art.key, "resume": resume, "refresh": refresh, "progress": progress,
     }
     try:
         results = elastic_launch(config, _train_worker)(payload)
@@ -820,7 +845,8 @@ def launch_train(dataset: str, cfg: TrainConfig, batches: Any, tables: Any, feat
         raise SubsampleError(STAGE, errors[0].removeprefix(f"{STAGE}: "))
     if 0 not in results:  # another node holds rank 0, which wrote the artifact
         return {"stage": STAGE, "dataset": dataset, "key": key, "node_rank": cfg.node_rank, "world_size": distributed.world_size_of(cfg),
-                "note": "trained as a non-zero node; rank 0 (node 0) wrote the artifact and the MLflow run"}
+                "note": "trained as a non-zero node; rank 0 (node 0) wrote the artifact and the MLflow run",
+                "cache_hit": False, "seconds": round(time.perf_counter() - started, 3) if started is not None else 0.0}
     return results[0]["summary"]
 
 
@@ -846,13 +872,17 @@ def _mark_killed(work: Any) -> None:
 
 
 def _train_worker(payload: dict) -> dict:
-    """One rank (a process the elastic agent started): ``run_train`` joins the process group."""
+    """One rank (a process the elastic agent started): ``train_stage`` joins the process group."""
+    from storage.store import open_store
+
     try:
-        summary = run_train(
-            payload["dataset"], TrainConfig(**payload["train"]), BatchesConfig(**payload["batches"]),
-            TablesConfig(**payload["tables"]), FeaturesConfig(**payload["features"]),
-            resume=payload["resume"], refresh=payload["refresh"], progress=payload["progress"],
-        )
+        tables_art = open_artifact("tables", payload["tables_key"])
+        if tables_art is None:
+            raise SubsampleError(STAGE, f"the table {payload['tables_key']} (stages/tables) vanished or fails its content hash")
+        summary = train_stage(
+            open_store(payload["dataset"]), tables_art, BatchesConfig(**payload["batches"]), TrainConfig(**payload["train"]),
+            dataset=payload["dataset"], resume=payload["resume"], refresh=payload["refresh"], progress=payload["progress"],
+        ).to_json()
     except SubsampleError as e:
         print(str(e), file=sys.stderr)
         return {"error": str(e)}
