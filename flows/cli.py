@@ -45,10 +45,23 @@ from enum import Enum  # noqa: E402  (choices for --split, --strategy, --fill)
 _Split = Enum("_Split", {s: s for s in ("train", "test", "all")}, type=str)
 
 
-def _ingest_default(field: str) -> Any:
-    from pipeline.config import IngestConfig
+def _resolve(stage: str, name: str, sets: list[str], flags: dict[str, Any], **fields: Any) -> Any:
+    """A stage command's configuration, by the one resolution every command and deployment uses
+    (:func:`flows.config.resolve_config`: defaults < the machine's < the data set's < preset <
+    ``--set`` < flags), so a stage run alone builds what ``subsample run`` builds for that stage.
+    Only the stages that read the preset's sections (batches, evaluate) take the machine's layer."""
+    from flows.config import resolve_config
 
-    return IngestConfig.model_fields[field].default
+    return resolve_config(stage, {"dataset": name, "only": stage, **fields}, sets, flags,
+                          machine=stage in ("batches", "evaluate"), checks=stage != "ingest")  # ingest checks its source itself
+
+
+SetOpt = typer.Option(
+    [], "--set", metavar="KEY=VALUE",
+    help="override any setting: section.field=value (train.lr_d=1e-4, tables.bins=[16,16]) or a run setting "
+    "(preset=smoke); on a stage command a bare field is that stage's (lr_d=1e-4); repeatable "
+    "(docs/training.md, 'Changing settings: --set')",
+)
 
 
 @app.command("ingest")
@@ -57,85 +70,53 @@ def ingest_cmd(
         ..., help="folder of images, .zip of images, CIFAR-10 .bin/python batches (folder or file), MNIST-style IDX file or folder, or .npz"
     ),
     name: str = typer.Option(..., "--name", help="data set name: the store is $SUBSAMPLE_HOME/datasets/NAME.zarr"),
-    size: int = typer.Option(_ingest_default("size"), "--size", help="output side S: images are stored S×S×3 uint8"),
-    crop: Optional[int] = typer.Option(None, "--crop", help="centre-crop side before resizing (CelebA: 178); default: the short side"),
-    workers: int = typer.Option(_ingest_default("workers"), "--workers", help="parallel decode workers"),
-    scheduler: str = typer.Option(_ingest_default("scheduler"), "--scheduler", help="Dask local scheduler: threads or processes"),
-    files_per_task: int = typer.Option(_ingest_default("files_per_task"), "--files-per-task", help="files decoded per Dask task"),
-    max_pixels: int = typer.Option(_ingest_default("max_pixels"), "--max-pixels", help="quarantine larger source images (refuse an array source of larger images)"),
-    max_bytes: int = typer.Option(_ingest_default("max_bytes"), "--max-bytes", help="refuse a source holding more bytes (files, zip members, arrays' N×H×W×C)"),
-    split: _Split = typer.Option(_ingest_default("split"), "--split", help="CIFAR-10 folders: the training batches (data_batch_*), the test batch, or all"),
-    decoder: str = typer.Option(_ingest_default("decoder"), "--decoder", help="fast (libjpeg-turbo + Lanczos kernel) or pillow (ingest/1's path)"),
-    decode_device: str = typer.Option(_ingest_default("decode_device"), "--decode-device", help="cpu, or cuda: JPEGs decoded by nvJPEG on the GPU"),
+    size: Optional[int] = typer.Option(None, "--size", help="output side S: images are stored S×S×3 uint8 (default: the data set's, e.g. celeba 64, else 32)"),
+    crop: Optional[int] = typer.Option(None, "--crop", help="centre-crop side before resizing (default: the data set's, e.g. celeba 178, else the short side)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="parallel decode workers (default: IngestConfig's)"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask local scheduler: threads (default) or processes"),
+    files_per_task: Optional[int] = typer.Option(None, "--files-per-task", help="files decoded per Dask task"),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="quarantine larger source images (refuse an array source of larger images)"),
+    max_bytes: Optional[int] = typer.Option(None, "--max-bytes", help="refuse a source holding more bytes (files, zip members, arrays' N×H×W×C)"),
+    split: Optional[_Split] = typer.Option(None, "--split", help="CIFAR-10 folders: the training batches (data_batch_*, the default), the test batch, or all"),
+    decoder: Optional[str] = typer.Option(None, "--decoder", help="fast (default: libjpeg-turbo + Lanczos kernel) or pillow (ingest/1's path)"),
+    decode_device: Optional[str] = typer.Option(None, "--decode-device", help="cpu (default), or cuda: JPEGs decoded by nvJPEG on the GPU"),
+    sets: list[str] = SetOpt,
     refresh: bool = typer.Option(False, "--refresh", help="rebuild even if an identical store exists"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Decode a source data set into the store datasets/NAME.zarr (centre crop, resize to S×S, RGB)."""
-    from pydantic import ValidationError
-
-    from pipeline.config import IngestConfig, validation_message
+    flags = {"ingest": {
+        "size": size, "crop": crop, "workers": workers, "scheduler": scheduler, "files_per_task": files_per_task,
+        "max_pixels": max_pixels, "max_bytes": max_bytes, "split": split.value if split else None, "decoder": decoder,
+        "decode_device": decode_device,
+    }}
+    cfg = _resolve("ingest", name, sets, flags, source=source)
     from pipeline.stages.ingest import run_ingest
 
-    try:
-        cfg = IngestConfig(
-            source=source, name=name, size=size, crop=crop, workers=workers, scheduler=scheduler,
-            files_per_task=files_per_task, max_pixels=max_pixels, max_bytes=max_bytes, split=split.value,
-            decoder=decoder, decode_device=decode_device,
-        )
-    except ValidationError as e:
-        raise SubsampleError("ingest", validation_message(e, IngestConfig, flags=True)) from None
-    emit(run_ingest(cfg, refresh=refresh), as_json)
+    emit(run_ingest(cfg.ingest_config(), refresh=refresh), as_json)
 
 
 # --- features / tables / batches ----------------------------------------------------------------
-
-
-def _config_or_exit(stage: str, make):
-    """Build a pydantic config, turning a validation error into a one-line SubsampleError."""
-    from pydantic import ValidationError
-
-    from pipeline.config import validation_message
-
-    try:
-        return make()
-    except ValidationError as e:
-        raise SubsampleError(stage, validation_message(e)) from None
-
-
-def _features_default(field: str) -> Any:
-    from pipeline.config import FeaturesConfig
-
-    return FeaturesConfig.model_fields[field].default
 
 
 @app.command("features")
 def features_cmd(
     name: str = typer.Argument(..., help="data set name (its store must exist: run `subsample ingest` first)"),
     dask_address: Optional[str] = typer.Option(None, "--dask-address", help="existing Dask scheduler (tcp://host:8786); its workers must see the store path"),
-    scheduler: str = typer.Option(_features_default("scheduler"), "--scheduler", help="without --dask-address: 'threads' (default, no start-up cost) or 'local-cluster' (worker processes)"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="without --dask-address: 'threads' (default, no start-up cost) or 'local-cluster' (worker processes)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="local threads / cluster workers (default: all cores)"),
     feature: Optional[list[str]] = typer.Option(None, "--feature", help="registered feature name (repeat; default: colour_moment, sharpness)"),
+    sets: list[str] = SetOpt,
     refresh: bool = typer.Option(False, "--refresh", help="recompute even if the artifact is cached"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Per-image features (colour moment, Eq. 14; energy-gradient sharpness, Eq. 15) of every image."""
-    from pipeline.config import FeaturesConfig
+    flags = {"features": {"dask_address": dask_address, "scheduler": scheduler, "workers": workers,
+                          "features": list(feature) if feature else None}}
+    cfg = _resolve("features", name, sets, flags)
     from pipeline.stages.features import run_features
 
-    extra = {"features": tuple(feature)} if feature else {}
-    cfg = _config_or_exit(
-        "features", lambda: FeaturesConfig(dask_address=dask_address, scheduler=scheduler, workers=workers, **extra)
-    )
-    emit(run_features(name, cfg, refresh=refresh, progress=True), as_json)
-
-
-def _dataset_bins(name: str) -> Optional[tuple[int, ...]]:
-    """The data set's own table size when it has one (the demo: 16 16), so every command builds
-    and finds the same table as ``subsample run`` (flows.config.dataset_defaults)."""
-    from flows.config import dataset_defaults
-
-    bins = dataset_defaults(name).get("tables", {}).get("bins")
-    return tuple(bins) if bins else None
+    emit(run_features(cfg.dataset, cfg.features, refresh=refresh, progress=True), as_json)
 
 
 @app.command("tables")
@@ -143,74 +124,64 @@ def tables_cmd(
     name: str = typer.Argument(..., help="data set name (its features must exist: run `subsample features NAME` first)"),
     bins: Optional[tuple[int, int]] = typer.Option(None, "--bins", help="M1 M2: bins per feature; the table has (M1+1) x (M2+1) cells (default: the data set's, else 32 32)"),
     feature: Optional[list[str]] = typer.Option(None, "--feature", help="feature names of the features artifact (repeat; default: colour_moment, sharpness)"),
+    sets: list[str] = SetOpt,
     refresh: bool = typer.Option(False, "--refresh", help="rebuild even if the artifact is cached"),
     as_json: bool = JsonOpt,
 ) -> None:
     """The joint distribution table of the features (Eq. 16, round half up), with a heat map."""
-    from pipeline.config import FeaturesConfig, TablesConfig
+    flags = {"tables": {"bins": list(bins) if bins else None}, "features": {"features": list(feature) if feature else None}}
+    cfg = _resolve("tables", name, sets, flags)
     from pipeline.stages.tables import run_tables
 
-    bins = bins or _dataset_bins(name)
-    cfg = _config_or_exit("tables", lambda: TablesConfig(bins=tuple(bins)) if bins else TablesConfig())
-    features = _config_or_exit("tables", lambda: FeaturesConfig(features=tuple(feature)) if feature else FeaturesConfig())
-    emit(run_tables(name, cfg, features, refresh=refresh), as_json)
+    emit(run_tables(cfg.dataset, cfg.tables, cfg.features, refresh=refresh), as_json)
 
 
 from typing import get_args  # noqa: E402
 
-from pipeline.config import BatchesConfig as _BatchesConfig, Strategy as _StrategyLiteral  # noqa: E402
+from pipeline.config import Strategy as _StrategyLiteral  # noqa: E402
 
 _BatchStrategy = Enum("_BatchStrategy", {s: s for s in get_args(_StrategyLiteral)}, type=str)
 _BatchFill = Enum("_BatchFill", {"topk": "topk", "coverage": "coverage"}, type=str)
 _BatchTopup = Enum("_BatchTopup", {"topk": "topk", "random": "random"}, type=str)
-_BATCH_DEFAULTS = {k: f.default for k, f in _BatchesConfig.model_fields.items()}  # defaults in one place
 
 
 @app.command("batches")
 def batches_cmd(
     name: str = typer.Argument(..., help="data set name (its features and tables must exist)"),
-    batch_size: int = typer.Option(_BATCH_DEFAULTS["batch_size"], "--batch-size", "-b", help="images per batch B; an epoch has floor(n / B) batches"),
-    strategy: _BatchStrategy = typer.Option(_BATCH_DEFAULTS["strategy"], "--strategy", help="random (baseline), constructed (the paper) or dealt"),
-    epochs: int = typer.Option(_BATCH_DEFAULTS["epochs"], "--epochs", help="epochs of batches to construct and store"),
-    seed: int = typer.Option(_BATCH_DEFAULTS["seed"], "--seed", help="run seed; epoch e is constructed from (seed, e)"),
-    top_k: int = typer.Option(_BATCH_DEFAULTS["top_k"], "--top-k", help="constructed: shortfall filled from the k most frequent cells"),
-    fill: _BatchFill = typer.Option(_BATCH_DEFAULTS["fill"], "--fill", help="constructed: 'coverage' first uses not-yet-drawn images of cells with T2 = 0"),
-    topup: _BatchTopup = typer.Option(
-        _BATCH_DEFAULTS["topup"], "--topup",
-        help="constructed: spread the shortfall over the k most frequent cells in proportion ('topk', every batch alike) "
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="images per batch B; an epoch has floor(n / B) batches (default: the preset's, as `subsample run` would)"),
+    strategy: Optional[_BatchStrategy] = typer.Option(None, "--strategy", help="random (baseline), constructed (the paper; default) or dealt"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="epochs of batches to construct and store (default 1)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="run seed; epoch e is constructed from (seed, e) (default 0)"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="constructed: shortfall filled from the k most frequent cells (default 8)"),
+    fill: Optional[_BatchFill] = typer.Option(None, "--fill", help="constructed: 'coverage' first uses not-yet-drawn images of cells with T2 = 0 (default topk)"),
+    topup: Optional[_BatchTopup] = typer.Option(
+        None, "--topup",
+        help="constructed: spread the shortfall over the k most frequent cells in proportion ('topk', the default: every batch alike) "
         "or by a random multinomial draw per batch ('random', the paper's reading; the paper-* presets use it)",
     ),
     bins: Optional[tuple[int, int]] = typer.Option(None, "--bins", help="the table's M1 M2 (default: the data set's, else 32 32)"),
     feature: Optional[list[str]] = typer.Option(None, "--feature", help="feature names of the table (repeat; default: colour_moment, sharpness)"),
+    sets: list[str] = SetOpt,
     refresh: bool = typer.Option(False, "--refresh", help="rebuild even if the artifact is cached"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Construct epochs of batches from the joint table, with coverage / KL diagnostics (spec §3-4)."""
+    """Construct epochs of batches from the joint table, with coverage / KL diagnostics (spec §3-4).
+    Unset options take what `subsample run` would use (the data set's preset, else this machine's)."""
+    flags = {
+        "batches": {"batch_size": batch_size, "strategy": strategy.value if strategy else None, "epochs": epochs, "seed": seed,
+                    "top_k": top_k, "fill": fill.value if fill else None, "topup": topup.value if topup else None},
+        "tables": {"bins": list(bins) if bins else None},
+        "features": {"features": list(feature) if feature else None},
+    }
+    cfg = _resolve("batches", name, sets, flags)
     from pipeline.stages.batches import run_batches
-    from pipeline.config import FeaturesConfig, TablesConfig
 
-    def configs():
-        cfg = _BatchesConfig(
-            batch_size=batch_size, strategy=strategy.value, epochs=epochs, seed=seed, top_k=top_k, fill=fill.value,
-            topup=topup.value,
-        )
-        table = bins or _dataset_bins(name)
-        tables = TablesConfig(bins=tuple(table)) if table else TablesConfig()
-        features = FeaturesConfig(features=tuple(feature)) if feature else FeaturesConfig()
-        return cfg, tables, features
-
-    cfg, tables, features = _config_or_exit("batches", configs)
-    emit(run_batches(name, cfg, tables, features, refresh=refresh), as_json)
+    emit(run_batches(cfg.dataset, cfg.batches, cfg.tables, cfg.features, refresh=refresh), as_json)
 
 
 # --- train / evaluate / presets -----------------------------------------------------------------
 
 
-SetOpt = typer.Option(
-    [], "--set", metavar="KEY=VALUE",
-    help="override any setting: section.field=value (train.lr_d=1e-4, tables.bins=[16,16]) or a run setting "
-    "(preset=smoke); repeatable (docs/training.md, 'Changing settings: --set')",
-)
 DryRunOpt = typer.Option(False, "--dry-run", help="print the resolved configuration (with --json: one object) and run nothing")
 
 
@@ -326,24 +297,27 @@ def _evaluate_default(field: str) -> Any:
 def evaluate_cmd(
     run: str = typer.Argument(..., help="train artifact key or MLflow run id"),
     samples: Optional[int] = typer.Option(None, "--samples", "-n", min=2, help="generated images N (names: fid10k_train, is10k, ...; default: EvaluateConfig's with a GPU, 2,000 on a CPU)"),
-    batch_size: int = typer.Option(_evaluate_default("batch_size"), "--batch-size", min=1, help="generation and feature-extraction batch"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help=f"generation and feature-extraction batch (default {_evaluate_default('batch_size')})"),
     weights: Optional[str] = typer.Option(
         None, "--weights", help="local copy of the feature extractor's weights (default: torch-fidelity's download)"
     ),
     fidelity: Optional[bool] = typer.Option(None, "--fidelity/--no-fidelity", help="IS/FID/KID with torch-fidelity (default: on with a GPU, off on a CPU); --no-fidelity: feature-space metrics only"),
     feature_extractor: Optional[str] = typer.Option(None, "--feature-extractor", help="torch-fidelity extractor (default inception-v3-compat); giving it, or --weights, turns IS/FID/KID on unless --no-fidelity"),
-    seed: int = typer.Option(_evaluate_default("seed"), "--seed", help="seed of the latent codes"),
+    seed: Optional[int] = typer.Option(None, "--seed", help=f"seed of the latent codes (default {_evaluate_default('seed')})"),
     device: Optional[str] = typer.Option(None, "--device", help="default: the generator's device"),
+    sets: list[str] = SetOpt,
     refresh: bool = typer.Option(False, "--refresh", help="recompute even if this evaluation is cached"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Evaluate a trained generator against its training set: IS, FID, KID (torch-fidelity), feature-space KL/JS and sharpness (spec §5)."""
     from flows.config import resolve_evaluate_config
+    from pipeline.stages.train import find_train_artifact
 
+    dataset = find_train_artifact(run).summary.get("dataset")  # its data set's defaults apply, as in `subsample run`
     cfg = resolve_evaluate_config({
         "samples": samples, "batch_size": batch_size, "weights": weights, "fidelity": fidelity,
         "feature_extractor": feature_extractor, "seed": seed, "device": device,
-    })
+    }, dataset, sets=sets)
     from pipeline.stages.evaluate import run_evaluate
 
     emit(run_evaluate(run, cfg, refresh=refresh), as_json)

@@ -503,7 +503,11 @@ def resolve_config(
     the source's listing; ``check_batches=False`` leaves that to the caller, e.g. ``train`` before
     it picks built batches)."""
     sets_data = parse_overrides(sets, stage, stage if stage in STAGE_SECTIONS else None)
-    given = merge(merge(as_fields(fields), sets_data), drop_none(flags or {}))
+    flag_data = drop_none(flags or {})
+    given = merge(merge(as_fields(fields), sets_data), flag_data)
+    asked = given.get("evaluate") or {}
+    if ("weights" in asked or "feature_extractor" in asked) and "fidelity" not in asked:
+        given = merge(given, {"evaluate": {"fidelity": True}})  # an extractor or its weights named: IS/FID/KID wanted
     check_keys(given, stage)
     dataset = given.get("dataset", RunConfig.model_fields["dataset"].default)
     try:
@@ -515,7 +519,8 @@ def resolve_config(
     base = dataset_defaults(dataset) if isinstance(dataset, str) else {}
     why = None
     if machine and "preset" not in given and "preset" not in base:
-        layer, why = machine_defaults(run_device(effective(given, "train", "device")))
+        device_of = "evaluate" if given.get("only") == "evaluate" else "train"
+        layer, why = machine_defaults(run_device(effective(given, device_of, "device")))
         base = merge(layer, base)
     data = merge(base, given)
     check_preset(data.get("preset"), stage)
@@ -530,12 +535,18 @@ def resolve_config(
         )
         check_batch_sizes(dataset, [int(effective(data, "batches", "batch_size"))], source, reads_source, stage,
                           str(effective(data, "ingest", "split")))
+    if why and only == "evaluate":
+        layer, why = evaluate_machine_defaults(run_device(effective(given, "evaluate", "device")))
+        if why and all(k in asked for k in layer):
+            why = None  # everything the machine's layer sets was given
     if why:
-        note(f"{stage}: {why.split('; an evaluation')[0] if only == 'train' else why}")
+        note(why if only == "evaluate" else f"{stage}: {why.split('; an evaluation')[0] if only == 'train' else why}")
+    flag_paths = {(s, f) for s, v in flag_data.items() if isinstance(v, dict) for f in v} | {(k,) for k, v in flag_data.items()
+                                                                                              if not isinstance(v, dict)}
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise SubsampleError(stage, f"invalid configuration: {validation_message(e, RunConfig)}") from None
+        raise SubsampleError(stage, validation_message(e, RunConfig, flags=flag_paths)) from None
 
 
 def describe_batches(b: BatchesConfig) -> str:
@@ -571,17 +582,16 @@ def train_batches(
     return cfg
 
 
-def resolve_evaluate_config(flags: dict[str, Any], note: Callable[[str], None] = _stderr) -> EvaluateConfig:
-    """``subsample evaluate``'s config: defaults < what fits this machine (on a CPU 2,000 samples,
-    no IS/FID/KID, said in one line when it applies) < the flags given (None = not given)."""
-    given = drop_none(flags)
-    if ("weights" in given or "feature_extractor" in given) and "fidelity" not in given:
-        given["fidelity"] = True  # an extractor or its weights named: the user wants IS/FID/KID
-    device = run_device(given.get("device"))
-    layer, why = evaluate_machine_defaults(device)
-    if why and any(k not in given for k in layer):
-        note(why)
-    try:
-        return EvaluateConfig(**{**layer, **given})
-    except ValidationError as e:
-        raise SubsampleError("evaluate", validation_message(e, EvaluateConfig, flags=True)) from None
+UNRECORDED_DATASET = "unrecorded-data-set"  # no known data set has this name: none of DATASETS' defaults apply
+
+
+def resolve_evaluate_config(
+    flags: dict[str, Any], dataset: Optional[str], note: Callable[[str], None] = _stderr, *,
+    sets: list[str] | tuple[str, ...] = (),
+) -> EvaluateConfig:
+    """``subsample evaluate``'s config, by :func:`resolve_config` for the run's data set: defaults <
+    what fits this machine (on a CPU 2,000 samples, no IS/FID/KID, said in one line when it
+    applies) < the data set's (the demo's: 2,000 samples) < ``--set`` < the flags given (None = not
+    given). ``dataset`` None: the run records none, so no data set's defaults apply."""
+    fields = {"dataset": dataset if isinstance(dataset, str) else UNRECORDED_DATASET, "only": "evaluate"}
+    return resolve_config("evaluate", fields, sets, {"evaluate": flags}, note=note).evaluate

@@ -6,7 +6,7 @@ workers), listed in ``_execution_fields``, that never change the result.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Collection, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -353,11 +353,14 @@ def _model_at(model: type[BaseModel] | None, loc: tuple) -> type[BaseModel] | No
     return model
 
 
-def validation_message(e: Any, model: type[BaseModel] | None = None, *, flags: bool = False) -> str:
+def validation_message(
+    e: Any, model: type[BaseModel] | None = None, *, flags: bool | Collection[tuple[str, ...]] = False
+) -> str:
     """A pydantic ``ValidationError`` as one line, the one rendering every command uses: each
-    problem as ``path.to.field: message`` (``--field-name: message`` with ``flags``, for a command's
-    options); unknown fields of ``model`` (or of its sections) as :func:`unknown_keys_message` says
-    them, with the nearest valid name."""
+    problem as ``path.to.field: message``, or ``--field-name: message`` where the value came from a
+    command's option (``flags``: True for every field, or the fields' paths, e.g. ``("ingest",
+    "max_pixels")`` for ``--max-pixels``); unknown fields of ``model`` (or of its sections) as
+    :func:`unknown_keys_message` says them, with the nearest valid name."""
     problems, unknown = [], {}
     for err in e.errors():
         loc = tuple(err["loc"])
@@ -365,8 +368,11 @@ def validation_message(e: Any, model: type[BaseModel] | None = None, *, flags: b
         if err["type"] == "extra_forbidden" and target is not None:
             unknown.setdefault(loc[:-1], []).append(str(loc[-1]))
             continue
-        path = ("-".join(map(str, loc)).replace("_", "-") if flags else ".".join(map(str, loc))) or "config"
-        problems.append(f"{'--' if flags and loc else ''}{path}: {err['msg']}")
+        if loc and (flags is True or (flags and loc[:2] in flags)):
+            field = loc if flags is True else loc[1:]
+            problems.append(f"--{'-'.join(map(str, field)).replace('_', '-')}: {err['msg']}")
+        else:
+            problems.append(f"{'.'.join(map(str, loc)) or 'config'}: {err['msg']}")
     for section, keys in unknown.items():
         fields = list(_model_at(model, section).model_fields)
         problems.insert(0, unknown_keys_message(keys, fields, ".".join(map(str, section))))

@@ -357,7 +357,7 @@ def test_cli_batches_prints_one_json_object(toy_dataset, capsys):
         main(["batches", toy_dataset, "--batch-size", "4800", "--bins", "4", "4", "--json"])
     assert exit_.value.code == 2
     captured = capsys.readouterr()
-    assert captured.out == "" and "batches: batch size 4800 is larger than the data set (240 images)" in captured.err
+    assert captured.out == "" and captured.err.startswith("batches: batch size 4800 is larger than data set 'toy' (240 images")
 
 
 # --- the random top-up (spec §3.3, topup="random": the paper's reading) -----------------------------

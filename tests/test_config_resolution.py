@@ -181,11 +181,13 @@ def test_every_layer_renders_a_validation_error_the_same_way(home, capsys):
     with pytest.raises(SubsampleError, match=r"^compare: unknown setting 'batches.topk' \(did you mean 'batches.top_k'\?\)"):
         build_compare_config({}, ["batches.topk=4"])
     with pytest.raises(SubsampleError, match=r"^evaluate: --batch-size: Input should be greater than or equal to 1"):
-        fc.resolve_evaluate_config({"batch_size": 0, "device": "cpu"}, note=quiet)
+        fc.resolve_evaluate_config({"batch_size": 0, "device": "cpu"}, "mydata", note=quiet)
     # the commands print it as one line and exit 2
     for args, line in ((["ingest", str(fc.DEMO_SOURCE), "--name", "x", "--max-pixels", "0"],
                         "ingest: --max-pixels: Input should be greater than or equal to 1"),
-                       (["tables", "demo", "--bins", "0", "4"], "tables: bins: Value error, bins must be positive integers, one per feature")):
+                       (["tables", "demo", "--bins", "0", "4"], "tables: --bins: Value error, bins must be positive integers, one per feature"),
+                       # the same value by --set: named as the setting, not as a flag
+                       (["tables", "demo", "--set", "bins=[0,4]"], "tables: tables.bins: Value error, bins must be positive integers, one per feature")):
         capsys.readouterr()
         with pytest.raises(SystemExit) as e:
             main(args)
@@ -207,16 +209,19 @@ def test_cli_option_defaults_are_the_config_models_defaults():
     models = {"ingest": IngestConfig, "features": FeaturesConfig, "batches": BatchesConfig, "evaluate": EvaluateConfig,
               "run": fc.RunConfig, "compare": CompareConfig}
     commands = typer.main.get_command(app).commands
-    checked = 0
+    checked = resolved = 0
     for name, model in models.items():
         for param in commands[name].params:
             field = model.model_fields.get(param.name)
-            if field is None or param.default is None or param.default == []:
+            if field is None or param.default == []:
+                continue
+            if param.default is None:  # left to the one resolution (defaults < machine < data set < preset < --set)
+                resolved += 1
                 continue
             default = param.default.value if hasattr(param.default, "value") else param.default
             assert default == field.default, (name, param.name, default, field.default)
             checked += 1
-    assert checked >= 15  # ingest's, batches', evaluate's, features' scheduler, run's data set
+    assert checked + resolved >= 25 and resolved >= 20  # the stage commands' options all go through the resolution
 
 
 # --- deployments -----------------------------------------------------------------------------------
