@@ -186,10 +186,11 @@ def run_features(dataset: str, cfg: FeaturesConfig = FeaturesConfig(), *, refres
     store = open_store(dataset)
     names = tuple(cfg.features)
     from kernels.features import FEATURES
+    from pipeline.registry import UnknownName
 
-    unknown = [n for n in names if n not in FEATURES]
-    if unknown:
-        raise SubsampleError(STAGE, f"unknown feature(s) {unknown}; registered: {sorted(FEATURES)}")
+    for name in names:
+        if name not in FEATURES:
+            raise UnknownName(STAGE, "feature", name, FEATURES)
     if store.n == 0:
         raise SubsampleError(STAGE, f"data set store {store.path} has no images; re-run ingest")
     key = features_key(store, cfg)
