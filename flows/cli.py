@@ -334,6 +334,7 @@ def evaluate_cmd(
     feature_extractor: Optional[str] = typer.Option(None, "--feature-extractor", help="torch-fidelity extractor (default inception-v3-compat); giving it, or --weights, turns IS/FID/KID on unless --no-fidelity"),
     seed: int = typer.Option(_evaluate_default("seed"), "--seed", help="seed of the latent codes"),
     device: Optional[str] = typer.Option(None, "--device", help="default: the generator's device"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="only these, comma-separated, e.g. fid10k_train,kid10k_train (names for N = --samples, which they set when it is not given; docs/evaluate.md lists them); default: all"),
     refresh: bool = typer.Option(False, "--refresh", help="recompute even if this evaluation is cached"),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -342,7 +343,7 @@ def evaluate_cmd(
 
     cfg = resolve_evaluate_config({
         "samples": samples, "batch_size": batch_size, "weights": weights, "fidelity": fidelity,
-        "feature_extractor": feature_extractor, "seed": seed, "device": device,
+        "feature_extractor": feature_extractor, "seed": seed, "device": device, "metrics": metrics,
     })
     from pipeline.stages.evaluate import run_evaluate
 

@@ -577,6 +577,16 @@ def resolve_evaluate_config(flags: dict[str, Any], note: Callable[[str], None] =
     given = drop_none(flags)
     if ("weights" in given or "feature_extractor" in given) and "fidelity" not in given:
         given["fidelity"] = True  # an extractor or its weights named: the user wants IS/FID/KID
+    if "metrics" in given:  # the names carry N (fid10k_train) and say whether torch-fidelity runs
+        from pipeline.metrics import parse_metric_name
+
+        names = given["metrics"].split(",") if isinstance(given["metrics"], str) else list(given["metrics"])
+        parsed = [parse_metric_name(x.strip()) for x in names]
+        counts = {n for _, n in filter(None, parsed)}
+        if "samples" not in given and len(counts) == 1 and all(parsed):
+            given["samples"] = counts.pop()
+        if "fidelity" not in given and any(p and p[0].family == "fidelity" for p in parsed):
+            given["fidelity"] = True
     device = run_device(given.get("device"))
     layer, why = evaluate_machine_defaults(device)
     if why and any(k not in given for k in layer):

@@ -329,6 +329,12 @@ class EvaluateConfig(StageConfig):
     samples: int = Field(10_000, ge=2, description="generated images N (metric names carry it: fid10k_train)")
     seed: int = Field(0, description="seed of the latent codes z, so an evaluation is reproducible")
     fidelity: bool = Field(True, description="compute IS / FID / KID with torch-fidelity (needs the extractor's weights)")
+    metrics: tuple[str, ...] | None = Field(
+        None,
+        description="the metrics to compute, by protocol name for N = samples (fid10k_train, kid10k_train, is10k, "
+        "feature_kl10k_train, ...: pipeline.metrics.METRICS, docs/evaluate.md); a comma-separated string is split. "
+        "None = all of them",
+    )
     feature_extractor: str = Field(
         "inception-v3-compat", description="torch-fidelity feature extractor (registered name)"
     )
@@ -349,6 +355,33 @@ class EvaluateConfig(StageConfig):
     download_timeout_s: float = Field(20.0, gt=0, description="socket timeout when fetching extractor weights")
 
     _execution_fields: ClassVar[frozenset[str]] = frozenset({"weights", "batch_size", "device", "download_timeout_s"})
+    _key_omits_default: ClassVar[frozenset[str]] = frozenset({"metrics"})  # None (all): the key before it existed
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        return tuple(x.strip() for x in v.split(",") if x.strip()) if isinstance(v, str) else v
+
+    @field_validator("metrics")
+    @classmethod
+    def _registered_metrics(cls, v: tuple[str, ...] | None, info: ValidationInfo) -> tuple[str, ...] | None:
+        """Names of :func:`pipeline.metrics.metrics_for` the sample count (the registry's message
+        for any other), in registration order without repeats, so the key does not depend on how
+        they were listed. Metrics computed by torch-fidelity need ``fidelity`` on."""
+        from pipeline.metrics import metrics_for
+
+        if v is None or "samples" not in info.data:  # an invalid sample count is reported on its own
+            return v
+        if not v:
+            raise ValueError("name at least one metric, or leave metrics unset for all of them")
+        registry = metrics_for(info.data["samples"])
+        for name in v:
+            registry.validate(name)
+        torch_fidelity = [name for name in v if registry[name].family == "fidelity"]
+        if torch_fidelity and not info.data.get("fidelity", True):
+            verb = "needs" if len(torch_fidelity) == 1 else "need"
+            raise ValueError(f"{', '.join(torch_fidelity)} {verb} IS/FID/KID on (fidelity=true, --fidelity)")
+        return tuple(name for name in registry if name in v)
 
 
 # --- one line for a configuration error ---------------------------------------------------------
