@@ -589,9 +589,10 @@ def resolve_evaluate_config(flags: dict[str, Any], note: Callable[[str], None] =
             given["fidelity"] = True
     device = run_device(given.get("device"))
     layer, why = evaluate_machine_defaults(device)
-    if why and any(k not in given for k in layer):
-        note(why)
     try:
-        return EvaluateConfig(**{**layer, **given})
+        cfg = EvaluateConfig(**{**layer, **given})
     except ValidationError as e:
         raise SubsampleError("evaluate", validation_message(e, EvaluateConfig, flags=True)) from None
+    if why and any(k not in given for k in layer):
+        note(why)  # after validation: a refused command prints its one error line only
+    return cfg

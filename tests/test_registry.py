@@ -114,7 +114,7 @@ def test_the_cli_prints_the_unknown_metric_in_one_line_and_exits_2(capsys, tmp_p
 
     monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path))
     with pytest.raises(SystemExit) as e:
-        main(["evaluate", "0123456789abcdef", "--samples", "2000", "--metrics", "fid2k_train,fid2k_trian", "--json"])
+        main(["evaluate", "0123456789abcdef", "--samples", "2000", "--metrics", "feature_kl2k_train,fid2k_trian", "--json"])
     out, err = capsys.readouterr()
     assert e.value.code == 2 and out == ""
     lines = err.strip().splitlines()
