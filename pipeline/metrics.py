@@ -80,16 +80,16 @@ class Metric:
 
 METRICS: Registry[Metric] = Registry("metric", stage=STAGE)
 IS = METRICS.register(Metric(
-    "is{N}", "Inception Score of N generated images (torch-fidelity; mean over isc_splits splits, s.d. is{N}_std)",
+    "is{N}", "Inception Score of N generated images (torch-fidelity; mean over ``isc_splits`` splits, s.d. ``is{N}_std``)",
     "fidelity", ("is{N}_std",)))
 FID = METRICS.register(Metric(
     "fid{N}_train", "FID between N generated images and the full training set (torch-fidelity)", "fidelity"))
 KID = METRICS.register(Metric(
     "kid{N}_train", "KID between N generated images and the full training set (torch-fidelity; mean over "
-    "kid_subsets subsets, s.d. kid{N}_train_std)", "fidelity", ("kid{N}_train_std",)))
+    "``kid_subsets`` subsets, s.d. ``kid{N}_train_std``)", "fidelity", ("kid{N}_train_std",)))
 FEATURE_KL = METRICS.register(Metric(
     "feature_kl{N}_train", "KL(f_G || f_X) of N generated images' binned features against the training table, "
-    "f_X smoothed (spec §5); its floor at N real samples beside it (feature_kl{N}_train_floor, _floor_sd)",
+    "f_X smoothed (spec §5); its floor at N real samples beside it (``feature_kl{N}_train_floor``, ``_floor_sd``)",
     "feature", ("feature_kl{N}_train_floor", "feature_kl{N}_train_floor_sd")))
 FEATURE_JS = METRICS.register(Metric(
     "feature_js{N}_train", "JS(f_G, f_X) of the same binned distributions, unsmoothed, in [0, ln 2]", "feature"))
@@ -98,7 +98,7 @@ FEATURE_OUTSIDE = METRICS.register(Metric(
 SHARPNESS_MEAN = METRICS.register(Metric(
     "sharpness_mean{N}", "mean energy-gradient sharpness (Eq. 15) of N generated images", "sharpness"))
 SHARPNESS_DIFF = METRICS.register(Metric(
-    "sharpness_diff{N}_train", "generated minus training mean sharpness (the training mean as sharpness_mean_train)",
+    "sharpness_diff{N}_train", "generated minus training mean sharpness (the training mean as ``sharpness_mean_train``)",
     "sharpness", ("sharpness_mean_train",)))
 
 
