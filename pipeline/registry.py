@@ -20,6 +20,7 @@ from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar
 from storage.errors import SubsampleError, did_you_mean
 
 T = TypeVar("T")
+_MISSING = object()
 
 
 def unknown_message(kind: str, name: Any, choices: Iterable[str]) -> str:
@@ -100,17 +101,27 @@ class Registry(Generic[T]):
         """Remove and return the entry ``name`` (tests that register a throw-away entry)."""
         return self._entries.pop(self.check(name))
 
+    def __setitem__(self, name: str, entry: T) -> None:
+        """Set (or replace) the entry ``name``: what ``monkeypatch.setitem`` does in tests; code
+        registers with :meth:`register`, which refuses a name twice."""
+        self._entries[name] = entry
+
+    def __delitem__(self, name: str) -> None:
+        self.unregister(name)
+
     # --- looking up --------------------------------------------------------------------------
 
     def __getitem__(self, name: str) -> T:
         return self.get(name)
 
-    def get(self, name: str, *, stage: Optional[str] = None) -> T:
-        """The entry ``name``; :class:`UnknownName` (reported under ``stage``, default the
-        registry's) when there is none."""
+    def get(self, name: str, default: Any = _MISSING, *, stage: Optional[str] = None) -> T:
+        """The entry ``name``; when there is none, ``default`` if one is given (as ``dict.get``),
+        else :class:`UnknownName` (reported under ``stage``, default the registry's)."""
         try:
             return self._entries[name]
         except (KeyError, TypeError):
+            if default is not _MISSING:
+                return default
             raise UnknownName(stage or self.stage, self.kind, name, self._entries) from None
 
     def check(self, name: str, *, stage: Optional[str] = None) -> str:

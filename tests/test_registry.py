@@ -172,6 +172,12 @@ def test_registry_registers_once_and_describes_its_entries():
     with pytest.raises(ValueError, match="widget 'fancy' is already registered"):
         reg.register(Fancy)
     assert reg.unregister("plain") is plain and reg.names() == ("fancy",)
+    assert reg.get("plain", None) is None  # with a default, as dict.get
+    with pytest.MonkeyPatch.context() as mp:  # tests swap entries in and out
+        mp.setitem(reg, "plain", plain)
+        mp.setitem(reg, "fancy", "replaced")
+        assert reg["plain"] is plain and reg["fancy"] == "replaced"
+    assert reg.names() == ("fancy",) and reg["fancy"] is Fancy
     # every registry of the project describes every entry in one line
     for r in REGISTRIES.values():
         rows = r.describe()

@@ -173,7 +173,7 @@ def test_kill_and_resume_gives_the_same_losses(toy_home, monkeypatch):
     assert not work.exists()
 
 
-def test_non_finite_loss_stops_with_the_last_good_checkpoint(toy_home, request):
+def test_non_finite_loss_stops_with_the_last_good_checkpoint(toy_home, monkeypatch):
     """A D loss that turns NaN at step 12 (epoch 2) stops the run with a SubsampleError naming
     the epoch, the step and the checkpoint of epoch 1, which is kept; no artifact is written."""
     import pipeline.stages.train as train
@@ -186,8 +186,7 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(toy_home, request):
         loss = logistic_d(real, fake)
         return loss * float("nan") if calls["n"] >= 12 else loss
 
-    LOSSES.register(GanLoss("nan-at-12", "test", nan_after_11, LOSSES["nonsaturating"].g, True))
-    request.addfinalizer(lambda: LOSSES.unregister("nan-at-12"))
+    monkeypatch.setitem(LOSSES, "nan-at-12", GanLoss("nan-at-12", "test", nan_after_11, LOSSES["nonsaturating"].g, True))
     cfg = _cfg(epochs=3, loss="nan-at-12", ngf=8, ndf=8)
     with pytest.raises(SubsampleError) as e:
         _train(cfg)
