@@ -119,6 +119,7 @@ def metrics_table() -> str:
     """What ``subsample evaluate`` computes: every registered metric (or metric family) with its
     description; ``{N}`` stands for the sample-count tag (``10k``, ``2k``, ``500``)."""
     metrics = registry(
+        ("pipeline.metrics", "METRICS"),
         ("pipeline.registry", "METRICS"),
         ("pipeline.fidelity", "METRICS"),
         ("pipeline.fidelity", "METRIC_FAMILIES"),

@@ -305,6 +305,7 @@ def evaluate_cmd(
     feature_extractor: Optional[str] = typer.Option(None, "--feature-extractor", help="torch-fidelity extractor (default inception-v3-compat); giving it, or --weights, turns IS/FID/KID on unless --no-fidelity"),
     seed: Optional[int] = typer.Option(None, "--seed", help=f"seed of the latent codes (default {_evaluate_default('seed')})"),
     device: Optional[str] = typer.Option(None, "--device", help="default: the generator's device"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="only these, comma-separated, e.g. fid10k_train,kid10k_train (names for N = --samples, which they set when it is not given; docs/evaluate.md lists them); default: all"),
     sets: list[str] = SetOpt,
     refresh: bool = typer.Option(False, "--refresh", help="recompute even if this evaluation is cached"),
     as_json: bool = JsonOpt,
@@ -316,7 +317,7 @@ def evaluate_cmd(
     dataset = find_train_artifact(run).summary.get("dataset")  # its data set's defaults apply, as in `subsample run`
     cfg = resolve_evaluate_config({
         "samples": samples, "batch_size": batch_size, "weights": weights, "fidelity": fidelity,
-        "feature_extractor": feature_extractor, "seed": seed, "device": device,
+        "feature_extractor": feature_extractor, "seed": seed, "device": device, "metrics": metrics,
     }, dataset, sets=sets)
     from pipeline.stages.evaluate import run_evaluate
 

@@ -103,8 +103,9 @@ class CompareConfig(BaseModel):
     def _known_strategies(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         from pipeline.data.strategies import STRATEGIES as REGISTERED
 
-        unknown = [s for s in v if s not in REGISTERED]
-        if unknown or not v or len(set(v)) != len(v):
+        for s in v:
+            REGISTERED.validate(s)
+        if not v or len(set(v)) != len(v):
             raise ValueError(f"give distinct strategies among {', '.join(REGISTERED)} (got {list(v)})")
         return v
 
@@ -120,7 +121,9 @@ class CompareConfig(BaseModel):
     def _known_presets(cls, v: Optional[tuple[str, ...]]) -> Optional[tuple[str, ...]]:
         from pipeline.presets import PRESETS
 
-        if v is not None and (not v or len(set(v)) != len(v) or any(p not in PRESETS for p in v)):
+        for p in v or ():
+            PRESETS.validate(p)
+        if v is not None and (not v or len(set(v)) != len(v)):
             raise ValueError(f"give distinct presets among {', '.join(PRESETS)} (got {list(v)})")
         return v
 

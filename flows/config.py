@@ -505,9 +505,8 @@ def resolve_config(
     sets_data = parse_overrides(sets, stage, stage if stage in STAGE_SECTIONS else None)
     flag_data = drop_none(flags or {})
     given = merge(merge(as_fields(fields), sets_data), flag_data)
-    asked = given.get("evaluate") or {}
-    if ("weights" in asked or "feature_extractor" in asked) and "fidelity" not in asked:
-        given = merge(given, {"evaluate": {"fidelity": True}})  # an extractor or its weights named: IS/FID/KID wanted
+    given = merge(given, {"evaluate": implied_evaluate(given.get("evaluate") or {})})
+    asked = given["evaluate"]
     check_keys(given, stage)
     dataset = given.get("dataset", RunConfig.model_fields["dataset"].default)
     try:
@@ -539,14 +538,35 @@ def resolve_config(
         layer, why = evaluate_machine_defaults(run_device(effective(given, "evaluate", "device")))
         if why and all(k in asked for k in layer):
             why = None  # everything the machine's layer sets was given
-    if why:
-        note(why if only == "evaluate" else f"{stage}: {why.split('; an evaluation')[0] if only == 'train' else why}")
     flag_paths = {(s, f) for s, v in flag_data.items() if isinstance(v, dict) for f in v} | {(k,) for k, v in flag_data.items()
                                                                                               if not isinstance(v, dict)}
     try:
-        return RunConfig.model_validate(data)
+        cfg = RunConfig.model_validate(data)
     except ValidationError as e:
         raise SubsampleError(stage, validation_message(e, RunConfig, flags=flag_paths)) from None
+    if why:  # after validation: a refused command prints its one error line only
+        note(why if only == "evaluate" else f"{stage}: {why.split('; an evaluation')[0] if only == 'train' else why}")
+    return cfg
+
+
+def implied_evaluate(asked: dict[str, Any]) -> dict[str, Any]:
+    """What an evaluation's given settings imply: an extractor or its weights named turns IS/FID/KID
+    on; metric names (``fid10k_train``) carry their sample count and whether torch-fidelity runs.
+    Only what was not given itself is implied."""
+    implied: dict[str, Any] = {}
+    if ("weights" in asked or "feature_extractor" in asked) and "fidelity" not in asked:
+        implied["fidelity"] = True
+    if asked.get("metrics"):
+        from pipeline.metrics import parse_metric_name
+
+        names = asked["metrics"].split(",") if isinstance(asked["metrics"], str) else list(asked["metrics"])
+        parsed = [parse_metric_name(str(x).strip()) for x in names]
+        counts = {n for _, n in filter(None, parsed)}
+        if "samples" not in asked and len(counts) == 1 and all(parsed):
+            implied["samples"] = counts.pop()
+        if "fidelity" not in asked and any(p and p[0].family == "fidelity" for p in parsed):
+            implied["fidelity"] = True
+    return implied
 
 
 def describe_batches(b: BatchesConfig) -> str:

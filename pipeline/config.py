@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Collection, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class StageConfig(BaseModel):
@@ -93,6 +93,19 @@ class FeaturesConfig(StageConfig):
 
     _execution_fields: ClassVar[frozenset[str]] = frozenset({"dask_address", "scheduler", "workers"})
 
+    @field_validator("features")
+    @classmethod
+    def _registered(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        """Registered in kernels.features (a plain dict: kernels sit below the registry type),
+        with every registry's unknown-name message."""
+        from kernels.features import FEATURES
+        from pipeline.registry import unknown_message
+
+        for name in v:
+            if name not in FEATURES:
+                raise ValueError(unknown_message("feature", name, FEATURES))
+        return v
+
 
 MAX_TABLE_CELLS = 1 << 24  # 16.8 M cells (128 MiB of int64 counts): far above any useful table, far below a crash
 
@@ -129,7 +142,15 @@ class TablesConfig(StageConfig):
         return v
 
 
-Strategy = Literal["random", "constructed", "dealt"]
+# The batch strategies and the constructed strategy's modes. pipeline.data.strategies registers
+# exactly these (its import checks it) and the configs' Literals are made from them, so a name is
+# written once; they live here because the configs sit below the strategies.
+STRATEGY_NAMES = ("random", "constructed", "dealt")
+FILL_MODES = ("topk", "coverage")
+TOPUP_MODES = ("topk", "random")
+Strategy = Literal[STRATEGY_NAMES]  # type: ignore[valid-type]
+FillMode = Literal[FILL_MODES]  # type: ignore[valid-type]
+TopupMode = Literal[TOPUP_MODES]  # type: ignore[valid-type]
 
 
 class BatchesConfig(StageConfig):
@@ -140,10 +161,10 @@ class BatchesConfig(StageConfig):
     epochs: int = Field(1, ge=1, description="epochs of batches stored (epoch e is seeded from (seed, e))")
     seed: int = Field(0, ge=0)
     top_k: int = Field(8, ge=1, description="constructed: shortfall filled from the k most frequent cells")
-    fill: Literal["topk", "coverage"] = Field(
+    fill: FillMode = Field(
         "topk", description="constructed: 'coverage' first fills with not-yet-drawn images of cells whose T2 = 0"
     )
-    topup: Literal["topk", "random"] = Field(
+    topup: TopupMode = Field(
         "topk",
         description="constructed: how the shortfall B - sum(T2) is spread over the k most frequent cells: 'topk' "
         "in proportion, exactly (largest remainder; every batch the same, KL spread 0), 'random' a multinomial "
@@ -184,7 +205,7 @@ class TrainConfig(StageConfig):
     d_batchnorm: bool = Field(True, description="batch norm in D (off for gradient penalties)")
     # losses (pipeline.gan.losses)
     loss: str = Field("nonsaturating", description="registered loss (pipeline.gan.losses.LOSSES)")
-    g_loss: Literal["nonsaturating", "minimax"] | None = Field(
+    g_loss: str | None = Field(
         None,
         description="gan method, logistic losses: G's objective, 'nonsaturating' -log D(G(z)) or 'minimax' "
         "log(1 - D(G(z))) (Goodfellow et al. 2014 Eq. 1, as Chen et al. print it); None = the loss's own. "
@@ -215,7 +236,7 @@ class TrainConfig(StageConfig):
     began_lambda_k: float = Field(1e-3, ge=0, description="began: learning rate λ_k of k_t")
     recon_weight: float = Field(1.0, gt=0, description="decoding-constrained: weight of the L2 reconstruction step")
     # optimisers
-    optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
+    optimizer: str = Field("adam", description="registered optimiser (pipeline.gan.losses.OPTIMIZERS): adam, rmsprop, sgd")
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1, description="Adam")
@@ -279,20 +300,23 @@ class TrainConfig(StageConfig):
             params["per_rank_batchnorm_world_size"] = self.nproc_per_node * self.nnodes
         return params
 
-    @field_validator("arch", "loss", "method")
+    @field_validator("arch", "loss", "method", "optimizer", "g_loss")
     @classmethod
-    def _registered(cls, v: str, info) -> str:
-        """Each of these names a registry entry (imported lazily: the registries import torch)."""
-        from pipeline.gan.losses import LOSSES
+    def _registered(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """Each of these names a registry entry, checked by the registry so the message is every
+        registry's (imported lazily: the registries import torch). ``g_loss`` names one of the
+        logistic losses."""
+        from pipeline.gan.losses import LOGISTIC_LOSSES, LOSSES, OPTIMIZERS
         from pipeline.gan.methods import METHODS
         from pipeline.gan.models import ARCHITECTURES
+        from pipeline.registry import unknown_message
 
-        registry, what = {"arch": (ARCHITECTURES, "architecture"), "loss": (LOSSES, "loss"), "method": (METHODS, "method")}[
-            info.field_name
-        ]
-        if v not in registry:
-            raise ValueError(f"unknown {what} {v!r}; registered: {', '.join(sorted(registry))}")
-        return v
+        if info.field_name == "g_loss":
+            if v is not None and v not in LOGISTIC_LOSSES:
+                raise ValueError(unknown_message("logistic loss", v, LOGISTIC_LOSSES))
+            return v
+        registry = {"arch": ARCHITECTURES, "loss": LOSSES, "method": METHODS, "optimizer": OPTIMIZERS}[info.field_name]
+        return registry.validate(v)
 
 
 # --- evaluate -----------------------------------------------------------------------------------
@@ -305,6 +329,12 @@ class EvaluateConfig(StageConfig):
     samples: int = Field(10_000, ge=2, description="generated images N (metric names carry it: fid10k_train)")
     seed: int = Field(0, description="seed of the latent codes z, so an evaluation is reproducible")
     fidelity: bool = Field(True, description="compute IS / FID / KID with torch-fidelity (needs the extractor's weights)")
+    metrics: tuple[str, ...] | None = Field(
+        None,
+        description="the metrics to compute, by protocol name for N = samples (fid10k_train, kid10k_train, is10k, "
+        "feature_kl10k_train, ...: pipeline.metrics.METRICS, docs/evaluate.md); a comma-separated string is split. "
+        "None = all of them",
+    )
     feature_extractor: str = Field(
         "inception-v3-compat", description="torch-fidelity feature extractor (registered name)"
     )
@@ -325,6 +355,33 @@ class EvaluateConfig(StageConfig):
     download_timeout_s: float = Field(20.0, gt=0, description="socket timeout when fetching extractor weights")
 
     _execution_fields: ClassVar[frozenset[str]] = frozenset({"weights", "batch_size", "device", "download_timeout_s"})
+    _key_omits_default: ClassVar[frozenset[str]] = frozenset({"metrics"})  # None (all): the key before it existed
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        return tuple(x.strip() for x in v.split(",") if x.strip()) if isinstance(v, str) else v
+
+    @field_validator("metrics")
+    @classmethod
+    def _registered_metrics(cls, v: tuple[str, ...] | None, info: ValidationInfo) -> tuple[str, ...] | None:
+        """Names of :func:`pipeline.metrics.metrics_for` the sample count (the registry's message
+        for any other), in registration order without repeats, so the key does not depend on how
+        they were listed. Metrics computed by torch-fidelity need ``fidelity`` on."""
+        from pipeline.metrics import metrics_for
+
+        if v is None or "samples" not in info.data:  # an invalid sample count is reported on its own
+            return v
+        if not v:
+            raise ValueError("name at least one metric, or leave metrics unset for all of them")
+        registry = metrics_for(info.data["samples"])
+        for name in v:
+            registry.validate(name)
+        torch_fidelity = [name for name in v if registry[name].family == "fidelity"]
+        if torch_fidelity and not info.data.get("fidelity", True):
+            verb = "needs" if len(torch_fidelity) == 1 else "need"
+            raise ValueError(f"{', '.join(torch_fidelity)} {verb} IS/FID/KID on (fidelity=true, --fidelity)")
+        return tuple(name for name in registry if name in v)
 
 
 # --- one line for a configuration error ---------------------------------------------------------

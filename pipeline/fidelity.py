@@ -22,14 +22,17 @@ import zipfile
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from pipeline.config import EvaluateConfig
-from pipeline.metrics import count_tag, feature_kl, sharpness_stats
+from pipeline.metrics import (
+    FEATURE_KL, FID, IS, KID, METRICS, Metric, count_tag, feature_kl, selected_metrics, sharpness_stats,
+)
+from pipeline.registry import Registry
 from storage.errors import SubsampleError, brief, one_line
 from storage.locks import owner_tag
 from storage.paths import home, inside_home
@@ -371,11 +374,14 @@ def fidelity_scores(
     cache_root: str | Path | None = None,
     cuda: bool = False,
     progress: bool = False,
+    wanted: Collection[Metric] = (IS, FID, KID),
 ) -> FidelityResult:
     """IS of ``generated``, FID and KID between ``generated`` and ``reference`` (torch-fidelity's
-    metric functions, ``cfg.feature_extractor``). With ``reference_cache_name`` the reference's
-    features and FID statistics are cached under ``cache_root`` and reused by later calls. Metric
-    names follow :func:`count_tag`: ``is{N}``, ``is{N}_std``, ``fid{N}_train``, ``kid{N}_train``,
+    metric functions, ``cfg.feature_extractor``), those of them ``wanted``: one feature extraction
+    of the generated images serves all three, the reference's is only needed for FID or KID. With
+    ``reference_cache_name`` the reference's features and FID statistics are cached under
+    ``cache_root`` and reused by later calls (whichever of FID and KID asked). Metric names follow
+    :func:`count_tag`: ``is{N}``, ``is{N}_std``, ``fid{N}_train``, ``kid{N}_train``,
     ``kid{N}_train_std``. ``weights_path`` is loaded weights-only and handed over in memory."""
     import torch_fidelity
     from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
@@ -418,27 +424,31 @@ def fidelity_scores(
             return get_featuresdict_from_dataset(ds, extractor, cfg.batch_size, cuda, True, progress)
 
         f_gen = features(generated)
-        cached = _load_reference_cache(cache_file, layers, layer_fid, n_ref) if cache_file is not None else None
-        if cached is not None:
-            f_ref, stats_ref = cached["features"], cached["fid"]
+        cached = None
+        if FID in wanted or KID in wanted:
+            cached = _load_reference_cache(cache_file, layers, layer_fid, n_ref) if cache_file is not None else None
+            if cached is not None:
+                f_ref, stats_ref = cached["features"], cached["fid"]
+            else:
+                f_ref = features(reference)
+                stats_ref = fid_featuresdict_to_statistics(f_ref, layer_fid)
+                if cache_file is not None:
+                    _save_reference_cache(cache_file, f_ref, stats_ref)
         else:
-            f_ref = features(reference)
-            stats_ref = fid_featuresdict_to_statistics(f_ref, layer_fid)
-            if cache_file is not None:
-                _save_reference_cache(cache_file, f_ref, stats_ref)
-        raw = {
-            **isc_featuresdict_to_metric(f_gen, layer_isc, **kwargs),
-            **fid_statistics_to_metric(fid_featuresdict_to_statistics(f_gen, layer_fid), stats_ref, progress),
-            **kid_featuresdict_to_metric(f_gen, f_ref, layer_kid, **kwargs),
-        }
-    t = count_tag(n)
-    metrics = {
-        f"is{t}": raw[torch_fidelity.KEY_METRIC_ISC_MEAN],
-        f"is{t}_std": raw[torch_fidelity.KEY_METRIC_ISC_STD],
-        f"fid{t}_train": raw[torch_fidelity.KEY_METRIC_FID],
-        f"kid{t}_train": raw[torch_fidelity.KEY_METRIC_KID_MEAN],
-        f"kid{t}_train_std": raw[torch_fidelity.KEY_METRIC_KID_STD],
+            cache_file = None  # IS alone reads no reference
+        raw: dict[str, Any] = {}
+        if IS in wanted:
+            raw.update(isc_featuresdict_to_metric(f_gen, layer_isc, **kwargs))
+        if FID in wanted:
+            raw.update(fid_statistics_to_metric(fid_featuresdict_to_statistics(f_gen, layer_fid), stats_ref, progress))
+        if KID in wanted:
+            raw.update(kid_featuresdict_to_metric(f_gen, f_ref, layer_kid, **kwargs))
+    values = {  # each metric's outputs (Metric.outputs order), from torch-fidelity's keys
+        IS: (torch_fidelity.KEY_METRIC_ISC_MEAN, torch_fidelity.KEY_METRIC_ISC_STD),
+        FID: (torch_fidelity.KEY_METRIC_FID,),
+        KID: (torch_fidelity.KEY_METRIC_KID_MEAN, torch_fidelity.KEY_METRIC_KID_STD),
     }
+    metrics = {name: raw[k] for m in (IS, FID, KID) if m in wanted for name, k in zip(m.outputs(n), values[m])}
     status = "off" if cache_file is None else ("hit" if cached is not None else "miss")
     return FidelityResult({k: float(v) for k, v in metrics.items()}, status)
 
@@ -468,24 +478,27 @@ class EvalContext:
         return count_tag(len(self.images))
 
 
-MetricFamily = Callable[[EvalContext], dict[str, float]]
+MetricFamily = Callable[[EvalContext, frozenset[Metric]], dict[str, float]]
+"""``family(ctx, wanted) -> {name: value}``: the ``wanted`` metrics of one family (at least one),
+with their companions, computing only what they need."""
 
 
-METRIC_FAMILIES: dict[str, MetricFamily] = {}
+METRIC_FAMILIES: Registry[MetricFamily] = Registry("metric family", stage=STAGE)
 
 
 def register_metric_family(name: str) -> Callable[[MetricFamily], MetricFamily]:
-    def deco(fn: MetricFamily) -> MetricFamily:
-        METRIC_FAMILIES[name] = fn
-        return fn
+    return METRIC_FAMILIES.register(name=name)
 
-    return deco
+
+def needs_fidelity(cfg: EvaluateConfig) -> bool:
+    """Will this evaluation run torch-fidelity (so it needs the extractor's weights)?"""
+    return cfg.fidelity and any(m.family == "fidelity" for m in selected_metrics(cfg.metrics, cfg.samples))
 
 
 @register_metric_family("fidelity")
-def fidelity_metrics(ctx: EvalContext) -> dict[str, float]:
-    """``is{N}``, ``fid{N}_train``, ``kid{N}_train`` (torch-fidelity); skipped with a reason when
-    disabled or when the extractor's weights are unavailable."""
+def fidelity_metrics(ctx: EvalContext, wanted: frozenset[Metric]) -> dict[str, float]:
+    """``is{N}``, ``fid{N}_train``, ``kid{N}_train`` (torch-fidelity, one feature extraction for
+    all); skipped with a reason when disabled or when the extractor's weights are unavailable."""
     if not ctx.cfg.fidelity:
         ctx.notes["fidelity"] = "skipped: disabled (--no-fidelity, the default on a CPU)"
         return {}
@@ -503,6 +516,7 @@ def fidelity_metrics(ctx: EvalContext) -> dict[str, float]:
             reference_cache_name=ctx.reference_cache_name,
             cuda=ctx.cuda,
             progress=ctx.progress,
+            wanted=wanted,
         )
     except _NETWORK_ERRORS as e:  # an extractor other than Inception fetching its own weights
         reason = f"{ctx.cfg.feature_extractor} weights not available offline ({getattr(e, 'reason', None) or e}); pass --weights PATH"
@@ -515,31 +529,33 @@ def fidelity_metrics(ctx: EvalContext) -> dict[str, float]:
 
 
 @register_metric_family("feature")
-def feature_space_metrics(ctx: EvalContext) -> dict[str, float]:
+def feature_space_metrics(ctx: EvalContext, wanted: frozenset[Metric]) -> dict[str, float]:
     """``feature_kl{N}_train`` = KL(f_G || f_X) with f_X smoothed (0.5 per cell), its floor at N
     samples ``feature_kl{N}_train_floor`` (mean over real samples of N, s.d. ``..._floor_sd``),
     ``feature_js{N}_train``, and ``feature_outside{N}_train``: the fraction of generated images in
-    cells no training image occupies (spec §5)."""
+    cells no training image occupies (spec §5). One binning serves all three; the floor (N real
+    samples, several times) is computed only with the KL."""
     from kernels.features import compute_features
     from pipeline.floors import cached_feature_kl_floor
 
     values = compute_features(ctx.images, names=tuple(ctx.table.features))
     r = feature_kl(ctx.table.bin_values(values), ctx.table)
-    floor = cached_feature_kl_floor(ctx.table, ctx.table_hash, len(ctx.images))
     t = ctx.tag
     out = {
         f"feature_kl{t}_train": r["kl"],
-        f"feature_kl{t}_train_floor": floor["mean"],
         f"feature_js{t}_train": r["js"],
         f"feature_outside{t}_train": r["empty_cells_hit"],
     }
-    if floor["sd"] is not None:
-        out[f"feature_kl{t}_train_floor_sd"] = floor["sd"]
+    if FEATURE_KL in wanted:
+        floor = cached_feature_kl_floor(ctx.table, ctx.table_hash, len(ctx.images))
+        out[f"feature_kl{t}_train_floor"] = floor["mean"]
+        if floor["sd"] is not None:
+            out[f"feature_kl{t}_train_floor_sd"] = floor["sd"]
     return out
 
 
 @register_metric_family("sharpness")
-def sharpness_metrics(ctx: EvalContext) -> dict[str, float]:
+def sharpness_metrics(ctx: EvalContext, wanted: frozenset[Metric]) -> dict[str, float]:
     """``sharpness_mean{N}`` and ``sharpness_diff{N}_train`` (generated − training mean, Eq. 15)."""
     from kernels.features import compute_features
 
@@ -553,14 +569,30 @@ def sharpness_metrics(ctx: EvalContext) -> dict[str, float]:
     }
 
 
+# every metric is computed by a registered family
+if {m.family for m in METRICS.values()} - set(METRIC_FAMILIES):
+    raise ImportError(f"metrics of unregistered families: {sorted({m.family for m in METRICS.values()} - set(METRIC_FAMILIES))}")
+
+
 def evaluate_images(ctx: EvalContext, families: tuple[str, ...] | None = None) -> tuple[dict[str, float], dict[str, float]]:
-    """Run the metric families on ``ctx`` -> ``(metrics, seconds per family)``."""
+    """Compute the metrics ``ctx.cfg.metrics`` selects (None: all), those of ``families`` only
+    when given -> ``(metrics, seconds per family)``. Each family runs once, for all its selected
+    metrics, and only the selected metrics (and their companions) are returned."""
+    n = len(ctx.images)
+    chosen = [m for m in selected_metrics(ctx.cfg.metrics, n) if families is None or m.family in families]
     metrics: dict[str, float] = {}
     timing: dict[str, float] = {}
-    for name in families or tuple(METRIC_FAMILIES):
+    for family, compute in METRIC_FAMILIES.items():
+        wanted = frozenset(m for m in chosen if m.family == family)
+        if not wanted:
+            if family == "fidelity" and (families is None or family in families):
+                ctx.notes["fidelity"] = "skipped: not among the metrics asked for (--metrics)"
+            continue
         t0 = time.perf_counter()
-        metrics.update(METRIC_FAMILIES[name](ctx))
-        timing[name] = round(time.perf_counter() - t0, 3)
+        out = compute(ctx, wanted)
+        keep = {name for m in wanted for name in m.outputs(n)}
+        metrics.update({name: v for name, v in out.items() if name in keep})
+        timing[family] = round(time.perf_counter() - t0, 3)
     return metrics, timing
 
 

@@ -1,7 +1,9 @@
-"""Feature-space metrics between generated images and the training set (spec §5).
+"""Feature-space metrics between generated images and the training set (spec §5), and the
+registry of the evaluation's metrics by protocol name (:data:`METRICS`).
 
 Plain numpy on already-binned cells; no I/O. ``pipeline.stages.evaluate`` and the training stage's
-per-epoch diagnostics both use :func:`feature_kl`.
+per-epoch diagnostics both use :func:`feature_kl`. The metric names live here, torch-free, so a
+config naming them is checked where it is made; ``pipeline.fidelity`` computes them.
 
 Decisions (spec §5):
 
@@ -23,9 +25,13 @@ Decisions (spec §5):
 """
 from __future__ import annotations
 
-from typing import Any
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
 
 import numpy as np
+
+from pipeline.registry import Registry
 
 PSEUDO_COUNT = 0.5
 FLOOR_REPEATS = 10  # real samples behind a floor (its mean and s.d.)
@@ -35,6 +41,101 @@ FLOOR_SEED = 0
 def count_tag(n: int) -> str:
     """stylegan2-ada's count notation in metric names: 50000 -> '50k', 1234 -> '1234'."""
     return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+# --- the evaluation's metrics, registered by protocol name ------------------------------------------
+# stylegan2-ada's metric_main registers fid50k_full: the name says what is computed, on how many
+# images, against what. Here N (the generated-sample count, ``EvaluateConfig.samples``) varies, so
+# a metric is registered under its template ("fid{N}_train") and named for a given N by
+# :func:`metrics_for` (fid10k_train at N = 10,000; fid2k_train at 2,000).
+
+STAGE = "evaluate"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One selectable metric: its protocol ``template`` (``{N}`` is the sample count in
+    :func:`count_tag` notation), what it is, the ``family`` that computes it
+    (``pipeline.fidelity.METRIC_FAMILIES``: the metrics of one family share their work, e.g. one
+    feature extraction for IS, FID and KID) and the ``companions`` reported with it (its s.d., its
+    floor)."""
+
+    template: str
+    description: str
+    family: str
+    companions: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.template
+
+    def at(self, n: int) -> str:
+        """The metric's name for N = ``n`` generated images: ``fid{N}_train`` -> ``fid10k_train``."""
+        return self.template.replace("{N}", count_tag(n))
+
+    def outputs(self, n: int) -> tuple[str, ...]:
+        """Every value it reports at N = ``n``: its name, then its companions'."""
+        return (self.at(n), *(c.replace("{N}", count_tag(n)) for c in self.companions))
+
+
+METRICS: Registry[Metric] = Registry("metric", stage=STAGE)
+IS = METRICS.register(Metric(
+    "is{N}", "Inception Score of N generated images (torch-fidelity; mean over ``isc_splits`` splits, s.d. ``is{N}_std``)",
+    "fidelity", ("is{N}_std",)))
+FID = METRICS.register(Metric(
+    "fid{N}_train", "FID between N generated images and the full training set (torch-fidelity)", "fidelity"))
+KID = METRICS.register(Metric(
+    "kid{N}_train", "KID between N generated images and the full training set (torch-fidelity; mean over "
+    "``kid_subsets`` subsets, s.d. ``kid{N}_train_std``)", "fidelity", ("kid{N}_train_std",)))
+FEATURE_KL = METRICS.register(Metric(
+    "feature_kl{N}_train", "KL(f_G || f_X) of N generated images' binned features against the training table, "
+    "f_X smoothed (spec §5); its floor at N real samples beside it (``feature_kl{N}_train_floor``, ``_floor_sd``)",
+    "feature", ("feature_kl{N}_train_floor", "feature_kl{N}_train_floor_sd")))
+FEATURE_JS = METRICS.register(Metric(
+    "feature_js{N}_train", "JS(f_G, f_X) of the same binned distributions, unsmoothed, in [0, ln 2]", "feature"))
+FEATURE_OUTSIDE = METRICS.register(Metric(
+    "feature_outside{N}_train", "fraction of the N generated images in cells no training image occupies", "feature"))
+SHARPNESS_MEAN = METRICS.register(Metric(
+    "sharpness_mean{N}", "mean energy-gradient sharpness (Eq. 15) of N generated images", "sharpness"))
+SHARPNESS_DIFF = METRICS.register(Metric(
+    "sharpness_diff{N}_train", "generated minus training mean sharpness (the training mean as ``sharpness_mean_train``)",
+    "sharpness", ("sharpness_mean_train",)))
+
+
+def metrics_for(n: int) -> Registry[Metric]:
+    """The metrics under their names for N = ``n`` (``fid10k_train``, ...), in registration order:
+    what ``--metrics`` accepts, and what an unknown name is told."""
+    reg: Registry[Metric] = Registry("metric", stage=STAGE)
+    for m in METRICS.values():
+        reg.register(m, name=m.at(n))
+    return reg
+
+
+def selected_metrics(names: Optional[Iterable[str]], n: int, *, stage: str = STAGE) -> tuple[Metric, ...]:
+    """The metrics ``names`` select at N = ``n`` (None: all), in registration order;
+    :class:`~pipeline.registry.UnknownName` for a name that is not one of :func:`metrics_for`."""
+    if names is None:
+        return tuple(METRICS.values())
+    reg = metrics_for(n)
+    chosen = {reg.get(name, stage=stage) for name in names}
+    return tuple(m for m in METRICS.values() if m in chosen)
+
+
+def _template_re(template: str) -> re.Pattern:
+    return re.compile(re.escape(template).replace(re.escape("{N}"), r"(\d+)(k?)") + r"\Z")
+
+
+def parse_metric_name(name: str) -> Optional[tuple[Metric, int]]:
+    """``(metric, N)`` of a metric's name at some N (``fid10k_train`` -> (FID, 10000)), or None
+    when ``name`` is no metric's name at any N (``fid10000_train`` is not: 10,000 is ``10k``)."""
+    for m in METRICS.values():
+        hit = _template_re(m.template).match(name)
+        if hit:
+            n = int(hit[1]) * (1000 if hit[2] else 1)
+            if n > 0 and m.at(n) == name:
+                return m, n
+    return None
+
 
 
 def cell_distribution(cells: np.ndarray, n_cells: int) -> np.ndarray:

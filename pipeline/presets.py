@@ -22,7 +22,8 @@ from typing import Any, Mapping, Optional
 from pydantic import ValidationError
 
 from pipeline.config import BatchesConfig, TrainConfig, unknown_keys_message, validation_message  # noqa: F401 (re-exported)
-from storage.errors import SubsampleError, did_you_mean
+from pipeline.registry import Registry
+from storage.errors import SubsampleError
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Preset:
         return {**self.train, **extra.get("train", {})}, {**self.batches, **extra.get("batches", {})}
 
 
-PRESETS: dict[str, Preset] = {}
+PRESETS: Registry[Preset] = Registry("preset", stage="train")
 
 # Data set names that are known kinds. Other names get their kind from their store's source format
 # once ingested (a CIFAR-10 binary or python source: cifar10), else none (the preset's defaults).
@@ -69,17 +70,13 @@ def dataset_kind(dataset: Optional[str]) -> Optional[str]:
     return "cifar10" if fmt.startswith("cifar10") else None
 
 
-def register_preset(preset: Preset) -> Preset:
-    PRESETS[preset.name] = preset
-    return preset
+register_preset = PRESETS.register
 
 
 def get_preset(name: str, stage: str = "train") -> Preset:
-    if name not in PRESETS:
-        raise SubsampleError(
-            stage, f"unknown preset {name!r}{did_you_mean(name, PRESETS)}; `subsample presets` describes them: {', '.join(PRESETS)}"
-        )
-    return PRESETS[name]
+    """The preset ``name``; :class:`~pipeline.registry.UnknownName` under ``stage`` when there is
+    none (`subsample presets` describes them)."""
+    return PRESETS.get(name, stage=stage)
 
 
 def resolve_train_config(

@@ -394,3 +394,21 @@ def test_no_fidelity_and_missing_run_from_the_cli(trained, monkeypatch, capsys):
     assert cli(["evaluate", "0123456789abcdef", "--samples", "32", "--json"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "0123456789abcdef" in captured.err
+
+
+def test_metrics_one_by_one_end_to_end(trained, monkeypatch):
+    """``--metrics``: only the named metrics are computed and stored, under a key of their own;
+    IS/FID/KID alone share the tiny extractor's features; the values are the full evaluation's."""
+    home, key, _ = trained
+    monkeypatch.setenv("SUBSAMPLE_HOME", str(home))
+    full = ev.run_evaluate(key, EvaluateConfig(samples=50, feature_extractor=TINY, kid_subsets=5, grid=0), progress=False)
+    only = EvaluateConfig(samples=50, fidelity=False, metrics="feature_kl50_train", grid=0)
+    s = ev.run_evaluate(key, only, progress=False)
+    assert set(s["metrics"]) == {"feature_kl50_train", "feature_kl50_train_floor", "feature_kl50_train_floor_sd"}
+    assert s["metrics"] == {k: full["metrics"][k] for k in s["metrics"]}
+    assert s["fidelity"] == "skipped: not among the metrics asked for (--metrics)" and s["key"] != full["key"]
+    assert ev.run_evaluate(key, only, progress=False)["cache_hit"] is True
+    two = ev.run_evaluate(key, EvaluateConfig(samples=50, feature_extractor=TINY, kid_subsets=5, grid=0,
+                                              metrics=("kid50_train", "fid50_train")), progress=False)
+    assert two["metrics"] == {k: full["metrics"][k] for k in ("fid50_train", "kid50_train", "kid50_train_std")}
+    assert two["fidelity"] == "ok" and two["fidelity_reference_cache"] == "hit"  # the full run cached the reference

@@ -124,8 +124,12 @@ def test_unreachable_scheduler_is_a_user_error(home, monkeypatch):
 
 def test_unknown_feature_is_a_user_error(home):
     make_store("tiny")
-    with pytest.raises(SubsampleError, match="unknown feature"):
-        run_features("tiny", FeaturesConfig(features=("nope",)), progress=False)
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="unknown feature 'nope'"):
+        FeaturesConfig(features=("nope",))
+    with pytest.raises(SubsampleError, match="unknown feature 'nope'"):  # a config built without validation
+        run_features("tiny", FeaturesConfig.model_construct(features=("nope",)), progress=False)
 
 
 # --- tables -------------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ def test_spectral_norm_and_batchnorm_switches():
 
 def test_architecture_registry():
     assert "dcgan" in ARCHITECTURES
-    with pytest.raises(ValueError, match="unknown architecture"):
+    with pytest.raises(SubsampleError, match="unknown architecture 'nope'"):
         build_generator(ModelSpec(arch="nope"))
 
 
@@ -190,7 +190,7 @@ def test_optimizer_registry():
     assert isinstance(make_optimizer("rmsprop", p, 5e-5, cfg), torch.optim.RMSprop)
     sgd = make_optimizer("sgd", p, 0.1, cfg)
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.8
-    with pytest.raises(ValueError, match="unknown optimizer"):
+    with pytest.raises(SubsampleError, match="unknown optimizer 'lbfgs'"):
         make_optimizer("lbfgs", p, 0.1, cfg)
 
 

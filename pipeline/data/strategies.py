@@ -22,15 +22,11 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from pipeline.config import FILL_MODES, STRATEGY_NAMES, TOPUP_MODES
+from pipeline.registry import Registry, UnknownName
 from storage.errors import SubsampleError
 
 STAGE = "batches"
-
-
-FILL_MODES = ("topk", "coverage")
-
-
-TOPUP_MODES = ("topk", "random")
 
 
 class TableLike(Protocol):
@@ -48,17 +44,13 @@ class TableLike(Protocol):
 StrategyFn = Callable[..., np.ndarray]
 
 
-STRATEGIES: dict[str, StrategyFn] = {}
+STRATEGIES: Registry[StrategyFn] = Registry("strategy", stage=STAGE)
 
 
 def register_strategy(name: str) -> Callable[[StrategyFn], StrategyFn]:
-    """Register ``fn(table, batch_size, rng, *, top_k, fill, topup) -> int64 (m, B)`` under ``name``."""
-
-    def deco(fn: StrategyFn) -> StrategyFn:
-        STRATEGIES[name] = fn
-        return fn
-
-    return deco
+    """Register ``fn(table, batch_size, rng, *, top_k, fill, topup) -> int64 (m, B)`` under ``name``
+    (one of :data:`pipeline.config.STRATEGY_NAMES`, which the configs' ``Strategy`` is made of)."""
+    return STRATEGIES.register(name=name)
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -96,16 +88,15 @@ def construct_epoch(
         raise SubsampleError(
             STAGE, f"batch size {batch_size} is larger than the data set ({n} images); choose --batch-size <= {n}"
         )
-    if strategy not in STRATEGIES:
-        raise SubsampleError(STAGE, f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    fn = STRATEGIES[strategy]  # UnknownName
     if top_k < 1:
         raise SubsampleError(STAGE, f"top_k must be at least 1, got {top_k}")
     if fill not in FILL_MODES:
-        raise SubsampleError(STAGE, f"unknown fill mode {fill!r}; choose one of {', '.join(FILL_MODES)}")
+        raise UnknownName(STAGE, "fill mode", fill, FILL_MODES)
     if topup not in TOPUP_MODES:
-        raise SubsampleError(STAGE, f"unknown top-up mode {topup!r}; choose one of {', '.join(TOPUP_MODES)}")
+        raise UnknownName(STAGE, "top-up mode", topup, TOPUP_MODES)
     rng = epoch_rng(seed, epoch)
-    out = STRATEGIES[strategy](table, batch_size, rng, top_k=top_k, fill=fill, topup=topup)
+    out = fn(table, batch_size, rng, top_k=top_k, fill=fill, topup=topup)
     assert out.shape == (batches_per_epoch(n, batch_size), batch_size), out.shape
     return out
 
@@ -379,3 +370,8 @@ def dealt_batches(table: TableLike, batch_size: int, rng: np.random.Generator, *
     kept = members[pos < np.repeat(keep[in_order], counts[in_order])]
     # Position q goes to batch q mod m: row j is kept[j::m], already ordered by cell.
     return np.ascontiguousarray(kept.reshape(batch_size, m).T).astype(np.int64, copy=False)
+
+
+# the configs' Strategy Literal is made of STRATEGY_NAMES: the registry must hold exactly those
+if STRATEGIES.names() != STRATEGY_NAMES:
+    raise ImportError(f"pipeline.config.STRATEGY_NAMES {STRATEGY_NAMES} != registered strategies {STRATEGIES.names()}")

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-STRATEGIES = ("random", "constructed", "dealt")
+from pipeline.config import STRATEGY_NAMES as STRATEGIES  # every registered batch strategy
 PAPER_PRESETS = ("paper-constructed", "paper-128a", "paper-128b", "paper-128c", "paper-128d")
 DESIGNS = ("factorial", "paper")
 DESIGN_ARTIFACT = "design.json"  # on the parent: each configuration's resolved B, epochs, D steps, G updates

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline.registry import Registry
+
 
 @dataclass(frozen=True)
 class GanLoss:
@@ -25,12 +27,8 @@ class GanLoss:
     probabilities: bool  # sigmoid(logit) is D's probability that the input is real
 
 
-LOSSES: dict[str, GanLoss] = {}
-
-
-def register_loss(loss: GanLoss) -> GanLoss:
-    LOSSES[loss.name] = loss
-    return loss
+LOSSES: Registry[GanLoss] = Registry("loss", stage="train")
+register_loss = LOSSES.register
 
 
 def logistic_d(real: Tensor, fake: Tensor) -> Tensor:
@@ -127,20 +125,31 @@ def clip_weights(D: nn.Module, clip: float) -> None:
 
 # --- optimisers ------------------------------------------------------------------------------------
 
-OPTIMIZERS: dict[str, Callable[[Iterable[Tensor], float, Any], torch.optim.Optimizer]] = {
-    # Radford et al. §4: Adam, lr 2e-4, beta1 0.5 (beta2 as Adam's 0.999)
-    "adam": lambda params, lr, cfg: torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2)),
-    # Arjovsky et al. 2017: RMSProp (torch's defaults alpha 0.99, momentum 0, eps 1e-8, as TrainConfig's);
-    # Chen et al. 2021 give a momentum factor of 0.9 (TrainConfig.rmsprop_momentum, the paper-* presets)
-    "rmsprop": lambda params, lr, cfg: torch.optim.RMSprop(
+OptimizerFactory = Callable[[Iterable[Tensor], float, Any], torch.optim.Optimizer]
+OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer", stage="train")
+
+
+@OPTIMIZERS.register(name="adam")
+def adam(params: Iterable[Tensor], lr: float, cfg: Any) -> torch.optim.Optimizer:
+    """Adam with beta1, beta2 (Radford et al. §4: lr 2e-4, beta1 0.5; beta2 Adam's 0.999)."""
+    return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2))
+
+
+@OPTIMIZERS.register(name="rmsprop")
+def rmsprop(params: Iterable[Tensor], lr: float, cfg: Any) -> torch.optim.Optimizer:
+    """RMSProp with rmsprop_alpha, rmsprop_momentum (Arjovsky et al. 2017; Chen et al. 2021: momentum 0.9)."""
+    # torch's defaults alpha 0.99, momentum 0, eps 1e-8, as TrainConfig's; the paper-* presets set momentum 0.9
+    return torch.optim.RMSprop(
         params, lr=lr, alpha=getattr(cfg, "rmsprop_alpha", 0.99), momentum=getattr(cfg, "rmsprop_momentum", 0.0)
-    ),
-    "sgd": lambda params, lr, cfg: torch.optim.SGD(params, lr=lr, momentum=cfg.momentum),
-}
+    )
+
+
+@OPTIMIZERS.register(name="sgd")
+def sgd(params: Iterable[Tensor], lr: float, cfg: Any) -> torch.optim.Optimizer:
+    """SGD with momentum."""
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum)
 
 
 def make_optimizer(name: str, params: Iterable[Tensor], lr: float, cfg: Any) -> torch.optim.Optimizer:
     """``cfg`` supplies the optimiser's other fields (beta1, beta2, momentum, rmsprop_alpha, rmsprop_momentum)."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; registered: {', '.join(sorted(OPTIMIZERS))}")
     return OPTIMIZERS[name](params, lr, cfg)

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from pipeline.gan import distributed
 from pipeline.gan.losses import LOGISTIC_LOSSES, LOSSES, PENALTIES, clip_weights, make_optimizer
 from pipeline.gan.models import ARCHITECTURES
+from pipeline.registry import Registry
 from storage.errors import SubsampleError
 
 
@@ -215,17 +216,11 @@ class _WithLabels(nn.Module):
         return self.D(x, self.y)
 
 
-METHODS: dict[str, type[TrainingMethod]] = {}
-
-
-def register_method(cls: type[TrainingMethod]) -> type[TrainingMethod]:
-    METHODS[cls.name] = cls
-    return cls
+METHODS: Registry[type[TrainingMethod]] = Registry("method", stage=STAGE)
+register_method = METHODS.register
 
 
 def build_method(t: Any) -> TrainingMethod:
-    if t.cfg.method not in METHODS:
-        raise SubsampleError(STAGE, f"unknown method {t.cfg.method!r}; registered: {', '.join(sorted(METHODS))}")
     return METHODS[t.cfg.method](t)
 
 

@@ -28,6 +28,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from pipeline.registry import Registry
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -62,12 +64,8 @@ class Architecture:
     d_output: str = "logit"
 
 
-ARCHITECTURES: dict[str, Architecture] = {}
-
-
-def register_architecture(arch: Architecture) -> Architecture:
-    ARCHITECTURES[arch.name] = arch
-    return arch
+ARCHITECTURES: Registry[Architecture] = Registry("architecture", stage="train")
+register_architecture = ARCHITECTURES.register
 
 
 def build_generator(spec: ModelSpec) -> nn.Module:
@@ -79,9 +77,7 @@ def build_discriminator(spec: ModelSpec) -> nn.Module:
 
 
 def _architecture(name: str) -> Architecture:
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; registered: {', '.join(sorted(ARCHITECTURES))}")
-    return ARCHITECTURES[name]
+    return ARCHITECTURES[name]  # UnknownName for a name none is registered under
 
 
 def start_size(image_size: int) -> tuple[int, int]:

@@ -14,9 +14,10 @@ set it was trained on:
 - **Sharpness**: mean energy-gradient sharpness of the generated images and its difference from
   the training set's (seed paper 004).
 
-Metrics come from a small registry of metric families (stylegan2-ada's ``metric_main`` style) and
-their names carry the protocol: ``fid10k_train`` is FID between 10,000 generated images and the
-full training set; ``is10k`` the Inception Score of those 10,000 images. Results go to the
+Metrics are registered by protocol name (stylegan2-ada's ``metric_main`` style,
+:data:`pipeline.metrics.METRICS`): ``fid10k_train`` is FID between 10,000 generated images and the
+full training set; ``is10k`` the Inception Score of those 10,000 images. ``--metrics`` computes
+only those named (``EvaluateConfig.metrics``; default all), each family's shared work once. Results go to the
 artifact's ``metrics.json``, one JSON line per computed evaluation appended to
 ``$SUBSAMPLE_HOME/metrics/<train key>.jsonl`` (with timing), and the training run's MLflow run as
 ``eval/<name>``.
@@ -38,8 +39,9 @@ import torch
 
 from pipeline.config import EvaluateConfig, FeaturesConfig, TablesConfig
 from pipeline.fidelity import (
-    EvalContext, StoreDataset, WeightsUnavailable, evaluate_images, generate_images, resolve_weights,
+    EvalContext, StoreDataset, WeightsUnavailable, evaluate_images, generate_images, needs_fidelity, resolve_weights,
 )
+from pipeline.metrics import SHARPNESS_DIFF, selected_metrics
 from pipeline.stages.lineage import tables_command, upstream_artifact
 from pipeline.stages.result import StageResult
 from storage.artifacts import Artifact, artifact_key, artifact_path, build_artifact, open_artifact
@@ -148,6 +150,7 @@ def evaluate_stage(train: Artifact, cfg: EvaluateConfig, *, run: str | None = No
 
     t0 = time.perf_counter()
     run = run or train.key
+    chosen = selected_metrics(cfg.metrics, cfg.samples)  # UnknownName before anything is loaded
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     G, info = open_generator(train, map_location=device)
     dataset, train_key = info["dataset"], info["key"]
@@ -155,7 +158,7 @@ def evaluate_stage(train: Artifact, cfg: EvaluateConfig, *, run: str | None = No
 
     fidelity_skip: str | None = None
     weights_path, weights_tag = None, "none"
-    if cfg.fidelity:
+    if needs_fidelity(cfg):
         try:
             weights_path, weights_tag = resolve_weights(cfg, progress=progress)
         except WeightsUnavailable as e:
@@ -168,7 +171,7 @@ def evaluate_stage(train: Artifact, cfg: EvaluateConfig, *, run: str | None = No
             "mlflow_run_id": info.get("mlflow_run_id"), "samples": cfg.samples}
 
     art = None if refresh else open_artifact(STAGE, key)
-    if art is not None and fidelity_skip is None and cfg.fidelity and str(art.summary.get("fidelity")).startswith("skipped"):
+    if art is not None and fidelity_skip is None and needs_fidelity(cfg) and str(art.summary.get("fidelity")).startswith("skipped"):
         art = None  # cached while the extractor's weights were unreachable; they are reachable now
     if art is not None:
         s = art.summary
@@ -197,7 +200,7 @@ def evaluate_stage(train: Artifact, cfg: EvaluateConfig, *, run: str | None = No
         images=images,
         cfg=cfg,
         table=table,
-        train_sharpness_mean=_train_sharpness_mean(table, tables_art, store),
+        train_sharpness_mean=_train_sharpness_mean(table, tables_art, store) if SHARPNESS_DIFF in chosen else float("nan"),
         table_hash=tables_art.content_hash,
         reference=StoreDataset(store.images),
         reference_cache_name=f"subsample-{store.content_hash[:16]}-w{weights_tag}",

@@ -173,10 +173,11 @@ def features_stage(
     dataset = dataset or store.name
     names = tuple(cfg.features)
     from kernels.features import FEATURES
+    from pipeline.registry import UnknownName
 
-    unknown = [n for n in names if n not in FEATURES]
-    if unknown:
-        raise SubsampleError(STAGE, f"unknown feature(s) {unknown}; registered: {sorted(FEATURES)}")
+    for name in names:
+        if name not in FEATURES:
+            raise UnknownName(STAGE, "feature", name, FEATURES)
     if store.n == 0:
         raise SubsampleError(STAGE, f"data set store {store.path} has no images; re-run ingest")
     key = features_key(store, cfg)
