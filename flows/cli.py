@@ -314,11 +314,11 @@ def evaluate_cmd(
     from flows.config import resolve_evaluate_config
     from pipeline.stages.train import find_train_artifact
 
+    flags = {"samples": samples, "batch_size": batch_size, "weights": weights, "fidelity": fidelity,
+             "feature_extractor": feature_extractor, "seed": seed, "device": device, "metrics": metrics}
+    resolve_evaluate_config(flags, None, lambda _: None, sets=sets)  # a wrong option or metric: one line, before the run is looked up
     dataset = find_train_artifact(run).summary.get("dataset")  # its data set's defaults apply, as in `subsample run`
-    cfg = resolve_evaluate_config({
-        "samples": samples, "batch_size": batch_size, "weights": weights, "fidelity": fidelity,
-        "feature_extractor": feature_extractor, "seed": seed, "device": device, "metrics": metrics,
-    }, dataset, sets=sets)
+    cfg = resolve_evaluate_config(flags, dataset, sets=sets)
     from pipeline.stages.evaluate import run_evaluate
 
     emit(run_evaluate(run, cfg, refresh=refresh), as_json)

@@ -606,7 +606,7 @@ UNRECORDED_DATASET = "unrecorded-data-set"  # no known data set has this name: n
 
 
 def resolve_evaluate_config(
-    flags: dict[str, Any], dataset: Optional[str], note: Callable[[str], None] = _stderr, *,
+    flags: dict[str, Any], dataset: Optional[str] = None, note: Callable[[str], None] = _stderr, *,
     sets: list[str] | tuple[str, ...] = (),
 ) -> EvaluateConfig:
     """``subsample evaluate``'s config, by :func:`resolve_config` for the run's data set: defaults <
