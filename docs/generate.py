@@ -43,15 +43,9 @@ REGION = re.compile(
 # --- reading the code ------------------------------------------------------------------------
 
 
-def registry(*candidates: tuple[str, str]) -> dict[str, Any]:
-    """The first ``module.ATTRIBUTE`` of ``candidates`` that exists (a registry: name -> entry)."""
-    for module, attr in candidates:
-        try:
-            found = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            continue
-        return dict(found)
-    raise SystemExit(f"docs/generate.py: no registry at any of {', '.join(m + '.' + a for m, a in candidates)}")
+def registry(module: str, attr: str) -> dict[str, Any]:
+    """The registry ``module.attr`` (a ``pipeline.registry.Registry``: name -> entry), as a dict."""
+    return dict(getattr(importlib.import_module(module), attr))
 
 
 def describe(entry: Any) -> str:
@@ -96,7 +90,7 @@ def presets_table() -> str:
     data set kind), and where its values come from (the source up to its first colon)."""
     from pipeline.presets import KIND_NAMES
 
-    presets = registry(("pipeline.presets", "PRESETS"))
+    presets = registry("pipeline.presets", "PRESETS")
     rows = []
     for p in presets.values():
         batches = _values(p.batches) or "the batches stage's defaults"
@@ -111,20 +105,14 @@ def presets_table() -> str:
 
 def strategies_table() -> str:
     """The batch strategies ``--strategy`` accepts, each with its docstring's first sentence."""
-    strategies = registry(("pipeline.data.strategies", "STRATEGIES"), ("pipeline.stages.batches", "STRATEGIES"))
+    strategies = registry("pipeline.data.strategies", "STRATEGIES")
     return table(("strategy", "what a batch is"), ((f"`{n}`", first_sentence(describe(fn))) for n, fn in strategies.items()))
 
 
 def metrics_table() -> str:
     """What ``subsample evaluate`` computes: every registered metric (or metric family) with its
     description; ``{N}`` stands for the sample-count tag (``10k``, ``2k``, ``500``)."""
-    metrics = registry(
-        ("pipeline.metrics", "METRICS"),
-        ("pipeline.registry", "METRICS"),
-        ("pipeline.fidelity", "METRICS"),
-        ("pipeline.fidelity", "METRIC_FAMILIES"),
-        ("pipeline.stages.evaluate", "METRIC_FAMILIES"),
-    )
+    metrics = registry("pipeline.metrics", "METRICS")
     return table(("name", "metrics (`{N}`: the sample count, e.g. `10k`)"), ((f"`{n}`", describe(m)) for n, m in metrics.items()))
 
 
@@ -132,20 +120,20 @@ def architectures_table() -> str:
     """The GAN architectures (``--set arch=...``): description, whether they need labels."""
     import pipeline.gan  # noqa: F401  (registers the architectures)
 
-    archs = registry(("pipeline.gan.models", "ARCHITECTURES"))
+    archs = registry("pipeline.gan.models", "ARCHITECTURES")
     return table(("arch", "what", "needs labels"),
                  ((f"`{n}`", a.description, "yes" if a.labels else "") for n, a in archs.items()))
 
 
 def losses_table() -> str:
     """The GAN losses (``--set loss=...``)."""
-    losses = registry(("pipeline.gan.losses", "LOSSES"))
+    losses = registry("pipeline.gan.losses", "LOSSES")
     return table(("loss", "what"), ((f"`{n}`", describe(loss)) for n, loss in losses.items()))
 
 
 def methods_table() -> str:
     """The training methods (``--set method=...``): what one training step does."""
-    methods = registry(("pipeline.gan.methods", "METHODS"))
+    methods = registry("pipeline.gan.methods", "METHODS")
     return table(("method", "what a step does"), ((f"`{n}`", describe(m)) for n, m in methods.items()))
 
 

@@ -103,6 +103,60 @@ def test_train_run_and_compare_resolve_the_same_training_config(home, capsys, da
     assert cell["batches_config"]["top_k"] == run["config"]["batches"]["top_k"] and epochs >= 1
 
 
+# (stage command, its arguments, the dotted --set given to it and to `run`, the sections it hands its stage)
+STAGE_CASES = [
+    ("ingest", ["SRC", "--name", "{dataset}"], ["ingest.files_per_task=64"], ("ingest",)),
+    ("features", ["{dataset}"], ["features.workers=1"], ("features",)),
+    ("tables", ["{dataset}"], ["tables.bins=[8,8]"], ("tables", "features")),
+    ("batches", ["{dataset}"], ["batches.top_k=4", "tables.bins=[8,8]"], ("batches", "tables", "features")),
+    ("evaluate", ["0123456789abcdef"], ["evaluate.seed=3"], ("evaluate",)),
+]
+
+
+@pytest.mark.parametrize("dataset", ["demo", "cifar10", "celeba"])
+@pytest.mark.parametrize("stage, args, sets, sections", STAGE_CASES, ids=[c[0] for c in STAGE_CASES])
+def test_each_stage_command_hands_its_stage_what_run_resolves(home, capsys, monkeypatch, dataset, stage, args, sets, sections):
+    """A stage command run alone resolves its sections as `subsample run` does for the same data
+    set and settings (data set defaults, the machine's preset, --set): `subsample batches demo`
+    builds the demo run's batches, `subsample ingest SRC --name celeba` its size and crop."""
+    import importlib
+    from types import SimpleNamespace
+
+    import pipeline.stages.train as train_stage
+
+    if dataset == "celeba":  # a store of its own (batches checks B against it); ingest resolves 64 px, crop 178
+        from storage.store import write_store
+
+        write_store("celeba", np.zeros((300, 4, 4, 3), np.uint8))
+    got = {}
+
+    def capture(*a, **k):
+        got["args"] = a
+        return {"stage": stage}
+
+    module = importlib.import_module(f"pipeline.stages.{stage}")
+    monkeypatch.setattr(module, f"run_{stage}", capture)
+    monkeypatch.setattr(train_stage, "find_train_artifact", lambda run: SimpleNamespace(summary={"dataset": dataset}))
+    src = home.parent / "cifar-src"
+    argv = [a.replace("{dataset}", dataset).replace("SRC", str(src)) for a in args]
+    for form in (sets, [s.split(".", 1)[1] if s.startswith(stage + ".") else s for s in sets]):  # dotted, then bare
+        got.clear()
+        cli_json([stage, *argv, *sets_args(form), "--json"], capsys)
+        run = cli_json(["run", "--dataset", dataset, "--source", str(src), *sets_args(sets), "--dry-run", "--json"], capsys)
+        configs = [a for a in got["args"] if hasattr(a, "model_dump")]
+        handed = {type(c).__name__: c.model_dump(mode="json") for c in configs}
+        for section in sections:
+            want = run["config"][section]
+            if section == "ingest":  # the stage's IngestConfig adds the source and the name to the run's options
+                assert {k: handed["IngestConfig"][k] for k in want} == want and handed["IngestConfig"]["name"] == dataset
+                if dataset == "celeba":
+                    assert (want["size"], want["crop"]) == (64, 178)
+            else:
+                name = {"features": "FeaturesConfig", "tables": "TablesConfig", "batches": "BatchesConfig",
+                        "evaluate": "EvaluateConfig"}[section]
+                assert handed[name] == want, (stage, section)
+
+
 def test_run_and_train_json_summaries_carry_the_resolved_training_config(home, capsys, monkeypatch):
     """The `--json` of a real run has `train_config` (the flow and the server are stubbed here: what
     is checked is what the command adds to the flow's report)."""
