@@ -312,7 +312,7 @@ def evaluate_cmd(
 ) -> None:
     """Evaluate a trained generator against its training set: IS, FID, KID (torch-fidelity), feature-space KL/JS and sharpness (spec §5)."""
     from flows.config import resolve_evaluate_config
-    from pipeline.stages.train import find_train_artifact
+    from pipeline.stages.generators import find_train_artifact
 
     flags = {"samples": samples, "batch_size": batch_size, "weights": weights, "fidelity": fidelity,
              "feature_extractor": feature_extractor, "seed": seed, "device": device, "metrics": metrics}

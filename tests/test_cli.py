@@ -226,7 +226,7 @@ def test_train_uses_the_batches_just_built_and_says_which(cpu, toy, monkeypatch)
 def test_a_long_run_says_how_long_after_its_first_steps(monkeypatch):
     import torch
 
-    import pipeline.stages.train as tr
+    import pipeline.stages.train_records as tr
 
     clock = {"t": 0.0}
     monkeypatch.setattr(tr.time, "perf_counter", lambda: clock["t"])

@@ -122,7 +122,7 @@ def test_each_stage_command_hands_its_stage_what_run_resolves(home, capsys, monk
     import importlib
     from types import SimpleNamespace
 
-    import pipeline.stages.train as train_stage
+    import pipeline.stages.generators as generators
 
     if dataset == "celeba":  # a store of its own (batches checks B against it); ingest resolves 64 px, crop 178
         from storage.store import write_store
@@ -136,7 +136,7 @@ def test_each_stage_command_hands_its_stage_what_run_resolves(home, capsys, monk
 
     module = importlib.import_module(f"pipeline.stages.{stage}")
     monkeypatch.setattr(module, f"run_{stage}", capture)
-    monkeypatch.setattr(train_stage, "find_train_artifact", lambda run: SimpleNamespace(summary={"dataset": dataset}))
+    monkeypatch.setattr(generators, "find_train_artifact", lambda run: SimpleNamespace(summary={"dataset": dataset}))
     src = home.parent / "cifar-src"
     argv = [a.replace("{dataset}", dataset).replace("SRC", str(src)) for a in args]
     for form in (sets, [s.split(".", 1)[1] if s.startswith(stage + ".") else s for s in sets]):  # dotted, then bare

@@ -313,7 +313,7 @@ def _train(preset: str, **kw):
 def test_presets_through_the_stage(home, monkeypatch, preset, metrics):
     import json
 
-    from pipeline.stages.train import load_generator
+    from pipeline.stages.generators import load_generator
 
     monkeypatch.setenv("SUBSAMPLE_HOME", str(home))
     s = _train(preset, max_steps=6)

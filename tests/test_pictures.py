@@ -69,7 +69,7 @@ def _axis_of(fig, ys):
 def test_loss_curve_has_kl_and_js_on_separate_axes_from_epoch_0():
     import matplotlib.pyplot as plt
 
-    from pipeline.stages.train import loss_figure
+    from pipeline.stages.train_records import loss_figure
 
     h = _history([0.69, 0.68, 0.4, 0.3, 0.25])
     fig = loss_figure(h, "toy · smoke · random B=32 · seed 0")

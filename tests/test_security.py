@@ -243,7 +243,7 @@ def test_payloads_planted_in_the_fidelity_cache_run_nothing(in_home, tmp_path, c
 
 def _evil_run(folder: Path, home: Path, key_inside: str) -> Path:
     """A folder that looks like a train artifact, its generator.pt naming ``key_inside``."""
-    from pipeline.stages.train import find_train_artifact
+    from pipeline.stages.generators import find_train_artifact
 
     real = find_train_artifact(sorted(p.name for p in (home / "stages/train").iterdir() if len(p.name) == 16)[0])
     folder.mkdir(parents=True)

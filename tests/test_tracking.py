@@ -60,7 +60,7 @@ def test_experiments_are_model_training_with_a_runs_view_of_the_metrics(home):
 
 def test_run_names_carry_preset_strategy_batch_size_and_seed():
     from pipeline.config import BatchesConfig, TrainConfig
-    from pipeline.stages.train import run_name
+    from pipeline.stages.train_records import run_name
 
     name = run_name(TrainConfig(preset="paper-128a"), BatchesConfig(strategy="random", batch_size=128, seed=2), "3f2a1c9d")
     assert name == "paper-128a-random-B128-seed2-3f2a1c"

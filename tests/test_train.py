@@ -69,7 +69,7 @@ def test_a_short_run_learns_and_is_tracked(toy_home):
     from generated; grids, checkpoint, metrics and the MLflow record are all there."""
     import mlflow
 
-    from pipeline.stages.train import load_generator
+    from pipeline.stages.generators import load_generator
     from storage.paths import mlflow_tracking_uri
 
     cfg = _cfg(epochs=5, track=True)
@@ -208,7 +208,7 @@ def test_cli_train_prints_one_json_object(toy_home, capsys):
     s = json.loads(capsys.readouterr().out)
     assert (s["stage"], s["steps"], s["preset"], s["strategy"], s["batch_size"]) == ("train", 2, "smoke", "constructed", 64)
     assert s["mlflow_run_id"] is None
-    from pipeline.stages.train import load_generator
+    from pipeline.stages.generators import load_generator
 
     assert load_generator(s["key"])[1]["train"]["lr_d"] == 1e-3
 

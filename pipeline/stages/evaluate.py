@@ -135,7 +135,7 @@ def run_evaluate(run: str, cfg: EvaluateConfig, *, refresh: bool = False, progre
     """``subsample evaluate RUN``: evaluate a trained generator (``run``: train artifact key or
     MLflow run id) against its training set. Returns the stage summary with a ``metrics`` dict and
     the ``fidelity`` status."""
-    from pipeline.stages.train import find_train_artifact
+    from pipeline.stages.generators import find_train_artifact
 
     return evaluate_stage(find_train_artifact(run), cfg, run=run, refresh=refresh, progress=progress).to_json()
 
@@ -145,7 +145,7 @@ def evaluate_stage(train: Artifact, cfg: EvaluateConfig, *, run: str | None = No
     """Evaluate the generator of the train artifact ``train`` against its training set (the store
     it names, the table its manifest records); ``run``: how it was asked for (default its key)."""
     from pipeline.stages.tables import load_table
-    from pipeline.stages.train import open_generator
+    from pipeline.stages.generators import open_generator
     from storage.store import open_store
 
     t0 = time.perf_counter()
