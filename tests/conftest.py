@@ -1,11 +1,16 @@
-"""Fixtures shared by the flow-level tests (``test_flow.py``, ``test_compare.py``).
+"""Fixtures and helpers shared by the tests.
 
-Module-scoped: each test file gets one Prefect test harness (a temporary server, ~15 s to start),
-one tiny CIFAR-10 source and one SUBSAMPLE_HOME for all its tests.
+Flow-level tests (``test_flow.py``, ``test_compare.py``), module-scoped: each test file gets one
+Prefect test harness (a temporary server, ~15 s to start), one tiny CIFAR-10 source and one
+SUBSAMPLE_HOME for all its tests. Training tests build their home once with :func:`stage_home`.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+import numpy as np
 
 import pytest
 
@@ -41,3 +46,24 @@ def flow_home(tmp_path_factory, prefect_harness) -> Path:
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path / 'mlflow.db'}")
     yield path
     mp.undo()
+
+
+@contextmanager
+def stage_home(tmp_path_factory, prefix: str, name: str, images: np.ndarray, labels: np.ndarray | None = None,
+               tables=None) -> Iterator[Path]:
+    """A fresh SUBSAMPLE_HOME (MLflow in it) holding data set ``name`` (``images``, ``labels``),
+    its features and its table (``tables``: a TablesConfig), set for as long as the block runs:
+    what the training, methods and DDP tests each build once per module."""
+    from pipeline.config import FeaturesConfig, TablesConfig
+    from pipeline.stages.features import run_features
+    from pipeline.stages.tables import run_tables
+    from storage.store import write_store
+
+    home = tmp_path_factory.mktemp(prefix)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SUBSAMPLE_HOME", str(home))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        write_store(name, images, labels) if labels is not None else write_store(name, images)
+        run_features(name, FeaturesConfig(), progress=False)
+        run_tables(name, tables or TablesConfig(), FeaturesConfig())
+        yield home

@@ -22,6 +22,8 @@ from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
 from pipeline.presets import resolve_train_config
 from storage.errors import SubsampleError
 
+from conftest import stage_home
+
 TABLES = TablesConfig(bins=(4, 4))
 BATCHES = BatchesConfig(batch_size=32, strategy="constructed", seed=1)
 # SGD with a small step rather than the presets' Adam for the weight comparisons: Adam divides each
@@ -49,17 +51,7 @@ def blobs(n: int = 128, s: int = 32, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    from pipeline.stages.features import run_features
-    from pipeline.stages.tables import run_tables
-    from storage.store import write_store
-
-    path = tmp_path_factory.mktemp("ddp-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SUBSAMPLE_HOME", str(path))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        write_store("toy", blobs())
-        run_features("toy", FeaturesConfig(), progress=False)
-        run_tables("toy", TABLES, FeaturesConfig())
+    with stage_home(tmp_path_factory, "ddp-home", "toy", blobs(), tables=TABLES) as path:
         yield path
 
 

@@ -26,6 +26,8 @@ from pipeline.gan.models import ARCHITECTURES, ModelSpec, build_discriminator, b
 from pipeline.presets import PRESETS, resolve_train_config
 from storage.errors import SubsampleError
 
+from conftest import stage_home
+
 NEW_PRESETS = ["igan", "igan-nclass", "pl-gan", "pl-gan-semi", "decoding-constrained", "lsgan", "wgan", "wgan-gp",
                "sngan", "began", "sagan", "cgan", "acgan"]
 S = 16  # image side of the tiny data
@@ -52,17 +54,7 @@ def data():
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     """A SUBSAMPLE_HOME with ``tiny`` (64 labelled 16×16 images), its features and 5×5 table, built once."""
-    from pipeline.stages.features import run_features
-    from pipeline.stages.tables import run_tables
-    from storage.store import write_store
-
-    root = tmp_path_factory.mktemp("methods-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SUBSAMPLE_HOME", str(root))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        write_store("tiny", *two_colours(64))
-        run_features("tiny", FeaturesConfig(), progress=False)
-        run_tables("tiny", TABLES, FeaturesConfig())
+    with stage_home(tmp_path_factory, "methods-home", "tiny", *two_colours(64), tables=TABLES) as root:
         yield root
 
 

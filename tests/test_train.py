@@ -10,6 +10,8 @@ import torch
 
 from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
 from pipeline.presets import resolve_train_config
+
+from conftest import stage_home
 from storage.errors import SubsampleError
 
 TABLES = TablesConfig(bins=(8, 8))
@@ -36,17 +38,7 @@ def patterns(n: int = 256, s: int = 32, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def toy_home(tmp_path_factory):
     """A SUBSAMPLE_HOME with the data set ``toy`` (256 images 32×32), its features and 9×9 table."""
-    from pipeline.stages.features import run_features
-    from pipeline.stages.tables import run_tables
-    from storage.store import write_store
-
-    home = tmp_path_factory.mktemp("train-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SUBSAMPLE_HOME", str(home))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        write_store("toy", patterns())
-        run_features("toy", FeaturesConfig(), progress=False)
-        run_tables("toy", TABLES, FeaturesConfig())
+    with stage_home(tmp_path_factory, "train-home", "toy", patterns(), tables=TABLES) as home:
         yield home
 
 
