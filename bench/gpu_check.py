@@ -132,7 +132,8 @@ def inception_throughput(args, device: torch.device, tmp: Path) -> dict:
     except ImportError as e:
         return {"skipped": f"torch-fidelity not installed ({e})", "ok": True}
     from pipeline.config import EvaluateConfig
-    from pipeline.fidelity import INCEPTION, ImageArrayDataset, cached_inception_weights, fidelity_scores
+    from pipeline.extractor_weights import INCEPTION, cached_inception_weights
+    from pipeline.fidelity import ImageArrayDataset, fidelity_scores
 
     weights = Path(args.inception_weights) if args.inception_weights else cached_inception_weights()
     features = ["2048", "logits_unbiased"]

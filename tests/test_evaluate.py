@@ -15,7 +15,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from pipeline.stages import evaluate as ev
 
-from pipeline import fidelity
+from pipeline import extractor_weights, fidelity
 from pipeline.config import EvaluateConfig
 
 TINY = "subsample-test-tiny"
@@ -172,8 +172,8 @@ def test_offline_inception_weights_give_one_clear_reason_without_network(tmp_pat
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    with pytest.raises(fidelity.WeightsUnavailable) as e:
-        fidelity.resolve_weights(EvaluateConfig())
+    with pytest.raises(extractor_weights.WeightsUnavailable) as e:
+        extractor_weights.resolve_weights(EvaluateConfig())
     msg = str(e.value)
     assert "\n" not in msg
     assert "Inception weights not available offline" in msg and "--weights PATH" in msg
@@ -186,22 +186,22 @@ def test_offline_inception_weights_give_one_clear_reason_without_network(tmp_pat
     w = tmp_path / "weights.pth"
     w.write_bytes(b"not really weights")
     with pytest.raises(SubsampleError, match="cannot be loaded weights-only"):
-        fidelity.resolve_weights(EvaluateConfig(weights=str(w)))
+        extractor_weights.resolve_weights(EvaluateConfig(weights=str(w)))
     torch.save({"some.weight": torch.zeros(3)}, w)
     with pytest.raises(SubsampleError, match="not torch-fidelity's Inception state dict"):
-        fidelity.resolve_weights(EvaluateConfig(weights=str(w)))
+        extractor_weights.resolve_weights(EvaluateConfig(weights=str(w)))
     fake = {"Conv2d_1a_3x3.conv.weight": torch.zeros(1), "fc.weight": torch.zeros(1008, 1)}
     torch.save(fake, w)
-    path, tag = fidelity.resolve_weights(EvaluateConfig(weights=str(w)))
+    path, tag = extractor_weights.resolve_weights(EvaluateConfig(weights=str(w)))
     assert path == str(w) and len(tag) == 16
     # a file already in the hub cache is used without any download, checked like any other
     hub = tmp_path / "torch" / "hub" / "checkpoints"
     hub.mkdir(parents=True, exist_ok=True)
     (hub / "weights-inception-2015-12-05-6726825d.pth").write_bytes(b"x")
     with pytest.raises(SubsampleError, match="cannot be loaded weights-only"):
-        fidelity.resolve_weights(EvaluateConfig())
+        extractor_weights.resolve_weights(EvaluateConfig())
     torch.save(fake, hub / "weights-inception-2015-12-05-6726825d.pth")
-    path, _ = fidelity.resolve_weights(EvaluateConfig())
+    path, _ = extractor_weights.resolve_weights(EvaluateConfig())
     assert path.endswith("weights-inception-2015-12-05-6726825d.pth") and len(calls) == 1
 
 
@@ -209,7 +209,7 @@ def test_missing_weights_file_is_a_user_error(tmp_path):
     from storage.errors import SubsampleError
 
     with pytest.raises(SubsampleError, match="no such file"):
-        fidelity.resolve_weights(EvaluateConfig(weights=str(tmp_path / "nope.pth")))
+        extractor_weights.resolve_weights(EvaluateConfig(weights=str(tmp_path / "nope.pth")))
 
 
 def test_count_tag_and_grid():

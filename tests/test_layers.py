@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pipeline basics", ("pipeline", "pipeline.registry", "pipeline.metrics", "pipeline.pictures")),
     ("GAN library", ("pipeline.gan",)),
     ("stage configs", ("pipeline.config",)),
-    ("data, presets and measures", ("pipeline.data", "pipeline.presets", "pipeline.floors", "pipeline.fidelity")),
+    ("data, presets and measures", ("pipeline.data", "pipeline.presets", "pipeline.floors", "pipeline.fidelity", "pipeline.extractor_weights")),
     ("stages", ("pipeline.stages",)),
     ("experiments", ("pipeline.experiments",)),
     ("flows", ("flows",)),

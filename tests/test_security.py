@@ -186,20 +186,20 @@ def test_weights_reach_torch_fidelity_only_as_tensors_this_process_serialised(in
     """A good weights file is loaded weights-only and handed over re-serialised: the extractor
     (which unpickles like torch-fidelity's own, weights_only=False) gets exactly its tensors."""
     from pipeline.stages import evaluate as ev
-    from pipeline import fidelity
+    from pipeline import extractor_weights, fidelity
     from pipeline.config import EvaluateConfig
 
     good = tmp_path / "good.pth"
     sd = {"a.weight": torch.arange(6.0).reshape(2, 3), "b.bias": torch.ones(4)}
     torch.save(sd, good)
     cfg = EvaluateConfig(samples=40, feature_extractor=EXTRACTOR, kid_subsets=5, weights=str(good))
-    path, tag = fidelity.resolve_weights(cfg)
+    path, tag = extractor_weights.resolve_weights(cfg)
     LOADED.clear()
     images = blobs(40)
     fidelity.fidelity_scores(fidelity.ImageArrayDataset(images), fidelity.ImageArrayDataset(images), cfg, weights_path=path)
     assert len(LOADED) == 1 and set(LOADED[0]) == set(sd)
     assert all(torch.equal(LOADED[0][k], v) for k, v in sd.items())
-    assert tag == fidelity.sha256_file(good)[:16]
+    assert tag == extractor_weights.sha256_file(good)[:16]
 
 
 @pytest.mark.parametrize("extractor", ["clip-vit-b-32", "dinov2-vit-s-14"])

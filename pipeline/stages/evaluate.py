@@ -38,9 +38,8 @@ import numpy as np
 import torch
 
 from pipeline.config import EvaluateConfig, FeaturesConfig, TablesConfig
-from pipeline.fidelity import (
-    EvalContext, StoreDataset, WeightsUnavailable, evaluate_images, generate_images, needs_fidelity, resolve_weights,
-)
+from pipeline.extractor_weights import WeightsUnavailable, resolve_weights
+from pipeline.fidelity import EvalContext, StoreDataset, evaluate_images, generate_images, needs_fidelity
 from pipeline.metrics import SHARPNESS_DIFF, selected_metrics
 from pipeline.stages.lineage import tables_command, upstream_artifact
 from pipeline.stages.result import StageResult
