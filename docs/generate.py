@@ -168,6 +168,26 @@ def _json(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
+def scales_table() -> str:
+    """The comparison's scales (``subsample compare --scale``): what each is for, its factorial grid
+    (batch sizes, presets, strategies × the default seeds: the run count), and the settings it lays
+    over every preset."""
+    from pipeline.config import STRATEGY_NAMES
+    from pipeline.experiments.compare import DEFAULT_SEEDS as seeds, SCALES
+
+    rows = []
+    for name, s in SCALES.items():
+        runs = len(s.batch_sizes) * len(s.presets) * len(STRATEGY_NAMES) * seeds
+        grid = (f"B = {', '.join(map(str, s.batch_sizes))}; presets {', '.join(f'`{p}`' for p in s.presets)}; "
+                f"{len(STRATEGY_NAMES)} strategies × {seeds} seeds: {runs} runs")
+        over = [f"train.{k}={_json(v)}" for k, v in s.train.items()] + [f"evaluate.{k}={_json(v)}" for k, v in s.evaluate.items()]
+        settings = (", ".join(f"`{x}`" for x in over) or "none: the presets' own") + f"; batch diagnostics over {s.diagnostic_epochs} epochs"
+        if s.batch_scale != 1.0:
+            settings += f"; `--design paper`: the paper's B × {s.batch_scale:g}"
+        rows.append((f"`{name}`", s.description, grid, settings))
+    return table(("scale", "what it is for", "grid (default seeds)", "settings over each preset"), rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "presets": presets_table,
     "strategies": strategies_table,
@@ -176,6 +196,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "losses": losses_table,
     "methods": methods_table,
     "datasets": datasets_table,
+    "scales": scales_table,
 }
 
 

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from flows.config import IngestOptions, RunConfig, as_fields, build_config, dataset_defaults, merge, parse_overrides
 from flows.train_subsample import STAGE_TASKS, handed_on
 from pipeline.experiments.compare import (
-    PAPER_DESIGN, SCALES, STRATEGIES, GridCell, Scale, cell_sections, design_cell, expand_grid, paper_grid,
+    DEFAULT_SEEDS, PAPER_DESIGN, SCALES, STRATEGIES, GridCell, Scale, cell_sections, design_cell, expand_grid, paper_grid,
 )
 from pipeline.config import FeaturesConfig, TablesConfig, validation_message
 from storage.errors import SubsampleError
@@ -71,7 +71,7 @@ class CompareConfig(BaseModel):
     batch_scale: Optional[float] = Field(
         None, gt=0, le=1, description="paper design: the paper's batch sizes × this (to fit a small data set); None = the scale's",
     )
-    seeds: int = Field(3, ge=3, description="seeds 0..seeds-1 per configuration (training and batches seed); a spread needs >= 3")
+    seeds: int = Field(DEFAULT_SEEDS, ge=3, description="seeds 0..seeds-1 per configuration (training and batches seed); a spread needs >= 3")
     ingest: IngestOptions = Field(default_factory=IngestOptions)  # type: ignore[valid-type]
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     tables: TablesConfig = Field(default_factory=TablesConfig)
@@ -333,7 +333,7 @@ def compare_strategies(
     batch_sizes: Optional[list[int]] = None,
     presets: Optional[list[str]] = None,
     batch_scale: Optional[float] = None,
-    seeds: int = 3,
+    seeds: int = DEFAULT_SEEDS,
     ingest: IngestOptions = IngestOptions(),  # type: ignore[valid-type]
     features: FeaturesConfig = FeaturesConfig(),
     tables: TablesConfig = TablesConfig(),

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from pipeline.config import STRATEGY_NAMES as STRATEGIES  # every registered batch strategy
+DEFAULT_SEEDS = 3  # seeds 0..2 per configuration: the fewest that give a spread
 PAPER_PRESETS = ("paper-constructed", "paper-128a", "paper-128b", "paper-128c", "paper-128d")
 DESIGNS = ("factorial", "paper")
 DESIGN_ARTIFACT = "design.json"  # on the parent: each configuration's resolved B, epochs, D steps, G updates
