@@ -310,12 +310,13 @@ def _check_batch_sizes(cfg: CompareConfig) -> None:
 
 
 @task(name="batch-diagnostics", cache_policy=NO_CACHE)
-def diagnostics_task(parent_run_id: str, cfg: CompareConfig) -> list[dict]:
+def diagnostics_task(parent_run_id: str, cfg: CompareConfig, shared: dict[str, Any]) -> list[dict]:
     """Every strategy's batches at every batch size and seed of the design (cached batches
-    artifacts), logged to the parent run as ``batch_diagnostics.json``."""
+    artifacts), built on the table and store the comparison's upstream tasks handed on, logged to
+    the parent run as ``batch_diagnostics.json``."""
     from pipeline.experiments.compare import DIAGNOSTICS_ARTIFACT, batch_diagnostics, log_json
 
-    rows = batch_diagnostics(cfg.dataset, cfg.diagnostics_configs(), cfg.tables, cfg.features)
+    rows = batch_diagnostics(shared["tables"].artifact, shared["ingest"].artifact, cfg.diagnostics_configs())
     log_json(parent_run_id, DIAGNOSTICS_ARTIFACT, rows)
     return rows
 
@@ -385,7 +386,7 @@ def compare_strategies(
         "configurations": cfg.design_records(params["n_images"]),
     })
     try:
-        diagnostics_task(parent, cfg)
+        diagnostics_task(parent, cfg, shared)
     except SubsampleError as e:  # the report says the diagnostics are missing; the training goes on
         compare.note(f"no batch diagnostics: {e}")
     if cfg.scale == "paper" and not _has_cuda():

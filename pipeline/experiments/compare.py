@@ -347,15 +347,17 @@ def diagnostics_row(summary: dict) -> dict[str, Any]:
     return {k: summary.get(k) for k in keep}
 
 
-def batch_diagnostics(dataset: str, configs: list[Any], tables: Any, features: Any) -> list[dict[str, Any]]:
-    """The batches stage (cached artifacts) for each of ``configs`` (BatchesConfig: every strategy
-    at every batch size and seed of the design, trained or not): the paper's Tables 1-2 for all
-    strategies, with the label check and the never-drawn counts per epoch."""
-    from pipeline.stages.batches import run_batches
+def batch_diagnostics(table_art: Any, store: Any, configs: list[Any]) -> list[dict[str, Any]]:
+    """The batches stage (cached artifacts) on the comparison's table ``table_art`` of ``store``
+    for each of ``configs`` (BatchesConfig: every strategy at every batch size and seed of the
+    design, trained or not): the paper's Tables 1-2 for all strategies, with the label check and the
+    never-drawn counts per epoch."""
+    from pipeline.stages.batches import batches_stage
 
     rows = []
     for bc in configs:
-        rows.append({**diagnostics_row(run_batches(dataset, bc, tables, features, progress=False)), "seed": bc.seed})
+        result = batches_stage(table_art, store, bc, dataset=store.name, progress=False)
+        rows.append({**diagnostics_row(result.to_json()), "seed": bc.seed})
     return rows
 
 
