@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
@@ -562,7 +563,10 @@ def implied_evaluate(asked: dict[str, Any]) -> dict[str, Any]:
         names = asked["metrics"].split(",") if isinstance(asked["metrics"], str) else list(asked["metrics"])
         parsed = [parse_metric_name(str(x).strip()) for x in names]
         counts = {n for _, n in filter(None, parsed)}
-        if "samples" not in asked and len(counts) == 1 and all(parsed):
+        if not counts:  # no name is right: the count they were written for, so the error lists those names
+            tokens = {re.search(r"(\d+)(k?)_?", str(x)) for x in names} - {None}
+            counts = {int(m[1]) * (1000 if m[2] else 1) for m in tokens} - {0}
+        if "samples" not in asked and len(counts) == 1:
             implied["samples"] = counts.pop()
         if "fidelity" not in asked and any(p and p[0].family == "fidelity" for p in parsed):
             implied["fidelity"] = True

@@ -214,6 +214,9 @@ def test_evaluate_flags_infer_samples_and_fidelity_from_metric_names(monkeypatch
     assert (cfg.samples, cfg.fidelity) == (1234, False)
     with pytest.raises(Exception, match=re.escape(metrics_for(500).message("fid2k_train"))):
         fc.resolve_evaluate_config({"metrics": "fid2k_train", "samples": 500}, note=notes.append)
+    # a misspelt name is told the names for the count it was written for, the nearest first
+    with pytest.raises(Exception, match=re.escape("unknown metric 'fid10k_trian' (did you mean 'fid10k_train'?)")):
+        fc.resolve_evaluate_config({"metrics": "fid10k_trian"}, note=notes.append)
 
 
 def _context(n: int = 64, **cfg) -> fidelity.EvalContext:
