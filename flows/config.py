@@ -519,9 +519,14 @@ def resolve_config(
     base = dataset_defaults(dataset) if isinstance(dataset, str) else {}
     why = None
     if machine and "preset" not in given and "preset" not in base:
-        device_of = "evaluate" if given.get("only") == "evaluate" else "train"
-        layer, why = machine_defaults(run_device(effective(given, device_of, "device")))
+        evaluating = given.get("only") == "evaluate"
+        device = run_device(effective(given, "evaluate" if evaluating else "train", "device"))
+        layer, why = machine_defaults(device)
         base = merge(layer, base)
+        if evaluating:  # evaluate's own note, unless everything the machine's layer sets for it was given
+            _, why = evaluate_machine_defaults(device)
+            if why and all(k in asked for k in layer["evaluate"]):
+                why = None
     data = merge(base, given)
     check_preset(data.get("preset"), stage)
 
@@ -535,10 +540,6 @@ def resolve_config(
         )
         check_batch_sizes(dataset, [int(effective(data, "batches", "batch_size"))], source, reads_source, stage,
                           str(effective(data, "ingest", "split")))
-    if why and only == "evaluate":
-        layer, why = evaluate_machine_defaults(run_device(effective(given, "evaluate", "device")))
-        if why and all(k in asked for k in layer):
-            why = None  # everything the machine's layer sets was given
     flag_paths = {(s, f) for s, v in flag_data.items() if isinstance(v, dict) for f in v} | {(k,) for k, v in flag_data.items()
                                                                                               if not isinstance(v, dict)}
     try:
