@@ -49,11 +49,12 @@ def _resolve(stage: str, name: str, sets: list[str], flags: dict[str, Any], **fi
     """A stage command's configuration, by the one resolution every command and deployment uses
     (:func:`flows.config.resolve_config`: defaults < the machine's < the data set's < preset <
     ``--set`` < flags), so a stage run alone builds what ``subsample run`` builds for that stage.
-    Only the stages that read the preset's sections (batches, evaluate) take the machine's layer."""
+    Only ``batches`` reads a preset's section, so only it takes the machine's layer (``evaluate``
+    resolves through :func:`flows.config.resolve_evaluate_config`)."""
     from flows.config import resolve_config
 
     return resolve_config(stage, {"dataset": name, "only": stage, **fields}, sets, flags,
-                          machine=stage in ("batches", "evaluate"), checks=stage != "ingest")  # ingest checks its source itself
+                          machine=stage == "batches", checks=stage != "ingest")  # ingest checks its source itself
 
 
 SetOpt = typer.Option(

@@ -34,7 +34,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from flows.config import STAGES, IngestOptions, RunConfig, Stage, build_config
+from flows.config import IngestOptions, RunConfig, Stage, build_config
 from pipeline.config import BatchesConfig, EvaluateConfig, FeaturesConfig, TablesConfig, TrainConfig
 from storage.errors import MissingArtifactError, SubsampleError
 

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.config import EvaluateConfig
+from pipeline.gan.trainer import to_uint8
 from pipeline.extractor_weights import (
     _NETWORK_ERRORS, INCEPTION, WeightsUnavailable, cached_inception_weights, resolve_weights, weights_handover,
 )
@@ -83,12 +84,6 @@ class StoreDataset(Dataset):
             self._chunk = np.asarray(self.images[start : start + self.step])
             self._start = start
         return torch.from_numpy(np.ascontiguousarray(self._chunk[i - start].transpose(2, 0, 1)))
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Generator output ``(N, 3, S, S)`` in [-1, 1] -> uint8 ``(N, S, S, 3)``."""
-    x = ((x.float() + 1.0) * 127.5).round().clamp_(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 @torch.no_grad()

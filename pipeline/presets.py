@@ -21,7 +21,7 @@ from typing import Any, Mapping, Optional
 
 from pydantic import ValidationError
 
-from pipeline.config import BatchesConfig, TrainConfig, unknown_keys_message, validation_message  # noqa: F401 (re-exported)
+from pipeline.config import BatchesConfig, TrainConfig, validation_message
 from pipeline.registry import Registry
 from storage.errors import SubsampleError
 

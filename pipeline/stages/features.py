@@ -30,7 +30,7 @@ import zarr
 from kernels.features import compute_features
 from pipeline.config import FeaturesConfig
 from pipeline.stages.lineage import CODE_VERSIONS, find, locate, store_key
-from pipeline.stages.lineage import features_command, features_key  # noqa: F401  (their home before lineage)
+from pipeline.stages.lineage import features_key
 from pipeline.stages.result import StageResult, built_result, cached_result
 from storage.artifacts import Artifact, build_artifact
 from storage.errors import SubsampleError

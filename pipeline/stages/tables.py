@@ -27,7 +27,6 @@ import numpy as np
 from kernels.histogram import bin_cells, count_cells, table_shape
 from pipeline.config import FeaturesConfig, TablesConfig
 from pipeline.stages.lineage import CODE_VERSIONS, find, locate, tables_key
-from pipeline.stages.lineage import tables_command  # noqa: F401  (its home before lineage)
 from pipeline.stages.result import StageResult, built_result, cached_result
 from storage.artifacts import Artifact, build_artifact
 from storage.errors import SubsampleError
