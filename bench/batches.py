@@ -8,10 +8,12 @@ and most mass sits in a few. Prints, per strategy, the best of ``--repeats`` con
 epoch (target: under 0.5 s each for n = 202,599, B = 2000), the diagnostics time (coverage, KL
 per batch, never-drawn), and the epoch's coverage and mean KL.
 """
+
 from __future__ import annotations
 
 import argparse
 import time
+
 import numpy as np
 
 from pipeline.data.strategies import STRATEGIES, construct_epoch
@@ -48,19 +50,21 @@ def main() -> None:
     args = ap.parse_args()
     table = skewed_table(args.n)
     occupied = int((table.counts > 0).sum())
-    print(f"n = {table.n}, B = {args.batch_size}, m = {table.n // args.batch_size}, "
-          f"{occupied} of {table.counts.size} cells occupied, largest cell {table.counts.max()}")
+    print(
+        f"n = {table.n}, B = {args.batch_size}, m = {table.n // args.batch_size}, "
+        f"{occupied} of {table.counts.size} cells occupied, largest cell {table.counts.max()}"
+    )
     print(f"{'strategy':<22} {'construct (s)':>13} {'diagnose (s)':>12} {'coverage':>9} {'KL mean':>9}")
     runs = [(s, "topk") for s in STRATEGIES] + [("constructed", "coverage")]
     for strategy, fill in runs:
         epoch = iter(range(10**6))
         t_build, batches = best_of(
             args.repeats,
-            lambda: construct_epoch(
+            lambda strategy=strategy, fill=fill, epoch=epoch: construct_epoch(
                 table, batch_size=args.batch_size, strategy=strategy, seed=0, epoch=next(epoch), fill=fill
             ),
         )
-        t_diag, diag = best_of(args.repeats, lambda: diagnose_epoch(table, batches))
+        t_diag, diag = best_of(args.repeats, lambda batches=batches: diagnose_epoch(table, batches))
         label = strategy if strategy != "constructed" else f"constructed/{fill}"
         print(f"{label:<22} {t_build:>13.4f} {t_diag:>12.4f} {diag['coverage']:>9.4f} {diag['kl']['mean']:>9.5f}")
 

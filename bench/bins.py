@@ -15,6 +15,7 @@ ingest stage, computes the features stage, and for m × m bins, m in (8, 16, 24,
 Finer bins describe f_X in more detail but make more cells rare; the default must keep the rare
 share small at the paper's batch sizes (1024-2048) while the table still separates images.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,9 +56,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="epochs of batches per (m, B), for the mean KL")
     args = parser.parse_args()
 
+    from pipeline.config import FeaturesConfig
     from pipeline.data.strategies import construct_epoch
     from pipeline.stages.batches import kl_batch_vs_dataset
-    from pipeline.config import FeaturesConfig
     from pipeline.stages.features import features_artifact, load_features, run_features
     from pipeline.stages.tables import build_table
 

@@ -6,6 +6,7 @@ the embedded demo set (``data/demo``), upscaled bicubically, plus a texture with
 grain, saved at quality 90 with 4:2:0 chroma subsampling (Pillow's default, as CelebA's files).
 Mean size ~11 KB against CelebA's ~7 KB (1.44 GB / 202,599): if anything harder to decode.
 """
+
 from __future__ import annotations
 
 import io

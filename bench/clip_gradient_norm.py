@@ -10,6 +10,7 @@ x̂ = εx + (1 − ε)G(z) (the quantity the penalty wants at 1) at initialisati
 the clip bound. For comparison the same is printed for the recipe without clipping (WGAN-GP).
 Figures: one table and one JSON line per recipe.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,8 @@ import json
 import numpy as np
 import torch
 
-from pipeline.presets import resolve_train_config
 from pipeline.gan.trainer import make_trainer, to_float, train_epoch
+from pipeline.presets import resolve_train_config
 
 
 def grad_norms(t, real: torch.Tensor) -> tuple[float, float]:
@@ -56,8 +57,19 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     for label, over in (("paper-128b (clip 0.01 + GP)", {}), ("without clipping (WGAN-GP)", {"clip": None})):
         torch.manual_seed(0)
-        cfg = resolve_train_config("paper-128b", {"ngf": args.width, "ndf": args.width, "device": "cpu", "track": False,
-                                                  "amp": "off", "kl_samples": 4, "sample_grid": 4, **over})
+        cfg = resolve_train_config(
+            "paper-128b",
+            {
+                "ngf": args.width,
+                "ndf": args.width,
+                "device": "cpu",
+                "track": False,
+                "amp": "off",
+                "kl_samples": 4,
+                "sample_grid": 4,
+                **over,
+            },
+        )
         t = make_trainer(cfg, store.size, torch.device("cpu"))
         probe = to_float(images[torch.randint(0, len(images), (args.batch_size,), generator=gen)], False)
         rows = []

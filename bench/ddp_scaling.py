@@ -18,6 +18,7 @@ On a CPU the ranks share the cores (each rank gets cores / ranks threads), so 2 
 1 by much; the figure that matters there is the communication share. On a GPU node, pass
 ``--device cuda --ranks 1 2 4 8``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,18 +52,41 @@ def train_rate(ranks: int, batch_size: int, width: int, device: str, threads: in
     from pipeline.presets import resolve_train_config
     from pipeline.stages.train import run_train
 
-    cfg = resolve_train_config("smoke", {"ngf": width, "ndf": width, "epochs": 1, "track": False, "device": device,
-                                         "kl_samples": 64, "nproc_per_node": ranks})
+    cfg = resolve_train_config(
+        "smoke",
+        {
+            "ngf": width,
+            "ndf": width,
+            "epochs": 1,
+            "track": False,
+            "device": device,
+            "kl_samples": 64,
+            "nproc_per_node": ranks,
+        },
+    )
     saved = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        s = run_train("demo", cfg, BatchesConfig(batch_size=batch_size), TablesConfig(), FeaturesConfig(), progress=False, refresh=True)
+        s = run_train(
+            "demo",
+            cfg,
+            BatchesConfig(batch_size=batch_size),
+            TablesConfig(),
+            FeaturesConfig(),
+            progress=False,
+            refresh=True,
+        )
     finally:
         torch.set_num_threads(saved)
     threads_per_rank = threads or saved if ranks == 1 else max(1, (os.cpu_count() or 1) // ranks)
-    return {"ranks": ranks, "threads_per_rank": threads_per_rank, "images_per_second": s["images_per_second"],
-            "steps": s["steps"], "train_seconds": s["train_seconds"]}
+    return {
+        "ranks": ranks,
+        "threads_per_rank": threads_per_rank,
+        "images_per_second": s["images_per_second"],
+        "steps": s["steps"],
+        "train_seconds": s["train_seconds"],
+    }
 
 
 def _step_times(payload: dict) -> dict:
@@ -70,8 +94,8 @@ def _step_times(payload: dict) -> dict:
     import torch
 
     from pipeline.gan import distributed
-    from pipeline.presets import resolve_train_config
     from pipeline.gan.trainer import make_trainer, resolve_device
+    from pipeline.presets import resolve_train_config
 
     steps, b, width = payload["steps"], payload["batch_size"], payload["width"]
     with distributed.session(payload["device"]) as w:
@@ -109,11 +133,17 @@ def _step_times(payload: dict) -> dict:
                     distributed.sum_over_ranks = sync_sum
                 t_local += times if block >= 2 else []
         distributed.barrier()
+
         def median(xs: list[float]) -> float:  # robust to the spikes of a shared machine
             return sorted(xs)[len(xs) // 2]
 
-        return {"rank": w.rank, "ddp_s": median([x[0] for x in t_ddp]), "local_s": median([x[0] for x in t_local]),
-                "ddp_cpu_s": median([x[1] for x in t_ddp]), "local_cpu_s": median([x[1] for x in t_local])}
+        return {
+            "rank": w.rank,
+            "ddp_s": median([x[0] for x in t_ddp]),
+            "local_s": median([x[0] for x in t_local]),
+            "ddp_cpu_s": median([x[1] for x in t_ddp]),
+            "local_cpu_s": median([x[1] for x in t_local]),
+        }
 
 
 def comm_share(ranks: int, batch_size: int, width: int, device: str, steps: int) -> dict:
@@ -121,17 +151,32 @@ def comm_share(ranks: int, batch_size: int, width: int, device: str, steps: int)
 
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=ranks, run_id=str(uuid.uuid4()), rdzv_backend="c10d",
-                          rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn")
-    out = elastic_launch(config, _step_times)({"steps": steps, "blocks": 4, "batch_size": batch_size, "width": width, "device": device})
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=ranks,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        start_method="spawn",
+    )
+    out = elastic_launch(config, _step_times)(
+        {"steps": steps, "blocks": 4, "batch_size": batch_size, "width": width, "device": device}
+    )
     ddp = max(v["ddp_s"] for v in out.values())
     local = max(v["local_s"] for v in out.values())
     cpu_ddp = sum(v["ddp_cpu_s"] for v in out.values()) / ranks
     cpu_local = sum(v["local_cpu_s"] for v in out.values()) / ranks
-    return {"ranks": ranks, "step_ms_ddp": round(1e3 * ddp, 1), "step_ms_no_collectives": round(1e3 * local, 1),
-            "communication_share": round(1 - local / ddp, 3),
-            "step_cpu_ms_ddp": round(1e3 * cpu_ddp, 1), "step_cpu_ms_no_collectives": round(1e3 * cpu_local, 1),
-            "communication_cpu_share": round(1 - cpu_local / cpu_ddp, 3)}
+    return {
+        "ranks": ranks,
+        "step_ms_ddp": round(1e3 * ddp, 1),
+        "step_ms_no_collectives": round(1e3 * local, 1),
+        "communication_share": round(1 - local / ddp, 3),
+        "step_cpu_ms_ddp": round(1e3 * cpu_ddp, 1),
+        "step_cpu_ms_no_collectives": round(1e3 * cpu_local, 1),
+        "communication_cpu_share": round(1 - cpu_local / cpu_ddp, 3),
+    }
 
 
 def main() -> None:
@@ -140,19 +185,30 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--width", type=int, default=32, help="ngf = ndf")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--steps", type=int, default=5, help="steps per block (4 timed blocks of each kind) for the communication share")
+    ap.add_argument(
+        "--steps", type=int, default=5, help="steps per block (4 timed blocks of each kind) for the communication share"
+    )
     ap.add_argument("--skip-rates", action="store_true", help="only the communication share")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats of the images/s runs")
     a = ap.parse_args()
     os.environ.setdefault("SUBSAMPLE_HOME", str(Path("artifacts").resolve()))
     ensure_demo()
-    print(f"host: {os.cpu_count()} CPUs, device {a.device}; global B = {a.batch_size}, DCGAN ngf = ndf = {a.width}, "
-          "demo data (2,000 images, 32x32)", flush=True)
+    print(
+        f"host: {os.cpu_count()} CPUs, device {a.device}; global B = {a.batch_size}, DCGAN ngf = ndf = {a.width}, "
+        "demo data (2,000 images, 32x32)",
+        flush=True,
+    )
     # interleaved repeats (the machine may be shared); on a CPU one rank also on the threads a rank of
     # the largest run gets, which separates the split over processes from the thread count
     cpu = a.device == "cpu"
-    runs = [(k, None) for k in a.ranks] + ([(1, max(1, (os.cpu_count() or 1) // max(a.ranks)))] if cpu and max(a.ranks) > 1 else [])
-    rates = [] if a.skip_rates else [train_rate(k, a.batch_size, a.width, a.device, th) for _ in range(a.repeats) for k, th in runs]
+    runs = [(k, None) for k in a.ranks] + (
+        [(1, max(1, (os.cpu_count() or 1) // max(a.ranks)))] if cpu and max(a.ranks) > 1 else []
+    )
+    rates = (
+        []
+        if a.skip_rates
+        else [train_rate(k, a.batch_size, a.width, a.device, th) for _ in range(a.repeats) for k, th in runs]
+    )
     base = rates[0]["images_per_second"] if rates else None
     for r in rates:
         print(json.dumps({**r, "vs_first": round(r["images_per_second"] / base, 2)}), flush=True)
@@ -161,10 +217,13 @@ def main() -> None:
             print(json.dumps(comm_share(k, a.batch_size, a.width, a.device, a.steps)), flush=True)
     load = os.getloadavg()[0]
     if cpu and load > (os.cpu_count() or 1):
-        print(f"note: load average {load:.1f} on {os.cpu_count()} CPUs during the run: other processes share the cores, "
-              "so wall-clock figures (images/s, step_ms, communication_share) measure contention as much as training; "
-              "a negative communication_share means the wall-clock share cannot be measured here. The CPU-time share "
-              "(communication_cpu_share: CPU the collectives cost, not time spent waiting) is less sensitive.", flush=True)
+        print(
+            f"note: load average {load:.1f} on {os.cpu_count()} CPUs during the run: other processes share the cores, "
+            "so wall-clock figures (images/s, step_ms, communication_share) measure contention as much as training; "
+            "a negative communication_share means the wall-clock share cannot be measured here. The CPU-time share "
+            "(communication_cpu_share: CPU the collectives cost, not time spent waiting) is less sensitive.",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ For 50,000 random 32×32 images and 10,000 random 64×64 images it prints
 
 Target: the feature pass within 2× of the read-only pass. Timings are the best of a few repeats.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,11 +89,15 @@ def through_store(n: int, size: int, rng, home: Path) -> None:
     path = str(store.path)
     names = ("colour_moment", "sharpness")
     nbytes = n * size * size * 3
-    print(f"through the zarr store, {n} images {size}x{size} ({nbytes / 1e6:.0f} MB, chunks of {store.images.chunks[0]}):")
+    print(
+        f"through the zarr store, {n} images {size}x{size} ({nbytes / 1e6:.0f} MB, chunks of {store.images.chunks[0]}):"
+    )
 
     def read_only(scheduler=None):
         arr = da.from_zarr(path, component="images")
-        touched = arr.map_blocks(lambda b: np.full((1,), b.shape[0]), drop_axis=[1, 2, 3], chunks=((1,) * arr.numblocks[0],), dtype=np.int64)
+        touched = arr.map_blocks(
+            lambda b: np.full((1,), b.shape[0]), drop_axis=[1, 2, 3], chunks=((1,) * arr.numblocks[0],), dtype=np.int64
+        )
         return dask.compute(touched.sum(), scheduler=scheduler)[0]
 
     cfg = FeaturesConfig()
@@ -106,7 +111,12 @@ def through_store(n: int, size: int, rng, home: Path) -> None:
 
     for processes in (True, False):
         t = time.perf_counter()
-        with LocalCluster(n_workers=os.cpu_count(), threads_per_worker=1, processes=processes, dashboard_address=None) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=os.cpu_count(), threads_per_worker=1, processes=processes, dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             t_start = time.perf_counter() - t
             from pipeline.stages.features import _compute_distributed, features_graph
 
@@ -116,11 +126,25 @@ def through_store(n: int, size: int, rng, home: Path) -> None:
 
             blocks = list(features_graph(path, names).to_delayed().ravel())
             _compute_distributed(blocks, client, _Bar())  # warm the workers (numba cache load)
-            t_cl = best_of(lambda: _compute_distributed(list(features_graph(path, names).to_delayed().ravel()), client, _Bar()))
-            t_clr = best_of(lambda: client.compute(da.from_zarr(path, component="images").map_blocks(
-                lambda b: np.full((1,), b.shape[0]), drop_axis=[1, 2, 3], chunks=((1,) * store.images.nchunks,), dtype=np.int64).sum()).result())
+            t_cl = best_of(
+                lambda: _compute_distributed(list(features_graph(path, names).to_delayed().ravel()), client, _Bar())
+            )
+            t_clr = best_of(
+                lambda: client.compute(
+                    da.from_zarr(path, component="images")
+                    .map_blocks(
+                        lambda b: np.full((1,), b.shape[0]),
+                        drop_axis=[1, 2, 3],
+                        chunks=((1,) * store.images.nchunks,),
+                        dtype=np.int64,
+                    )
+                    .sum()
+                ).result()
+            )
         kind = "processes" if processes else "threads  "
-        print(f"  LocalCluster {kind}: start {t_start:5.2f} s, features {t_cl * 1e3:8.1f} ms, read-only {t_clr * 1e3:8.1f} ms")
+        print(
+            f"  LocalCluster {kind}: start {t_start:5.2f} s, features {t_cl * 1e3:8.1f} ms, read-only {t_clr * 1e3:8.1f} ms"
+        )
 
     # Peak memory of the whole stage in a fresh process: VmHWM (the peak RSS of this process image;
     # ru_maxrss would include the parent's RSS at fork time) against a process that only imported
@@ -140,7 +164,12 @@ def through_store(n: int, size: int, rng, home: Path) -> None:
     small = write_store(name + "-tenth", store.images[: max(1, n // 10)])
     for label, probe_store in (("all", store), ("a tenth", small)):
         out = subprocess.run(
-            [sys.executable, "-c", probe, probe_store.name], capture_output=True, text=True, env=env, cwd=ROOT, check=True
+            [sys.executable, "-c", probe, probe_store.name],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            check=True,
         )
         base, peak, traced = json.loads(out.stdout.strip().splitlines()[-1])
         size_mib = probe_store.n * size * size * 3 / 2**20

@@ -9,6 +9,7 @@ exit code, then the medians. ``--busy`` keeps both cores of a 2-core machine bus
 processes meanwhile (as the newcomer check does). The checks run before torch is imported and
 before Prefect's temporary server starts, so CPU time is mostly Python start-up and pydantic.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,18 +46,29 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="first-commands-") as tmp:
             env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SUBSAMPLE_"))}
             env.update(SUBSAMPLE_HOME=f"{tmp}/home", PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(REPO))
-            subprocess.run([sys.executable, "-m", "flows.cli", "ingest", str(REPO / "data" / "demo"), "--name", "demo"],
-                           env=env, cwd=REPO, capture_output=True, check=True)
-            print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs{', 2 spinning processes' if hogs else ''}")
+            subprocess.run(
+                [sys.executable, "-m", "flows.cli", "ingest", str(REPO / "data" / "demo"), "--name", "demo"],
+                env=env,
+                cwd=REPO,
+                capture_output=True,
+                check=True,
+            )
+            print(
+                f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs{', 2 spinning processes' if hogs else ''}"
+            )
             for command in COMMANDS:
                 walls, cpus = [], []
                 for i in range(args.rounds):
                     wall, cpu, rc, last = timed(command, {**env, "PREFECT_HOME": f"{tmp}/prefect-{i}-{command[0]}"})
                     walls.append(wall)
                     cpus.append(cpu)
-                    print(f"  subsample {' '.join(command)}: {wall:.2f} s wall, {cpu:.2f} s CPU, exit {rc}: {last[:110]}")
-                print(f"subsample {' '.join(command)}: median {statistics.median(walls):.2f} s wall, "
-                      f"{statistics.median(cpus):.2f} s CPU over {args.rounds} rounds")
+                    print(
+                        f"  subsample {' '.join(command)}: {wall:.2f} s wall, {cpu:.2f} s CPU, exit {rc}: {last[:110]}"
+                    )
+                print(
+                    f"subsample {' '.join(command)}: median {statistics.median(walls):.2f} s wall, "
+                    f"{statistics.median(cpus):.2f} s CPU over {args.rounds} rounds"
+                )
     finally:
         for h in hogs:
             h.kill()

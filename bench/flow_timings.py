@@ -12,6 +12,7 @@ Each is a fresh process, so each includes Python start-up, imports and Prefect's
 
 Prints a table and writes ``bench/out/flow_timings.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,13 @@ def timed_run(label: str, extra: list[str], env: dict) -> dict:
     if proc.returncode != 0:
         sys.exit(f"{label}: `{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     report = json.loads(proc.stdout)
-    return {"label": label, "wall_seconds": round(wall, 1), "flow_seconds": report["seconds"],
-            "stages": {s["stage"]: {"cache_hit": s["cache_hit"], "seconds": s["seconds"]} for s in report["stages"]},
-            "mlflow_run_id": report.get("mlflow_run_id")}
+    return {
+        "label": label,
+        "wall_seconds": round(wall, 1),
+        "flow_seconds": report["seconds"],
+        "stages": {s["stage"]: {"cache_hit": s["cache_hit"], "seconds": s["seconds"]} for s in report["stages"]},
+        "mlflow_run_id": report.get("mlflow_run_id"),
+    }
 
 
 def main() -> None:
@@ -58,7 +63,10 @@ def main() -> None:
     print(f"{'run':<12}{'wall s':>8}{'flow s':>8}  " + "  ".join(f"{s:>10}" for s in stages))
     for r in results:
         cells = [f"{r['stages'][s]['seconds']:>7.1f}{' h' if r['stages'][s]['cache_hit'] else ' b'}" for s in stages]
-        print(f"{r['label']:<12}{r['wall_seconds']:>8.1f}{r['flow_seconds']:>8.1f}  " + "  ".join(f"{c:>10}" for c in cells))
+        print(
+            f"{r['label']:<12}{r['wall_seconds']:>8.1f}{r['flow_seconds']:>8.1f}  "
+            + "  ".join(f"{c:>10}" for c in cells)
+        )
     print("(per stage: seconds, h = cache hit, b = built)")
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ four made unimportable). ``--tiny`` shrinks everything (32 px, B = 16/64, 512 im
 images, FID/KID on Inception's 64-d features) and leaves out torch.compile, which takes minutes to
 compile on a CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,26 +74,46 @@ def train_throughput(args, device: torch.device) -> dict:
     # compile off: all four bf16 × channels-last combinations; compile on: the training stage's
     # CUDA default (bf16 and channels-last on) and all off, unless --all-combinations (each
     # compiled combination costs a minute or two of compiling, for both loops)
-    combos = [(bf16, cl, comp) for bf16, cl, comp in itertools.product((False, True), repeat=3)
-              if not comp or (not args.tiny and (args.all_combinations or bf16 == cl))]
+    combos = [
+        (bf16, cl, comp)
+        for bf16, cl, comp in itertools.product((False, True), repeat=3)
+        if not comp or (not args.tiny and (args.all_combinations or bf16 == cl))
+    ]
     rows = []
     for bf16, cl, comp in combos:
         ns = SimpleNamespace(
-            ngf=args.ngf, ndf=args.ndf, size=args.size, n=args.n_images, amp="bf16" if bf16 else "off",
-            channels_last="on" if cl else "off", compile=comp, parts=("ours", "baseline"),
-            rounds=args.rounds, steps=args.steps, warmup=args.warmup,
+            ngf=args.ngf,
+            ndf=args.ndf,
+            size=args.size,
+            n=args.n_images,
+            amp="bf16" if bf16 else "off",
+            channels_last="on" if cl else "off",
+            compile=comp,
+            parts=("ours", "baseline"),
+            rounds=args.rounds,
+            steps=args.steps,
+            warmup=args.warmup,
             workers=args.loader_workers if args.loader_workers is not None else (4 if device.type == "cuda" else 0),
         )
-        label = f"bf16={'on' if bf16 else 'off'} channels_last={'on' if cl else 'off'} compile={'on' if comp else 'off'}"
+        label = (
+            f"bf16={'on' if bf16 else 'off'} channels_last={'on' if cl else 'off'} compile={'on' if comp else 'off'}"
+        )
         t0 = time.perf_counter()
         try:
             r = bench_size(ns, args.batch_size, device)
-            row = {"bf16": bf16, "channels_last": cl, "compile": comp,
-                   "ours_images_per_second": r["ours_images_per_second"],
-                   "baseline_images_per_second": r["baseline_images_per_second"],
-                   "ours_over_baseline": r["ours_over_baseline"], "seconds": round(time.perf_counter() - t0, 1)}
-            log(f"(a) {label}: ours {row['ours_images_per_second']:.0f} img/s, DataLoader loop "
-                f"{row['baseline_images_per_second']:.0f} img/s ({row['ours_over_baseline']:.2f}x)")
+            row = {
+                "bf16": bf16,
+                "channels_last": cl,
+                "compile": comp,
+                "ours_images_per_second": r["ours_images_per_second"],
+                "baseline_images_per_second": r["baseline_images_per_second"],
+                "ours_over_baseline": r["ours_over_baseline"],
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            log(
+                f"(a) {label}: ours {row['ours_images_per_second']:.0f} img/s, DataLoader loop "
+                f"{row['baseline_images_per_second']:.0f} img/s ({row['ours_over_baseline']:.2f}x)"
+            )
         except Exception as e:  # one failing combination (e.g. no compiler for torch.compile) must not hide the rest
             row = {"bf16": bf16, "channels_last": cl, "compile": comp, "error": f"{type(e).__name__}: {str(e)[:300]}"}
             log(f"(a) {label}: FAILED {row['error']}")
@@ -100,9 +121,14 @@ def train_throughput(args, device: torch.device) -> dict:
     ok = [r for r in rows if "error" not in r]
     best = max(ok, key=lambda r: r["ours_images_per_second"]) if ok else None
     return {
-        "model": f"DCGAN-{args.size} ngf={args.ngf} ndf={args.ndf}", "batch_size": args.batch_size,
-        "steps_per_round": args.steps, "rounds": args.rounds, "configs": rows,
-        "best": None if best is None else {k: best[k] for k in ("bf16", "channels_last", "compile", "ours_images_per_second")},
+        "model": f"DCGAN-{args.size} ngf={args.ngf} ndf={args.ndf}",
+        "batch_size": args.batch_size,
+        "steps_per_round": args.steps,
+        "rounds": args.rounds,
+        "configs": rows,
+        "best": None
+        if best is None
+        else {k: best[k] for k in ("bf16", "channels_last", "compile", "ours_images_per_second")},
         "ok": len(ok) == len(rows),
         **({"left_out": "torch.compile (takes minutes to compile on a CPU; --tiny)"} if args.tiny else {}),
     }
@@ -119,7 +145,9 @@ def _no_download():
 
     real_load, real_url = fe.FeatureExtractorInceptionV3.load_state_dict, fe.load_state_dict_from_url
     fe.load_state_dict_from_url = lambda *a, **k: None
-    fe.FeatureExtractorInceptionV3.load_state_dict = lambda self, sd, *a, **k: None if sd is None else real_load(self, sd, *a, **k)
+    fe.FeatureExtractorInceptionV3.load_state_dict = lambda self, sd, *a, **k: (
+        None if sd is None else real_load(self, sd, *a, **k)
+    )
     try:
         yield
     finally:
@@ -166,18 +194,30 @@ def inception_throughput(args, device: torch.device, tmp: Path) -> dict:
     rng = np.random.default_rng(1)
     fake = rng.integers(0, 256, (n, args.size, args.size, 3), dtype=np.uint8)
     real = rng.integers(0, 256, (n, args.size, args.size, 3), dtype=np.uint8)
-    layers = {"feature_layer_fid": "64", "feature_layer_kid": "64"} if args.tiny else {}  # --tiny: no 2048² sqrtm on a CPU
+    layers = (
+        {"feature_layer_fid": "64", "feature_layer_kid": "64"} if args.tiny else {}
+    )  # --tiny: no 2048² sqrtm on a CPU
     cfg = EvaluateConfig(samples=n, batch_size=b, isc_splits=max(1, min(10, n // 2)), kid_subsets=10, **layers)
     t0 = time.perf_counter()
-    res = fidelity_scores(ImageArrayDataset(fake), ImageArrayDataset(real), cfg, weights_path=str(weights),
-                          cuda=device.type == "cuda")
+    res = fidelity_scores(
+        ImageArrayDataset(fake), ImageArrayDataset(real), cfg, weights_path=str(weights), cuda=device.type == "cuda"
+    )
     seconds = time.perf_counter() - t0
     finite = all(math.isfinite(v) for v in res.metrics.values())
-    log(f"(b) evaluate's fidelity_scores (IS+FID+KID, {n} + {n} images): {2 * n / seconds:.0f} images/s, {seconds:.1f} s")
-    return {"weights": note, "image_size": args.size, "batch_size": b, "images": n,
-            "forward_images_per_second": round(forward_ips, 1),
-            "fidelity_scores_images_per_second": round(2 * n / seconds, 1), "fidelity_scores_seconds": round(seconds, 2),
-            "metrics": {k: round(v, 4) for k, v in res.metrics.items()}, "ok": finite}
+    log(
+        f"(b) evaluate's fidelity_scores (IS+FID+KID, {n} + {n} images): {2 * n / seconds:.0f} images/s, {seconds:.1f} s"
+    )
+    return {
+        "weights": note,
+        "image_size": args.size,
+        "batch_size": b,
+        "images": n,
+        "forward_images_per_second": round(forward_ips, 1),
+        "fidelity_scores_images_per_second": round(2 * n / seconds, 1),
+        "fidelity_scores_seconds": round(seconds, 2),
+        "metrics": {k: round(v, 4) for k, v in res.metrics.items()},
+        "ok": finite,
+    }
 
 
 # --- (c) paper-constructed on a synthetic store, with a checkpoint/resume round trip -------------------
@@ -194,24 +234,32 @@ def synthetic_images(n: int, s: int, seed: int = 0) -> np.ndarray:
         a, b = rng.uniform(0, 255, (k, 1, 1, 3)), rng.uniform(0, 255, (k, 1, 1, 3))
         t = rng.uniform(0, 1, (k, 1, 1, 1))
         grad = a + (b - a) * (t * xx[None, ..., None] + (1 - t) * yy[None, ..., None])
-        cy, cx, r = rng.uniform(0.2, 0.8, (k, 1, 1)), rng.uniform(0.2, 0.8, (k, 1, 1)), rng.uniform(0.05, 0.3, (k, 1, 1))
+        cy, cx, r = (
+            rng.uniform(0.2, 0.8, (k, 1, 1)),
+            rng.uniform(0.2, 0.8, (k, 1, 1)),
+            rng.uniform(0.05, 0.3, (k, 1, 1)),
+        )
         disc = ((yy[None] - cy) ** 2 + (xx[None] - cx) ** 2 <= r**2)[..., None]
-        img = np.where(disc, rng.uniform(0, 255, (k, 1, 1, 3)), grad) + rng.normal(0, rng.uniform(0, 12, (k, 1, 1, 1)), (k, s, s, 3))
+        img = np.where(disc, rng.uniform(0, 255, (k, 1, 1, 3)), grad) + rng.normal(
+            0, rng.uniform(0, 12, (k, 1, 1, 1)), (k, s, s, 3)
+        )
         out[start : start + k] = np.clip(img, 0, 255).astype(np.uint8)
     return out
 
 
 def paper_constructed(args, device: torch.device, tmp: Path) -> dict:
     from kernels.features import DEFAULT_FEATURES, compute_features
+    from pipeline.gan.trainer import load_checkpoint, make_trainer
     from pipeline.presets import resolve_batches_config, resolve_train_config
     from pipeline.stages.tables import build_table
-    from pipeline.gan.trainer import load_checkpoint, make_trainer
     from pipeline.stages.train import _train_loop, make_sampler
 
     t0 = time.perf_counter()
     images_np = synthetic_images(args.store_images, args.size)
     table = build_table(compute_features(images_np, names=DEFAULT_FEATURES), DEFAULT_FEATURES, (32, 32))
-    log(f"(c) synthetic data set: {args.store_images:,} images {args.size} px, features and table in {time.perf_counter() - t0:.1f} s")
+    log(
+        f"(c) synthetic data set: {args.store_images:,} images {args.size} px, features and table in {time.perf_counter() - t0:.1f} s"
+    )
     overrides = {"track": False, "device": device.type, "epochs": 2, "eval_every": 0}
     if args.tiny:
         overrides.update(ngf=8, ndf=8, sample_grid=16, kl_samples=128)
@@ -248,17 +296,31 @@ def paper_constructed(args, device: torch.device, tmp: Path) -> dict:
     weight_diff = max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)
     steps_per_epoch = len(a["loss_d"]) // 2
     ips = [e["images_per_second"] for e in a["epochs"]]
-    log(f"(c) paper-constructed B={batches.batch_size}: {steps_per_epoch} steps/epoch, {ips} img/s, losses finite: "
-        f"{finite}, resumed vs straight: max |loss diff| {loss_diff:.3g}, max |weight diff| {weight_diff:.3g}")
+    log(
+        f"(c) paper-constructed B={batches.batch_size}: {steps_per_epoch} steps/epoch, {ips} img/s, losses finite: "
+        f"{finite}, resumed vs straight: max |loss diff| {loss_diff:.3g}, max |weight diff| {weight_diff:.3g}"
+    )
     return {
-        "preset": "paper-constructed", "strategy": batches.strategy, "batch_size": batches.batch_size,
-        "images": args.store_images, "image_size": args.size, "ngf": cfg.ngf, "ndf": cfg.ndf, "bf16": straight.bf16,
-        "epochs": 2, "steps_per_epoch": steps_per_epoch, "images_per_second_per_epoch": ips,
-        "seconds_two_epochs": round(straight_seconds, 2), "losses_finite": finite,
-        "last_loss_d": a["epochs"][-1]["loss_d"], "last_loss_g": a["epochs"][-1]["loss_g"],
+        "preset": "paper-constructed",
+        "strategy": batches.strategy,
+        "batch_size": batches.batch_size,
+        "images": args.store_images,
+        "image_size": args.size,
+        "ngf": cfg.ngf,
+        "ndf": cfg.ndf,
+        "bf16": straight.bf16,
+        "epochs": 2,
+        "steps_per_epoch": steps_per_epoch,
+        "images_per_second_per_epoch": ips,
+        "seconds_two_epochs": round(straight_seconds, 2),
+        "losses_finite": finite,
+        "last_loss_d": a["epochs"][-1]["loss_d"],
+        "last_loss_g": a["epochs"][-1]["loss_g"],
         "feature_kl_per_epoch": [e["feature_kl"] for e in a["epochs"]],
-        "checkpoint_restored_exactly": restored, "resume_max_abs_loss_diff": loss_diff,
-        "resume_max_abs_weight_diff": weight_diff, "resume_bitwise_equal": loss_diff == 0 and weight_diff == 0,
+        "checkpoint_restored_exactly": restored,
+        "resume_max_abs_loss_diff": loss_diff,
+        "resume_max_abs_weight_diff": weight_diff,
+        "resume_bitwise_equal": loss_diff == 0 and weight_diff == 0,
         "ok": finite and restored and (device.type != "cpu" or (loss_diff == 0 and weight_diff == 0)),
     }
 
@@ -275,8 +337,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="(a) timed steps per round (default 20; tiny 2)")
     ap.add_argument("--rounds", type=int, default=None, help="(a) interleaved rounds (default 3; tiny 1)")
     ap.add_argument("--warmup", type=int, default=None, help="(a) untimed steps first (default 10; tiny 1)")
-    ap.add_argument("--all-combinations", action="store_true", help="(a) torch.compile with all four bf16 × channels-last combinations, not two")
-    ap.add_argument("--loader-workers", type=int, default=None, help="(a) the DataLoader loop's workers (default 4 on CUDA, 0 on CPU)")
+    ap.add_argument(
+        "--all-combinations",
+        action="store_true",
+        help="(a) torch.compile with all four bf16 × channels-last combinations, not two",
+    )
+    ap.add_argument(
+        "--loader-workers",
+        type=int,
+        default=None,
+        help="(a) the DataLoader loop's workers (default 4 on CUDA, 0 on CPU)",
+    )
     ap.add_argument("--inception-images", type=int, default=None, help="(b) N (default 5,000; tiny 2)")
     ap.add_argument("--inception-batch", type=int, default=None, help="(b) batch (default 250; tiny 2)")
     ap.add_argument("--inception-weights", default=None, help="(b) a local copy of torch-fidelity's Inception weights")
@@ -285,8 +356,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="also write the JSON summary to this file")
     args = ap.parse_args(argv)
     tiny = args.tiny
-    defaults = dict(batch_size=(16, 128), steps=(2, 20), rounds=(1, 3), warmup=(1, 10), inception_images=(2, 5000),
-                    inception_batch=(2, 250), store_images=(512, 50_000), store_batch=(64, None))
+    defaults = dict(
+        batch_size=(16, 128),
+        steps=(2, 20),
+        rounds=(1, 3),
+        warmup=(1, 10),
+        inception_images=(2, 5000),
+        inception_batch=(2, 250),
+        store_images=(512, 50_000),
+        store_batch=(64, None),
+    )
     for k, (t, full) in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, t if tiny else full)
@@ -294,20 +373,31 @@ def main(argv: list[str] | None = None) -> int:
     args.n_images = 4 * args.batch_size if tiny else 8192
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("gpu_check: --device cuda but CUDA is not available (torch.cuda.is_available() is False); "
-              "use --device cpu --tiny for the CPU smoke version", file=sys.stderr)
+        print(
+            "gpu_check: --device cuda but CUDA is not available (torch.cuda.is_available() is False); "
+            "use --device cpu --tiny for the CPU smoke version",
+            file=sys.stderr,
+        )
         return 2
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = torch.device(
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     summary: dict = {
-        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "cuda": torch.version.cuda, "tiny": tiny, "threads": torch.get_num_threads(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "tiny": tiny,
+        "threads": torch.get_num_threads(),
     }
     if device.type == "cpu" and not tiny:
         log("no GPU: the full check on a CPU takes hours; this runs it anyway (use --tiny for the smoke version)")
     t_all = time.perf_counter()
-    parts = {"a": ("train_throughput", lambda tmp: train_throughput(args, device)),
-             "b": ("inception", lambda tmp: inception_throughput(args, device, tmp)),
-             "c": ("paper_constructed", lambda tmp: paper_constructed(args, device, tmp))}
+    parts = {
+        "a": ("train_throughput", lambda tmp: train_throughput(args, device)),
+        "b": ("inception", lambda tmp: inception_throughput(args, device, tmp)),
+        "c": ("paper_constructed", lambda tmp: paper_constructed(args, device, tmp)),
+    }
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         for p in args.parts:
             name, fn = parts[p]

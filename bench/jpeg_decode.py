@@ -17,6 +17,7 @@ candidate, in memory (no file reads, no store):
 Candidates that need a package that is not installed (OpenCV, PyTurboJPEG and its libturbojpeg)
 are listed as skipped with the reason. Prints a table and one JSON line per candidate.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,6 +36,7 @@ from PIL import Image
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from celeba_like import jpeg_bytes  # noqa: E402
+
 from kernels.resize import resize_float, resize_lanczos  # noqa: E402
 from pipeline.data.images import CropPolicy, decode_image  # noqa: E402
 
@@ -116,6 +118,7 @@ def cpu_us(fn: Decoder, data: list[bytes]) -> float:
 
 def two_threads(fn: Decoder, data: list[bytes]) -> tuple[float, float]:
     """(speed-up of 2 threads over 1 on the same images, cores busy with 2 threads)."""
+
     def run(part: list[bytes]) -> None:
         for d in part:
             fn(d)
@@ -159,10 +162,14 @@ def main() -> None:
     for _ in range(args.repeat):
         for k, fn in live.items():
             times[k].append(cpu_us(fn, data))
-    print(f"{args.n} CelebA-like JPEGs ({np.mean([len(d) for d in data]) / 1e3:.1f} KB mean), crop {args.crop} -> {args.size} px; "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (the 2-thread figures need two idle cores)")
+    print(
+        f"{args.n} CelebA-like JPEGs ({np.mean([len(d) for d in data]) / 1e3:.1f} KB mean), crop {args.crop} -> {args.size} px; "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (the 2-thread figures need two idle cores)"
+    )
     rows = []
-    print(f"{'candidate':<52} {'CPU µs/img':>10} {'img/s/core':>10} {'2 threads':>9} {'cores':>6} {'PSNR dB':>8} {'= pillow':>8}")
+    print(
+        f"{'candidate':<52} {'CPU µs/img':>10} {'img/s/core':>10} {'2 threads':>9} {'cores':>6} {'PSNR dB':>8} {'= pillow':>8}"
+    )
     for k, v in cands.items():
         if not callable(v):
             print(f"{k:<52} {v}")
@@ -171,9 +178,16 @@ def main() -> None:
         speedup, cores = two_threads(v, data)
         p = psnr(outs[k], ref)
         same = bool(np.array_equal(outs[k], baseline))
-        row = {"candidate": k, "cpu_us_per_image": round(us, 1), "images_per_second_per_core": round(1e6 / us),
-               "two_thread_speedup": round(speedup, 2), "two_thread_cores_busy": round(cores, 2), "psnr_db": round(p, 2),
-               "max_abs_diff_vs_pillow": int(np.abs(outs[k].astype(int) - baseline).max()), "equals_pillow_path": same}
+        row = {
+            "candidate": k,
+            "cpu_us_per_image": round(us, 1),
+            "images_per_second_per_core": round(1e6 / us),
+            "two_thread_speedup": round(speedup, 2),
+            "two_thread_cores_busy": round(cores, 2),
+            "psnr_db": round(p, 2),
+            "max_abs_diff_vs_pillow": int(np.abs(outs[k].astype(int) - baseline).max()),
+            "equals_pillow_path": same,
+        }
         print(f"{k:<52} {us:>10.1f} {1e6 / us:>10.0f} {speedup:>8.2f}x {cores:>6.2f} {p:>8.2f} {str(same):>8}")
         rows.append(row)
     for row in rows:

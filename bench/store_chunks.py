@@ -16,6 +16,7 @@ per copy (flip, channel roll, a constant added mod 256) so zstd cannot match who
 
 Prints one line per configuration and a JSON line per measurement with ``--json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -123,17 +124,21 @@ def main() -> None:
     rng = np.random.default_rng(0)
     tmp = Path(tempfile.mkdtemp(prefix="store-chunks-"))
     try:
-        print(f"{'S':>3} {'chunk':>12} {'shard':>6} {'write MB/s':>10} {'read MB/s':>9} "
-              f"{'gather64 img/s':>14} {'gather1024 img/s':>16} {'disk':>5} {'files':>5}")
+        print(
+            f"{'S':>3} {'chunk':>12} {'shard':>6} {'write MB/s':>10} {'read MB/s':>9} "
+            f"{'gather64 img/s':>14} {'gather1024 img/s':>16} {'disk':>5} {'files':>5}"
+        )
         for size, n in ((32, args.n32), (64, args.n64)):
             images = make_images(n, size)
             for cfg in configs(size):
                 runs = [measure(images, cfg, tmp, args.batches, rng) for _ in range(args.repeat)]
                 r = {k: max(run[k] for run in runs) if k.endswith(("MBps", "ips")) else v for k, v in runs[0].items()}
                 chunk = f"{r['chunk']} ({r['chunk_mib']:g} MiB)"
-                print(f"{size:>3} {chunk:>12} {r['shard'] or '-':>6} {r['write_MBps']:>10.0f} {r['read_MBps']:>9.0f} "
-                      f"{r['gather64_ips']:>14.0f} {r['gather1024_ips']:>16.0f} {r['disk_ratio']:>5.2f} {r['files']:>5}",
-                      flush=True)
+                print(
+                    f"{size:>3} {chunk:>12} {r['shard'] or '-':>6} {r['write_MBps']:>10.0f} {r['read_MBps']:>9.0f} "
+                    f"{r['gather64_ips']:>14.0f} {r['gather1024_ips']:>16.0f} {r['disk_ratio']:>5.2f} {r['files']:>5}",
+                    flush=True,
+                )
                 if args.json:
                     print(json.dumps(r), flush=True)
     finally:

@@ -21,6 +21,7 @@ the first steps; on a shared machine the load changes under a long run), and eac
 median over rounds. "outside" is gather+convert divided by ours' time per step. CUDA is
 synchronised before reading the clock. Figures are printed as a table and one JSON line per B.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline.gan.losses import LOSSES
-from pipeline.presets import resolve_train_config
 from pipeline.gan.trainer import make_trainer, resolve_device, to_float, train_epoch
+from pipeline.presets import resolve_train_config
 
 
 def sync(device: torch.device) -> None:
@@ -55,10 +56,23 @@ def bench_size(args, b: int, device: torch.device) -> dict:
     """The figures for batch size ``b``. ``args`` also carries ``size`` (image side, default 32),
     ``compile`` (torch.compile G and D, default off) and ``parts`` (which of ours, gather,
     model, baseline to time; default all): bench/gpu_check.py times DCGAN-64 through here."""
-    size, compile_, parts_wanted = getattr(args, "size", 32), getattr(args, "compile", False), getattr(args, "parts", None)
-    cfg = resolve_train_config("paper-128a", {"ngf": args.ngf, "ndf": args.ndf, "device": device.type, "track": False,
-                                              "amp": args.amp, "channels_last": args.channels_last == "on",
-                                              "compile": compile_})
+    size, compile_, parts_wanted = (
+        getattr(args, "size", 32),
+        getattr(args, "compile", False),
+        getattr(args, "parts", None),
+    )
+    cfg = resolve_train_config(
+        "paper-128a",
+        {
+            "ngf": args.ngf,
+            "ndf": args.ndf,
+            "device": device.type,
+            "track": False,
+            "amp": args.amp,
+            "channels_last": args.channels_last == "on",
+            "compile": compile_,
+        },
+    )
     n = max(args.n, 2 * b)
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=gen).to(device)
@@ -101,8 +115,15 @@ def bench_size(args, b: int, device: torch.device) -> dict:
     tb = make_trainer(cfg, size, device)
     host = images[: max(4 * b, min(n, 16 * b))].cpu().permute(0, 3, 1, 2).float().div(127.5).sub(1).contiguous()
     workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
-    loader = DataLoader(TensorDataset(host), batch_size=b, shuffle=True, drop_last=True, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    loader = DataLoader(
+        TensorDataset(host),
+        batch_size=b,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
     memfmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     netG, netD, optG, optD = tb.G_train, tb.D_train, tb.opt_g, tb.opt_d  # compiled when cfg.compile
 
@@ -147,8 +168,16 @@ def bench_size(args, b: int, device: torch.device) -> dict:
             rounds[name].append(timed(fn, device, args.steps))
     med = {k: statistics.median(v) for k, v in rounds.items()}
     out = {
-        "device": str(device), "batch_size": b, "image_size": size, "rounds": args.rounds, "steps_per_round": args.steps,
-        "ngf": args.ngf, "ndf": args.ndf, "bf16": t.bf16, "channels_last": cfg.channels_last, "compile": cfg.compile,
+        "device": str(device),
+        "batch_size": b,
+        "image_size": size,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "ngf": args.ngf,
+        "ndf": args.ndf,
+        "bf16": t.bf16,
+        "channels_last": cfg.channels_last,
+        "compile": cfg.compile,
         "threads": torch.get_num_threads(),
         "rounds_ms": {k: [round(x * 1e3, 1) for x in v] for k, v in rounds.items()},
     }
@@ -170,16 +199,28 @@ def bench_size(args, b: int, device: torch.device) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 2048])
-    p.add_argument("--steps", type=int, default=None, help="timed steps per round (default: 5 on CPU at B<=256, 1 above; 20 on CUDA)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed steps per round (default: 5 on CPU at B<=256, 1 above; 20 on CUDA)",
+    )
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps of each part first (default: 5 at B<=256, 1 above; 10 on CUDA)")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed steps of each part first (default: 5 at B<=256, 1 above; 10 on CUDA)",
+    )
     p.add_argument("--n", type=int, default=8192, help="images in the synthetic data set")
     p.add_argument("--ngf", type=int, default=64)
     p.add_argument("--ndf", type=int, default=64)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"])
     p.add_argument("--channels-last", default="on", choices=["on", "off"])
-    p.add_argument("--workers", type=int, default=None, help="baseline DataLoader workers (default 0 on CPU, 4 on CUDA)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="baseline DataLoader workers (default 0 on CPU, 4 on CUDA)"
+    )
     args = p.parse_args()
     device = resolve_device(args.device)
     rows = []
@@ -190,11 +231,17 @@ def main() -> None:
         a.steps = a.steps if a.steps is not None else (20 if cuda else 5 if small else 1)
         rows.append(bench_size(a, b, device))
         print(json.dumps(rows[-1]), flush=True)
-    print(f"\nDCGAN-32 ngf={args.ngf} ndf={args.ndf} on {device} ({torch.get_num_threads()} threads); medians of {args.rounds} rounds")
-    print(f"{'B':>6} {'ours img/s':>11} {'ms/step':>9} {'gather ms':>10} {'model ms':>9} {'outside':>8} {'baseline img/s':>15} {'ratio':>6}")
+    print(
+        f"\nDCGAN-32 ngf={args.ngf} ndf={args.ndf} on {device} ({torch.get_num_threads()} threads); medians of {args.rounds} rounds"
+    )
+    print(
+        f"{'B':>6} {'ours img/s':>11} {'ms/step':>9} {'gather ms':>10} {'model ms':>9} {'outside':>8} {'baseline img/s':>15} {'ratio':>6}"
+    )
     for r in rows:
-        print(f"{r['batch_size']:>6} {r['ours_images_per_second']:>11} {r['ours_ms_per_step']:>9} {r['gather_convert_ms_per_step']:>10} "
-              f"{r['model_ms_per_step']:>9} {r['outside_share']:>8.2%} {r['baseline_images_per_second']:>15} {r['ours_over_baseline']:>6}")
+        print(
+            f"{r['batch_size']:>6} {r['ours_images_per_second']:>11} {r['ours_ms_per_step']:>9} {r['gather_convert_ms_per_step']:>10} "
+            f"{r['model_ms_per_step']:>9} {r['outside_share']:>8.2%} {r['baseline_images_per_second']:>15} {r['ours_over_baseline']:>6}"
+        )
 
 
 if __name__ == "__main__":

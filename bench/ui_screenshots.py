@@ -18,6 +18,7 @@ Prints one line per picture: its path and which expected texts the rendered page
 ``apt-get install chromium``). Nothing else depends on Chromium: the test that runs this script
 is skipped without it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,11 +61,26 @@ def chromium(exe: str, url: str, *args: str, timeout_s: float = 120) -> subproce
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     try:
         return subprocess.run(
-            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-             f"--user-data-dir={profile}", f"--window-size={WINDOW}", "--virtual-time-budget=25000",
-             "--hide-scrollbars", *args, url],
-            capture_output=True, text=True, timeout=timeout_s,
+            [
+                exe,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+                f"--user-data-dir={profile}",
+                f"--window-size={WINDOW}",
+                "--virtual-time-budget=25000",
+                "--hide-scrollbars",
+                *args,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
         )
     finally:
         shutil.rmtree(profile, ignore_errors=True)
@@ -81,7 +97,9 @@ def page_text(dom: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--home", default=os.environ.get("SUBSAMPLE_HOME", "artifacts"), help="SUBSAMPLE_HOME with runs")
+    parser.add_argument(
+        "--home", default=os.environ.get("SUBSAMPLE_HOME", "artifacts"), help="SUBSAMPLE_HOME with runs"
+    )
     parser.add_argument("--out", default=str(REPO / "bench" / "out" / "ui"), help="folder for the PNGs and page texts")
     parser.add_argument("--dataset", default=None, help="experiment subsample/<dataset> (default: the first one)")
     args = parser.parse_args(argv)
@@ -98,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     c = tracking.client()
     names = [e.name for e in c.search_experiments(filter_string="name LIKE 'subsample/%'")]
     if not names:
-        print(f"ui_screenshots: no subsample/* experiment in {home / 'mlflow.db'}; run `make demo` first", file=sys.stderr)
+        print(
+            f"ui_screenshots: no subsample/* experiment in {home / 'mlflow.db'}; run `make demo` first", file=sys.stderr
+        )
         return 1
     dataset = args.dataset or names[0].split("/", 1)[1]
     exp_id = tracking.experiment_id(dataset, c)  # an experiment made before the tags existed gets them
@@ -111,9 +131,19 @@ def main(argv: list[str] | None = None) -> int:
     mlflow = Path(sys.executable).with_name("mlflow")
     log = open(out / "mlflow-ui.log", "w")
     server = subprocess.Popen(
-        [str(mlflow if mlflow.exists() else "mlflow"), "ui", "--backend-store-uri", tracking.mlflow_tracking_uri(),
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(mlflow if mlflow.exists() else "mlflow"),
+            "ui",
+            "--backend-store-uri",
+            tracking.mlflow_tracking_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     ok = True
     try:
@@ -122,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         wait_answering(f"{ui}/health", 120, server, what="mlflow ui")
         pages = [
             ("experiment", tracking.experiment_url(exp_id, ui), EXPECT_EXPERIMENT),
-            ("runs-table", tracking.runs_table_url(exp_id, ui), EXPECT_TABLE + tuple(r.info.run_name for r in runs[:1])),
+            (
+                "runs-table",
+                tracking.runs_table_url(exp_id, ui),
+                EXPECT_TABLE + tuple(r.info.run_name for r in runs[:1]),
+            ),
         ]
         for name, url, expect in pages:
             png = out / f"{name}.png"
@@ -134,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
             genai = [g for g in GENAI_SIGNS if g in text]
             good = png.exists() and not missing and not genai
             ok &= good
-            print(f"{png}: {'ok' if good else 'NOT OK'} ({url}; shows {[e for e in expect if e in text]}"
-                  f"{'; missing ' + str(missing) if missing else ''}{'; GenAI mode: ' + str(genai) if genai else ''}"
-                  f"{'' if png.exists() else '; no screenshot: ' + shot.stderr.strip()[-300:]})")
+            print(
+                f"{png}: {'ok' if good else 'NOT OK'} ({url}; shows {[e for e in expect if e in text]}"
+                f"{'; missing ' + str(missing) if missing else ''}{'; GenAI mode: ' + str(genai) if genai else ''}"
+                f"{'' if png.exists() else '; no screenshot: ' + shot.stderr.strip()[-300:]})"
+            )
     finally:
         from flows.local_server import stop
 

@@ -21,6 +21,7 @@ Each table is one small function returning Markdown, and each reads its registry
 strategies from ``pipeline.stages.batches`` to ``pipeline.data.strategies``, the metrics to
 ``pipeline.fidelity``), so a move needs one more candidate, not a new table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,14 +107,18 @@ def presets_table() -> str:
 def strategies_table() -> str:
     """The batch strategies ``--strategy`` accepts, each with its docstring's first sentence."""
     strategies = registry("pipeline.data.strategies", "STRATEGIES")
-    return table(("strategy", "what a batch is"), ((f"`{n}`", first_sentence(describe(fn))) for n, fn in strategies.items()))
+    return table(
+        ("strategy", "what a batch is"), ((f"`{n}`", first_sentence(describe(fn))) for n, fn in strategies.items())
+    )
 
 
 def metrics_table() -> str:
     """What ``subsample evaluate`` computes: every registered metric (or metric family) with its
     description; ``{N}`` stands for the sample-count tag (``10k``, ``2k``, ``500``)."""
     metrics = registry("pipeline.metrics", "METRICS")
-    return table(("name", "metrics (`{N}`: the sample count, e.g. `10k`)"), ((f"`{n}`", describe(m)) for n, m in metrics.items()))
+    return table(
+        ("name", "metrics (`{N}`: the sample count, e.g. `10k`)"), ((f"`{n}`", describe(m)) for n, m in metrics.items())
+    )
 
 
 def architectures_table() -> str:
@@ -121,8 +126,10 @@ def architectures_table() -> str:
     import pipeline.gan  # noqa: F401  (registers the architectures)
 
     archs = registry("pipeline.gan.models", "ARCHITECTURES")
-    return table(("arch", "what", "needs labels"),
-                 ((f"`{n}`", a.description, "yes" if a.labels else "") for n, a in archs.items()))
+    return table(
+        ("arch", "what", "needs labels"),
+        ((f"`{n}`", a.description, "yes" if a.labels else "") for n, a in archs.items()),
+    )
 
 
 def losses_table() -> str:
@@ -156,8 +163,10 @@ def datasets_table() -> str:
             flat += [f"{k}.{f}={_json(x)}" for f, x in v.items()] if isinstance(v, dict) else [f"{k}={_json(v)}"]
         return ", ".join(f"`{x}`" for x in flat)
 
-    rows = [(f"`{n}`", f"{d.size}" + (f" (centre crop {d.crop})" if d.crop else ""), where(n, d), implies(d.run))
-            for n, d in DATASETS.items()]
+    rows = [
+        (f"`{n}`", f"{d.size}" + (f" (centre crop {d.crop})" if d.crop else ""), where(n, d), implies(d.run))
+        for n, d in DATASETS.items()
+    ]
     rows.append(("any other", f"{IngestOptions().size} (`--set ingest.size=S`)", "`$SUBSAMPLE_<NAME>_SOURCE`", ""))
     return table(("`--dataset`", "ingest size", "source, unless `--source`", "settings it implies"), rows)
 
@@ -173,15 +182,22 @@ def scales_table() -> str:
     (batch sizes, presets, strategies × the default seeds: the run count), and the settings it lays
     over every preset."""
     from pipeline.config import STRATEGY_NAMES
-    from pipeline.experiments.compare import DEFAULT_SEEDS as seeds, SCALES
+    from pipeline.experiments.compare import DEFAULT_SEEDS as seeds
+    from pipeline.experiments.compare import SCALES
 
     rows = []
     for name, s in SCALES.items():
         runs = len(s.batch_sizes) * len(s.presets) * len(STRATEGY_NAMES) * seeds
-        grid = (f"B = {', '.join(map(str, s.batch_sizes))}; presets {', '.join(f'`{p}`' for p in s.presets)}; "
-                f"{len(STRATEGY_NAMES)} strategies × {seeds} seeds: {runs} runs")
-        over = [f"train.{k}={_json(v)}" for k, v in s.train.items()] + [f"evaluate.{k}={_json(v)}" for k, v in s.evaluate.items()]
-        settings = (", ".join(f"`{x}`" for x in over) or "none: the presets' own") + f"; batch diagnostics over {s.diagnostic_epochs} epochs"
+        grid = (
+            f"B = {', '.join(map(str, s.batch_sizes))}; presets {', '.join(f'`{p}`' for p in s.presets)}; "
+            f"{len(STRATEGY_NAMES)} strategies × {seeds} seeds: {runs} runs"
+        )
+        over = [f"train.{k}={_json(v)}" for k, v in s.train.items()] + [
+            f"evaluate.{k}={_json(v)}" for k, v in s.evaluate.items()
+        ]
+        settings = (
+            ", ".join(f"`{x}`" for x in over) or "none: the presets' own"
+        ) + f"; batch diagnostics over {s.diagnostic_epochs} epochs"
         if s.batch_scale != 1.0:
             settings += f"; `--design paper`: the paper's B × {s.batch_scale:g}"
         rows.append((f"`{name}`", s.description, grid, settings))
@@ -209,6 +225,7 @@ def pages(root: Path = REPO) -> list[Path]:
 
 def regenerate(text: str, rendered: dict[str, str], page: str = "page") -> str:
     """``text`` with every generated region's body replaced; an unknown region name stops."""
+
     def body(m: re.Match) -> str:
         name = m.group("name")
         if name not in TABLES:

@@ -22,6 +22,7 @@ other exception stops the flow (the same bug would fail every cell), with the pa
 ``cpu`` (small models that learn, about 10 minutes on a 2-core CPU) or ``paper`` (the paper's epochs
 and sizes, for a GPU machine).
 """
+
 from __future__ import annotations
 
 import time
@@ -36,12 +37,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from flows.config import IngestOptions, RunConfig, as_fields, build_config, dataset_defaults, merge, parse_overrides
 from flows.train_subsample import STAGE_TASKS, handed_on
-from pipeline.experiments.compare import (
-    DEFAULT_SEEDS, PAPER_DESIGN, SCALES, STRATEGIES, GridCell, Scale, cell_sections, design_cell, expand_grid, paper_grid,
-)
 from pipeline.config import FeaturesConfig, TablesConfig, validation_message
-from storage.errors import SubsampleError
-from storage.errors import redact_uri
+from pipeline.experiments.compare import (
+    DEFAULT_SEEDS,
+    PAPER_DESIGN,
+    SCALES,
+    STRATEGIES,
+    GridCell,
+    Scale,
+    cell_sections,
+    design_cell,
+    expand_grid,
+    paper_grid,
+)
+from storage.errors import SubsampleError, redact_uri
 from storage.paths import check_name, mlflow_tracking_uri
 
 UPSTREAM = ("ingest", "features", "tables")  # once per comparison
@@ -54,32 +63,55 @@ class CompareConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     dataset: str = Field("demo", description="data set name; its store is $SUBSAMPLE_HOME/datasets/<dataset>.zarr")
-    source: Optional[str] = Field(None, description="source path; default: $SUBSAMPLE_<DATASET>_SOURCE, or the embedded data for 'demo'")
+    source: Optional[str] = Field(
+        None, description="source path; default: $SUBSAMPLE_<DATASET>_SOURCE, or the embedded data for 'demo'"
+    )
     scale: Literal["smoke", "cpu", "paper"] = Field(
-        "smoke", description="smoke: tiny models, minutes on a CPU, checks the machinery; cpu: small models that learn, "
-        "about 10 minutes on a CPU; paper: the paper's settings, for a GPU")
+        "smoke",
+        description="smoke: tiny models, minutes on a CPU, checks the machinery; cpu: small models that learn, "
+        "about 10 minutes on a CPU; paper: the paper's settings, for a GPU",
+    )
     design: Literal["factorial", "paper"] = Field(
-        "factorial", description="factorial: strategies × batch sizes × presets; paper: exactly the paper's cells "
+        "factorial",
+        description="factorial: strategies × batch sizes × presets; paper: exactly the paper's cells "
         "(the method at B = 2000/2048 and 1024, strategies (a)-(d) at 128), each at its preset's B and epochs",
     )
     strategies: tuple[str, ...] = Field(
-        STRATEGIES, description="batch strategies (pipeline.stages.batches.STRATEGIES): trained (factorial) and diagnosed "
+        STRATEGIES,
+        description="batch strategies (pipeline.stages.batches.STRATEGIES): trained (factorial) and diagnosed "
         "at every batch size of the design (both designs)",
     )
     batch_sizes: Optional[tuple[int, ...]] = Field(None, description="factorial: batch sizes B; None = the scale's")
-    presets: Optional[tuple[str, ...]] = Field(None, description="factorial: training presets (`subsample presets`); None = the scale's")
-    batch_scale: Optional[float] = Field(
-        None, gt=0, le=1, description="paper design: the paper's batch sizes × this (to fit a small data set); None = the scale's",
+    presets: Optional[tuple[str, ...]] = Field(
+        None, description="factorial: training presets (`subsample presets`); None = the scale's"
     )
-    seeds: int = Field(DEFAULT_SEEDS, ge=3, description="seeds 0..seeds-1 per configuration (training and batches seed); a spread needs >= 3")
+    batch_scale: Optional[float] = Field(
+        None,
+        gt=0,
+        le=1,
+        description="paper design: the paper's batch sizes × this (to fit a small data set); None = the scale's",
+    )
+    seeds: int = Field(
+        DEFAULT_SEEDS,
+        ge=3,
+        description="seeds 0..seeds-1 per configuration (training and batches seed); a spread needs >= 3",
+    )
     ingest: IngestOptions = Field(default_factory=IngestOptions)  # type: ignore[valid-type]
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     tables: TablesConfig = Field(default_factory=TablesConfig)
-    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig values over every preset and the scale's (e.g. epochs, device)")
-    evaluate: dict[str, Any] = Field(default_factory=dict, description="EvaluateConfig values over the scale's (e.g. samples, weights)")
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="TrainConfig values over every preset and the scale's (e.g. epochs, device)"
+    )
+    evaluate: dict[str, Any] = Field(
+        default_factory=dict, description="EvaluateConfig values over the scale's (e.g. samples, weights)"
+    )
     batches: dict[str, Any] = Field(
-        default_factory=dict, description="BatchesConfig values under each cell's strategy, B and seed (e.g. top_k, fill, topup)")
-    diagnostic_epochs: Optional[int] = Field(None, ge=1, description="epochs of batches the coverage/KL tables cover; None = the scale's")
+        default_factory=dict,
+        description="BatchesConfig values under each cell's strategy, B and seed (e.g. top_k, fill, topup)",
+    )
+    diagnostic_epochs: Optional[int] = Field(
+        None, ge=1, description="epochs of batches the coverage/KL tables cover; None = the scale's"
+    )
     dask_address: Optional[str] = Field(None, description="Dask scheduler for the features stage; None = local")
 
     @model_validator(mode="before")
@@ -134,8 +166,10 @@ class CompareConfig(BaseModel):
         if self.design == "paper":
             given = [f"--{f.replace('_', '-')}" for f in ("batch_sizes", "presets") if getattr(self, f) is not None]
             if given:
-                raise ValueError(f"the paper design fixes its cells' presets and batch sizes; drop {' and '.join(given)} "
-                                 "or use --design factorial")
+                raise ValueError(
+                    f"the paper design fixes its cells' presets and batch sizes; drop {' and '.join(given)} "
+                    "or use --design factorial"
+                )
             for cell in self.cells():
                 if cell.seed == 0:
                     self.cell_run_config(cell)
@@ -191,7 +225,9 @@ class CompareConfig(BaseModel):
         cell's batches and seed. In the paper design a cell that the paper compares at equal epochs
         with 1-D-step cells but that takes ``d_steps`` D steps (a batch each) per G step, (b), trains
         ``epochs × d_steps`` epochs, so its G updates equal theirs."""
-        sections = cell_sections(cell, self.scale_spec, self.train, self.evaluate, self.grid_diagnostic_epochs, self.batches)
+        sections = cell_sections(
+            cell, self.scale_spec, self.train, self.evaluate, self.grid_diagnostic_epochs, self.batches
+        )
         rc = build_config({**self._shared_fields(), **sections})
         dc = design_cell(cell.preset, cell.strategy) if self.design == "paper" else None
         if dc is not None and dc.equal_g_updates and rc.train.d_steps > 1:
@@ -203,8 +239,12 @@ class CompareConfig(BaseModel):
         """The BatchesConfig of every strategy × batch size × seed of the design, with the first
         preset's batch settings (top-k, fill, top-up): the batches the report's Tables 1-2 show."""
         preset = self.grid_presets[0]
-        return [self.cell_run_config(GridCell(s, b, preset, seed)).batches
-                for b in self.grid_batch_sizes for s in self.strategies for seed in self.grid_seeds]
+        return [
+            self.cell_run_config(GridCell(s, b, preset, seed)).batches
+            for b in self.grid_batch_sizes
+            for s in self.strategies
+            for seed in self.grid_seeds
+        ]
 
     def design_records(self, n_images: int) -> list[dict[str, Any]]:
         """Each configuration as it trains: B, epochs, D steps per G step, batches per epoch and G
@@ -219,30 +259,56 @@ class CompareConfig(BaseModel):
             m = n_images // cell.batch_size
             d_steps_total = t.epochs * m if t.max_steps is None else min(t.epochs * m, t.max_steps)
             dc = design_cell(cell.preset, cell.strategy) if self.design == "paper" else None
-            out.append({
-                "configuration": cell.configuration, "preset": cell.preset, "strategy": cell.strategy,
-                "batch_size": cell.batch_size, "epochs": t.epochs, "d_steps": t.d_steps, "batches_per_epoch": m,
-                "g_updates": d_steps_total // t.d_steps, "images_seen": d_steps_total * cell.batch_size,
-                "reproduces": dc.reproduces if dc else None, "group": dc.group if dc else None,
-                "equal_g_updates": bool(dc and dc.equal_g_updates and t.d_steps > 1),
-            })
+            out.append(
+                {
+                    "configuration": cell.configuration,
+                    "preset": cell.preset,
+                    "strategy": cell.strategy,
+                    "batch_size": cell.batch_size,
+                    "epochs": t.epochs,
+                    "d_steps": t.d_steps,
+                    "batches_per_epoch": m,
+                    "g_updates": d_steps_total // t.d_steps,
+                    "images_seen": d_steps_total * cell.batch_size,
+                    "reproduces": dc.reproduces if dc else None,
+                    "group": dc.group if dc else None,
+                    "equal_g_updates": bool(dc and dc.equal_g_updates and t.d_steps > 1),
+                }
+            )
         return out
 
     def _shared_fields(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "source": self.source, "ingest": self.ingest, "features": self.features,
-                "tables": self.tables, "dask_address": self.dask_address}
+        return {
+            "dataset": self.dataset,
+            "source": self.source,
+            "ingest": self.ingest,
+            "features": self.features,
+            "tables": self.tables,
+            "dask_address": self.dask_address,
+        }
 
     def mlflow_params(self) -> dict[str, Any]:
         """The parent run's params: the resolved grid and the settings."""
         return {
-            "grid": {"strategies": list(self.strategies), "batch_sizes": list(self.grid_batch_sizes),
-                     "presets": list(self.grid_presets), "seeds": self.seeds,
-                     "diagnostic_epochs": self.grid_diagnostic_epochs, "cells": len(self.cells())},
-            "design": self.design, "batch_scale": self.grid_batch_scale if self.design == "paper" else None,
-            "scale": self.scale, "dataset": self.dataset,
-            "scale_train": self.scale_spec.train, "scale_evaluate": self.scale_spec.evaluate,
-            "train": self.train, "evaluate": self.evaluate, "batches": self.batches,
-            "tables": self.tables.model_dump(mode="json"), "features": self.features.model_dump(mode="json"),
+            "grid": {
+                "strategies": list(self.strategies),
+                "batch_sizes": list(self.grid_batch_sizes),
+                "presets": list(self.grid_presets),
+                "seeds": self.seeds,
+                "diagnostic_epochs": self.grid_diagnostic_epochs,
+                "cells": len(self.cells()),
+            },
+            "design": self.design,
+            "batch_scale": self.grid_batch_scale if self.design == "paper" else None,
+            "scale": self.scale,
+            "dataset": self.dataset,
+            "scale_train": self.scale_spec.train,
+            "scale_evaluate": self.scale_spec.evaluate,
+            "train": self.train,
+            "evaluate": self.evaluate,
+            "batches": self.batches,
+            "tables": self.tables.model_dump(mode="json"),
+            "features": self.features.model_dump(mode="json"),
         }
 
 
@@ -265,7 +331,9 @@ def build_compare_config(fields: dict[str, Any], overrides: list[str] | tuple[st
 
 
 @task(name="record", cache_policy=NO_CACHE)
-def record_task(parent_run_id: str, cell: GridCell, summaries: dict, error: Optional[str], train_key: Optional[str]) -> dict:
+def record_task(
+    parent_run_id: str, cell: GridCell, summaries: dict, error: Optional[str], train_key: Optional[str]
+) -> dict:
     from pipeline.experiments.compare import record_cell
 
     return record_cell(parent_run_id, cell, summaries, error=error, train_key=train_key)
@@ -284,8 +352,9 @@ def _train_key(rc: RunConfig, shared: dict[str, Any]) -> Optional[str]:
     from pipeline.stages.lineage import train_key_for
 
     try:
-        return train_key_for(rc.dataset, rc.train, rc.batches, rc.tables, rc.features,
-                             given={s: r.artifact for s, r in shared.items()})
+        return train_key_for(
+            rc.dataset, rc.train, rc.batches, rc.tables, rc.features, given={s: r.artifact for s, r in shared.items()}
+        )
     except SubsampleError:
         return None
 
@@ -302,10 +371,14 @@ def _check_batch_sizes(cfg: CompareConfig) -> None:
     n = open_store(cfg.dataset).n
     too_big = [b for b in cfg.grid_batch_sizes if b > n]
     if too_big:
-        fix = (f"pass --set batch_scale=X (the paper's batch sizes × X; largest now {max(too_big)})"
-               if cfg.design == "paper" else f"pass --batch-sizes no larger than {n}")
+        fix = (
+            f"pass --set batch_scale=X (the paper's batch sizes × X; largest now {max(too_big)})"
+            if cfg.design == "paper"
+            else f"pass --batch-sizes no larger than {n}"
+        )
         raise SubsampleError(
-            "compare", f"batch size(s) {', '.join(map(str, too_big))} exceed the {n} images of {cfg.dataset!r}; {fix}",
+            "compare",
+            f"batch size(s) {', '.join(map(str, too_big))} exceed the {n} images of {cfg.dataset!r}; {fix}",
         )
 
 
@@ -324,7 +397,10 @@ def diagnostics_task(parent_run_id: str, cfg: CompareConfig, shared: dict[str, A
 # --- the flow ------------------------------------------------------------------------------------
 
 
-@flow(name="compare-strategies", description="the paper's cells or strategies × batch sizes × presets, × seeds; nested MLflow runs, a report")
+@flow(
+    name="compare-strategies",
+    description="the paper's cells or strategies × batch sizes × presets, × seeds; nested MLflow runs, a report",
+)
 def compare_strategies(
     dataset: str = "demo",
     source: Optional[str] = None,
@@ -351,10 +427,25 @@ def compare_strategies(
     from pipeline.experiments import compare
     from storage import tracking
 
-    fields = dict(dataset=dataset, source=source, scale=scale, design=design, strategies=strategies,
-                  batch_sizes=batch_sizes, presets=presets, batch_scale=batch_scale, seeds=seeds, ingest=ingest,
-                  features=features, tables=tables, train=train,
-                  evaluate=evaluate, batches=batches, diagnostic_epochs=diagnostic_epochs, dask_address=dask_address)
+    fields = dict(
+        dataset=dataset,
+        source=source,
+        scale=scale,
+        design=design,
+        strategies=strategies,
+        batch_sizes=batch_sizes,
+        presets=presets,
+        batch_scale=batch_scale,
+        seeds=seeds,
+        ingest=ingest,
+        features=features,
+        tables=tables,
+        train=train,
+        evaluate=evaluate,
+        batches=batches,
+        diagnostic_epochs=diagnostic_epochs,
+        dask_address=dask_address,
+    )
     try:
         cfg = build_compare_config(fields, overrides or ())
     except SubsampleError as e:
@@ -380,17 +471,24 @@ def compare_strategies(
     run_name = f"compare-{cfg.dataset}-{cfg.scale}" + ("-paper-design" if cfg.design == "paper" else "")
     parent = compare.start_parent(cfg.dataset, run_name, params, cells)
     compare.note(f"{len(cells)} runs under MLflow parent run {parent}")
-    compare.log_json(parent, compare.DESIGN_ARTIFACT, {
-        "design": cfg.design, "n_images": params["n_images"],
-        "batch_scale": cfg.grid_batch_scale if cfg.design == "paper" else None,
-        "configurations": cfg.design_records(params["n_images"]),
-    })
+    compare.log_json(
+        parent,
+        compare.DESIGN_ARTIFACT,
+        {
+            "design": cfg.design,
+            "n_images": params["n_images"],
+            "batch_scale": cfg.grid_batch_scale if cfg.design == "paper" else None,
+            "configurations": cfg.design_records(params["n_images"]),
+        },
+    )
     try:
         diagnostics_task(parent, cfg, shared)
     except SubsampleError as e:  # the report says the diagnostics are missing; the training goes on
         compare.note(f"no batch diagnostics: {e}")
     if cfg.scale == "paper" and not _has_cuda():
-        compare.note("paper scale without a GPU: the paper's epochs and sizes take days on a CPU (a GPU work pool: docs/compare.md)")
+        compare.note(
+            "paper scale without a GPU: the paper's epochs and sizes take days on a CPU (a GPU work pool: docs/compare.md)"
+        )
     rows: list[dict] = []
     status = "KILLED"
     try:
@@ -402,7 +500,8 @@ def compare_strategies(
                 results = dict(shared)
                 for stage in PER_CELL:
                     state = STAGE_TASKS[stage].with_options(task_run_name=f"{stage} [{cell.label}]")(
-                        rc, handed_on(stage, results), return_state=True)
+                        rc, handed_on(stage, results), return_state=True
+                    )
                     if not state.is_completed():
                         exc = state.result(raise_on_failure=False)
                         if not isinstance(exc, SubsampleError):
@@ -412,8 +511,11 @@ def compare_strategies(
                     results[stage] = state.result()
                     summaries[stage] = results[stage].to_json()
                 train_key = None if "train" in summaries or error is None else _train_key(rc, shared)
-                rows.append(record_task.with_options(task_run_name=f"record [{cell.label}]")(
-                    parent, cell, summaries, error, train_key))
+                rows.append(
+                    record_task.with_options(task_run_name=f"record [{cell.label}]")(
+                        parent, cell, summaries, error, train_key
+                    )
+                )
                 compare.note(f"[{i}/{len(cells)}] {cell.label}: {'failed: ' + error if error else 'ok'}")
         status = "FINISHED"
     except Exception:
@@ -421,8 +523,11 @@ def compare_strategies(
         raise
     finally:
         done = {(r["strategy"], r["batch_size"], r["preset"], r["seed"]) for r in rows}
-        left = [{**asdict(c), "configuration": c.configuration, "status": "not run"} for c in cells
-                if (c.strategy, c.batch_size, c.preset, c.seed) not in done]
+        left = [
+            {**asdict(c), "configuration": c.configuration, "status": "not run"}
+            for c in cells
+            if (c.strategy, c.batch_size, c.preset, c.seed) not in done
+        ]
         compare.finish_parent(parent, rows + left, status)
         if status != "FINISHED":  # what was done so far, for the record
             try:
@@ -431,11 +536,18 @@ def compare_strategies(
                 compare.note(f"no report of the partial run: {e}")
     report = report_task(parent)
     return {
-        "flow_run": flow_run.get_name(), "flow_run_id": flow_run.get_id(),
-        "dataset": cfg.dataset, "scale": cfg.scale, "design": cfg.design, "parent_run_id": parent,
-        "cells": len(rows), "cells_failed": sum(r["status"] == "failed" for r in rows),
+        "flow_run": flow_run.get_name(),
+        "flow_run_id": flow_run.get_id(),
+        "dataset": cfg.dataset,
+        "scale": cfg.scale,
+        "design": cfg.design,
+        "parent_run_id": parent,
+        "cells": len(rows),
+        "cells_failed": sum(r["status"] == "failed" for r in rows),
         "cells_trained_now": sum(not r["train_cache_hit"] for r in rows if r["status"] == "ok"),
-        "report_html": report["html"], "report_md": report["md"], "report_dir": report["dir"],
+        "report_html": report["html"],
+        "report_md": report["md"],
+        "report_dir": report["dir"],
         "mlflow_tracking_uri": redact_uri(mlflow_tracking_uri()),  # printed: never a password
         "seconds": round(time.perf_counter() - started, 3),
     }

@@ -16,6 +16,7 @@ more flags once ``SUBSAMPLE_CELEBA_SOURCE`` is set.
 every check that needs no server (names, keys, the source, the batch size against the data set)
 done first, in well under a second.
 """
+
 from __future__ import annotations
 
 import json
@@ -85,7 +86,10 @@ DATASETS: dict[str, DatasetPreset] = {
     # most cells of a 33x33 table rounding to zero) and the feature-space metrics of 2,000 samples
     # (Inception on a CPU would take longer than the training: --set evaluate.fidelity=true).
     "demo": DatasetPreset(
-        32, None, DEMO_SOURCE, "2,000 CIFAR-10 images embedded in data/demo/",
+        32,
+        None,
+        DEMO_SOURCE,
+        "2,000 CIFAR-10 images embedded in data/demo/",
         run={"preset": "demo", "tables": {"bins": [16, 16]}, "evaluate": {"samples": 2000, "fidelity": False}},
     ),
     # The paper's CelebA protocol: centre-crop 178x178 (the aligned images are 178x218), resize to 64.
@@ -227,7 +231,9 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def parse_overrides(overrides: list[str] | tuple[str, ...], stage: str = "run", section: Optional[str] = None) -> dict[str, Any]:
+def parse_overrides(
+    overrides: list[str] | tuple[str, ...], stage: str = "run", section: Optional[str] = None
+) -> dict[str, Any]:
     """``--set`` in its one grammar, for every command: ``section.field=value`` (``tables.bins=[8,8]``,
     ``train.lr_d=1e-4``) or a run-level ``field=value`` (``preset=smoke``, ``only=tables``), as a
     nested dict. On a stage command (``section``: the stage it runs) a bare key that is not a
@@ -248,7 +254,8 @@ def parse_overrides(overrides: list[str] | tuple[str, ...], stage: str = "run", 
             path, head = f"{section}.{path}", section
         if reads and head in _section_models() and head not in reads:
             raise SubsampleError(
-                stage, f"--set {item!r}: `subsample {section}` does not use the {head} settings (it reads "
+                stage,
+                f"--set {item!r}: `subsample {section}` does not use the {head} settings (it reads "
                 f"{', '.join(reads)}); `subsample run --set {item}` does",
             )
         try:
@@ -346,7 +353,8 @@ def evaluate_machine_defaults(device: str) -> tuple[dict[str, Any], Optional[str
 
 def _section_models() -> dict[str, type[BaseModel]]:
     return {
-        name: field.annotation for name, field in RunConfig.model_fields.items()
+        name: field.annotation
+        for name, field in RunConfig.model_fields.items()
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
     }
 
@@ -359,8 +367,10 @@ def check_keys(data: dict[str, Any], stage: str) -> None:
     if unknown:
         owners = [s for s, model in _section_models().items() if unknown[0] in model.model_fields]
         if len(owners) == 1:  # `subsample run --set lr_d=1e-4`: a stage's field without its section
-            raise SubsampleError(stage, f"unknown setting {unknown[0]!r}: a {owners[0]} setting is given as "
-                                 f"{owners[0]}.{unknown[0]}=VALUE")
+            raise SubsampleError(
+                stage,
+                f"unknown setting {unknown[0]!r}: a {owners[0]} setting is given as {owners[0]}.{unknown[0]}=VALUE",
+            )
         raise SubsampleError(stage, unknown_keys_message(unknown, top))
     for section, model in _section_models().items():
         value = data.get(section)
@@ -400,10 +410,14 @@ def check_source(dataset: str, source: Optional[str], stage: str) -> None:
                 f"known data sets: {', '.join(DATASETS)}",
             )
     if not Path(source).expanduser().exists():
-        raise SubsampleError(stage, f"source {Path(source).expanduser().absolute()} of data set {dataset!r} does not exist")
+        raise SubsampleError(
+            stage, f"source {Path(source).expanduser().absolute()} of data set {dataset!r} does not exist"
+        )
 
 
-def data_set_size(dataset: str, source: Optional[str], reads_source: bool, split: str = "train") -> Optional[tuple[int, str]]:
+def data_set_size(
+    dataset: str, source: Optional[str], reads_source: bool, split: str = "train"
+) -> Optional[tuple[int, str]]:
     """``(n, where)``: the images in the data set's store, else (when the run ingests) an upper
     bound from the source's listing (files or records); None when neither is known cheaply."""
     from storage.store import open_store
@@ -439,7 +453,8 @@ def check_batch_sizes(
     too_big = sorted(b for b in batch_sizes if b > n)
     if too_big:
         raise SubsampleError(
-            stage, f"batch size {too_big[-1]} is larger than data set {dataset!r} ({n:,} images, {where}): "
+            stage,
+            f"batch size {too_big[-1]} is larger than data set {dataset!r} ({n:,} images, {where}): "
             f"an epoch would have no batch; use at most {n}",
         )
 
@@ -475,8 +490,11 @@ def as_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """A command's or a flow's fields as plain data: a section given as a config object keeps only
     the fields it was given (the data set's and the preset's values fill the rest); a top-level
     None is not given. A None inside a section is a value (``train.clip=None`` turns clipping off)."""
-    return {k: (v.model_dump(exclude_unset=True) if isinstance(v, BaseModel) else v) for k, v in fields.items()
-            if v is not None}
+    return {
+        k: (v.model_dump(exclude_unset=True) if isinstance(v, BaseModel) else v)
+        for k, v in fields.items()
+        if v is not None
+    }
 
 
 def resolve_config(
@@ -535,13 +553,26 @@ def resolve_config(
     if checks and reads_source:
         check_source(dataset, data.get("source"), stage)
     if checks and check_batches and only in (None, "batches", "train"):
-        source = data.get("source") or os.environ.get(source_env(dataset)) or (
-            str(DATASETS[dataset].default_source) if dataset in DATASETS and DATASETS[dataset].default_source else None
+        source = (
+            data.get("source")
+            or os.environ.get(source_env(dataset))
+            or (
+                str(DATASETS[dataset].default_source)
+                if dataset in DATASETS and DATASETS[dataset].default_source
+                else None
+            )
         )
-        check_batch_sizes(dataset, [int(effective(data, "batches", "batch_size"))], source, reads_source, stage,
-                          str(effective(data, "ingest", "split")))
-    flag_paths = {(s, f) for s, v in flag_data.items() if isinstance(v, dict) for f in v} | {(k,) for k, v in flag_data.items()
-                                                                                              if not isinstance(v, dict)}
+        check_batch_sizes(
+            dataset,
+            [int(effective(data, "batches", "batch_size"))],
+            source,
+            reads_source,
+            stage,
+            str(effective(data, "ingest", "split")),
+        )
+    flag_paths = {(s, f) for s, v in flag_data.items() if isinstance(v, dict) for f in v} | {
+        (k,) for k, v in flag_data.items() if not isinstance(v, dict)
+    }
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
@@ -575,7 +606,9 @@ def implied_evaluate(asked: dict[str, Any]) -> dict[str, Any]:
 
 
 def describe_batches(b: BatchesConfig) -> str:
-    extra = f", top_k {b.top_k}, fill {b.fill}" if b.strategy == "constructed" and (b.top_k, b.fill) != (8, "topk") else ""
+    extra = (
+        f", top_k {b.top_k}, fill {b.fill}" if b.strategy == "constructed" and (b.top_k, b.fill) != (8, "topk") else ""
+    )
     return f"{b.strategy} B={b.batch_size} seed {b.seed}{extra}"
 
 
@@ -594,14 +627,18 @@ def train_batches(
     if built and not chose_batches and not chose_preset:
         b, key = built[0]
         b = b.model_copy(update={"epochs": cfg.batches.epochs})
-        note(f"train: batches {describe_batches(b)}, as `subsample batches` built them (stages/batches/{key}); "
-             "--batch-size, --strategy, --seed choose others")
+        note(
+            f"train: batches {describe_batches(b)}, as `subsample batches` built them (stages/batches/{key}); "
+            "--batch-size, --strategy, --seed choose others"
+        )
         return cfg.model_copy(update={"batches": b, "train": cfg.train.model_copy(update={"seed": b.seed})})
     hint = ""
     if built and not any(same(b, cfg.batches) for b, _ in built):
         b = built[0][0]
-        hint = (f"; `subsample batches` built {describe_batches(b)} for this table: "
-                f"--strategy {b.strategy} --batch-size {b.batch_size} --seed {b.seed} trains on those")
+        hint = (
+            f"; `subsample batches` built {describe_batches(b)} for this table: "
+            f"--strategy {b.strategy} --batch-size {b.batch_size} --seed {b.seed} trains on those"
+        )
     source = "the options given" if chose_batches else origin
     note(f"train: batches {describe_batches(cfg.batches)} from {source}{hint}")
     return cfg
@@ -611,7 +648,10 @@ UNRECORDED_DATASET = "unrecorded-data-set"  # no known data set has this name: n
 
 
 def resolve_evaluate_config(
-    flags: dict[str, Any], dataset: Optional[str] = None, note: Callable[[str], None] = _stderr, *,
+    flags: dict[str, Any],
+    dataset: Optional[str] = None,
+    note: Callable[[str], None] = _stderr,
+    *,
     sets: list[str] | tuple[str, ...] = (),
 ) -> EvaluateConfig:
     """``subsample evaluate``'s config, by :func:`resolve_config` for the run's data set: defaults <

@@ -10,6 +10,7 @@ keeps its database under ``$PREFECT_HOME``.
 configuration, when no ``PREFECT_API_URL`` is set: Prefect's own temporary (ephemeral) server,
 started with a longer start-up timeout than Prefect's 20 s and under a lock per ``PREFECT_HOME``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,7 +60,9 @@ def start_server(host: str, port: int, *, env: Optional[dict] = None, log: Optio
     with everything it starts); its UI calls the API on the same host and port."""
     return subprocess.Popen(
         [prefect_exe(), "server", "start", "--host", host, "--port", str(port)],
-        env=server_env(host, port, env), stdout=log, stderr=subprocess.STDOUT if log else None,
+        env=server_env(host, port, env),
+        stdout=log,
+        stderr=subprocess.STDOUT if log else None,
         start_new_session=True,
     )
 
@@ -103,7 +106,9 @@ def temporary_server_timeout() -> tuple[int, bool]:
     return TEMPORARY_SERVER_TIMEOUT_S, False
 
 
-def start_temporary_server(note: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> Optional[str]:
+def start_temporary_server(
+    note: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+) -> Optional[str]:
     """Start Prefect's temporary server for this process, now, and return its API URL; None
     when a server is configured (``PREFECT_API_URL``) or Prefect's ephemeral mode is off.
 
@@ -134,7 +139,9 @@ def start_temporary_server(note: Callable[[str], None] = lambda m: print(m, file
         f"waiting up to {timeout} s for it to answer"
         f"{' (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)' if by_user else ''}; PREFECT_HOME={home}"
     )
-    waiting = lambda: note(f"prefect: waiting for another command that is starting a temporary server in PREFECT_HOME={home}")  # noqa: E731
+    waiting = lambda: note(
+        f"prefect: waiting for another command that is starting a temporary server in PREFECT_HOME={home}"
+    )  # noqa: E731
     with home_lock(home / LOCK_FILE, waiting):
         try:
             server.start(timeout=timeout)
@@ -143,15 +150,17 @@ def start_temporary_server(note: Callable[[str], None] = lambda m: print(m, file
 
             detail = str(e).splitlines()[0][:300]
             raise SubsampleError(
-                "prefect", f"the temporary server did not start within {timeout} s ({detail}); set "
+                "prefect",
+                f"the temporary server did not start within {timeout} s ({detail}); set "
                 "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=600, or start one with `make server` and "
                 "export PREFECT_API_URL=http://127.0.0.1:4200/api",
             ) from None
     return server.api_url
 
 
-def wait_answering(url: str, timeout_s: float = 120.0, proc: Optional[subprocess.Popen] = None,
-                   what: str = "the server") -> None:
+def wait_answering(
+    url: str, timeout_s: float = 120.0, proc: Optional[subprocess.Popen] = None, what: str = "the server"
+) -> None:
     """Poll ``url`` until it answers 200; raise if ``proc`` exits or the time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -177,11 +186,16 @@ def worker_env(url: str, env: Optional[dict] = None) -> dict:
     return {**(env if env is not None else os.environ), "PREFECT_API_URL": url, "SUBSAMPLE_REPO": str(REPO_ROOT)}
 
 
-def start_worker(url: str, *, env: Optional[dict] = None, log: Optional[IO] = None, pool: str = WORK_POOL) -> subprocess.Popen:
+def start_worker(
+    url: str, *, env: Optional[dict] = None, log: Optional[IO] = None, pool: str = WORK_POOL
+) -> subprocess.Popen:
     """``prefect worker start --pool subsample-process --type process`` (creates the pool if new)."""
     return subprocess.Popen(
         [prefect_exe(), "worker", "start", "--pool", pool, "--type", "process"],
-        env=worker_env(url, env), stdout=log, stderr=subprocess.STDOUT if log else None, start_new_session=True,
+        env=worker_env(url, env),
+        stdout=log,
+        stderr=subprocess.STDOUT if log else None,
+        start_new_session=True,
         cwd=REPO_ROOT,
     )
 
@@ -203,7 +217,9 @@ def stop(proc: Optional[subprocess.Popen], timeout_s: float = 15.0) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description="A local Prefect server and a process worker for prefect.yaml's deployments.")
+    parser = argparse.ArgumentParser(
+        description="A local Prefect server and a process worker for prefect.yaml's deployments."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4200)
     args = parser.parse_args(argv)
@@ -219,8 +235,11 @@ def main(argv: Optional[list[str]] = None) -> None:
             server = start_server(args.host, args.port, log=log)
             wait_healthy(url, proc=server)
             print(f"Prefect server and UI: http://{args.host}:{args.port} (log: {home / 'server.log'})", flush=True)
-            print(f"In another shell: export PREFECT_API_URL={url}; make deploy; "
-                  ".venv/bin/prefect deployment run train-subsample/demo", flush=True)
+            print(
+                f"In another shell: export PREFECT_API_URL={url}; make deploy; "
+                ".venv/bin/prefect deployment run train-subsample/demo",
+                flush=True,
+            )
             worker = start_worker(url)
             worker.wait()
         except KeyboardInterrupt:

@@ -21,6 +21,7 @@ A :class:`~storage.errors.SubsampleError` (e.g. ``--only tables`` with no cached
 the task and the flow in a ``Failed`` state whose message is that one line, not a traceback;
 :func:`run` raises it again so the CLI prints it and exits with code 2.
 """
+
 from __future__ import annotations
 
 import logging
@@ -65,8 +66,9 @@ def _inputs(stage: str, cfg: RunConfig, upstream: Upstream) -> Any:
     from pipeline.stages.lineage import locate
 
     given = {s: r.artifact for s, r in (upstream or {}).items()}
-    return locate(stage, cfg.dataset, features=cfg.features, tables=cfg.tables, batches=cfg.batches,
-                  train=cfg.train, given=given)
+    return locate(
+        stage, cfg.dataset, features=cfg.features, tables=cfg.tables, batches=cfg.batches, train=cfg.train, given=given
+    )
 
 
 @task(name="ingest", cache_policy=NO_CACHE)
@@ -117,8 +119,9 @@ def train_task(cfg: RunConfig, upstream: Upstream = None) -> Any:
         got = _inputs("train", cfg, upstream)
         if cfg.train_deployment and (cfg.refreshes("train") or not _train_cached(cfg, got)):
             return _train_on(cfg.train_deployment, cfg, got)
-        return train_stage(got.store, got.tables, cfg.batches, cfg.train, dataset=cfg.dataset,
-                           refresh=cfg.refreshes("train"))
+        return train_stage(
+            got.store, got.tables, cfg.batches, cfg.train, dataset=cfg.dataset, refresh=cfg.refreshes("train")
+        )
 
     return _stage_state("train", cfg, call)
 
@@ -145,23 +148,34 @@ def _train_on(deployment: str, cfg: RunConfig, got: Any) -> Any:
     from pipeline.stages.train import train_stage
 
     t0 = time.perf_counter()
-    params = {**flow_parameters(cfg), "only": "train", "refresh": "train" if cfg.refreshes("train") else None,
-              "train_deployment": None}
+    params = {
+        **flow_parameters(cfg),
+        "only": "train",
+        "refresh": "train" if cfg.refreshes("train") else None,
+        "train_deployment": None,
+    }
     try:
         child = run_deployment(deployment, parameters=params, timeout=None)
     except (PrefectHTTPStatusError, ObjectNotFound) as e:  # unknown deployment, or its parameters differ
         detail = e.response.json().get("detail", str(e)) if isinstance(e, PrefectHTTPStatusError) else str(e)
         raise SubsampleError(
-            "train", f"cannot start a run of deployment {deployment!r}: {detail} "
+            "train",
+            f"cannot start a run of deployment {deployment!r}: {detail} "
             "(deploy it from this same checkout: `make deploy`)",
         ) from None
     if not child.state or not child.state.is_completed():
         state = child.state.name if child.state else "unknown"
-        raise SubsampleError("train", f"the train run {child.name!r} of {deployment} ended {state}: "
-                                      f"{child.state.message if child.state else ''}")
+        raise SubsampleError(
+            "train",
+            f"the train run {child.name!r} of {deployment} ended {state}: {child.state.message if child.state else ''}",
+        )
     result = train_stage(got.store, got.tables, cfg.batches, cfg.train, dataset=cfg.dataset)
-    return dataclasses.replace(result, cache_hit=False, seconds=round(time.perf_counter() - t0, 3),
-                               details={**result.details, "trained_by": f"{deployment} ({child.name})"})
+    return dataclasses.replace(
+        result,
+        cache_hit=False,
+        seconds=round(time.perf_counter() - t0, 3),
+        details={**result.details, "trained_by": f"{deployment} ({child.name})"},
+    )
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -176,8 +190,12 @@ def evaluate_task(cfg: RunConfig, upstream: Upstream = None) -> Any:
 
 
 STAGE_TASKS = {
-    "ingest": ingest_task, "features": features_task, "tables": tables_task,
-    "batches": batches_task, "train": train_task, "evaluate": evaluate_task,
+    "ingest": ingest_task,
+    "features": features_task,
+    "tables": tables_task,
+    "batches": batches_task,
+    "train": train_task,
+    "evaluate": evaluate_task,
 }
 
 
@@ -205,7 +223,9 @@ def _flat(summary: dict, prefix: str = "") -> list[dict[str, Any]]:
         if isinstance(v, dict) and v:
             rows += _flat(v, f"{prefix}{k}.")
         else:
-            rows.append({"field": f"{prefix}{k}", "value": v if isinstance(v, (int, float, bool)) or v is None else str(v)})
+            rows.append(
+                {"field": f"{prefix}{k}", "value": v if isinstance(v, (int, float, bool)) or v is None else str(v)}
+            )
     return rows
 
 
@@ -243,9 +263,19 @@ def train_subsample(
     inputs, parameters and code are unchanged. Parameters: see :class:`flows.config.RunConfig`;
     ``overrides`` are ``section.field=value`` strings applied on top."""
     fields = dict(
-        dataset=dataset, source=source, ingest=ingest, features=features, tables=tables,
-        batches=batches, preset=preset, train=train, evaluate=evaluate, only=only, refresh=refresh,
-        dask_address=dask_address, train_deployment=train_deployment,
+        dataset=dataset,
+        source=source,
+        ingest=ingest,
+        features=features,
+        tables=tables,
+        batches=batches,
+        preset=preset,
+        train=train,
+        evaluate=evaluate,
+        only=only,
+        refresh=refresh,
+        dask_address=dask_address,
+        train_deployment=train_deployment,
     )
     try:
         cfg = build_config(fields, overrides or ())
@@ -316,7 +346,9 @@ def _publish_report(report: dict) -> None:
             for s in report["stages"]
         ),
     ]
-    create_markdown_artifact("\n".join(lines), key=_artifact_key(report["dataset"], "run"), description="stage cache report")
+    create_markdown_artifact(
+        "\n".join(lines), key=_artifact_key(report["dataset"], "run"), description="stage cache report"
+    )
 
 
 # --- entry points for the CLI -------------------------------------------------------------------

@@ -13,6 +13,7 @@ float64 once per image and channel, and combined with the weights in the spec's 
 ``w_R * a_R + w_G * a_G + w_B * a_B``. The references accumulate in float64, which is also exact
 for these integer partial sums (all below 2**53), so kernel and reference agree bit for bit.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -277,9 +278,7 @@ def _check_names(names: Sequence[str]) -> tuple[str, ...]:
     return names
 
 
-def compute_features(
-    images: np.ndarray, names: Sequence[str] = DEFAULT_FEATURES, *, fused: bool = True
-) -> np.ndarray:
+def compute_features(images: np.ndarray, names: Sequence[str] = DEFAULT_FEATURES, *, fused: bool = True) -> np.ndarray:
     """Features of a block of images: float64 ``(N, len(names))``, columns in ``names`` order.
 
     Uses a fused kernel for any group of requested features that has one (``fused=False`` forces

@@ -8,6 +8,7 @@ Values above the maximum (generated images binned with the training scale) land 
 negative values in bin 0. Cells are numbered in C order
 over the shape ``(m_1 + 1, ..., m_F + 1)``.
 """
+
 from __future__ import annotations
 
 import numpy as np

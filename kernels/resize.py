@@ -17,6 +17,7 @@ Why not Pillow itself: ``Image.fromarray`` → ``resize`` → ``np.asarray`` cos
 CelebA image at 64 px (half of it object overhead); the kernel takes ~25 µs, and a block of
 images with one geometry shares its coefficients (``bench/jpeg_decode.py``).
 """
+
 from __future__ import annotations
 
 import math
@@ -192,8 +193,9 @@ def resize_lanczos(img: np.ndarray, box: tuple[float, float, float, float], size
     return out
 
 
-def resize_lanczos_many(images: np.ndarray, box: tuple[float, float, float, float], size: int,
-                        out: np.ndarray | None = None) -> np.ndarray:
+def resize_lanczos_many(
+    images: np.ndarray, box: tuple[float, float, float, float], size: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """The same for a block (k, H, W, 3) of images of one size and one box, in one kernel call."""
     if images.ndim != 4:
         raise ValueError(f"expected (k, H, W, 3) images, got {images.shape}")

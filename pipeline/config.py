@@ -4,6 +4,7 @@ Each stage config splits its fields into those that determine the artifact (they
 artifact key, see :meth:`StageConfig.key_params`) and execution-only fields (where to run, how many
 workers), listed in ``_execution_fields``, that never change the result.
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar, Collection, Literal
@@ -34,7 +35,9 @@ class IngestConfig(StageConfig):
     name: str = Field(description="data set name; the store is $SUBSAMPLE_HOME/datasets/<name>.zarr")
     size: int = Field(32, ge=1, le=1024, description="output side S: images are S×S×3 uint8")
     crop: int | None = Field(
-        None, ge=1, description="centre-crop side before resizing (CelebA convention: 178); None = largest centred square"
+        None,
+        ge=1,
+        description="centre-crop side before resizing (CelebA convention: 178); None = largest centred square",
     )
     workers: int = Field(2, ge=1, description="parallel decode workers (Dask)")
     scheduler: Literal["threads", "processes"] = Field(
@@ -44,11 +47,13 @@ class IngestConfig(StageConfig):
     )
     files_per_task: int = Field(256, ge=1, description="files decoded per Dask task")
     max_pixels: int = Field(
-        64_000_000, ge=1,
+        64_000_000,
+        ge=1,
         description="larger source images are quarantined; an array source (IDX, npz) whose images are larger is refused",
     )
     max_bytes: int = Field(
-        64 << 30, ge=1,
+        64 << 30,
+        ge=1,
         description="the most bytes a source may hold: image files and zip members (their sizes), arrays (N×H×W×C, "
         "from their headers), checked before anything is read; larger sources are refused (decompression bombs)",
     )
@@ -80,9 +85,12 @@ class IngestConfig(StageConfig):
 class FeaturesConfig(StageConfig):
     """``subsample features NAME``: per-image features (spec §1)."""
 
-    features: tuple[str, ...] = Field(("colour_moment", "sharpness"), description="registered feature names, in table order")
+    features: tuple[str, ...] = Field(
+        ("colour_moment", "sharpness"), description="registered feature names, in table order"
+    )
     dask_address: str | None = Field(
-        None, description="existing Dask scheduler address (tcp://host:8786); the store path must be readable on its workers"
+        None,
+        description="existing Dask scheduler address (tcp://host:8786); the store path must be readable on its workers",
     )
     scheduler: Literal["threads", "local-cluster"] = Field(
         "threads",
@@ -217,32 +225,58 @@ class TrainConfig(StageConfig):
     clip: float | None = Field(None, gt=0, description="WGAN weight clipping of D's parameters to [-clip, clip]")
     d_steps: int = Field(1, ge=1, description="D steps (batches) per G step")
     # training method (pipeline.gan.methods) and its options
-    method: str = Field("gan", description="registered training method (pipeline.gan.methods.METHODS): what a D step and a G step do")
-    real_target: float = Field(1.0, gt=0, le=1, description="gan: D's target for real images; < 1 is one-sided label smoothing (logistic losses)")
-    instance_noise: float = Field(0.0, ge=0, description="gan: σ0 of Gaussian noise on D's inputs, annealed linearly to 0 over the run's D steps")
+    method: str = Field(
+        "gan", description="registered training method (pipeline.gan.methods.METHODS): what a D step and a G step do"
+    )
+    real_target: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="gan: D's target for real images; < 1 is one-sided label smoothing (logistic losses)",
+    )
+    instance_noise: float = Field(
+        0.0, ge=0, description="gan: σ0 of Gaussian noise on D's inputs, annealed linearly to 0 over the run's D steps"
+    )
     lr_schedule: Literal["constant", "igan"] = Field(
-        "constant", description="igan: lr_d(t) = igan_end_lr + 1/(igan_init_set + igan_gamma·t), lr_g = igan_g_lr_ratio·lr_d, t = D step"
+        "constant",
+        description="igan: lr_d(t) = igan_end_lr + 1/(igan_init_set + igan_gamma·t), lr_g = igan_g_lr_ratio·lr_d, t = D step",
     )
     igan_end_lr: float = Field(2e-4, gt=0)
     igan_init_set: float = Field(3000.0, gt=0)
     igan_gamma: float = Field(10.0, ge=0)
     igan_g_lr_ratio: float = Field(1.5, gt=0)
-    pl_switch_epochs: int | None = Field(None, ge=1, description="pl-gan: T_switch in w(t) = exp(-10(1-t)²), t = epoch/T_switch; None = epochs")
+    pl_switch_epochs: int | None = Field(
+        None, ge=1, description="pl-gan: T_switch in w(t) = exp(-10(1-t)²), t = epoch/T_switch; None = epochs"
+    )
     pl_alpha: float = Field(0.5, ge=0, description="pl-gan: weight of the piecewise adversarial term")
     pl_beta: float = Field(0.5, ge=0, description="pl-gan: weight of the feature-matching term")
-    labelled_fraction: float = Field(0.0, ge=0, le=1, description="pl-gan with arch dcgan-semi: fraction of the training images whose labels D learns")
-    semi_test_fraction: float = Field(0.1, gt=0, lt=1, description="pl-gan semi-supervised: held-out labelled images for the test accuracy")
+    labelled_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="pl-gan with arch dcgan-semi: fraction of the training images whose labels D learns",
+    )
+    semi_test_fraction: float = Field(
+        0.1, gt=0, lt=1, description="pl-gan semi-supervised: held-out labelled images for the test accuracy"
+    )
     began_gamma: float = Field(0.5, gt=0, le=1, description="began: diversity ratio γ = E L(G(z)) / E L(x)")
     began_lambda_k: float = Field(1e-3, ge=0, description="began: learning rate λ_k of k_t")
     recon_weight: float = Field(1.0, gt=0, description="decoding-constrained: weight of the L2 reconstruction step")
     # optimisers
-    optimizer: str = Field("adam", description="registered optimiser (pipeline.gan.losses.OPTIMIZERS): adam, rmsprop, sgd")
+    optimizer: str = Field(
+        "adam", description="registered optimiser (pipeline.gan.losses.OPTIMIZERS): adam, rmsprop, sgd"
+    )
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1, description="Adam")
     beta2: float = Field(0.999, ge=0, lt=1, description="Adam")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD")
-    rmsprop_alpha: float = Field(0.99, gt=0, lt=1, description="RMSProp: decay of the squared-gradient average (torch's alpha, TensorFlow's decay/rho)")
+    rmsprop_alpha: float = Field(
+        0.99,
+        gt=0,
+        lt=1,
+        description="RMSProp: decay of the squared-gradient average (torch's alpha, TensorFlow's decay/rho)",
+    )
     rmsprop_momentum: float = Field(0.0, ge=0, lt=1, description="RMSProp: momentum factor (Chen et al. 2021 give 0.9)")
     # schedule and outputs
     epochs: int = Field(25, ge=1)
@@ -252,7 +286,9 @@ class TrainConfig(StageConfig):
     kl_samples: int = Field(2048, ge=1, description="fixed-z samples for the per-epoch feature KL")
     # divergence guard (execution only: a run it stops has no artifact)
     diverge_loss_max: float | None = Field(
-        1e6, gt=0, description="stop when |loss_d| or |loss_g| exceeds this for diverge_steps consecutive D steps; None = off "
+        1e6,
+        gt=0,
+        description="stop when |loss_d| or |loss_g| exceeds this for diverge_steps consecutive D steps; None = off "
         "(every registered loss stays orders of magnitude below 1e6 on a healthy run)",
     )
     diverge_steps: int = Field(50, ge=1, description="consecutive D steps above diverge_loss_max that stop the run")
@@ -265,30 +301,65 @@ class TrainConfig(StageConfig):
     track: bool = Field(True, description="log the run to MLflow")
     # data-parallel training (pipeline.gan.distributed, docs/distributed.md): execution only, the
     # global batch B is split over the ranks and the result does not depend on their number
-    nproc_per_node: int = Field(1, ge=1, description="ranks (GPUs, or CPU processes) on this node; > 1 launches torchrun's elastic agent")
-    nnodes: int = Field(1, ge=1, description="nodes of the run; each runs `subsample train ... --nnodes M` with the same rendezvous")
-    node_rank: int | None = Field(None, ge=0, description="this node's rank with a static rendezvous (torchrun --node-rank); None: c10d assigns it")
+    nproc_per_node: int = Field(
+        1, ge=1, description="ranks (GPUs, or CPU processes) on this node; > 1 launches torchrun's elastic agent"
+    )
+    nnodes: int = Field(
+        1, ge=1, description="nodes of the run; each runs `subsample train ... --nnodes M` with the same rendezvous"
+    )
+    node_rank: int | None = Field(
+        None,
+        ge=0,
+        description="this node's rank with a static rendezvous (torchrun --node-rank); None: c10d assigns it",
+    )
     rdzv_endpoint: str | None = Field(None, description="HOST:PORT of the rendezvous (node 0) when nnodes > 1")
-    sync_batchnorm: bool = Field(True, description="under DDP, batch norm over the global batch; false: per-rank statistics (result depends on the rank count)")
+    sync_batchnorm: bool = Field(
+        True,
+        description="under DDP, batch norm over the global batch; false: per-rank statistics (result depends on the rank count)",
+    )
     # per-epoch fidelity curves (execution only: they read G, never change it; see pipeline.stages.evaluate.EpochEvaluator)
     eval_every: int | None = Field(
-        None, ge=0,
+        None,
+        ge=0,
         description="epochs between IS/FID/KID + feature-KL evaluations of G during training, logged as MLflow step "
         "metrics (step = epoch); 0 = off; None = auto: on (about 20 points a run) when training on CUDA and the "
         "extractor's weights are on disk, off otherwise",
     )
-    eval_samples: int = Field(10_000, ge=10, description="generated images per evaluation during training (names: fid10k_train)")
-    eval_feature_extractor: str = Field("inception-v3-compat", description="torch-fidelity feature extractor of those evaluations")
-    eval_weights: str | None = Field(None, description="local extractor weights file (as `subsample evaluate --weights`)")
+    eval_samples: int = Field(
+        10_000, ge=10, description="generated images per evaluation during training (names: fid10k_train)"
+    )
+    eval_feature_extractor: str = Field(
+        "inception-v3-compat", description="torch-fidelity feature extractor of those evaluations"
+    )
+    eval_weights: str | None = Field(
+        None, description="local extractor weights file (as `subsample evaluate --weights`)"
+    )
 
     # Why the eval_* fields are execution-only: the evaluation generates from its own seeded CPU
     # generator with G in eval mode under no_grad, and torch-fidelity draws from its own RNGs, so
     # the training RNG streams and the weights are those of a run without it (tested bit for bit
     # on the CPU); switching curves on or off must not retrain or fork the cache.
     _execution_fields: ClassVar[frozenset[str]] = frozenset(
-        {"preset", "checkpoint_every", "device", "amp", "channels_last", "compile", "track", "diverge_loss_max", "diverge_steps",
-         "eval_every", "eval_samples", "eval_feature_extractor", "eval_weights",
-         "nproc_per_node", "nnodes", "node_rank", "rdzv_endpoint", "sync_batchnorm"}
+        {
+            "preset",
+            "checkpoint_every",
+            "device",
+            "amp",
+            "channels_last",
+            "compile",
+            "track",
+            "diverge_loss_max",
+            "diverge_steps",
+            "eval_every",
+            "eval_samples",
+            "eval_feature_extractor",
+            "eval_weights",
+            "nproc_per_node",
+            "nnodes",
+            "node_rank",
+            "rdzv_endpoint",
+            "sync_batchnorm",
+        }
     )
     _key_omits_default: ClassVar[frozenset[str]] = frozenset({"g_loss", "rmsprop_alpha", "rmsprop_momentum"})
 
@@ -328,7 +399,9 @@ class EvaluateConfig(StageConfig):
 
     samples: int = Field(10_000, ge=2, description="generated images N (metric names carry it: fid10k_train)")
     seed: int = Field(0, description="seed of the latent codes z, so an evaluation is reproducible")
-    fidelity: bool = Field(True, description="compute IS / FID / KID with torch-fidelity (needs the extractor's weights)")
+    fidelity: bool = Field(
+        True, description="compute IS / FID / KID with torch-fidelity (needs the extractor's weights)"
+    )
     metrics: tuple[str, ...] | None = Field(
         None,
         description="the metrics to compute, by protocol name for N = samples (fid10k_train, kid10k_train, is10k, "
@@ -338,7 +411,9 @@ class EvaluateConfig(StageConfig):
     feature_extractor: str = Field(
         "inception-v3-compat", description="torch-fidelity feature extractor (registered name)"
     )
-    feature_layer_isc: str | None = Field(None, description="None = the extractor's default (Inception: logits_unbiased)")
+    feature_layer_isc: str | None = Field(
+        None, description="None = the extractor's default (Inception: logits_unbiased)"
+    )
     feature_layer_fid: str | None = Field(None, description="None = the extractor's default (Inception: 2048)")
     feature_layer_kid: str | None = Field(None, description="None = the extractor's default (Inception: 2048)")
     isc_splits: int = Field(10, ge=1)
@@ -351,7 +426,9 @@ class EvaluateConfig(StageConfig):
         "Its sha256 goes into the artifact key's inputs, not its path",
     )
     batch_size: int = Field(250, ge=1, description="generation and feature-extraction batch")
-    device: str | None = Field(None, description="generator and feature extractor device; None = cuda when available, else cpu")
+    device: str | None = Field(
+        None, description="generator and feature extractor device; None = cuda when available, else cpu"
+    )
     download_timeout_s: float = Field(20.0, gt=0, description="socket timeout when fetching extractor weights")
 
     _execution_fields: ClassVar[frozenset[str]] = frozenset({"weights", "batch_size", "device", "download_timeout_s"})

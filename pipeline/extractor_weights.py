@@ -10,6 +10,7 @@ extractor's state dict, and hands torch-fidelity those tensors re-serialised in 
 torch-fidelity unpickles are ones this process wrote. Extractors whose weights cannot be loaded
 weights-only (TorchScript archives, hub code) are refused.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,7 +54,11 @@ def _check_inception(sd: dict) -> bool:
 
 
 def _check_vgg16(sd: dict) -> bool:
-    return "features.0.weight" in sd and "classifier.6.weight" in sd and tuple(sd["classifier.6.weight"].shape) == (1000, 4096)
+    return (
+        "features.0.weight" in sd
+        and "classifier.6.weight" in sd
+        and tuple(sd["classifier.6.weight"].shape) == (1000, 4096)
+    )
 
 
 @dataclass(frozen=True)
@@ -120,7 +125,9 @@ def default_weights(extractor: str, *, timeout_s: float = 20.0, progress: bool =
         socket.setdefaulttimeout(timeout_s)
         prefix = torch.hub.HASH_REGEX.search(fname)
         with redirect_stdout(sys.stderr):  # torch.hub announces downloads on stdout
-            torch.hub.download_url_to_file(url, str(dest), hash_prefix=prefix.group(1) if prefix else None, progress=progress)
+            torch.hub.download_url_to_file(
+                url, str(dest), hash_prefix=prefix.group(1) if prefix else None, progress=progress
+            )
     except (*_NETWORK_ERRORS, OSError, RuntimeError) as e:
         reason = getattr(e, "reason", None) or e
         raise WeightsUnavailable(
@@ -145,10 +152,15 @@ def load_state_dict_safely(path: str | Path, extractor: str | None = None) -> di
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for code, and every kind of garbled file
         raise SubsampleError(
-            STAGE, f"weights {path} cannot be loaded weights-only ({brief(e)}); refusing it "
-            "(a weights file must be a plain state dict of tensors)"
+            STAGE,
+            f"weights {path} cannot be loaded weights-only ({brief(e)}); refusing it "
+            "(a weights file must be a plain state dict of tensors)",
         ) from None
-    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+    if (
+        not isinstance(sd, dict)
+        or not sd
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items())
+    ):
         raise SubsampleError(STAGE, f"weights {path} are not a state dict (a dict of named tensors)")
     spec = SAFE_EXTRACTORS.get(extractor or "")
     if spec is not None and not spec.check(sd):
@@ -182,8 +194,9 @@ def resolve_weights(cfg: EvaluateConfig, *, progress: bool = False) -> tuple[str
     why = _unsafe_extractor(fe)
     if why is not None:
         raise SubsampleError(
-            STAGE, f"feature extractor {fe!r} is refused: {why}, which can run code from a file; use "
-            f"{' or '.join(SAFE_EXTRACTORS)} (weights loaded weights-only)"
+            STAGE,
+            f"feature extractor {fe!r} is refused: {why}, which can run code from a file; use "
+            f"{' or '.join(SAFE_EXTRACTORS)} (weights loaded weights-only)",
         )
     if cfg.weights is not None:
         path = Path(cfg.weights).expanduser()

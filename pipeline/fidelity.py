@@ -6,6 +6,7 @@ The evaluate stage (``pipeline.stages.evaluate``) and the train stage (``--eval-
 measure through this module, so a curve's last point and the final evaluation are the same
 computation. It reads a store's images and a table, never a stage's artifact.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,12 +25,26 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.config import EvaluateConfig
-from pipeline.gan.trainer import to_uint8
 from pipeline.extractor_weights import (
-    _NETWORK_ERRORS, INCEPTION, WeightsUnavailable, cached_inception_weights, resolve_weights, weights_handover,
+    _NETWORK_ERRORS,
+    INCEPTION,
+    WeightsUnavailable,
+    cached_inception_weights,
+    resolve_weights,
+    weights_handover,
 )
+from pipeline.gan.trainer import to_uint8
 from pipeline.metrics import (
-    FEATURE_KL, FID, IS, KID, METRICS, Metric, count_tag, feature_kl, selected_metrics, sharpness_stats,
+    FEATURE_KL,
+    FID,
+    IS,
+    KID,
+    METRICS,
+    Metric,
+    count_tag,
+    feature_kl,
+    selected_metrics,
+    sharpness_stats,
 )
 from pipeline.registry import Registry
 from storage.errors import SubsampleError, brief, one_line
@@ -154,7 +169,11 @@ def _load_reference_cache(path: Path, layers: set[str], fid_layer: str, n_ref: i
             for key in keys:
                 with zf.open(f"{key}.npy") as f:
                     version = np.lib.format.read_magic(f)
-                    shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(f)
+                    shape, _, dtype = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )(f)
                 if dtype.kind != "f" or len(shape) not in (1, 2) or any(d > (1 << 16) for d in shape[1:]):
                     raise ValueError(f"{key}: unexpected {dtype} {shape}")
                 if key.startswith("feature__") and shape[0] != n_ref:
@@ -163,7 +182,9 @@ def _load_reference_cache(path: Path, layers: set[str], fid_layer: str, n_ref: i
             features = {layer: torch.from_numpy(z[f"feature__{layer}"].copy()) for layer in layers}
             stats = {"mu": z["fid_mu"].copy(), "sigma": z["fid_sigma"].copy()}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        print(f"{STAGE}: reference cache {path} is unreadable ({one_line(str(e))[:200]}); recomputing it", file=sys.stderr)
+        print(
+            f"{STAGE}: reference cache {path} is unreadable ({one_line(str(e))[:200]}); recomputing it", file=sys.stderr
+        )
         return None
     if stats["mu"].shape[0] != features[fid_layer].shape[1]:
         return None
@@ -211,7 +232,8 @@ def fidelity_scores(
     fe = cfg.feature_extractor
     if fe not in FEATURE_EXTRACTORS_REGISTRY:
         raise SubsampleError(
-            STAGE, f"feature extractor {fe!r} is not registered with torch-fidelity; known: {sorted(FEATURE_EXTRACTORS_REGISTRY)}"
+            STAGE,
+            f"feature extractor {fe!r} is not registered with torch-fidelity; known: {sorted(FEATURE_EXTRACTORS_REGISTRY)}",
         )
     n, n_ref = len(generated), len(reference)
     kid_subset = min(cfg.kid_subset_size, n, n_ref)
@@ -225,7 +247,11 @@ def fidelity_scores(
         cache_root = Path(cache_root) if cache_root is not None else fidelity_cache_root()
         cache_file = reference_cache_file(cache_root, reference_cache_name, fe, layers)
     kwargs: dict[str, Any] = dict(  # torch-fidelity's metric options, as calculate_metrics passes them
-        isc_splits=cfg.isc_splits, kid_subsets=cfg.kid_subsets, kid_subset_size=kid_subset, rng_seed=cfg.seed, verbose=progress,
+        isc_splits=cfg.isc_splits,
+        kid_subsets=cfg.kid_subsets,
+        kid_subset_size=kid_subset,
+        rng_seed=cfg.seed,
+        verbose=progress,
     )
     fe_kwargs: dict[str, Any] = {"verbose": progress}
     if weights_path is not None:
@@ -389,10 +415,14 @@ def sharpness_metrics(ctx: EvalContext, wanted: frozenset[Metric]) -> dict[str, 
 
 # every metric is computed by a registered family
 if {m.family for m in METRICS.values()} - set(METRIC_FAMILIES):
-    raise ImportError(f"metrics of unregistered families: {sorted({m.family for m in METRICS.values()} - set(METRIC_FAMILIES))}")
+    raise ImportError(
+        f"metrics of unregistered families: {sorted({m.family for m in METRICS.values()} - set(METRIC_FAMILIES))}"
+    )
 
 
-def evaluate_images(ctx: EvalContext, families: tuple[str, ...] | None = None) -> tuple[dict[str, float], dict[str, float]]:
+def evaluate_images(
+    ctx: EvalContext, families: tuple[str, ...] | None = None
+) -> tuple[dict[str, float], dict[str, float]]:
     """Compute the metrics ``ctx.cfg.metrics`` selects (None: all), those of ``families`` only
     when given -> ``(metrics, seconds per family)``. Each family runs once, for all its selected
     metrics, and only the selected metrics (and their companions) are returned."""
@@ -422,8 +452,12 @@ def preserved_rng():
     """Restore the global random states (torch CPU and CUDA, numpy, random) on exit."""
     import random
 
-    state = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-             np.random.get_state(), random.getstate())
+    state = (
+        torch.get_rng_state(),
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        np.random.get_state(),
+        random.getstate(),
+    )
     try:
         yield
     finally:
@@ -469,12 +503,19 @@ class EpochEvaluator:
             return self._evaluate(G)
 
     def _evaluate(self, G: torch.nn.Module) -> dict[str, float]:
-        images = generate_images(G, self.cfg.samples, self.z_dim, seed=self.cfg.seed, batch_size=self.cfg.batch_size,
-                                 device=self.device)
+        images = generate_images(
+            G, self.cfg.samples, self.z_dim, seed=self.cfg.seed, batch_size=self.cfg.batch_size, device=self.device
+        )
         ctx = EvalContext(
-            images=images, cfg=self.cfg, table=self.table, train_sharpness_mean=0.0, reference=self.reference,
-            reference_cache_name=self.reference_cache_name, weights_path=self.weights_path,
-            fidelity_skip=self.fidelity_skip, cuda=self.device.type == "cuda",
+            images=images,
+            cfg=self.cfg,
+            table=self.table,
+            train_sharpness_mean=0.0,
+            reference=self.reference,
+            reference_cache_name=self.reference_cache_name,
+            weights_path=self.weights_path,
+            fidelity_skip=self.fidelity_skip,
+            cuda=self.device.type == "cuda",
         )
         metrics, _ = evaluate_images(ctx, families=("fidelity", "feature"))
         return metrics
@@ -497,16 +538,32 @@ def epoch_evaluator(train_cfg: Any, store: Any, table: Any, z_dim: int, device: 
     if every == 0:
         return None
     n = train_cfg.eval_samples
-    cfg = EvaluateConfig(samples=n, seed=0, feature_extractor=train_cfg.eval_feature_extractor, weights=train_cfg.eval_weights,
-                         isc_splits=min(10, n), device=str(device))
+    cfg = EvaluateConfig(
+        samples=n,
+        seed=0,
+        feature_extractor=train_cfg.eval_feature_extractor,
+        weights=train_cfg.eval_weights,
+        isc_splits=min(10, n),
+        device=str(device),
+    )
     skip, weights_path, tag = None, None, "none"
     try:
         weights_path, tag = resolve_weights(cfg)
     except WeightsUnavailable as e:
         skip = str(e)
-        print(f"train: per-epoch IS/FID/KID skipped: {e} (for training: --set eval_weights=PATH); "
-              "feature KL is still evaluated", file=sys.stderr)
+        print(
+            f"train: per-epoch IS/FID/KID skipped: {e} (for training: --set eval_weights=PATH); "
+            "feature KL is still evaluated",
+            file=sys.stderr,
+        )
     return EpochEvaluator(
-        every=every, cfg=cfg, table=table, z_dim=z_dim, device=device, reference=StoreDataset(store.images),
-        reference_cache_name=f"subsample-{store.content_hash[:16]}-w{tag}", weights_path=weights_path, fidelity_skip=skip,
+        every=every,
+        cfg=cfg,
+        table=table,
+        z_dim=z_dim,
+        device=device,
+        reference=StoreDataset(store.images),
+        reference_cache_name=f"subsample-{store.content_hash[:16]}-w{tag}",
+        weights_path=weights_path,
+        fidelity_skip=skip,
     )

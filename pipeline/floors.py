@@ -7,6 +7,7 @@ milliseconds, but every training run and evaluation asks for it, so it is kept i
 settings). The file is rewritten atomically; two writers at once can only lose an entry, which
 is then recomputed, identically (the draws are seeded from the sample size).
 """
+
 from __future__ import annotations
 
 import json

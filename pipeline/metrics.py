@@ -23,6 +23,7 @@ Decisions (spec §5):
   estimator's bias). On the CIFAR-10 subset (5,592 images, 32 × 32 bins, K = 504): 0.078 at
   N = 10,000, 0.178 at N = 2,048.
 """
+
 from __future__ import annotations
 
 import re
@@ -79,27 +80,54 @@ class Metric:
 
 
 METRICS: Registry[Metric] = Registry("metric", stage=STAGE)
-IS = METRICS.register(Metric(
-    "is{N}", "Inception Score of N generated images (torch-fidelity; mean over ``isc_splits`` splits, s.d. ``is{N}_std``)",
-    "fidelity", ("is{N}_std",)))
-FID = METRICS.register(Metric(
-    "fid{N}_train", "FID between N generated images and the full training set (torch-fidelity)", "fidelity"))
-KID = METRICS.register(Metric(
-    "kid{N}_train", "KID between N generated images and the full training set (torch-fidelity; mean over "
-    "``kid_subsets`` subsets, s.d. ``kid{N}_train_std``)", "fidelity", ("kid{N}_train_std",)))
-FEATURE_KL = METRICS.register(Metric(
-    "feature_kl{N}_train", "KL(f_G || f_X) of N generated images' binned features against the training table, "
-    "f_X smoothed (spec §5); its floor at N real samples beside it (``feature_kl{N}_train_floor``, ``_floor_sd``)",
-    "feature", ("feature_kl{N}_train_floor", "feature_kl{N}_train_floor_sd")))
-FEATURE_JS = METRICS.register(Metric(
-    "feature_js{N}_train", "JS(f_G, f_X) of the same binned distributions, unsmoothed, in [0, ln 2]", "feature"))
-FEATURE_OUTSIDE = METRICS.register(Metric(
-    "feature_outside{N}_train", "fraction of the N generated images in cells no training image occupies", "feature"))
-SHARPNESS_MEAN = METRICS.register(Metric(
-    "sharpness_mean{N}", "mean energy-gradient sharpness (Eq. 15) of N generated images", "sharpness"))
-SHARPNESS_DIFF = METRICS.register(Metric(
-    "sharpness_diff{N}_train", "generated minus training mean sharpness (the training mean as ``sharpness_mean_train``)",
-    "sharpness", ("sharpness_mean_train",)))
+IS = METRICS.register(
+    Metric(
+        "is{N}",
+        "Inception Score of N generated images (torch-fidelity; mean over ``isc_splits`` splits, s.d. ``is{N}_std``)",
+        "fidelity",
+        ("is{N}_std",),
+    )
+)
+FID = METRICS.register(
+    Metric("fid{N}_train", "FID between N generated images and the full training set (torch-fidelity)", "fidelity")
+)
+KID = METRICS.register(
+    Metric(
+        "kid{N}_train",
+        "KID between N generated images and the full training set (torch-fidelity; mean over "
+        "``kid_subsets`` subsets, s.d. ``kid{N}_train_std``)",
+        "fidelity",
+        ("kid{N}_train_std",),
+    )
+)
+FEATURE_KL = METRICS.register(
+    Metric(
+        "feature_kl{N}_train",
+        "KL(f_G || f_X) of N generated images' binned features against the training table, "
+        "f_X smoothed (spec §5); its floor at N real samples beside it (``feature_kl{N}_train_floor``, ``_floor_sd``)",
+        "feature",
+        ("feature_kl{N}_train_floor", "feature_kl{N}_train_floor_sd"),
+    )
+)
+FEATURE_JS = METRICS.register(
+    Metric("feature_js{N}_train", "JS(f_G, f_X) of the same binned distributions, unsmoothed, in [0, ln 2]", "feature")
+)
+FEATURE_OUTSIDE = METRICS.register(
+    Metric(
+        "feature_outside{N}_train", "fraction of the N generated images in cells no training image occupies", "feature"
+    )
+)
+SHARPNESS_MEAN = METRICS.register(
+    Metric("sharpness_mean{N}", "mean energy-gradient sharpness (Eq. 15) of N generated images", "sharpness")
+)
+SHARPNESS_DIFF = METRICS.register(
+    Metric(
+        "sharpness_diff{N}_train",
+        "generated minus training mean sharpness (the training mean as ``sharpness_mean_train``)",
+        "sharpness",
+        ("sharpness_mean_train",),
+    )
+)
 
 
 def metrics_for(n: int) -> Registry[Metric]:
@@ -135,7 +163,6 @@ def parse_metric_name(name: str) -> Optional[tuple[Metric, int]]:
             if n > 0 and m.at(n) == name:
                 return m, n
     return None
-
 
 
 def cell_distribution(cells: np.ndarray, n_cells: int) -> np.ndarray:
@@ -194,7 +221,11 @@ def feature_kl(gen_cells: np.ndarray, table: Any, *, pseudo_count: float = PSEUD
 
 
 def feature_kl_floor(
-    table: Any, size: int, *, repeats: int = FLOOR_REPEATS, seed: int = FLOOR_SEED,
+    table: Any,
+    size: int,
+    *,
+    repeats: int = FLOOR_REPEATS,
+    seed: int = FLOOR_SEED,
     pseudo_count: float = PSEUDO_COUNT,
 ) -> dict[str, Any]:
     """The floor of :func:`feature_kl` at sample size ``size`` (spec §5 decision): the same
@@ -207,13 +238,23 @@ def feature_kl_floor(
     cells = np.asarray(table.cells, dtype=np.int64)
     counts = np.asarray(table.counts)
     rng = np.random.default_rng([seed, size])
-    v = np.array([feature_kl(cells[rng.integers(0, len(cells), size)], table, pseudo_count=pseudo_count)["kl"]
-                  for _ in range(repeats)])
+    v = np.array(
+        [
+            feature_kl(cells[rng.integers(0, len(cells), size)], table, pseudo_count=pseudo_count)["kl"]
+            for _ in range(repeats)
+        ]
+    )
     f_x = counts.ravel().astype(np.float64) / counts.sum()
     occupied = int(np.count_nonzero(f_x))
     approx = kl_divergence(f_x, smoothed(counts, pseudo_count)) + (occupied - 1) / (2.0 * size)
-    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if repeats > 1 else None, "size": int(size),
-            "repeats": int(repeats), "approx": float(approx), "occupied_cells": occupied}
+    return {
+        "mean": float(v.mean()),
+        "sd": float(v.std(ddof=1)) if repeats > 1 else None,
+        "size": int(size),
+        "repeats": int(repeats),
+        "approx": float(approx),
+        "occupied_cells": occupied,
+    }
 
 
 def at_floor(value: float, floor: dict[str, Any], spread: float | None = None, factor: float = 2.0) -> bool:

@@ -7,6 +7,7 @@ least :data:`MIN_WIDTH` pixels wide, under a title band that says what the pictu
 preset, strategy, B, seed, epoch), also kept as the PNG's ``Title`` text. PIL only: no matplotlib or
 torch import for a picture.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,7 +40,7 @@ def grid_array(images: np.ndarray, columns: int | None = None, pad: int = PAD, b
     grid = np.full((rows * (s + pad) + pad, cols * (s + pad) + pad, 3), background, np.uint8)
     for i, img in enumerate(images):
         r, c = divmod(i, cols)
-        grid[pad + r * (s + pad): pad + r * (s + pad) + s, pad + c * (s + pad): pad + c * (s + pad) + s] = img
+        grid[pad + r * (s + pad) : pad + r * (s + pad) + s, pad + c * (s + pad) : pad + c * (s + pad) + s] = img
     return grid
 
 
@@ -60,7 +61,9 @@ def titled(body: Any, title: str, *, min_width: int = MIN_WIDTH, lines: Iterable
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     char_w = max(draw.textlength("abcdefghij", font=f) / 10, 1.0)
     width = max(body.width, min_width)
-    wrapped = [w for line in [title, *lines] for w in (textwrap.wrap(line, max(int((width - 12) / char_w), 10)) or [""])]
+    wrapped = [
+        w for line in [title, *lines] for w in (textwrap.wrap(line, max(int((width - 12) / char_w), 10)) or [""])
+    ]
     line_h = TITLE_PX + 5
     band = 8 + line_h * len(wrapped)
     canvas = Image.new("RGB", (width, body.height + band), "white")
@@ -82,8 +85,15 @@ def save(picture: Any, path: Any) -> None:
     picture.save(path, format="PNG", pnginfo=meta)
 
 
-def titled_grid(images: np.ndarray, title: str, *, columns: int | None = None, min_width: int = MIN_WIDTH,
-                lines: Iterable[str] = (), background: int = 0) -> Any:
+def titled_grid(
+    images: np.ndarray,
+    title: str,
+    *,
+    columns: int | None = None,
+    min_width: int = MIN_WIDTH,
+    lines: Iterable[str] = (),
+    background: int = 0,
+) -> Any:
     """uint8 ``(k, S, S, 3)`` images as a titled grid (a PIL image, at least ``min_width`` wide)."""
     from PIL import Image
 
@@ -91,10 +101,20 @@ def titled_grid(images: np.ndarray, title: str, *, columns: int | None = None, m
     return titled(body, title, min_width=min_width, lines=lines)
 
 
-def run_title(dataset: str | None = None, preset: str | None = None, strategy: str | None = None,
-              batch_size: int | None = None, seed: int | None = None, epoch: int | None = None) -> str:
+def run_title(
+    dataset: str | None = None,
+    preset: str | None = None,
+    strategy: str | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    epoch: int | None = None,
+) -> str:
     """``demo · paper-128a · constructed B=512 · seed 0 · epoch 25``: the parts that are known."""
-    parts = [dataset, preset or ("custom" if dataset else None),
-             f"{strategy} B={batch_size}" if strategy and batch_size else strategy,
-             None if seed is None else f"seed {seed}", None if epoch is None else f"epoch {epoch}"]
+    parts = [
+        dataset,
+        preset or ("custom" if dataset else None),
+        f"{strategy} B={batch_size}" if strategy and batch_size else strategy,
+        None if seed is None else f"seed {seed}",
+        None if epoch is None else f"epoch {epoch}",
+    ]
     return " · ".join(str(p) for p in parts if p)

@@ -13,6 +13,7 @@ pydantic validators that check a registered name raise ``ValueError(registry.mes
 
 It imports only ``storage``: it sits at the bottom of ``pipeline``.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar
@@ -28,7 +29,9 @@ def unknown_message(kind: str, name: Any, choices: Iterable[str]) -> str:
     registry gives for a name it does not hold (the nearest name first, like the unknown-setting
     messages, so a long list does not bury it)."""
     choices = [str(c) for c in choices]
-    return f"unknown {kind} {str(name)!r}{did_you_mean(str(name), choices)}; registered: {', '.join(choices) or '(none)'}"
+    return (
+        f"unknown {kind} {str(name)!r}{did_you_mean(str(name), choices)}; registered: {', '.join(choices) or '(none)'}"
+    )
 
 
 class UnknownName(SubsampleError):

@@ -17,6 +17,7 @@ a finished artifact that was not there when it started and discards its copy
 (:func:`replace_dir`). Temporary and trash directories of processes that are gone are removed by
 the next build in the same stage folder.
 """
+
 from __future__ import annotations
 
 import errno
@@ -42,14 +43,10 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def artifact_key(
-    stage: str, params: Mapping[str, Any], inputs: Mapping[str, str], code_version: str
-) -> str:
+def artifact_key(stage: str, params: Mapping[str, Any], inputs: Mapping[str, str], code_version: str) -> str:
     """The artifact key: a hash of the stage name, its parameters, its inputs' content hashes and
     its code version. Parameters must be JSON-serialisable (tuples become lists)."""
-    payload = _canonical(
-        {"stage": stage, "params": dict(params), "inputs": dict(inputs), "code": code_version}
-    )
+    payload = _canonical({"stage": stage, "params": dict(params), "inputs": dict(inputs), "code": code_version})
     return hashlib.sha256(payload.encode()).hexdigest()[:KEY_LENGTH]
 
 

@@ -10,7 +10,9 @@ _SECRET_QUERY_RE = re.compile(r"(?i)([?&](?:password|passwd|pwd|token|secret|key
 def redact_uri(text: str) -> str:
     """``text`` with the password of every ``scheme://user:password@host`` URI (and secret-looking
     query parameters) replaced by ``***``: for any URI the project prints or puts in an error."""
-    text = _USERINFO_RE.sub(lambda m: f"{m['scheme']}{m['user']}:***@" if m["user"] else f"{m['scheme']}***@", str(text))
+    text = _USERINFO_RE.sub(
+        lambda m: f"{m['scheme']}{m['user']}:***@" if m["user"] else f"{m['scheme']}***@", str(text)
+    )
     return _SECRET_QUERY_RE.sub(r"\1***", text)
 
 
@@ -18,6 +20,7 @@ def one_line(text: str) -> str:
     """``text`` with newlines and every other control character escaped (``\\n``, ``\\x1b``), so a
     file name or a library's message can never split a one-line error or a log line, nor carry
     terminal escape sequences."""
+
     def esc(m: re.Match) -> str:
         c = m.group()
         return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c, f"\\x{ord(c):02x}")

@@ -7,6 +7,7 @@
   over NFS) is never judged gone: its directories are left alone.
 - :func:`remove_stale`: temporary and trash directories whose owner is gone, removed.
 """
+
 from __future__ import annotations
 
 import errno

@@ -13,6 +13,7 @@ inside ``generator.pt``, a run id from the command line) nor a symlink planted i
 send a write elsewhere. The only writes elsewhere are the ones a user configures explicitly:
 ``PREFECT_HOME`` (Prefect's own database) and ``MLFLOW_TRACKING_URI`` when set.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,7 +41,8 @@ def inside_home(path: str | os.PathLike, *, what: str = "path") -> Path:
     resolved = (p if p.is_absolute() else root / p).resolve()
     if resolved != root and root not in resolved.parents:
         raise SubsampleError(
-            "paths", f"{what} {str(p)!r} resolves to {resolved}, outside $SUBSAMPLE_HOME ({root}); refusing to write there"
+            "paths",
+            f"{what} {str(p)!r} resolves to {resolved}, outside $SUBSAMPLE_HOME ({root}); refusing to write there",
         )
     return resolved
 
@@ -102,5 +104,3 @@ def mlflow_tracking_uri() -> str:
 
 def mlflow_artifact_root() -> str:
     return inside_home(home() / "mlflow-artifacts", what="MLflow artifact root").as_uri()
-
-

@@ -22,6 +22,7 @@ data again, finds the mismatch and stops with one line naming the data set and t
 rebuilds it. (The record guards against corruption and accidents, not against someone who can
 write the home and reset mtimes: see docs/security.md.)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -119,10 +120,10 @@ class DatasetStore:
         naming the data set and the command that rebuilds it if it differs from the recorded one or
         a chunk cannot be read (deleted, truncated or garbled). ``use_record``: skip the hashing when
         ``.verified.json`` shows no file changed since the last successful check."""
+
         def corrupt(why: str) -> str:
             name = self.attrs.get("name", "NAME")
-            return (f"data set {name} ({self.path}) is corrupt ({why}); rebuild it with "
-                    f"`{self.rebuild_command()}`")
+            return f"data set {name} ({self.path}) is corrupt ({why}); rebuild it with `{self.rebuild_command()}`"
 
         if self.attrs.get("n_images") != self.n or (self.labels is not None and self.labels.shape[0] != self.n):
             raise SubsampleError(stage, corrupt("image/label counts disagree with the attributes"))
@@ -173,7 +174,9 @@ class DatasetStore:
         does for "racily clean" files)."""
         files = files if files is not None else self._file_stats()
         now = time.time_ns()
-        racy = {rel: _sha256_file(self.path / rel) for rel, (_, mtime) in files.items() if mtime >= now - RACY_SECONDS * 1e9}
+        racy = {
+            rel: _sha256_file(self.path / rel) for rel, (_, mtime) in files.items() if mtime >= now - RACY_SECONDS * 1e9
+        }
         record = {"content_hash": self.content_hash, "files": files, "racy": racy}
         tmp = self.path / f"{VERIFIED_FILE}.{owner_tag()}-{uuid.uuid4().hex[:8]}"
         try:
@@ -262,12 +265,11 @@ def _open_store(path: Path, name_or_path: str | Path, verify: bool, stage: str) 
     except Exception:  # a garbled zarr.json
         complete = layout = False
     if not complete:
-        raise SubsampleError(
-            "store", f"{path} is not a finished data set store (interrupted ingest?); re-run ingest"
-        )
+        raise SubsampleError("store", f"{path} is not a finished data set store (interrupted ingest?); re-run ingest")
     if not layout:
         raise SubsampleError(
-            "store", f"{path}: the arrays are not uint8 images (N, S, S, 3) and int64 labels (N,); re-run ingest with --refresh"
+            "store",
+            f"{path}: the arrays are not uint8 images (N, S, S, 3) and int64 labels (N,); re-run ingest with --refresh",
         )
     store = DatasetStore(path, group)
     if verify:
@@ -415,7 +417,7 @@ class StoreBuilder:
 
 
 _TMP_PREFIX = ".{}.tmp-"
-STALE_PREFIXES = (".", )  # hidden entries of datasets/: temporary (.<name>.zarr.tmp-*) and trash (.trash-*) stores
+STALE_PREFIXES = (".",)  # hidden entries of datasets/: temporary (.<name>.zarr.tmp-*) and trash (.trash-*) stores
 
 
 def write_store(

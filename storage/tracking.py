@@ -15,18 +15,18 @@ fail, so the first open in a process holds a lock file next to the database (``m
 A tracking server that cannot be reached (or refuses) is one line naming the URI with any password
 redacted (:func:`storage.paths.redact_uri`), never a traceback carrying it.
 """
+
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from urllib.parse import unquote, urlparse
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from urllib.parse import unquote, urlparse
 
-from storage.errors import SubsampleError
+from storage.errors import SubsampleError, redact_uri
 from storage.locks import file_lock
-from storage.errors import redact_uri
 from storage.paths import mlflow_artifact_root, mlflow_tracking_uri
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,8 +47,15 @@ EXPERIMENT_KIND = "custom_model_development"
 VIEW_KEY = "subsample-runs"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 VIEW_PARAMS = ("batches.strategy", "batches.batch_size", "batches.seed", "train.preset")
-VIEW_METRICS = ("eval/fid10k_train", "eval/feature_kl10k_train", "eval/feature_kl2k_train", "feature_kl", "loss_d",
-                "loss_g", "eval/fid2k_train")
+VIEW_METRICS = (
+    "eval/fid10k_train",
+    "eval/feature_kl10k_train",
+    "eval/feature_kl2k_train",
+    "feature_kl",
+    "loss_d",
+    "loss_g",
+    "eval/fid2k_train",
+)
 _PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 _METRIC_BATCH = 1000
 _PARAM_MAX_CHARS = 6000
@@ -94,8 +101,9 @@ def contact(what: str, stage: str = "mlflow") -> Iterator[None]:
     except Exception as e:  # MlflowException, requests' connection errors, sqlite errors, ...
         detail = str(getattr(e, "message", None) or e).split("\n")[0][:300]
         raise SubsampleError(
-            stage, f"could not {what} at {redact_uri(mlflow_tracking_uri())} ({type(e).__name__}: {redact_uri(detail)}); "
-            "check MLFLOW_TRACKING_URI (unset it for the local $SUBSAMPLE_HOME/mlflow.db) or pass --set track=false"
+            stage,
+            f"could not {what} at {redact_uri(mlflow_tracking_uri())} ({type(e).__name__}: {redact_uri(detail)}); "
+            "check MLFLOW_TRACKING_URI (unset it for the local $SUBSAMPLE_HOME/mlflow.db) or pass --set track=false",
         ) from None
 
 
@@ -107,8 +115,13 @@ def runs_view_state() -> dict[str, Any]:
     """The runs-table view stored in each experiment: strategy, B, seed, preset, epochs and the
     training and evaluation metrics as columns (the UI's column keys: ``params.`name```)."""
     columns = [f"params.`{p}`" for p in VIEW_PARAMS] + [f"metrics.`{m}`" for m in VIEW_METRICS]
-    return {"selectedColumns": columns, "columnOrder": columns, "runsHiddenMode": "SHOW_ALL",
-            "orderByKey": "attributes.start_time", "orderByAsc": False}
+    return {
+        "selectedColumns": columns,
+        "columnOrder": columns,
+        "runsHiddenMode": "SHOW_ALL",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+    }
 
 
 VIEW_NAME = "subsample: strategy, B, seed, metrics"
@@ -121,8 +134,12 @@ def experiment_tags() -> dict[str, str]:
     tag prefix ``mlflow.sharedViewState.``); it is listed under the runs table's Views menu."""
     import json
 
-    view = {"name": VIEW_NAME, "createdAt": _VIEW_CREATED_MS, "updatedAt": _VIEW_CREATED_MS,
-            "state": json.dumps(runs_view_state())}
+    view = {
+        "name": VIEW_NAME,
+        "createdAt": _VIEW_CREATED_MS,
+        "updatedAt": _VIEW_CREATED_MS,
+        "state": json.dumps(runs_view_state()),
+    }
     return {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, VIEW_TAG: json.dumps(view)}
 
 
@@ -137,7 +154,9 @@ def experiment_id(dataset: str, c: "MlflowClient | None" = None) -> str:
     exp = c.get_experiment_by_name(name)
     if exp is None:
         try:
-            return c.create_experiment(name, artifact_location=f"{mlflow_artifact_root()}/{name}", tags=experiment_tags())
+            return c.create_experiment(
+                name, artifact_location=f"{mlflow_artifact_root()}/{name}", tags=experiment_tags()
+            )
         except MlflowException:  # created concurrently by another process
             exp = c.get_experiment_by_name(name)
             if exp is None:
@@ -166,7 +185,7 @@ def print_runs_table_urls(ui: str = "http://127.0.0.1:5000") -> list[str]:
     c = client()
     lines = []
     for exp in c.search_experiments(filter_string="name LIKE 'subsample/%'"):
-        experiment_id(exp.name[len("subsample/"):], c)  # older experiments get the tags
+        experiment_id(exp.name[len("subsample/") :], c)  # older experiments get the tags
         lines.append(f"{exp.name}: {runs_table_url(exp.experiment_id, ui)}")
     for line in lines:
         print(line)
@@ -233,8 +252,12 @@ def child_runs(parent_run_id: str) -> list:
     runs, token = [], None
     while True:
         page = c.search_runs(
-            [parent.info.experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'",
-            run_view_type=ViewType.ALL, max_results=1000, order_by=["attributes.start_time ASC"], page_token=token,
+            [parent.info.experiment_id],
+            filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'",
+            run_view_type=ViewType.ALL,
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
         )
         runs += list(page)
         token = page.token
@@ -258,7 +281,12 @@ def copy_run(
     c = client()
     src = c.get_run(run_id)
     keep = {k: v for k, v in src.data.tags.items() if not k.startswith("mlflow.")}
-    new_tags = {**keep, COPIED_FROM_TAG: run_id, **({PARENT_RUN_TAG: parent_run_id} if parent_run_id else {}), **(tags or {})}
+    new_tags = {
+        **keep,
+        COPIED_FROM_TAG: run_id,
+        **({PARENT_RUN_TAG: parent_run_id} if parent_run_id else {}),
+        **(tags or {}),
+    }
     run = c.create_run(src.info.experiment_id, run_name=src.info.run_name, tags=new_tags)
     new_id = run.info.run_id
     params = [Param(k, v) for k, v in src.data.params.items()]
@@ -290,7 +318,9 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], step: int) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    ms = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)]
+    ms = [
+        Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)
+    ]
     c = client()
     for i in range(0, len(ms), _METRIC_BATCH):
         c.log_batch(run_id, metrics=ms[i : i + _METRIC_BATCH])

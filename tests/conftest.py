@@ -4,6 +4,7 @@ Flow-level tests (``test_flow.py``, ``test_compare.py``), module-scoped: each te
 Prefect test harness (a temporary server, ~15 s to start), one tiny CIFAR-10 source and one
 SUBSAMPLE_HOME for all its tests. Training tests build their home once with :func:`stage_home`.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -11,7 +12,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-
 import pytest
 
 from flows.config import DEMO_SOURCE
@@ -49,8 +49,9 @@ def flow_home(tmp_path_factory, prefect_harness) -> Path:
 
 
 @contextmanager
-def stage_home(tmp_path_factory, prefix: str, name: str, images: np.ndarray, labels: np.ndarray | None = None,
-               tables=None) -> Iterator[Path]:
+def stage_home(
+    tmp_path_factory, prefix: str, name: str, images: np.ndarray, labels: np.ndarray | None = None, tables=None
+) -> Iterator[Path]:
     """A fresh SUBSAMPLE_HOME (MLflow in it) holding data set ``name`` (``images``, ``labels``),
     its features and its table (``tables``: a TablesConfig), set for as long as the block runs:
     what the training, methods and DDP tests each build once per module."""

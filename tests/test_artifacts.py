@@ -1,4 +1,5 @@
 """storage.artifacts: content-addressed keys, atomic builds, verification and cache hits."""
+
 from __future__ import annotations
 
 import time

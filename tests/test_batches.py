@@ -1,5 +1,6 @@
 """Batch construction (spec §3) and its diagnostics (spec §4): each strategy against its promise,
 on tables made here with fixed seeds."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -78,7 +79,9 @@ TABLES = {
 
 
 @pytest.mark.parametrize("name", sorted(TABLES))
-@pytest.mark.parametrize("strategy,fill", [("random", "topk"), ("constructed", "topk"), ("constructed", "coverage"), ("dealt", "topk")])
+@pytest.mark.parametrize(
+    "strategy,fill", [("random", "topk"), ("constructed", "topk"), ("constructed", "coverage"), ("dealt", "topk")]
+)
 def test_every_batch_is_full_valid_and_without_repeats(name, strategy, fill):
     table = TABLES[name]()
     n = table.n
@@ -164,7 +167,9 @@ def test_constructed_costs_coverage_at_small_b_and_coverage_fill_wins_it_back():
     table = skewed_table(20000, seed=5, side=33)
     n, b = table.n, 128
     cov = {
-        fill: coverage_per_epoch(construct_epoch(table, batch_size=b, strategy="constructed", seed=0, epoch=0, fill=fill), n)
+        fill: coverage_per_epoch(
+            construct_epoch(table, batch_size=b, strategy="constructed", seed=0, epoch=0, fill=fill), n
+        )
         for fill in ("topk", "coverage")
     }
     random_cov = (n - n % b) / n
@@ -279,13 +284,13 @@ def toy_dataset(tmp_path, monkeypatch):
 
 
 def test_stage_writes_batches_and_diagnostics_then_hits_the_cache(toy_dataset):
-    from pipeline.stages.batches import load_batches, run_batches
-    from pipeline.config import BatchesConfig, TablesConfig
-    from pipeline.stages.tables import load_table, tables_artifact
-    from storage.artifacts import open_artifact
-
     import json
     from pathlib import Path
+
+    from pipeline.config import BatchesConfig, TablesConfig
+    from pipeline.stages.batches import load_batches, run_batches
+    from pipeline.stages.tables import load_table, tables_artifact
+    from storage.artifacts import open_artifact
 
     cfg = BatchesConfig(batch_size=32, strategy="constructed", epochs=3, seed=4)
     tables = TablesConfig(bins=(4, 4))
@@ -308,8 +313,10 @@ def test_stage_writes_batches_and_diagnostics_then_hits_the_cache(toy_dataset):
 
     picture = Image.open(path / "never_drawn.png")
     assert picture.width >= 512
-    assert picture.text["Title"] == (f"toy · never drawn · constructed B=32 · batches seed 4\n{first['n_never_drawn']} of "
-                                     "240 images never drawn in the first epoch of batches")
+    assert picture.text["Title"] == (
+        f"toy · never drawn · constructed B=32 · batches seed 4\n{first['n_never_drawn']} of "
+        "240 images never drawn in the first epoch of batches"
+    )
 
     again = run_batches(toy_dataset, cfg, tables, progress=False)
     assert again["cache_hit"] is True and again["key"] == first["key"]
@@ -322,24 +329,34 @@ def test_stage_writes_batches_and_diagnostics_then_hits_the_cache(toy_dataset):
 
 
 def test_stage_key_follows_the_table_and_the_parameters_that_matter(toy_dataset):
-    from pipeline.stages.batches import run_batches
     from pipeline.config import BatchesConfig, TablesConfig
+    from pipeline.stages.batches import run_batches
     from pipeline.stages.tables import run_tables
     from storage.errors import MissingArtifactError
 
-    base = run_batches(toy_dataset, BatchesConfig(batch_size=32, strategy="random"), TablesConfig(bins=(4, 4)), progress=False)
+    base = run_batches(
+        toy_dataset, BatchesConfig(batch_size=32, strategy="random"), TablesConfig(bins=(4, 4)), progress=False
+    )
     # top_k / fill do not shape random batches: same artifact
     same = run_batches(
-        toy_dataset, BatchesConfig(batch_size=32, strategy="random", top_k=3, fill="coverage"), TablesConfig(bins=(4, 4)),
+        toy_dataset,
+        BatchesConfig(batch_size=32, strategy="random", top_k=3, fill="coverage"),
+        TablesConfig(bins=(4, 4)),
         progress=False,
     )
     assert same["cache_hit"] is True and same["key"] == base["key"]
     with pytest.raises(MissingArtifactError, match="tables"):
-        run_batches(toy_dataset, BatchesConfig(batch_size=32, strategy="random"), TablesConfig(bins=(6, 6)), progress=False)
+        run_batches(
+            toy_dataset, BatchesConfig(batch_size=32, strategy="random"), TablesConfig(bins=(6, 6)), progress=False
+        )
     run_tables(toy_dataset, TablesConfig(bins=(6, 6)))
-    other = run_batches(toy_dataset, BatchesConfig(batch_size=32, strategy="random"), TablesConfig(bins=(6, 6)), progress=False)
+    other = run_batches(
+        toy_dataset, BatchesConfig(batch_size=32, strategy="random"), TablesConfig(bins=(6, 6)), progress=False
+    )
     assert other["cache_hit"] is False and other["key"] != base["key"]
-    seeded = run_batches(toy_dataset, BatchesConfig(batch_size=32, strategy="random", seed=1), TablesConfig(bins=(4, 4)), progress=False)
+    seeded = run_batches(
+        toy_dataset, BatchesConfig(batch_size=32, strategy="random", seed=1), TablesConfig(bins=(4, 4)), progress=False
+    )
     assert seeded["cache_hit"] is False and seeded["key"] != base["key"]
 
 
@@ -357,7 +374,9 @@ def test_cli_batches_prints_one_json_object(toy_dataset, capsys):
         main(["batches", toy_dataset, "--batch-size", "4800", "--bins", "4", "4", "--json"])
     assert exit_.value.code == 2
     captured = capsys.readouterr()
-    assert captured.out == "" and captured.err.startswith("batches: batch size 4800 is larger than data set 'toy' (240 images")
+    assert captured.out == "" and captured.err.startswith(
+        "batches: batch size 4800 is larger than data set 'toy' (240 images"
+    )
 
 
 # --- the random top-up (spec §3.3, topup="random": the paper's reading) -----------------------------
@@ -368,7 +387,9 @@ def test_cli_batches_prints_one_json_object(toy_dataset, capsys):
 def test_random_topup_batches_are_full_valid_and_without_repeats(name, fill):
     table = TABLES[name]()
     for b in (16, 100):
-        batches = construct_epoch(table, batch_size=b, strategy="constructed", seed=3, epoch=1, fill=fill, topup="random")
+        batches = construct_epoch(
+            table, batch_size=b, strategy="constructed", seed=3, epoch=1, fill=fill, topup="random"
+        )
         assert_valid(batches, table.n, b)
 
 
@@ -387,7 +408,9 @@ def test_random_topup_keeps_t2_in_every_batch_and_varies_only_the_top_k_cells():
     assert len({tuple(r) for r in got}) > 1, "every batch has the same cell counts: the top-up is not random"
     # the feature KL of the batches now has a spread (the deterministic top-k gives exactly 0)
     kl_random_topup = kl_batch_vs_dataset(table, batches)
-    kl_topk = kl_batch_vs_dataset(table, construct_epoch(table, batch_size=b, strategy="constructed", seed=0, epoch=0, top_k=k))
+    kl_topk = kl_batch_vs_dataset(
+        table, construct_epoch(table, batch_size=b, strategy="constructed", seed=0, epoch=0, top_k=k)
+    )
     assert kl_stats(kl_topk)["std"] < 1e-12 < kl_stats(kl_random_topup)["std"]
 
 
@@ -403,8 +426,10 @@ def test_random_topup_draws_cells_in_proportion_to_their_frequency():
     extra = np.zeros(len(counts))
     draws = 0
     for epoch in range(60):
-        got = per_batch_cell_counts(table, construct_epoch(table, batch_size=b, strategy="constructed", seed=1,
-                                                           epoch=epoch, top_k=k, topup="random"))
+        got = per_batch_cell_counts(
+            table,
+            construct_epoch(table, batch_size=b, strategy="constructed", seed=1, epoch=epoch, top_k=k, topup="random"),
+        )
         extra += (got - t2[None, :]).sum(axis=0)
         draws += shortfall * len(got)
     expected = draws * counts[:k] / counts[:k].sum()
@@ -477,13 +502,17 @@ def test_batches_stage_reports_label_kl_beside_the_feature_kl(labelled_dataset):
     import json
     from pathlib import Path
 
-    from pipeline.stages.batches import label_kl_batch_vs_dataset, load_batches, run_batches
     from pipeline.config import BatchesConfig, TablesConfig
+    from pipeline.stages.batches import label_kl_batch_vs_dataset, load_batches, run_batches
     from storage.artifacts import open_artifact
 
     name, labels = labelled_dataset
-    s = run_batches(name, BatchesConfig(batch_size=40, strategy="constructed", topup="random", epochs=2),
-                    TablesConfig(bins=(4, 4)), progress=False)
+    s = run_batches(
+        name,
+        BatchesConfig(batch_size=40, strategy="constructed", topup="random", epochs=2),
+        TablesConfig(bins=(4, 4)),
+        progress=False,
+    )
     stored = load_batches(open_artifact("batches", s["key"]))
     per_batch = np.concatenate([label_kl_batch_vs_dataset(labels, e) for e in stored])
     assert s["label_kl"] == pytest.approx(kl_stats(per_batch))
@@ -496,10 +525,12 @@ def test_batches_stage_reports_label_kl_beside_the_feature_kl(labelled_dataset):
 
 
 def test_batches_stage_without_labels_says_so(toy_dataset):
-    from pipeline.stages.batches import run_batches
     from pipeline.config import BatchesConfig, TablesConfig
+    from pipeline.stages.batches import run_batches
 
-    s = run_batches(toy_dataset, BatchesConfig(batch_size=32, strategy="random"), TablesConfig(bins=(4, 4)), progress=False)
+    s = run_batches(
+        toy_dataset, BatchesConfig(batch_size=32, strategy="random"), TablesConfig(bins=(4, 4)), progress=False
+    )
     assert s["label_kl"] is None and "no labels" in s["label_kl_note"]
 
 
@@ -509,6 +540,10 @@ def test_random_sample_reference_is_the_mean_kl_of_random_batches():
 
     table = skewed_table(3000, seed=1)
     ref = random_sample_reference(lambda s: kl_batch_vs_dataset(table, s), table.n, 100, repeats=200)
-    kls = np.concatenate([kl_batch_vs_dataset(table, construct_epoch(table, batch_size=100, strategy="random", seed=0,
-                                                                     epoch=e)) for e in range(10)])
+    kls = np.concatenate(
+        [
+            kl_batch_vs_dataset(table, construct_epoch(table, batch_size=100, strategy="random", seed=0, epoch=e))
+            for e in range(10)
+        ]
+    )
     assert ref["mean"] == pytest.approx(kls.mean(), rel=0.05)

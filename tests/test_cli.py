@@ -3,13 +3,12 @@ the data set's < the preset's < --set < flags), the checks done before anything 
 set, source, batch size, preset or key is one line, exit 2, without importing torch or starting a
 Prefect server), the nearest valid name in every "unknown" message, which batches `train` uses,
 and the up-front time estimate of a long run."""
+
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,19 +47,31 @@ def test_defaults_fit_the_machine_under_the_data_set_preset_sets_and_flags(cpu, 
     assert len(notes) == 1 and notes[0].startswith("run: no GPU: preset 'demo'")
     # the data set's layer over it (CIFAR-10 at 32 px), --set over that, flags over --set
     assert cfg.ingest.size == 32
-    cfg = resolve_config("run", {"dataset": "cifar10"}, ["evaluate.samples=100", "train.epochs=3"],
-                         {"train": {"epochs": 5}}, note=quiet)
+    cfg = resolve_config(
+        "run", {"dataset": "cifar10"}, ["evaluate.samples=100", "train.epochs=3"], {"train": {"epochs": 5}}, note=quiet
+    )
     assert (cfg.evaluate.samples, cfg.train.epochs, cfg.train.ngf) == (100, 5, 16)
     # a preset given: no machine preset, no note; its values under --set
     notes.clear()
-    cfg = resolve_config("run", {"dataset": "cifar10"}, ["train.lr_d=1e-4"], {"preset": "paper-128a"}, note=notes.append)
-    assert (cfg.preset, cfg.batches.strategy, cfg.batches.batch_size, cfg.train.lr_d) == ("paper-128a", "random", 128, 1e-4)
+    cfg = resolve_config(
+        "run", {"dataset": "cifar10"}, ["train.lr_d=1e-4"], {"preset": "paper-128a"}, note=notes.append
+    )
+    assert (cfg.preset, cfg.batches.strategy, cfg.batches.batch_size, cfg.train.lr_d) == (
+        "paper-128a",
+        "random",
+        128,
+        1e-4,
+    )
     assert notes == [] and cfg.evaluate.samples == 10_000
     # on a GPU the paper's preset and the full evaluation
     monkeypatch.setattr(fc, "cuda_available", lambda: True)
     cfg = resolve_config("run", {"dataset": "cifar10"}, note=quiet)
     assert (cfg.preset, cfg.batches.batch_size, cfg.evaluate.samples, cfg.evaluate.fidelity) == (
-        "paper-constructed", 2048, 10_000, True)  # the paper's B on CIFAR-10
+        "paper-constructed",
+        2048,
+        10_000,
+        True,
+    )  # the paper's B on CIFAR-10
     # ... unless the run asks for the CPU
     assert resolve_config("run", {"dataset": "cifar10"}, ["train.device=cpu"], note=quiet).preset == "demo"
 
@@ -114,8 +125,12 @@ def test_batch_size_is_checked_against_the_store_or_the_source_before_the_run(cp
     write_store("small", np.zeros((40, 8, 8, 3), np.uint8))
     with pytest.raises(SubsampleError, match=r"batch size 64 is larger than data set 'small' \(40 images"):
         resolve_config("train", {"dataset": "small", "only": "train"}, flags={"preset": "smoke"})
-    assert resolve_config("train", {"dataset": "small", "only": "train"}, flags={"batches": {"batch_size": 40}},
-                          note=quiet).batches.batch_size == 40
+    assert (
+        resolve_config(
+            "train", {"dataset": "small", "only": "train"}, flags={"batches": {"batch_size": 40}}, note=quiet
+        ).batches.batch_size
+        == 40
+    )
     # no store yet: the source's listing bounds n (the demo: 2,000 records)
     with pytest.raises(SubsampleError, match=r"batch size 4096 is larger than data set 'demo' \(2,000 images"):
         resolve_config("run", {"dataset": "demo"}, ["batches.batch_size=4096"])
@@ -130,22 +145,38 @@ def _cli(args: list[str], env: dict) -> subprocess.CompletedProcess:
         "import sys\nfrom flows.cli import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
         "    print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n"
     )
-    return subprocess.run([sys.executable, "-c", probe, *args], env=env, cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", probe, *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_first_mistakes_fail_at_once_in_one_line(tmp_path):
     """`run --dataset nosuch` and `train demo --batch-size 99999` (the issue's examples) exit 2 with
     one line, before torch is imported and before Prefect's server is started."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SUBSAMPLE_"))}
-    env.update(SUBSAMPLE_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect"),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(REPO_ROOT))
-    subprocess.run([sys.executable, "-m", "flows.cli", "ingest", str(DEMO_SOURCE), "--name", "demo"], env=env,
-                   cwd=REPO_ROOT, capture_output=True, check=True, timeout=300)
-    for args, start in ((["run", "--dataset", "nosuch"], "run: no source for data set 'nosuch'"),
-                        (["train", "demo", "--batch-size", "99999"], "train: batch size 99999 is larger than data set 'demo' (2,000 images"),
-                        (["train", "demo", "--preset", "smok"], "train: unknown preset 'smok' (did you mean 'smoke'?)"),
-                        (["run", "--set", "train.lr_dd=1"], "run: unknown setting 'train.lr_dd' (did you mean 'train.lr_d'?)")):
+    env.update(
+        SUBSAMPLE_HOME=str(tmp_path / "home"),
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    subprocess.run(
+        [sys.executable, "-m", "flows.cli", "ingest", str(DEMO_SOURCE), "--name", "demo"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
+    for args, start in (
+        (["run", "--dataset", "nosuch"], "run: no source for data set 'nosuch'"),
+        (
+            ["train", "demo", "--batch-size", "99999"],
+            "train: batch size 99999 is larger than data set 'demo' (2,000 images",
+        ),
+        (["train", "demo", "--preset", "smok"], "train: unknown preset 'smok' (did you mean 'smoke'?)"),
+        (["run", "--set", "train.lr_dd=1"], "run: unknown setting 'train.lr_dd' (did you mean 'train.lr_d'?)"),
+    ):
         r = _cli(args, env)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and r.stdout == "", (args, r.stderr)
@@ -159,8 +190,8 @@ def test_first_mistakes_fail_at_once_in_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     """A store of 256 images with features, a 9×9 table and two batches artifacts (B=32, then B=16)."""
-    from pipeline.stages.batches import run_batches
     from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
+    from pipeline.stages.batches import run_batches
     from pipeline.stages.features import run_features
     from pipeline.stages.tables import run_tables
     from storage.store import write_store
@@ -187,10 +218,20 @@ def _train_cfg(flags: dict, sets=(), notes=None):
 
     full = {"preset": None, "train": {}, "batches": {}, "tables": {"bins": [8, 8]}, **flags}
     chose = any(v is not None for v in full["batches"].values())
-    cfg = resolve_config("train", {"dataset": "toy", "only": "train"}, list(sets), full, note=quiet,
-                         check_batches=chose or full["preset"] is not None)
-    cfg = train_batches(cfg, chose_batches=chose, chose_preset=full["preset"] is not None,
-                        note=(notes.append if notes is not None else quiet))
+    cfg = resolve_config(
+        "train",
+        {"dataset": "toy", "only": "train"},
+        list(sets),
+        full,
+        note=quiet,
+        check_batches=chose or full["preset"] is not None,
+    )
+    cfg = train_batches(
+        cfg,
+        chose_batches=chose,
+        chose_preset=full["preset"] is not None,
+        note=(notes.append if notes is not None else quiet),
+    )
     check_batch_sizes("toy", [cfg.batches.batch_size], None, False, "train")
     return cfg
 
@@ -201,13 +242,17 @@ def test_train_uses_the_batches_just_built_and_says_which(cpu, toy, monkeypatch)
     cfg = _train_cfg({}, notes=notes)
     # no preset, no batch option: the batches `subsample batches` built last, seed included
     assert (cfg.batches.strategy, cfg.batches.batch_size, cfg.batches.seed, cfg.train.seed) == ("random", 16, 3, 3)
-    assert len(notes) == 1 and notes[0].startswith("train: batches random B=16 seed 3, as `subsample batches` built them")
+    assert len(notes) == 1 and notes[0].startswith(
+        "train: batches random B=16 seed 3, as `subsample batches` built them"
+    )
     # a preset's own batches when a preset is named, with the built ones pointed at
     notes.clear()
     cfg = _train_cfg({"preset": "smoke"}, notes=notes)
     assert (cfg.batches.strategy, cfg.batches.batch_size) == ("constructed", 64)
-    assert notes == ["train: batches constructed B=64 seed 0 from preset smoke; `subsample batches` built random B=16 "
-                     "seed 3 for this table: --strategy random --batch-size 16 --seed 3 trains on those"]
+    assert notes == [
+        "train: batches constructed B=64 seed 0 from preset smoke; `subsample batches` built random B=16 "
+        "seed 3 for this table: --strategy random --batch-size 16 --seed 3 trains on those"
+    ]
     # an option given: exactly what was asked
     notes.clear()
     cfg = _train_cfg({"batches": {"batch_size": 32}}, notes=notes)
@@ -231,16 +276,20 @@ def test_a_long_run_says_how_long_after_its_first_steps(monkeypatch):
     clock = {"t": 0.0}
     monkeypatch.setattr(tr.time, "perf_counter", lambda: clock["t"])
     said: list[str] = []
-    run = tr.RunClock(total_steps=1000, steps_per_epoch=50, epochs=20, batch_size=128,
-                      device=torch.device("cpu"), note=said.append)
+    run = tr.RunClock(
+        total_steps=1000, steps_per_epoch=50, epochs=20, batch_size=128, device=torch.device("cpu"), note=said.append
+    )
     for step in range(1, 30):
         run.tick(step)
         clock["t"] += 2.0  # 2 s per step: 1,000 steps take about 33 min
     assert len(said) == 1 and run.estimate_s == pytest.approx(2000)
-    assert said[0] == ("train: about 33 min for 1,000 steps (20 epochs x 50 of B=128) at 64 images/s, measured on "
-                       f"{tr.ESTIMATE_STEPS} steps on cpu; Ctrl-C stops it, --resume continues from its last epoch")
-    short = tr.RunClock(total_steps=40, steps_per_epoch=40, epochs=1, batch_size=64, device=torch.device("cpu"),
-                        note=said.append)
+    assert said[0] == (
+        "train: about 33 min for 1,000 steps (20 epochs x 50 of B=128) at 64 images/s, measured on "
+        f"{tr.ESTIMATE_STEPS} steps on cpu; Ctrl-C stops it, --resume continues from its last epoch"
+    )
+    short = tr.RunClock(
+        total_steps=40, steps_per_epoch=40, epochs=1, batch_size=64, device=torch.device("cpu"), note=said.append
+    )
     for step in range(1, 41):
         short.tick(step)
         clock["t"] += 2.0

@@ -7,6 +7,7 @@ repeats it through the CLI with one cell made to fail, so its 5 other cells are 
 child runs are copies of the first comparison's runs) and the failure is reported, not fatal.
 Every report number is checked against what MLflow holds, read back with ``MlflowClient``.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,12 +21,23 @@ from storage.errors import SubsampleError
 SEEDS = (0, 1, 2)
 TINY = [
     "tables.bins=[8,8]",
-    "train.ngf=4", "train.ndf=4", "train.epochs=2", "train.kl_samples=64", "train.sample_grid=16",
-    "evaluate.samples=64", "evaluate.grid=16",
+    "train.ngf=4",
+    "train.ndf=4",
+    "train.epochs=2",
+    "train.kl_samples=64",
+    "train.sample_grid=16",
+    "evaluate.samples=64",
+    "evaluate.grid=16",
 ]
 N_IMAGES = 192  # what the tiny_cifar_source fixture (conftest.py) holds
-GRID = {"dataset": "tiny", "scale": "smoke", "strategies": ["random", "constructed"], "batch_sizes": [64],
-        "presets": ["paper-128a"], "seeds": 3}
+GRID = {
+    "dataset": "tiny",
+    "scale": "smoke",
+    "strategies": ["random", "constructed"],
+    "batch_sizes": [64],
+    "presets": ["paper-128a"],
+    "seeds": 3,
+}
 FEATURE_KL = "eval/feature_kl64_train"
 EPOCH_KL = "feature_kl64"  # training's per-epoch KL at kl_samples = 64 (named apart from the evaluation's)
 
@@ -76,9 +88,20 @@ def test_grid_runs_are_nested_under_one_parent(first):
         assert run.info.status == "FINISHED" and tags["eval/fidelity"].startswith("skipped: disabled")
         # the batches diagnostics and the evaluation are on the child run
         m = run.data.metrics
-        assert {"batches/kl_mean", "batches/kl_std", "batches/kl_min", "batches/kl_median", "batches/kl_max",
-                "batches/label_kl_mean", "batches/kl_random_sample", "batches/label_kl_random_sample",
-                FEATURE_KL, f"{FEATURE_KL}_floor", EPOCH_KL, f"{EPOCH_KL}_floor"} <= set(m)
+        assert {
+            "batches/kl_mean",
+            "batches/kl_std",
+            "batches/kl_min",
+            "batches/kl_median",
+            "batches/kl_max",
+            "batches/label_kl_mean",
+            "batches/kl_random_sample",
+            "batches/label_kl_random_sample",
+            FEATURE_KL,
+            f"{FEATURE_KL}_floor",
+            EPOCH_KL,
+            f"{EPOCH_KL}_floor",
+        } <= set(m)
         assert "feature_kl" not in m  # the two sample sizes are never under one name
         assert 0 < m[f"{FEATURE_KL}_floor"] and 0 < m[f"{EPOCH_KL}_floor"]
         for key in ("batches/coverage", "batches/never_drawn"):
@@ -98,7 +121,9 @@ def test_report_numbers_are_what_mlflow_recorded(first):
     kids = children(first["parent_run_id"])
     assert rep["parent_run_id"] == first["parent_run_id"] and rep["runs"] == rep["runs_ok"] == 6
     assert [(c["preset"], c["batch_size"], c["strategy"]) for c in rep["configurations"]] == [
-        ("paper-128a", 64, "random"), ("paper-128a", 64, "constructed")]
+        ("paper-128a", 64, "random"),
+        ("paper-128a", 64, "constructed"),
+    ]
     for conf in rep["configurations"]:
         values = [kids[(conf["strategy"], seed)].data.metrics[FEATURE_KL] for seed in SEEDS]
         fkl = conf["metrics"]["feature_kl"]
@@ -107,14 +132,18 @@ def test_report_numbers_are_what_mlflow_recorded(first):
         assert fkl["mean"] == pytest.approx(np.mean(values), rel=1e-12)
         assert fkl["sd"] == pytest.approx(np.std(values, ddof=1), rel=1e-12)
         for name in ("fid", "kid", "is"):
-            assert conf["metrics"][name]["n"] == 0 and conf["metrics"][name]["missing"] == "n/a (fidelity off at this scale)"
+            assert (
+                conf["metrics"][name]["n"] == 0
+                and conf["metrics"][name]["missing"] == "n/a (fidelity off at this scale)"
+            )
     for strategy in ("random", "constructed"):
         runs = [kids[(strategy, seed)] for seed in SEEDS]
         cov = [h.value for r in runs for h in client().get_metric_history(r.info.run_id, "batches/coverage")]
         assert rep["coverage"][f"{strategy}|64"]["mean"] == pytest.approx(np.mean(cov), rel=1e-12)
         for stat in ("mean", "std", "min", "median", "max"):
             assert rep["kl"][f"{strategy}|64"][stat] == pytest.approx(
-                np.mean([r.data.metrics[f"batches/kl_{stat}"] for r in runs]), rel=1e-12)
+                np.mean([r.data.metrics[f"batches/kl_{stat}"] for r in runs]), rel=1e-12
+            )
     # the comparison with random is the Welch test of those seed values
     (comp,) = rep["comparisons"]
     from scipy import stats
@@ -202,8 +231,22 @@ def test_second_comparison_copies_cached_runs_and_reports_a_failed_cell(first, t
 
     monkeypatch.setattr(pipeline.stages.train, "train_stage", flaky)
     capfd.readouterr()
-    args = ["compare", "--dataset", "tiny", "--source", str(tiny_cifar_source), "--strategies", "random,constructed",
-            "--batch-sizes", "64", "--presets", "paper-128a", "--seeds", "3", "--json"]
+    args = [
+        "compare",
+        "--dataset",
+        "tiny",
+        "--source",
+        str(tiny_cifar_source),
+        "--strategies",
+        "random,constructed",
+        "--batch-sizes",
+        "64",
+        "--presets",
+        "paper-128a",
+        "--seeds",
+        "3",
+        "--json",
+    ]
     with pytest.raises(SystemExit) as done:  # typer exits, 0 on success
         main(args + [a for item in TINY for a in ("--set", item)])
     assert done.value.code in (0, None)
@@ -255,7 +298,13 @@ def test_compare_config_validation_names_the_field():
     cpu = CompareConfig(scale="cpu")  # the scale whose generators learn on a CPU (docs/compare.md)
     assert len(cpu.cells()) == 3 * 2 * 1 * 3 and max(cpu.grid_batch_sizes) <= 2000
     rc = cpu.cell_run_config(cpu.cells()[-1])
-    assert (rc.train.ngf, rc.train.epochs, rc.train.lr_d, rc.evaluate.samples, rc.evaluate.fidelity) == (16, 40, 2e-3, 2000, False)
+    assert (rc.train.ngf, rc.train.epochs, rc.train.lr_d, rc.evaluate.samples, rc.evaluate.fidelity) == (
+        16,
+        40,
+        2e-3,
+        2000,
+        False,
+    )
 
     for fields, overrides, match in [
         ({"seeds": 2}, [], "seeds"),
@@ -304,9 +353,11 @@ def test_missing_fidelity_metrics_say_why():
         return Member("r", GridCell("random", 64, "paper-128a", 0), "FINISHED", None, note, {})
 
     assert fidelity_reason([member("skipped: disabled (--no-fidelity)")]) == "n/a (fidelity off at this scale)"
-    offline = ("skipped: Inception weights not available offline (tried to download weights-inception-2015-12-05-"
-               "6726825d.pth into /root/.cache/torch/hub/checkpoints: [Errno -2] Name or service not known); "
-               "pass --weights PATH to a local copy")
+    offline = (
+        "skipped: Inception weights not available offline (tried to download weights-inception-2015-12-05-"
+        "6726825d.pth into /root/.cache/torch/hub/checkpoints: [Errno -2] Name or service not known); "
+        "pass --weights PATH to a local copy"
+    )
     assert fidelity_reason([member(offline)]) == "n/a (weights unavailable)"
     assert fidelity_reason([]) == "n/a (no finished run)"
 
@@ -318,15 +369,31 @@ def _member(strategy, b, seed, *, batch_kl, coverage, fkl, kl_history, preset="p
     from pipeline.experiments.compare import GridCell
     from pipeline.experiments.stats import Member
 
-    metrics = {"batches/kl_mean": batch_kl, "batches/coverage_mean": coverage, "eval/feature_kl2000_train": fkl,
-               "feature_kl": kl_history[-1][1]}
+    metrics = {
+        "batches/kl_mean": batch_kl,
+        "batches/coverage_mean": coverage,
+        "eval/feature_kl2000_train": fkl,
+        "feature_kl": kl_history[-1][1],
+    }
     history = {"feature_kl": kl_history, "loss_d": [(1, 1.3), (30, 0.9)], "loss_g": [(1, 1.0), (30, 2.0)]}
-    return Member(f"{strategy}-{b}-{seed}", GridCell(strategy, b, preset, seed), "FINISHED", None,
-                  "skipped: disabled (--no-fidelity)", metrics, history)
+    return Member(
+        f"{strategy}-{b}-{seed}",
+        GridCell(strategy, b, preset, seed),
+        "FINISHED",
+        None,
+        "skipped: disabled (--no-fidelity)",
+        metrics,
+        history,
+    )
 
 
-def _synthetic(fkl_constructed=(1.2, 1.4, 1.6), fkl_random=(1.1, 1.3, 1.5), strategies=("random", "constructed"),
-               stuck=(), fkl_constructed_500=None):
+def _synthetic(
+    fkl_constructed=(1.2, 1.4, 1.6),
+    fkl_random=(1.1, 1.3, 1.5),
+    strategies=("random", "constructed"),
+    stuck=(),
+    fkl_constructed_500=None,
+):
     """Two batch sizes × 3 seeds: constructed batches much closer to the data set than random ones
     (batch KL 0.05 vs 0.30, small spread) but covering less; the generators' feature KL as given;
     ``stuck`` (strategy, B, seed) cells whose generator never left its untrained feature KL."""
@@ -340,10 +407,20 @@ def _synthetic(fkl_constructed=(1.2, 1.4, 1.6), fkl_random=(1.1, 1.3, 1.5), stra
                 if s == "constructed" and b == 500 and fkl_constructed_500:
                     fkl = fkl_constructed_500[seed]
                 hist = [(0, 7.436), (1, 3.0), (30, 7.40 if (s, b, seed) in stuck else fkl)]
-                members.append(_member(s, b, seed, fkl=fkl, kl_history=hist,
-                                       batch_kl=(0.05 if s == "constructed" else 0.30) + 0.005 * seed,
-                                       coverage=0.60 + 0.01 * seed if s == "constructed" else (0.96 if b == 128 else 1.0)))
-    return ReportData("parent", "compare-demo-cpu", "FINISHED", "demo", {"scale": "cpu", "n_images": "2000"}, [], members, "1")
+                members.append(
+                    _member(
+                        s,
+                        b,
+                        seed,
+                        fkl=fkl,
+                        kl_history=hist,
+                        batch_kl=(0.05 if s == "constructed" else 0.30) + 0.005 * seed,
+                        coverage=0.60 + 0.01 * seed if s == "constructed" else (0.96 if b == 128 else 1.0),
+                    )
+                )
+    return ReportData(
+        "parent", "compare-demo-cpu", "FINISHED", "demo", {"scale": "cpu", "n_images": "2000"}, [], members, "1"
+    )
 
 
 def test_answer_paragraph_gives_direction_and_the_seed_spread():
@@ -357,20 +434,27 @@ def test_answer_paragraph_gives_direction_and_the_seed_spread():
         "set's feature distribution than random ones, beyond the seed spread at every batch size, but they cover fewer "
         "images per epoch (random better, beyond the seed spread). At the generator level, no: the generators' final "
         "feature KL does not differ between constructed and random batches beyond the seed spread. (KL and FID: lower "
-        "is better")
+        "is better"
+    )
     assert "12 of 12 generators learned" in answer and "did not learn" not in answer
     assert answer.endswith("FID, KID and IS were not computed for any run (fidelity off at this scale).")
     # the numbers: both means, which is better, and that lower (KL) or higher (coverage) is better
-    assert details[0] == ("Batch level, constructed vs random: KL(f_Xi || f_X) of a batch to the data set (lower is "
-                          "better): constructed better than random, beyond the seed spread at every batch size "
-                          "(0.0550 vs 0.305 at B=128 (constructed better); 0.0550 vs 0.305 at B=500 (constructed better)).")
-    assert details[1].startswith("Batch level, constructed vs random: coverage per epoch (higher is better): constructed "
-                                 "worse than random, beyond the seed spread at every batch size (0.610 vs 0.960 at "
-                                 "B=128 (random better)")
+    assert details[0] == (
+        "Batch level, constructed vs random: KL(f_Xi || f_X) of a batch to the data set (lower is "
+        "better): constructed better than random, beyond the seed spread at every batch size "
+        "(0.0550 vs 0.305 at B=128 (constructed better); 0.0550 vs 0.305 at B=500 (constructed better))."
+    )
+    assert details[1].startswith(
+        "Batch level, constructed vs random: coverage per epoch (higher is better): constructed "
+        "worse than random, beyond the seed spread at every batch size (0.610 vs 0.960 at "
+        "B=128 (random better)"
+    )
     # generator level: within the spread, and still which mean is ahead
-    assert details[2].startswith("Generator level, constructed vs random: final feature KL (lower is better): no "
-                                 "difference between constructed and random exceeds the seed spread (1.40 vs 1.30 at "
-                                 "B=128 (random better, within the spread)")
+    assert details[2].startswith(
+        "Generator level, constructed vs random: final feature KL (lower is better): no "
+        "difference between constructed and random exceeds the seed spread (1.40 vs 1.30 at "
+        "B=128 (random better, within the spread)"
+    )
     for sentence in [answer, *details]:  # every pair of numbers says which is better
         for clause in sentence.split("; "):
             if " vs " in clause and "constructed vs random" not in clause:
@@ -385,17 +469,25 @@ def test_answer_says_when_constructed_generators_are_worse_and_when_it_cannot_an
     from pipeline.experiments.summary import summarise
 
     worse = summarise(_synthetic(fkl_constructed=(2.0, 2.05, 2.1), fkl_random=(1.0, 1.05, 1.1)))
-    assert ("At the generator level, no: generators trained on constructed batches reach a higher (worse) final "
-            "feature KL than on random ones, beyond the seed spread at every batch size.") in worse["answer"]
+    assert (
+        "At the generator level, no: generators trained on constructed batches reach a higher (worse) final "
+        "feature KL than on random ones, beyond the seed spread at every batch size."
+    ) in worse["answer"]
     assert "2.05 vs 1.05 at B=500 (random better))." in worse["answer_details"][2]
 
     better = summarise(_synthetic(fkl_constructed=(1.0, 1.05, 1.1), fkl_random=(2.0, 2.05, 2.1)))["answer"]
-    assert "At the generator level, yes: generators trained on constructed batches reach a lower final feature KL" in better
+    assert (
+        "At the generator level, yes: generators trained on constructed batches reach a lower final feature KL"
+        in better
+    )
 
-    mixed = summarise(_synthetic(fkl_constructed=(2.0, 2.05, 2.1), fkl_random=(1.0, 1.05, 1.1),
-                                 fkl_constructed_500=(1.0, 1.1, 1.2)))["answer"]
-    assert ("At the generator level, no, in final feature KL (lower is better): constructed worse than random beyond "
-            "the seed spread at B=128; no difference beyond the spread at B=500.") in mixed
+    mixed = summarise(
+        _synthetic(fkl_constructed=(2.0, 2.05, 2.1), fkl_random=(1.0, 1.05, 1.1), fkl_constructed_500=(1.0, 1.1, 1.2))
+    )["answer"]
+    assert (
+        "At the generator level, no, in final feature KL (lower is better): constructed worse than random beyond "
+        "the seed spread at B=128; no difference beyond the spread at B=500."
+    ) in mixed
 
     alone = summarise(_synthetic(strategies=("constructed",)))
     assert "cannot be answered here" in alone["answer"] and "random baseline" in alone["answer"]
@@ -411,7 +503,9 @@ def test_generators_that_did_not_move_from_their_untrained_value_are_flagged():
     summary = summarise(data)
     learning = summary["learning"]
     assert {(r["strategy"], r["batch_size"], r["seed"]) for r in learning["not_moved"]} == {
-        ("constructed", 500, 2), ("random", 500, 0)}
+        ("constructed", 500, 2),
+        ("random", 500, 0),
+    }
     assert [(r["strategy"], r["batch_size"], r["seed"]) for r in learning["unknown"]] == [("random", 128, 0)]
     assert "At the generator level, no verdict: 2 of the generators compared did not learn." in summary["answer"]
     assert "**2 of 12 did not learn**" in summary["answer"] and "1 run(s) have no epoch-0 record" in summary["answer"]
@@ -419,9 +513,13 @@ def test_generators_that_did_not_move_from_their_untrained_value_are_flagged():
     (c500,) = [c for c in summary["comparisons"] if c["batch_size"] == 500]
     assert c500["not_learned"] == 2 and "Caution: 2 of these runs did not learn" in c500["sentence"]
     md = render_markdown(_blocks(summary, {}))
-    assert ("- paper-constructed constructed B=500 seed 2: feature KL (lower is better) 7.44 untrained, 7.40 at epoch 30 "
-            "(run `constructed-500-2`): **did not learn**") in md
+    assert (
+        "- paper-constructed constructed B=500 seed 2: feature KL (lower is better) 7.44 untrained, 7.40 at epoch 30 "
+        "(run `constructed-500-2`): **did not learn**"
+    ) in md
     assert "| paper-constructed | 500 | constructed | 2/3 | 7.44 |" in md
+
+
 # --- the paper design on the tiny data --------------------------------------------------------------
 
 
@@ -435,19 +533,28 @@ def test_paper_design_runs_only_the_papers_cells(flow_home, tiny_cifar_source):
     from pipeline.experiments.compare import PAPER_DESIGN
 
     tiny = [o for o in TINY if not o.startswith("train.epochs")] + ["train.epochs=1", "train.max_steps=3"]
-    summary = run(build_compare_config({"dataset": "tiny", "source": str(tiny_cifar_source), "design": "paper",
-                                        "batch_scale": 0.05, "seeds": 3}, tiny))
+    summary = run(
+        build_compare_config(
+            {"dataset": "tiny", "source": str(tiny_cifar_source), "design": "paper", "batch_scale": 0.05, "seeds": 3},
+            tiny,
+        )
+    )
     assert summary["design"] == "paper" and summary["cells"] == 18 and summary["cells_failed"] == 0
-    runs = client().search_runs([client().get_run(summary["parent_run_id"]).info.experiment_id],
-                                f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'")
-    got = {(r.data.tags["compare.preset"], r.data.tags["compare.strategy"], int(r.data.tags["compare.batch_size"]))
-           for r in runs}
+    runs = client().search_runs(
+        [client().get_run(summary["parent_run_id"]).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'",
+    )
+    got = {
+        (r.data.tags["compare.preset"], r.data.tags["compare.strategy"], int(r.data.tags["compare.batch_size"]))
+        for r in runs
+    }
     assert got == {(c.preset, c.strategy, b) for c, b in zip(PAPER_DESIGN, (102, 51, 6, 6, 6, 6))}
     epochs = {r.data.tags["compare.preset"]: r.data.params["train.epochs"] for r in runs}
     assert epochs["paper-128b"] == "5" and epochs["paper-128a"] == "1"
     rep = report_json(summary)
-    assert {c["configuration"] for c in rep["configurations"]} == {f"{c.preset} {c.strategy} B={b}" for c, b in
-                                                                   zip(PAPER_DESIGN, (102, 51, 6, 6, 6, 6))}
+    assert {c["configuration"] for c in rep["configurations"]} == {
+        f"{c.preset} {c.strategy} B={b}" for c, b in zip(PAPER_DESIGN, (102, 51, 6, 6, 6, 6))
+    }
     assert len(rep["paper_comparisons"]) == 2 * 4  # the method's two cells against (a)-(d), feature KL
     md = Path(summary["report_md"]).read_text()
     assert "## The design (paper)" in md and "(equalised)" in md and "The paper's comparisons" in md

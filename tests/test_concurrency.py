@@ -11,6 +11,7 @@
 The Prefect side of two concurrent ``subsample run`` (the temporary server per PREFECT_HOME) is not
 tested here.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def spawn(code: str, home: Path, *args: str, **env: str) -> subprocess.Popen:
     e = {**os.environ, "SUBSAMPLE_HOME": str(home), "PYTHONPATH": str(ROOT), **env}
     e.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=e, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env=e,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(p: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
@@ -142,7 +148,11 @@ def test_temporary_and_trash_folders_of_gone_processes_are_cleaned(tmp_path, mon
     stage.mkdir(parents=True)
     host = owner_tag().split("@")[1]
     pid = dead_pid()
-    stale = [stage / f".tmp-k9-{pid}@{host}-deadbeef", stage / f".trash-k9-{pid}@{host}-deadbeef", stage / f".tmp-k9-{pid}-deadbeef"]
+    stale = [
+        stage / f".tmp-k9-{pid}@{host}-deadbeef",
+        stage / f".trash-k9-{pid}@{host}-deadbeef",
+        stage / f".tmp-k9-{pid}-deadbeef",
+    ]
     kept = [stage / f".tmp-k9-{owner_tag()}-cafef00d", stage / f".tmp-k9-{pid}@elsewhere-cafef00d"]
     for p in stale + kept:
         p.mkdir()
@@ -194,8 +204,8 @@ def test_a_second_run_of_the_same_key_waits_for_the_first(tmp_path, monkeypatch,
     import numpy as np
 
     from pipeline.config import FeaturesConfig, TablesConfig
-    from pipeline.stages.features import run_features
     from pipeline.presets import resolve_batches_config, resolve_train_config
+    from pipeline.stages.features import run_features
     from pipeline.stages.tables import run_tables
     from pipeline.stages.train import run_lock, run_train, train_key, work_dir
     from storage.store import open_store, write_store
@@ -233,7 +243,10 @@ def test_a_second_run_of_the_same_key_waits_for_the_first(tmp_path, monkeypatch,
     assert time.monotonic() - t0 >= 3  # it waited for the holder
     assert s["key"] == key and s["cache_hit"] is False
     err = capsys.readouterr().err
-    assert f"train: the same run ({key}) is training in another process; waiting for it (held by process {holder.pid}" in err
+    assert (
+        f"train: the same run ({key}) is training in another process; waiting for it (held by process {holder.pid}"
+        in err
+    )
     assert seen_live == [True]  # the first's folder was still there when the second started
 
 
@@ -271,5 +284,9 @@ def test_the_stage_chain_twice_at_once_on_a_fresh_home(tmp_path, tiny_cifar_sour
     trains = [ss[-1] for ss in summaries]
     assert sorted(s["cache_hit"] for s in trains) == [False, True]  # the second waited, then found it
     assert trains[0]["mlflow_run_id"] == trains[1]["mlflow_run_id"]
-    leftovers = [p for p in home.rglob("*") if p.name.startswith((".tmp-", ".trash-")) or p.name.endswith(".work") or ".zarr.tmp-" in p.name]
+    leftovers = [
+        p
+        for p in home.rglob("*")
+        if p.name.startswith((".tmp-", ".trash-")) or p.name.endswith(".work") or ".zarr.tmp-" in p.name
+    ]
     assert leftovers == []

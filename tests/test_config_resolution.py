@@ -3,6 +3,7 @@ of `compare` resolve the same training config from the same inputs, shown by the
 --json` (and `train_config` in the `--json` summaries); one `--set` grammar (dotted everywhere, bare
 for the stage a stage command runs); one rendering of a validation error; the commands' option
 defaults are the config models'; and prefect.yaml's deployments resolve as the commands do."""
+
 from __future__ import annotations
 
 import json
@@ -62,13 +63,21 @@ CASES = [
     # the issue's example: the data set's preset (demo), one training field
     ("demo", None, ["train.lr_d=1e-4"], {"lr_d": 1e-4, "preset": "demo", "ngf": 16}),
     # a preset given, fields of two sections, a value the preset also sets
-    ("demo", "smoke", ["train.loss=hinge", "train.epochs=5", "batches.top_k=4", "tables.bins=[8,8]"],
-     {"loss": "hinge", "epochs": 5, "ngf": 8, "preset": "smoke"}),
+    (
+        "demo",
+        "smoke",
+        ["train.loss=hinge", "train.epochs=5", "batches.top_k=4", "tables.bins=[8,8]"],
+        {"loss": "hinge", "epochs": 5, "ngf": 8, "preset": "smoke"},
+    ),
     # no preset and a data set without one: the machine's (demo on a CPU) for `train` as for `run`
     ("cifar10", None, ["train.epochs=3"], {"preset": "demo", "epochs": 3, "ngf": 16}),
     # the preset's values for the data set's kind (paper-constructed-1024: 100 epochs on CIFAR-10) under --set
-    ("cifar10", "paper-constructed-1024", ["train.lr_g=5e-4", "train.clip=null"],
-     {"lr_g": 5e-4, "lr_d": 1e-3, "epochs": 100, "clip": None, "beta1": 0.5}),
+    (
+        "cifar10",
+        "paper-constructed-1024",
+        ["train.lr_g=5e-4", "train.clip=null"],
+        {"lr_g": 5e-4, "lr_d": 1e-3, "epochs": 100, "clip": None, "beta1": 0.5},
+    ),
 ]
 
 
@@ -89,15 +98,46 @@ def test_train_run_and_compare_resolve_the_same_training_config(home, capsys, da
 
     p = preset or run["config"]["preset"]
     strategy, b = run["config"]["batches"]["strategy"], run["config"]["batches"]["batch_size"]
-    compare = cli_json(["compare", "--dataset", dataset, "--presets", p, "--strategies", strategy, "--batch-sizes",
-                        str(b), "--scale", "smoke", *sets_args(sets), "--dry-run", "--json"], capsys)
+    compare = cli_json(
+        [
+            "compare",
+            "--dataset",
+            dataset,
+            "--presets",
+            p,
+            "--strategies",
+            strategy,
+            "--batch-sizes",
+            str(b),
+            "--scale",
+            "smoke",
+            *sets_args(sets),
+            "--dry-run",
+            "--json",
+        ],
+        capsys,
+    )
     cell = next(c for c in compare["cells"] if c["cell"].endswith("seed=0"))
     scale = [f"train.{k}={json.dumps(v)}" for k, v in SCALES["smoke"].train.items()]
-    as_cell = cli_json(["run", "--dataset", dataset, "--preset", p, *sets_args(scale + sets),
-                        "--set", "train.track=true", "--dry-run", "--json"], capsys)
+    as_cell = cli_json(
+        [
+            "run",
+            "--dataset",
+            dataset,
+            "--preset",
+            p,
+            *sets_args(scale + sets),
+            "--set",
+            "train.track=true",
+            "--dry-run",
+            "--json",
+        ],
+        capsys,
+    )
     assert cell["train_config"] == as_cell["train_config"]
     assert {k: cell["train_config"][k] for k in expect if k not in SCALES["smoke"].train} == {
-        k: v for k, v in expect.items() if k not in SCALES["smoke"].train}
+        k: v for k, v in expect.items() if k not in SCALES["smoke"].train
+    }
     epochs = run["config"]["batches"]["epochs"]
     assert cell["batches_config"] == {**as_cell["config"]["batches"], "epochs": cell["batches_config"]["epochs"]}
     assert cell["batches_config"]["top_k"] == run["config"]["batches"]["top_k"] and epochs >= 1
@@ -115,7 +155,9 @@ STAGE_CASES = [
 
 @pytest.mark.parametrize("dataset", ["demo", "cifar10", "celeba"])
 @pytest.mark.parametrize("stage, args, sets, sections", STAGE_CASES, ids=[c[0] for c in STAGE_CASES])
-def test_each_stage_command_hands_its_stage_what_run_resolves(home, capsys, monkeypatch, dataset, stage, args, sets, sections):
+def test_each_stage_command_hands_its_stage_what_run_resolves(
+    home, capsys, monkeypatch, dataset, stage, args, sets, sections
+):
     """A stage command run alone resolves its sections as `subsample run` does for the same data
     set and settings (data set defaults, the machine's preset, --set): `subsample batches demo`
     builds the demo run's batches, `subsample ingest SRC --name celeba` its size and crop."""
@@ -142,18 +184,26 @@ def test_each_stage_command_hands_its_stage_what_run_resolves(home, capsys, monk
     for form in (sets, [s.split(".", 1)[1] if s.startswith(stage + ".") else s for s in sets]):  # dotted, then bare
         got.clear()
         cli_json([stage, *argv, *sets_args(form), "--json"], capsys)
-        run = cli_json(["run", "--dataset", dataset, "--source", str(src), *sets_args(sets), "--dry-run", "--json"], capsys)
+        run = cli_json(
+            ["run", "--dataset", dataset, "--source", str(src), *sets_args(sets), "--dry-run", "--json"], capsys
+        )
         configs = [a for a in got["args"] if hasattr(a, "model_dump")]
         handed = {type(c).__name__: c.model_dump(mode="json") for c in configs}
         for section in sections:
             want = run["config"][section]
             if section == "ingest":  # the stage's IngestConfig adds the source and the name to the run's options
-                assert {k: handed["IngestConfig"][k] for k in want} == want and handed["IngestConfig"]["name"] == dataset
+                assert {k: handed["IngestConfig"][k] for k in want} == want and handed["IngestConfig"][
+                    "name"
+                ] == dataset
                 if dataset == "celeba":
                     assert (want["size"], want["crop"]) == (64, 178)
             else:
-                name = {"features": "FeaturesConfig", "tables": "TablesConfig", "batches": "BatchesConfig",
-                        "evaluate": "EvaluateConfig"}[section]
+                name = {
+                    "features": "FeaturesConfig",
+                    "tables": "TablesConfig",
+                    "batches": "BatchesConfig",
+                    "evaluate": "EvaluateConfig",
+                }[section]
                 assert handed[name] == want, (stage, section)
 
 
@@ -164,7 +214,9 @@ def test_run_and_train_json_summaries_carry_the_resolved_training_config(home, c
     import flows.train_subsample
 
     monkeypatch.setattr(flows.local_server, "start_temporary_server", lambda: None)
-    monkeypatch.setattr(flows.train_subsample, "run", lambda cfg: {"flow_run": "x", "dataset": cfg.dataset, "stages": []})
+    monkeypatch.setattr(
+        flows.train_subsample, "run", lambda cfg: {"flow_run": "x", "dataset": cfg.dataset, "stages": []}
+    )
     report = cli_json(["run", "--dataset", "demo", "--set", "train.lr_d=1e-4", "--json"], capsys)
     dry = cli_json(["train", "demo", "--set", "lr_d=1e-4", "--dry-run", "--json"], capsys)
     assert report["train_config"] == dry["train_config"] and report["train_config"]["lr_d"] == 1e-4
@@ -178,22 +230,34 @@ def test_run_and_train_json_summaries_carry_the_resolved_training_config(home, c
 def test_set_grammar_dotted_everywhere_bare_for_the_commands_own_stage():
     # run, compare, deployments: section.field=value or a run-level field
     assert parse_overrides(["train.lr_d=1e-4", "only=tables", "tables.bins=[8,8]"]) == {
-        "train": {"lr_d": 1e-4}, "only": "tables", "tables": {"bins": [8, 8]}}
+        "train": {"lr_d": 1e-4},
+        "only": "tables",
+        "tables": {"bins": [8, 8]},
+    }
     # a stage command: bare keys are its stage's, a run-level key stays one, dotted keys of the
     # sections it reads apply to them
-    assert parse_overrides(["lr_d=1e-4", "train.lr_g=2e-4", "preset=smoke", "batches.batch_size=32",
-                            "tables.bins=[8,8]"], "train", "train") == {
-        "train": {"lr_d": 1e-4, "lr_g": 2e-4}, "preset": "smoke", "batches": {"batch_size": 32}, "tables": {"bins": [8, 8]}}
+    assert parse_overrides(
+        ["lr_d=1e-4", "train.lr_g=2e-4", "preset=smoke", "batches.batch_size=32", "tables.bins=[8,8]"], "train", "train"
+    ) == {
+        "train": {"lr_d": 1e-4, "lr_g": 2e-4},
+        "preset": "smoke",
+        "batches": {"batch_size": 32},
+        "tables": {"bins": [8, 8]},
+    }
     assert parse_overrides(["bins=[8,8]"], "tables", "tables") == {"tables": {"bins": [8, 8]}}
     # a section the command does not read: one line saying which command does
     with pytest.raises(SubsampleError) as e:
         parse_overrides(["evaluate.samples=10"], "train", "train")
-    assert str(e.value) == ("train: --set 'evaluate.samples=10': `subsample train` does not use the evaluate settings "
-                            "(it reads features, tables, batches, train); `subsample run --set evaluate.samples=10` does")
+    assert str(e.value) == (
+        "train: --set 'evaluate.samples=10': `subsample train` does not use the evaluate settings "
+        "(it reads features, tables, batches, train); `subsample run --set evaluate.samples=10` does"
+    )
     with pytest.raises(SubsampleError, match=r"^train: --set 'lr_d': expected section.field=value, e.g. lr_d=1e-4"):
         parse_overrides(["lr_d"], "train", "train")
     # on `run` a stage's field needs its section, and is told which
-    with pytest.raises(SubsampleError, match=r"^run: unknown setting 'lr_d': a train setting is given as train.lr_d=VALUE"):
+    with pytest.raises(
+        SubsampleError, match=r"^run: unknown setting 'lr_d': a train setting is given as train.lr_d=VALUE"
+    ):
         resolve_config("run", {"dataset": "demo"}, ["lr_d=1e-4"], checks=False, note=quiet)
     # an unknown bare key is named as the stage's, with the nearest valid one
     with pytest.raises(SubsampleError, match=r"unknown setting 'train.lr_dd' \(did you mean 'train.lr_d'\?\)"):
@@ -219,29 +283,47 @@ def test_every_layer_renders_a_validation_error_the_same_way(home, capsys):
     assert "\n" not in msg
     with pytest.raises(ValidationError) as e:
         IngestConfig(source="s", name="n", max_pixels=0)
-    assert validation_message(e.value, IngestConfig, flags=True) == "--max-pixels: Input should be greater than or equal to 1"
+    assert (
+        validation_message(e.value, IngestConfig, flags=True)
+        == "--max-pixels: Input should be greater than or equal to 1"
+    )
 
     bad_train = r"unknown setting 'lr_dd' \(did you mean 'lr_d'\?\); valid settings: preset, arch"
     with pytest.raises(SubsampleError, match=r"^train: invalid training setting: " + bad_train):
         resolve_train_config("smoke", {"lr_dd": 1})
     # a batches key is checked against the batches settings (it used to be told the training ones)
-    with pytest.raises(SubsampleError, match=r"unknown setting 'topk' \(did you mean 'top_k'\?\); valid settings: "
-                       + ", ".join(BatchesConfig.model_fields)):
+    with pytest.raises(
+        SubsampleError,
+        match=r"unknown setting 'topk' \(did you mean 'top_k'\?\); valid settings: "
+        + ", ".join(BatchesConfig.model_fields),
+    ):
         resolve_batches_config("smoke", {"topk": 4})
     with pytest.raises(SubsampleError, match=r"^run: unknown setting 'train.lr_dd' \(did you mean 'train.lr_d'\?\)"):
         build_config({}, ["train.lr_dd=1"])
     with pytest.raises(SubsampleError, match=r"^compare: invalid comparison: seeds: Input should be greater"):
         build_compare_config({"seeds": 2})
-    with pytest.raises(SubsampleError, match=r"^compare: unknown setting 'batches.topk' \(did you mean 'batches.top_k'\?\)"):
+    with pytest.raises(
+        SubsampleError, match=r"^compare: unknown setting 'batches.topk' \(did you mean 'batches.top_k'\?\)"
+    ):
         build_compare_config({}, ["batches.topk=4"])
     with pytest.raises(SubsampleError, match=r"^evaluate: --batch-size: Input should be greater than or equal to 1"):
         fc.resolve_evaluate_config({"batch_size": 0, "device": "cpu"}, "mydata", note=quiet)
     # the commands print it as one line and exit 2
-    for args, line in ((["ingest", str(fc.DEMO_SOURCE), "--name", "x", "--max-pixels", "0"],
-                        "ingest: --max-pixels: Input should be greater than or equal to 1"),
-                       (["tables", "demo", "--bins", "0", "4"], "tables: --bins: Value error, bins must be positive integers, one per feature"),
-                       # the same value by --set: named as the setting, not as a flag
-                       (["tables", "demo", "--set", "bins=[0,4]"], "tables: tables.bins: Value error, bins must be positive integers, one per feature")):
+    for args, line in (
+        (
+            ["ingest", str(fc.DEMO_SOURCE), "--name", "x", "--max-pixels", "0"],
+            "ingest: --max-pixels: Input should be greater than or equal to 1",
+        ),
+        (
+            ["tables", "demo", "--bins", "0", "4"],
+            "tables: --bins: Value error, bins must be positive integers, one per feature",
+        ),
+        # the same value by --set: named as the setting, not as a flag
+        (
+            ["tables", "demo", "--set", "bins=[0,4]"],
+            "tables: tables.bins: Value error, bins must be positive integers, one per feature",
+        ),
+    ):
         capsys.readouterr()
         with pytest.raises(SystemExit) as e:
             main(args)
@@ -260,8 +342,14 @@ def test_cli_option_defaults_are_the_config_models_defaults():
     from flows.compare import CompareConfig
     from pipeline.config import BatchesConfig, EvaluateConfig, FeaturesConfig, IngestConfig
 
-    models = {"ingest": IngestConfig, "features": FeaturesConfig, "batches": BatchesConfig, "evaluate": EvaluateConfig,
-              "run": fc.RunConfig, "compare": CompareConfig}
+    models = {
+        "ingest": IngestConfig,
+        "features": FeaturesConfig,
+        "batches": BatchesConfig,
+        "evaluate": EvaluateConfig,
+        "run": fc.RunConfig,
+        "compare": CompareConfig,
+    }
     commands = typer.main.get_command(app).commands
     checked = resolved = 0
     for name, model in models.items():
@@ -301,7 +389,11 @@ def test_deployments_resolve_as_the_commands_do(home):
     by_name = {d["name"]: build_config(d["parameters"]) for d in train_runs}
     # the demo deployment is `subsample demo`, whose settings are the demo data set's
     assert by_name["demo"] == resolve_config("demo", fc.demo_fields(), note=quiet)
-    assert (by_name["demo"].preset, by_name["demo"].tables.bins, by_name["demo"].evaluate.samples) == ("demo", (16, 16), 2000)
+    assert (by_name["demo"].preset, by_name["demo"].tables.bins, by_name["demo"].evaluate.samples) == (
+        "demo",
+        (16, 16),
+        2000,
+    )
     # the data sets' conventions come from DATASETS and the presets, not restated in prefect.yaml
     assert (by_name["celeba"].ingest.size, by_name["celeba"].ingest.crop) == (64, 178)
     assert (by_name["cifar10"].ingest.size, by_name["cifar10"].batches.batch_size) == (32, 2048)

@@ -1,5 +1,6 @@
 """pipeline/data/decode.py: the fast JPEG path gives the Pillow path's images, keeps its quarantine
 and records the policy; EXIF/XMP orientation; the nvJPEG path's logic on the CPU."""
+
 from __future__ import annotations
 
 import io
@@ -13,8 +14,8 @@ from PIL import Image
 import pipeline.data.decode as dec
 import pipeline.data.images as images_mod
 import pipeline.data.readers as readers_mod
-from kernels.resize import resize_lanczos
 from flows.cli import main
+from kernels.resize import resize_lanczos
 from pipeline.config import IngestConfig
 from pipeline.data.images import CropPolicy
 from pipeline.data.readers import FolderReader
@@ -39,9 +40,23 @@ def home(tmp_path, monkeypatch):
 def photo(h: int, w: int, seed: int) -> np.ndarray:
     """A photo-like image: smooth shapes (a 6×5 random image upscaled) plus 1/f-ish detail."""
     rng = np.random.default_rng(seed)
-    base = np.asarray(Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).resize((w, h), Image.Resampling.BICUBIC), np.float64)
-    detail = sum(np.asarray(Image.fromarray(rng.integers(0, 256, (h // k + 1, w // k + 1), dtype=np.uint8)).resize((w, h), Image.Resampling.BILINEAR), np.float64) - 128
-                 for k in (2, 4, 8)) / 6
+    base = np.asarray(
+        Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).resize((w, h), Image.Resampling.BICUBIC),
+        np.float64,
+    )
+    detail = (
+        sum(
+            np.asarray(
+                Image.fromarray(rng.integers(0, 256, (h // k + 1, w // k + 1), dtype=np.uint8)).resize(
+                    (w, h), Image.Resampling.BILINEAR
+                ),
+                np.float64,
+            )
+            - 128
+            for k in (2, 4, 8)
+        )
+        / 6
+    )
     return np.clip(base + detail[..., None] + rng.normal(0, 2, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
@@ -81,14 +96,18 @@ def test_fast_decoder_gives_the_pillow_paths_images_and_records_its_policy(tmp_p
     old = ingest(src, "old", size=64, crop=178, decoder="pillow")
     a, b = open_store("fast").images[:], open_store("old").images[:]
     assert a.shape == b.shape == (11, 64, 64, 3) and close(a, b)
-    pillow_decoded = np.stack([images_mod.decode_image(str(src / n), CropPolicy(64, 178), 1 << 30) for n in sorted(files)])
+    pillow_decoded = np.stack(
+        [images_mod.decode_image(str(src / n), CropPolicy(64, 178), 1 << 30) for n in sorted(files)]
+    )
     assert np.array_equal(a, pillow_decoded)  # the decoder itself: Pillow's pixels exactly
     celeba = [i for i, n in enumerate(sorted(files)) if n.startswith("celeba")]
     assert np.array_equal(a[celeba], b[celeba])  # CelebA's geometry: bit for bit
     assert fast["key"] != old["key"]  # the decoder is in the key: its pixels may differ
     pf, po = open_store("fast").attrs["policy"], open_store("old").attrs["policy"]
     assert (pf["decoder"], pf["decode_device"], po["decoder"]) == ("fast", "cpu", "pillow")
-    assert pf["jpeg"].startswith("simplejpeg") and po["resize"].startswith("pillow") and "kernels.resize" in pf["resize"]
+    assert (
+        pf["jpeg"].startswith("simplejpeg") and po["resize"].startswith("pillow") and "kernels.resize" in pf["resize"]
+    )
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -110,7 +129,11 @@ def test_orientation_parser_agrees_with_pillow_and_refuses_what_it_does_not_know
     plain = jpeg(photo(20, 30, 0))
     assert dec.jpeg_orientation(plain) == 1
     # a big-endian TIFF header (Pillow writes little-endian): IFD0 with one entry, orientation 8
-    be = b"MM\x00\x2a\x00\x00\x00\x08\x00\x01" + b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x08\x00\x00" + b"\x00\x00\x00\x00"
+    be = (
+        b"MM\x00\x2a\x00\x00\x00\x08\x00\x01"
+        + b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x08\x00\x00"
+        + b"\x00\x00\x00\x00"
+    )
     data = plain[:2] + b"\xff\xe1" + (len(be) + 8).to_bytes(2, "big") + b"Exif\0\0" + be + plain[2:]
     assert dec.jpeg_orientation(data) == 8 == Image.open(io.BytesIO(data)).getexif()[0x0112]
     xmp = b'http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
@@ -157,8 +180,13 @@ def test_quarantine_and_fallbacks_are_the_pillow_paths(tmp_path):
     old = ingest(src, "old", size=32, max_pixels=250 * 250, decoder="pillow")
     assert fast["quarantine"] == old["quarantine"]
     reasons = {q["path"]: q["reason"].split(":")[0] for q in fast["quarantine"]}
-    assert reasons == {"zero.jpg": "zero bytes", "text.jpg": "not an image", "trunc400.jpg": "truncated",
-                       "trunc_half.jpg": "truncated", "huge.jpg": "too large"}
+    assert reasons == {
+        "zero.jpg": "zero bytes",
+        "text.jpg": "not an image",
+        "trunc400.jpg": "truncated",
+        "trunc_half.jpg": "truncated",
+        "huge.jpg": "too large",
+    }
     assert fast["n_images"] == old["n_images"] == 4  # good, corrupt_middle, png_named, cmyk
     assert close(open_store("fast").images[:], open_store("old").images[:])
 
@@ -184,7 +212,10 @@ def test_worker_processes_give_the_threads_store(tmp_path):
         (src / f"{i}.jpg").write_bytes(jpeg(photo(218, 178, i)))
     procs = ingest(src, "procs", size=32, crop=178, files_per_task=2, scheduler="processes")
     threads = ingest(src, "threads", size=32, crop=178)
-    assert open_store("procs").attrs["ingest"]["scheduler"] == "processes" and procs["content_hash"] == threads["content_hash"]
+    assert (
+        open_store("procs").attrs["ingest"]["scheduler"] == "processes"
+        and procs["content_hash"] == threads["content_hash"]
+    )
 
 
 # --- nvJPEG path, run with torchvision's CPU decoder ----------------------------------------------

@@ -3,6 +3,7 @@
 train-subsample/demo`` with tiny overrides, then the flow run's state, its task runs, the Prefect
 artifacts and the MLflow run it recorded. Server and worker are stopped in any case.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ import os
 import re
 import socket
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -62,7 +62,9 @@ def test_demo_deployment_runs_on_a_process_worker(tmp_path):
     server_log = open(tmp_path / "server.log", "w")
     worker_log = open(tmp_path / "worker.log", "w")
     try:
-        server = start_server("127.0.0.1", port, env={k: v for k, v in env.items() if k != "PREFECT_API_URL"}, log=server_log)
+        server = start_server(
+            "127.0.0.1", port, env={k: v for k, v in env.items() if k != "PREFECT_API_URL"}, log=server_log
+        )
         wait_healthy(url, timeout_s=120, proc=server)
         # the UI calls the API on this port, not Prefect's default 4200
         import urllib.request
@@ -78,10 +80,16 @@ def test_demo_deployment_runs_on_a_process_worker(tmp_path):
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
 
         ran = prefect(
-            "deployment", "run", "train-subsample/demo",
-            "--param", f"source={source}",
-            "--param", f"overrides={json.dumps(TINY)}",
-            "--watch", "--watch-timeout", "240",
+            "deployment",
+            "run",
+            "train-subsample/demo",
+            "--param",
+            f"source={source}",
+            "--param",
+            f"overrides={json.dumps(TINY)}",
+            "--watch",
+            "--watch-timeout",
+            "240",
             timeout=300,
         )
         logs = (tmp_path / "worker.log").read_text()
@@ -92,13 +100,20 @@ def test_demo_deployment_runs_on_a_process_worker(tmp_path):
         import asyncio
 
         from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+        from prefect.client.schemas.filters import (
+            ArtifactFilter,
+            ArtifactFilterFlowRunId,
+            FlowRunFilter,
+            FlowRunFilterId,
+        )
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         async def read():
             async with get_client() as client:
                 run = await client.read_flow_run(flow_run_id)
-                tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+                tasks = await client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+                )
                 artifacts = await client.read_artifacts(
                     artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
                 )
@@ -123,11 +138,18 @@ def test_demo_deployment_runs_on_a_process_worker(tmp_path):
 
         # train on "another work pool": a child run of a deployment (here the same one and pool)
         ran = prefect(
-            "deployment", "run", "train-subsample/demo",
-            "--param", f"source={source}",
-            "--param", f"overrides={json.dumps([*TINY, 'train.seed=1'])}",
-            "--param", "train_deployment=train-subsample/demo",
-            "--watch", "--watch-timeout", "240",
+            "deployment",
+            "run",
+            "train-subsample/demo",
+            "--param",
+            f"source={source}",
+            "--param",
+            f"overrides={json.dumps([*TINY, 'train.seed=1'])}",
+            "--param",
+            "train_deployment=train-subsample/demo",
+            "--watch",
+            "--watch-timeout",
+            "240",
             timeout=300,
         )
         assert ran.returncode == 0, ran.stdout + ran.stderr + (tmp_path / "worker.log").read_text()[-5000:]

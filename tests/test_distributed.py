@@ -5,6 +5,7 @@ artifact, and a killed rank leaves a checkpoint that a rerun resumes to the unin
 
 Tiny models (ngf = ndf = 8) on 128 tiny images made here; each 2-rank launch takes ~10-20 s (two
 processes importing torch on a shared 2-core machine)."""
+
 from __future__ import annotations
 
 import json
@@ -15,14 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from pipeline.gan import distributed
-from pipeline.stages import train
-from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
-from pipeline.presets import resolve_train_config
-from storage.errors import SubsampleError
-
 from conftest import stage_home
+
+from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
+from pipeline.gan import distributed
+from pipeline.presets import resolve_train_config
+from pipeline.stages import train
+from storage.errors import SubsampleError
 
 TABLES = TablesConfig(bins=(4, 4))
 BATCHES = BatchesConfig(batch_size=32, strategy="constructed", seed=1)
@@ -32,7 +32,9 @@ BATCHES = BatchesConfig(batch_size=32, strategy="constructed", seed=1)
 # 5e-4 on 1 thread instead of 2: smoke preset, 4 steps, measured), and larger SGD steps
 # (lr 5e-3 with momentum 0.9) make these toy runs oscillate, which grows 1e-7 into 2e-4 within 6
 # steps whatever the cause (measured). At lr 2e-3: gan 6e-8, wgan-gp 6e-8, R1 (weight 1) 7e-5.
-TINY = dict(ngf=8, ndf=8, sample_grid=4, kl_samples=64, track=False, device="cpu", optimizer="sgd", lr_g=0.002, lr_d=0.002)
+TINY = dict(
+    ngf=8, ndf=8, sample_grid=4, kl_samples=64, track=False, device="cpu", optimizer="sgd", lr_g=0.002, lr_d=0.002
+)
 TOL = 1e-4  # max |w_1 - w_2| over G's and D's weights and buffers, 1 process vs 2 ranks
 
 
@@ -68,8 +70,16 @@ def _train(cfg, nproc: int = 1, **kw) -> tuple[dict, dict]:
     if nproc == 1:  # as many threads as each of 2 ranks gets: the same summation order within a rank
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
     try:
-        s = run_train("toy", cfg.model_copy(update={"nproc_per_node": nproc}), BATCHES, TABLES, FeaturesConfig(),
-                      progress=False, refresh=True, **kw)
+        s = run_train(
+            "toy",
+            cfg.model_copy(update={"nproc_per_node": nproc}),
+            BATCHES,
+            TABLES,
+            FeaturesConfig(),
+            progress=False,
+            refresh=True,
+            **kw,
+        )
     finally:
         torch.set_num_threads(threads)
     return s, torch.load(Path(s["path"]) / "checkpoint.pt", weights_only=True)
@@ -88,8 +98,10 @@ def _recording_worker(payload: dict) -> dict:
 
     def record(sampler, epoch, device):
         out = real(sampler, epoch, device)
-        np.save(Path(os.environ["DDP_TEST_RECORD"]) / f"rank{os.environ['RANK']}_epoch{epoch}.npy",
-                np.stack([b.cpu().numpy() for b in out]))
+        np.save(
+            Path(os.environ["DDP_TEST_RECORD"]) / f"rank{os.environ['RANK']}_epoch{epoch}.npy",
+            np.stack([b.cpu().numpy() for b in out]),
+        )
         return out
 
     train.epoch_indices = record
@@ -97,11 +109,15 @@ def _recording_worker(payload: dict) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("setting", [
-    {},  # the default gan method, DCGAN with batch norm in G and D (SyncBatchNorm under DDP)
-    {"loss": "wasserstein", "gp_weight": 10.0, "d_batchnorm": False, "d_steps": 2},
-    {"r1_weight": 0.2},  # R1's double backward through D's synchronised batch norm
-], ids=["gan", "wgan-gp", "r1-batchnorm"])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {},  # the default gan method, DCGAN with batch norm in G and D (SyncBatchNorm under DDP)
+        {"loss": "wasserstein", "gp_weight": 10.0, "d_batchnorm": False, "d_steps": 2},
+        {"r1_weight": 0.2},  # R1's double backward through D's synchronised batch norm
+    ],
+    ids=["gan", "wgan-gp", "r1-batchnorm"],
+)
 def test_two_ranks_train_the_weights_of_one_process(home, tmp_path, monkeypatch, setting):
     """2 ranks × B/2 give G and D within 1e-4 of 1 process × B after 6 D steps (3 of them
     crossing an epoch); the losses agree; each rank got rows r::2 of every constructed batch (a
@@ -141,13 +157,18 @@ def test_two_ranks_train_the_weights_of_one_process(home, tmp_path, monkeypatch,
     # one MLflow run (rank 0's) with the world size, one artifact
     client = mlflow.MlflowClient(tracking_uri=mlflow_tracking_uri())
     exp = client.get_experiment_by_name("subsample/toy")
-    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("subsample.train_key") == two["key"]
-            and r.info.run_id == two["mlflow_run_id"]]
+    runs = [
+        r
+        for r in client.search_runs([exp.experiment_id])
+        if r.data.tags.get("subsample.train_key") == two["key"] and r.info.run_id == two["mlflow_run_id"]
+    ]
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert (runs[0].data.params["world_size"], runs[0].data.params["backend"]) == ("2", "gloo")
     assert runs[0].data.params["train.nproc_per_node"] == "2"
     # one artifact (the run's lock file, which stays, is not one)
-    assert [p.name for p in (home / "stages/train").iterdir() if p.name.startswith(one["key"]) and p.is_dir()] == [one["key"]]
+    assert [p.name for p in (home / "stages/train").iterdir() if p.name.startswith(one["key"]) and p.is_dir()] == [
+        one["key"]
+    ]
 
 
 def _dying_worker(payload: dict) -> dict:
@@ -220,7 +241,9 @@ def test_bad_world_sizes_and_refused_settings_are_one_line_errors(home):
 
     with pytest.raises(SubsampleError, match=r"^train: batch size B=32 is not divisible by the world size k=3 "):
         run_train("toy", _cfg(nproc_per_node=3), BATCHES, TABLES, FeaturesConfig(), progress=False)
-    with pytest.raises(SubsampleError, match=r"^train: arch 'igan-nclass' is not supported under DDP: .*different classes"):
+    with pytest.raises(
+        SubsampleError, match=r"^train: arch 'igan-nclass' is not supported under DDP: .*different classes"
+    ):
         run_train("toy", _cfg(nproc_per_node=2, arch="igan-nclass"), BATCHES, TABLES, FeaturesConfig(), progress=False)
     with pytest.raises(SubsampleError, match="nnodes=2 needs --rdzv-endpoint"):
         run_train("toy", _cfg(nnodes=2), BATCHES, TABLES, FeaturesConfig(), progress=False)
@@ -241,7 +264,11 @@ def test_random_draws_are_shares_of_one_global_draw():
     """Without a process group the draws are torch's own (the one-process run is unchanged); as
     rank r of k, rows r::k of the one-process draw from the same RNG state."""
     torch.manual_seed(7)
-    z, eps, x = torch.randn(8, 3), torch.rand(8, 1, 1, 1), torch.randn_like(torch.empty(8, 3, 4, 4).to(memory_format=torch.channels_last))
+    z, eps, x = (
+        torch.randn(8, 3),
+        torch.rand(8, 1, 1, 1),
+        torch.randn_like(torch.empty(8, 3, 4, 4).to(memory_format=torch.channels_last)),
+    )
     torch.manual_seed(7)
     assert torch.equal(distributed.randn(8, 3), z)
     try:
@@ -268,6 +295,11 @@ def test_the_flow_and_the_8_gpu_deployment_set_the_world_size_not_the_key():
     one = build_config(deployments["celeba"]["parameters"])
     override = build_config(deployments["celeba"]["parameters"], ["train.nproc_per_node=8"])
     assert deployments["celeba-8gpu"]["work_pool"]["name"] == "subsample-gpu8"
-    assert (gpu8.train.nproc_per_node, gpu8.train.device, override.train.nproc_per_node, one.train.nproc_per_node) == (8, "cuda", 8, 1)
+    assert (gpu8.train.nproc_per_node, gpu8.train.device, override.train.nproc_per_node, one.train.nproc_per_node) == (
+        8,
+        "cuda",
+        8,
+        1,
+    )
     assert gpu8.train.key_params() == one.train.key_params() == override.train.key_params()
     assert gpu8.batches.batch_size % 8 == 0

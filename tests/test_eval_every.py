@@ -2,6 +2,7 @@
 metrics, at the right epochs, without changing the generator, the reference statistics computed
 once, and a resumed run that logs every point exactly once. The tiny deterministic feature
 extractor of test_evaluate.py stands in for Inception (no weights here)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,6 @@ import pytest
 import torch
 from test_evaluate import TINY  # registers the tiny extractor with torch-fidelity
 from test_train import _cfg, _train, toy_home  # noqa: F401  (toy_home: the fixture)
-
 
 EVAL = dict(eval_feature_extractor=TINY, eval_samples=64)
 
@@ -22,7 +22,6 @@ def histories(run_id: str) -> dict[str, list[int]]:
 
 
 def test_eval_every_logs_fidelity_curves_at_the_right_epochs(toy_home, monkeypatch):
-    from pipeline.stages import evaluate
     from pipeline import fidelity
 
     reads = []
@@ -71,7 +70,9 @@ def test_resume_logs_every_point_exactly_once(toy_home, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         _train(cfg, refresh=True)
     monkeypatch.setattr(train, "save_checkpoint", real_save)
-    run_id = __import__("json").loads(next((toy_home / "stages/train").glob("*.work/run.json")).read_text())["mlflow_run_id"]
+    run_id = __import__("json").loads(next((toy_home / "stages/train").glob("*.work/run.json")).read_text())[
+        "mlflow_run_id"
+    ]
     assert histories(run_id)["fid64_train"] == [1]  # epoch 2 was checkpointed, never logged
 
     def log_then_die(self, m):
@@ -109,12 +110,22 @@ def test_compare_report_plots_the_per_epoch_fid_curves(tmp_path, monkeypatch):
             run = tracking.start_run("curves", run_name=f"{strategy}-{seed}", tags={}, params={})
             for epoch in range(1, 5):
                 tracking.log_metrics(run, {"fid64_train": level / epoch + seed, "loss_d": 1.0}, step=epoch)
-            members.append(Member(run, GridCell(strategy, 64, "smoke", seed), "FINISHED", None, "ok",
-                                  {"fid64_train": level / 4 + seed, "loss_d": 1.0}))
+            members.append(
+                Member(
+                    run,
+                    GridCell(strategy, 64, "smoke", seed),
+                    "FINISHED",
+                    None,
+                    "ok",
+                    {"fid64_train": level / 4 + seed, "loss_d": 1.0},
+                )
+            )
     data = ReportData("parent", "p", "FINISHED", "curves", {}, [], members, "0")
     made = _per_epoch_fid_curves(data, tmp_path / "plots")
     assert set(made) == {"fid_curves.png"} and "every evaluated epoch" in made["fid_curves.png"]
     assert (tmp_path / "plots" / "fid_curves.png").stat().st_size > 10_000
     assert members[0].history["epoch/fid64_train"] == [(1, 60.0), (2, 30.0), (3, 20.0), (4, 15.0)]
     no_curves = [Member(m.run_id, m.cell, m.status, None, "ok", {"loss_d": 1.0}) for m in members]
-    assert _per_epoch_fid_curves(ReportData("p", "p", "FINISHED", "curves", {}, [], no_curves, "0"), tmp_path / "p2") == {}
+    assert (
+        _per_epoch_fid_curves(ReportData("p", "p", "FINISHED", "curves", {}, [], no_curves, "0"), tmp_path / "p2") == {}
+    )

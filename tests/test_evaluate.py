@@ -1,6 +1,7 @@
 """The evaluation stage: IS/FID/KID through torch-fidelity with a tiny deterministic feature
 extractor (no Inception weights needed), the reference-statistics cache, the offline path, and
 ``run_evaluate`` end to end on a freshly trained tiny generator."""
+
 from __future__ import annotations
 
 import urllib.error
@@ -13,10 +14,9 @@ from torch_fidelity import register_feature_extractor
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from pipeline.stages import evaluate as ev
-
 from pipeline import extractor_weights, fidelity
 from pipeline.config import EvaluateConfig
+from pipeline.stages import evaluate as ev
 
 TINY = "subsample-test-tiny"
 
@@ -105,14 +105,38 @@ def test_metrics_are_exactly_torch_fidelitys(tmp_path):
 
     x, gen = blob_images(120, seed=3), noisy(blob_images(120, seed=3), 15)
     raw = torch_fidelity.calculate_metrics(
-        input1=fidelity.ImageArrayDataset(gen), input2=fidelity.ImageArrayDataset(x), isc=True, fid=True, kid=True,
-        feature_extractor=TINY, isc_splits=CFG.isc_splits, kid_subsets=CFG.kid_subsets, kid_subset_size=100,
-        batch_size=CFG.batch_size, cuda=False, cache=False, rng_seed=CFG.seed, save_cpu_ram=True, verbose=False,
+        input1=fidelity.ImageArrayDataset(gen),
+        input2=fidelity.ImageArrayDataset(x),
+        isc=True,
+        fid=True,
+        kid=True,
+        feature_extractor=TINY,
+        isc_splits=CFG.isc_splits,
+        kid_subsets=CFG.kid_subsets,
+        kid_subset_size=100,
+        batch_size=CFG.batch_size,
+        cuda=False,
+        cache=False,
+        rng_seed=CFG.seed,
+        save_cpu_ram=True,
+        verbose=False,
     )
-    for kw in ({}, {"reference_cache_name": "r", "cache_root": tmp_path}, {"reference_cache_name": "r", "cache_root": tmp_path}):
-        m = fidelity.fidelity_scores(fidelity.ImageArrayDataset(gen), fidelity.ImageArrayDataset(x), CFG.model_copy(update={"kid_subset_size": 100}), **kw).metrics
+    for kw in (
+        {},
+        {"reference_cache_name": "r", "cache_root": tmp_path},
+        {"reference_cache_name": "r", "cache_root": tmp_path},
+    ):
+        m = fidelity.fidelity_scores(
+            fidelity.ImageArrayDataset(gen),
+            fidelity.ImageArrayDataset(x),
+            CFG.model_copy(update={"kid_subset_size": 100}),
+            **kw,
+        ).metrics
         assert m["fid120_train"] == raw[torch_fidelity.KEY_METRIC_FID]
-        assert m["is120"] == raw[torch_fidelity.KEY_METRIC_ISC_MEAN] and m["is120_std"] == raw[torch_fidelity.KEY_METRIC_ISC_STD]
+        assert (
+            m["is120"] == raw[torch_fidelity.KEY_METRIC_ISC_MEAN]
+            and m["is120_std"] == raw[torch_fidelity.KEY_METRIC_ISC_STD]
+        )
         assert m["kid120_train"] == raw[torch_fidelity.KEY_METRIC_KID_MEAN]
 
 
@@ -213,7 +237,9 @@ def test_missing_weights_file_is_a_user_error(tmp_path):
 
 
 def test_count_tag_and_grid():
-    assert fidelity.count_tag(50_000) == "50k" and fidelity.count_tag(1000) == "1k" and fidelity.count_tag(1234) == "1234"
+    assert (
+        fidelity.count_tag(50_000) == "50k" and fidelity.count_tag(1000) == "1k" and fidelity.count_tag(1234) == "1234"
+    )
     g = ev.image_grid(np.full((5, 4, 4, 3), 255, np.uint8), columns=3)
     assert g.shape == (2 * 6 + 2, 3 * 6 + 2, 3)
     assert (g == 255).sum() == 5 * 16 * 3
@@ -227,8 +253,8 @@ def trained(tmp_path_factory):
     """A tiny store (256 blob images, 16×16), its features and 4×4 table, and a one-epoch smoke
     training run: ``(home, train key, mlflow run id)``."""
     from pipeline.config import FeaturesConfig, TablesConfig
-    from pipeline.stages.features import run_features
     from pipeline.presets import resolve_batches_config, resolve_train_config
+    from pipeline.stages.features import run_features
     from pipeline.stages.tables import run_tables
     from pipeline.stages.train import run_train
     from storage.store import write_store
@@ -287,8 +313,15 @@ def test_run_evaluate_end_to_end_cache_and_mlflow(trained, monkeypatch):
     assert s["stage"] == "evaluate" and s["dataset"] == "blobs" and s["cache_hit"] is False
     assert s["mlflow_run_id"] == run_id and s["fidelity"] == "ok" and s["fidelity_reference_cache"] == "miss"
     m = s["metrics"]
-    for name in ("is100", "fid100_train", "kid100_train", "feature_kl100_train", "feature_js100_train",
-                 "sharpness_mean100", "sharpness_diff100_train"):
+    for name in (
+        "is100",
+        "fid100_train",
+        "kid100_train",
+        "feature_kl100_train",
+        "feature_js100_train",
+        "sharpness_mean100",
+        "sharpness_diff100_train",
+    ):
         assert np.isfinite(m[name]), name
     assert 0 <= m["feature_js100_train"] <= np.log(2) + 1e-12
     assert m["sharpness_diff100_train"] == pytest.approx(m["sharpness_mean100"] - m["sharpness_mean_train"])
@@ -298,7 +331,10 @@ def test_run_evaluate_end_to_end_cache_and_mlflow(trained, monkeypatch):
 
     samples = Image.open(art / "samples.png")  # 16 images of 16 px, scaled up to be read
     assert samples.width >= 512
-    assert samples.text["Title"] == "blobs · smoke · constructed B=32 · seed 0 · epoch 1\n16 of the 100 evaluated samples (z seed 0)"
+    assert (
+        samples.text["Title"]
+        == "blobs · smoke · constructed B=32 · seed 0 · epoch 1\n16 of the 100 evaluated samples (z seed 0)"
+    )
     log = home / "metrics" / f"{key}.jsonl"
     assert [json.loads(x)["results"] for x in log.read_text().splitlines()] == [m]
 
@@ -390,7 +426,10 @@ def test_no_fidelity_and_missing_run_from_the_cli(trained, monkeypatch, capsys):
     monkeypatch.setenv("SUBSAMPLE_HOME", str(home))
     assert cli(["evaluate", key, "--samples", "32", "--no-fidelity", "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
-    assert s["fidelity"] == "skipped: disabled (--no-fidelity, the default on a CPU)" and "feature_kl32_train" in s["metrics"]
+    assert (
+        s["fidelity"] == "skipped: disabled (--no-fidelity, the default on a CPU)"
+        and "feature_kl32_train" in s["metrics"]
+    )
     assert cli(["evaluate", "0123456789abcdef", "--samples", "32", "--json"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "0123456789abcdef" in captured.err
@@ -401,14 +440,21 @@ def test_metrics_one_by_one_end_to_end(trained, monkeypatch):
     IS/FID/KID alone share the tiny extractor's features; the values are the full evaluation's."""
     home, key, _ = trained
     monkeypatch.setenv("SUBSAMPLE_HOME", str(home))
-    full = ev.run_evaluate(key, EvaluateConfig(samples=50, feature_extractor=TINY, kid_subsets=5, grid=0), progress=False)
+    full = ev.run_evaluate(
+        key, EvaluateConfig(samples=50, feature_extractor=TINY, kid_subsets=5, grid=0), progress=False
+    )
     only = EvaluateConfig(samples=50, fidelity=False, metrics="feature_kl50_train", grid=0)
     s = ev.run_evaluate(key, only, progress=False)
     assert set(s["metrics"]) == {"feature_kl50_train", "feature_kl50_train_floor", "feature_kl50_train_floor_sd"}
     assert s["metrics"] == {k: full["metrics"][k] for k in s["metrics"]}
     assert s["fidelity"] == "skipped: not among the metrics asked for (--metrics)" and s["key"] != full["key"]
     assert ev.run_evaluate(key, only, progress=False)["cache_hit"] is True
-    two = ev.run_evaluate(key, EvaluateConfig(samples=50, feature_extractor=TINY, kid_subsets=5, grid=0,
-                                              metrics=("kid50_train", "fid50_train")), progress=False)
+    two = ev.run_evaluate(
+        key,
+        EvaluateConfig(
+            samples=50, feature_extractor=TINY, kid_subsets=5, grid=0, metrics=("kid50_train", "fid50_train")
+        ),
+        progress=False,
+    )
     assert two["metrics"] == {k: full["metrics"][k] for k in ("fid50_train", "kid50_train", "kid50_train_std")}
     assert two["fidelity"] == "ok" and two["fidelity_reference_cache"] == "hit"  # the full run cached the reference

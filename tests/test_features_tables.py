@@ -1,4 +1,5 @@
 """The features and tables stages on tiny stores: results, caching, rebuilds, errors, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -91,7 +92,11 @@ def test_changed_store_gives_new_key(home):
 def test_corrupted_features_are_detected_and_rebuilt(home):
     images = make_store("tiny")
     s = run_features("tiny", progress=False)
-    chunk_files = [p for p in (features_artifact("tiny").path / "features.zarr").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    chunk_files = [
+        p
+        for p in (features_artifact("tiny").path / "features.zarr").rglob("*")
+        if p.is_file() and p.name != "zarr.json"
+    ]
     assert chunk_files
     chunk_files[0].write_bytes(b"\0" * chunk_files[0].stat().st_size)
     assert open_artifact("features", s["key"]) is None
@@ -226,9 +231,21 @@ def test_bin_values_uses_training_scale_and_clips():
 
 def test_table_validates_its_fields():
     with pytest.raises(ValueError, match="counts shape"):
-        Table(features=("a", "b"), bins=(2, 2), maxima=np.ones(2), counts=np.zeros((2, 2), np.int64), cells=np.zeros(0, np.int64))
+        Table(
+            features=("a", "b"),
+            bins=(2, 2),
+            maxima=np.ones(2),
+            counts=np.zeros((2, 2), np.int64),
+            cells=np.zeros(0, np.int64),
+        )
     with pytest.raises(ValueError, match="sum to"):
-        Table(features=("a", "b"), bins=(1, 1), maxima=np.ones(2), counts=np.ones((2, 2), np.int64), cells=np.zeros(3, np.int64))
+        Table(
+            features=("a", "b"),
+            bins=(1, 1),
+            maxima=np.ones(2),
+            counts=np.ones((2, 2), np.int64),
+            cells=np.zeros(3, np.int64),
+        )
 
 
 # --- CLI ----------------------------------------------------------------------------------------

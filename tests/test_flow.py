@@ -6,6 +6,7 @@ One Prefect test harness (a temporary server, ~15 s to start) serves the whole f
 ``$SUBSAMPLE_HOME`` holds the cold run the other tests start from: each test changes a setting
 (so new keys) or asserts only about the runs it makes itself.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,6 @@ import pytest
 
 from flows.config import STAGES, RunConfig, build_config, parse_overrides
 from storage.errors import MissingArtifactError, SubsampleError
-
 
 TINY = [
     "tables.bins=[8,8]",
@@ -89,8 +89,12 @@ def test_stages_run_alone_find_their_inputs_by_lineage_and_give_the_flows_keys(c
     assert all(s["cache_hit"] for s in alone.values())
     assert train_key_for(cfg.dataset, cfg.train, cfg.batches, cfg.tables, cfg.features) == keys["train"]
     assert _train_key(cfg, {}) == keys["train"]
-    assert locate("evaluate", cfg.dataset, features=cfg.features, tables=cfg.tables, batches=cfg.batches,
-                  train=cfg.train).train.key == keys["train"]
+    assert (
+        locate(
+            "evaluate", cfg.dataset, features=cfg.features, tables=cfg.tables, batches=cfg.batches, train=cfg.train
+        ).train.key
+        == keys["train"]
+    )
 
     upstream = {stage: open_artifact(stage, keys[stage]).upstream for stage in STAGES if stage != "ingest"}
     assert upstream == {
@@ -171,7 +175,9 @@ def test_only_with_missing_upstream_is_one_clear_error(prefect_harness, tiny_cif
         run(config(tiny_cifar_source, dataset="fresh", only="tables"))
 
 
-def test_cli_json_prints_exactly_one_object_and_a_missing_upstream_exits_2(prefect_harness, tiny_cifar_source, tmp_path):
+def test_cli_json_prints_exactly_one_object_and_a_missing_upstream_exits_2(
+    prefect_harness, tiny_cifar_source, tmp_path
+):
     """The real command in a child process (talking to the harness's server): stdout, at the
     file-descriptor level, holds one JSON object; a missing upstream is one line and exit code 2."""
     import os
@@ -204,7 +210,10 @@ def test_cli_json_prints_exactly_one_object_and_a_missing_upstream_exits_2(prefe
 
 def test_config_overrides_and_validation(monkeypatch):
     assert parse_overrides(["tables.bins=[8,8]", "train.lr_d=1e-4", "only=tables", "source=a=b"]) == {
-        "tables": {"bins": [8, 8]}, "train": {"lr_d": 1e-4}, "only": "tables", "source": "a=b",
+        "tables": {"bins": [8, 8]},
+        "train": {"lr_d": 1e-4},
+        "only": "tables",
+        "source": "a=b",
     }
     cfg = build_config({"dataset": "celeba", "preset": "smoke"}, ["train.epochs=3"])
     assert (cfg.ingest.size, cfg.ingest.crop) == (64, 178)  # the data set's convention

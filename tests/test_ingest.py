@@ -1,5 +1,6 @@
 """pipeline/stages/ingest.py: every source kind round-trips, the crop/resize and colour-mode policy,
 quarantine, atomicity, the restricted unpickler, the CLI's exit codes and the cache."""
+
 from __future__ import annotations
 
 import gzip
@@ -21,8 +22,8 @@ import pipeline.data.readers as readers_mod
 import pipeline.stages.ingest as ingest_mod
 from flows.cli import main
 from pipeline.config import IngestConfig
-from pipeline.data.images import CropPolicy
 from pipeline.data.arrays import RestrictedUnpickler
+from pipeline.data.images import CropPolicy
 from pipeline.stages.ingest import run_ingest
 from storage.errors import SubsampleError
 from storage.paths import dataset_path
@@ -86,9 +87,18 @@ def test_png_folder_recursive_sorted_and_other_files_ignored(tmp_path):
     assert s["source"] == str(src) and s["cache_hit"] is False and s["labels"] is False
     attrs = open_store("t").attrs
     assert attrs["source_format"] == "images" and attrs["key"] == s["key"] and attrs["source_fingerprint"]
-    policy = {k: attrs["policy"][k] for k in ("crop", "size", "filter", "jpeg_draft", "alpha", "decoder", "decode_device")}
-    assert policy == {"crop": "short-side", "size": 6, "filter": "lanczos", "jpeg_draft": True, "alpha": "composited on white",
-                      "decoder": "fast", "decode_device": "cpu"}
+    policy = {
+        k: attrs["policy"][k] for k in ("crop", "size", "filter", "jpeg_draft", "alpha", "decoder", "decode_device")
+    }
+    assert policy == {
+        "crop": "short-side",
+        "size": 6,
+        "filter": "lanczos",
+        "jpeg_draft": True,
+        "alpha": "composited on white",
+        "decoder": "fast",
+        "decode_device": "cpu",
+    }
     assert attrs["policy"]["jpeg"].startswith("simplejpeg ") and attrs["policy"]["resize"].startswith("kernels.resize")
 
 
@@ -171,8 +181,12 @@ def test_cifar_bin_of_the_wrong_size_is_an_error_naming_the_file(tmp_path):
 
 
 def cifar_py_batch(x, y, numpy_core_alias=False) -> bytes:
-    d = {b"batch_label": b"training batch 1 of 5", b"labels": [int(v) for v in y],
-         b"data": x.transpose(0, 3, 1, 2).reshape(len(x), -1), b"filenames": [b"a.png"] * len(x)}
+    d = {
+        b"batch_label": b"training batch 1 of 5",
+        b"labels": [int(v) for v in y],
+        b"data": x.transpose(0, 3, 1, 2).reshape(len(x), -1),
+        b"filenames": [b"a.png"] * len(x),
+    }
     raw = pickle.dumps(d, protocol=2)
     # the published CIFAR pickles were written by numpy 1.x, which spells the module numpy.core
     return raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray") if numpy_core_alias else raw
@@ -184,7 +198,9 @@ def test_cifar_python_batches_with_the_restricted_unpickler(tmp_path):
     src.mkdir()
     (src / "data_batch_1").write_bytes(cifar_py_batch(x[:3], y[:3], numpy_core_alias=True))
     (src / "test_batch").write_bytes(cifar_py_batch(x[3:], y[3:]))
-    (src / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"airplane", b"automobile"], b"num_vis": 3072}, protocol=2))
+    (src / "batches.meta").write_bytes(
+        pickle.dumps({b"label_names": [b"airplane", b"automobile"], b"num_vis": 3072}, protocol=2)
+    )
     s = ingest(src, size=32, split="all")
     imgs, labels = stored()
     assert np.array_equal(imgs, x) and np.array_equal(labels, y) and s["source_format"] == "cifar10-python"
@@ -417,7 +433,9 @@ def test_bad_files_are_quarantined_with_reasons_and_the_rest_ingested(tmp_path):
     assert reasons["bad_trunc.png"].startswith("truncated") and reasons["bad_trunc.jpg"].startswith("truncated")
     assert reasons["bad_corrupt.png"].startswith("corrupt")
     assert reasons["bad_huge.png"].startswith("too large: 90×90 = 8,100 pixels > max_pixels 6,400")
-    assert json.loads((Path(s["path"]) / "quarantine.json").read_text()) == s["quarantine"] == open_store("t").quarantine
+    assert (
+        json.loads((Path(s["path"]) / "quarantine.json").read_text()) == s["quarantine"] == open_store("t").quarantine
+    )
     assert [q["path"] for q in s["quarantine"]] == sorted(reasons)
 
 
@@ -530,8 +548,22 @@ def test_cli_json_prints_exactly_one_object(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("\n") == 1
     s = json.loads(out)
-    for k in ("stage", "dataset", "key", "path", "cache_hit", "seconds", "n_images", "n_quarantined", "quarantine",
-              "source", "source_format", "size", "content_hash", "images_per_second"):
+    for k in (
+        "stage",
+        "dataset",
+        "key",
+        "path",
+        "cache_hit",
+        "seconds",
+        "n_images",
+        "n_quarantined",
+        "quarantine",
+        "source",
+        "source_format",
+        "size",
+        "content_hash",
+        "images_per_second",
+    ):
         assert k in s
     assert (s["stage"], s["dataset"], s["n_images"]) == ("ingest", "t", 3)
 
@@ -548,7 +580,9 @@ def test_cache_hit_on_an_unchanged_rerun_and_rebuild_when_a_file_changes(tmp_pat
 
     monkeypatch.setattr(readers_mod, "decode_files", must_not_run)
     again = ingest(tmp_path / "src", size=6, workers=1, files_per_task=1)  # execution-only changes
-    assert again["cache_hit"] is True and again["key"] == first["key"] and again["content_hash"] == first["content_hash"]
+    assert (
+        again["cache_hit"] is True and again["key"] == first["key"] and again["content_hash"] == first["content_hash"]
+    )
     assert again["n_images"] == 4 and again["images_per_second"] == first["images_per_second"]
     monkeypatch.undo()
     monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path / "home"))

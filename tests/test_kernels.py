@@ -1,4 +1,5 @@
 """numba kernels against their numpy references (spec §1 features, §2 binning and counting)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,7 +37,9 @@ def both_paths(images):
     return fused
 
 
-@pytest.mark.parametrize("shape", [(6, 32, 32), (5, 7, 5), (4, 5, 7), (3, 1, 1), (3, 2, 2), (2, 1, 9), (2, 9, 1), (2, 64, 64)])
+@pytest.mark.parametrize(
+    "shape", [(6, 32, 32), (5, 7, 5), (4, 5, 7), (3, 1, 1), (3, 2, 2), (2, 1, 9), (2, 9, 1), (2, 64, 64)]
+)
 def test_random_images_match_reference(shape):
     rng = np.random.default_rng(sum(shape))
     images = rng.integers(0, 256, shape + (3,), dtype=np.uint8)

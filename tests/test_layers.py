@@ -4,6 +4,7 @@ Every project module belongs to one layer of :data:`LAYERS`; a module may import
 layer or below, never above, not even lazily inside a function or under ``TYPE_CHECKING``; and no
 group of modules imports each other in a loop. A new module must be given a layer here.
 """
+
 from __future__ import annotations
 
 import ast
@@ -21,7 +22,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pipeline basics", ("pipeline", "pipeline.registry", "pipeline.metrics", "pipeline.pictures")),
     ("GAN library", ("pipeline.gan",)),
     ("stage configs", ("pipeline.config",)),
-    ("data, presets and measures", ("pipeline.data", "pipeline.presets", "pipeline.floors", "pipeline.fidelity", "pipeline.extractor_weights")),
+    (
+        "data, presets and measures",
+        ("pipeline.data", "pipeline.presets", "pipeline.floors", "pipeline.fidelity", "pipeline.extractor_weights"),
+    ),
     ("stages", ("pipeline.stages",)),
     ("experiments", ("pipeline.experiments",)),
     ("flows", ("flows",)),
@@ -77,8 +81,15 @@ def imports(mods: dict[str, Path]) -> dict[str, list[tuple[str, int, bool]]]:
                     out[name].append((t, node.lineno, node.lineno not in typing_only))
             # `from pkg import sub` names the submodule: the package itself is not also imported
             if isinstance(node, ast.ImportFrom) and len(seen) > 1:
-                out[name] = [e for e in out[name] if not (e[1] == node.lineno and e[0] == (node.module or "") and
-                                                            any(s.startswith(e[0] + ".") for s in seen))]
+                out[name] = [
+                    e
+                    for e in out[name]
+                    if not (
+                        e[1] == node.lineno
+                        and e[0] == (node.module or "")
+                        and any(s.startswith(e[0] + ".") for s in seen)
+                    )
+                ]
     return out
 
 
@@ -86,7 +97,11 @@ def layer_of(module: str) -> int | None:
     best, depth = None, -1
     for i, (_, prefixes) in enumerate(LAYERS):
         for p in prefixes:
-            if (module == p or module.startswith(p + ".")) and p.count(".") > depth and (p != "pipeline" or module == p):
+            if (
+                (module == p or module.startswith(p + "."))
+                and p.count(".") > depth
+                and (p != "pipeline" or module == p)
+            ):
                 best, depth = i, p.count(".")
     return best
 
@@ -132,7 +147,9 @@ def upward_imports(mods: dict[str, Path]) -> list[str]:
         for target, line, _ in targets:
             a, b = layer_of(name), layer_of(target)
             if a is not None and b is not None and b > a:
-                bad.append(f"{mods[name].relative_to(ROOT)}:{line}: {name} ({LAYERS[a][0]}) imports {target} ({LAYERS[b][0]})")
+                bad.append(
+                    f"{mods[name].relative_to(ROOT)}:{line}: {name} ({LAYERS[a][0]}) imports {target} ({LAYERS[b][0]})"
+                )
     return bad
 
 
@@ -143,7 +160,9 @@ def test_every_module_has_a_layer():
 
 def test_no_module_imports_one_above_it():
     bad = upward_imports(project_modules())
-    assert not bad, "imports against the layers (bottom first: " + " < ".join(n for n, _ in LAYERS) + "):\n" + "\n".join(bad)
+    assert not bad, (
+        "imports against the layers (bottom first: " + " < ".join(n for n, _ in LAYERS) + "):\n" + "\n".join(bad)
+    )
 
 
 def test_no_import_cycle():
@@ -171,10 +190,17 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     assert cycles(edges) == [["flows.b", "flows.c"]]
 
 
-@pytest.mark.parametrize("module,layer", [
-    ("storage.errors", "storage and kernels"), ("kernels.resize", "storage and kernels"),
-    ("pipeline.gan.trainer", "GAN library"), ("pipeline.stages.train", "stages"), ("flows.cli", "CLI"),
-    ("flows.train_subsample", "flows"), ("pipeline.data.sampler", "data, presets and measures"),
-])
+@pytest.mark.parametrize(
+    "module,layer",
+    [
+        ("storage.errors", "storage and kernels"),
+        ("kernels.resize", "storage and kernels"),
+        ("pipeline.gan.trainer", "GAN library"),
+        ("pipeline.stages.train", "stages"),
+        ("flows.cli", "CLI"),
+        ("flows.train_subsample", "flows"),
+        ("pipeline.data.sampler", "data, presets and measures"),
+    ],
+)
 def test_layer_names(module, layer):
     assert LAYERS[layer_of(module)][0] == layer

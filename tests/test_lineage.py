@@ -1,5 +1,6 @@
 """Stages handed their inputs: StageResult, lineage (locating a stage's inputs from configs), the
 upstream keys manifests record, and going back up from an artifact without configs."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,17 @@ def _store(name: str = "toy", n: int = 64, seed: int = 0):
 
 
 def test_result_json_is_the_summary_with_the_core_fields_first():
-    summary = {"stage": "train", "dataset": "d", "key": "k", "preset": "p", "epochs": 2, "grids": "/g",
-               "path": "/a/k", "cache_hit": False, "seconds": 1.5}
+    summary = {
+        "stage": "train",
+        "dataset": "d",
+        "key": "k",
+        "preset": "p",
+        "epochs": 2,
+        "grids": "/g",
+        "path": "/a/k",
+        "cache_hit": False,
+        "seconds": 1.5,
+    }
     r = StageResult.from_summary(summary, upstream={"tables": "t"})
     assert (r.stage, r.key, r.path, r.cache_hit, r.seconds, r.dataset) == ("train", "k", "/a/k", False, 1.5, "d")
     assert r.details == {"dataset": "d", "preset": "p", "epochs": 2, "grids": "/g"} and r.upstream == {"tables": "t"}
@@ -57,8 +67,11 @@ def test_stage_functions_hand_on_artifacts_with_the_keys_of_the_stages_run_alone
     assert not (f.cache_hit or t.cache_hit or b.cache_hit)
     assert (f.artifact.key, t.artifact.key, b.artifact.key) == (f.key, t.key, b.key)
 
-    alone = [run_features("toy", FeaturesConfig(workers=1), progress=False), run_tables("toy", TABLES),
-             run_batches("toy", BatchesConfig(batch_size=16, epochs=1), TABLES, progress=False)]
+    alone = [
+        run_features("toy", FeaturesConfig(workers=1), progress=False),
+        run_tables("toy", TABLES),
+        run_batches("toy", BatchesConfig(batch_size=16, epochs=1), TABLES, progress=False),
+    ]
     assert [s["key"] for s in alone] == [f.key, t.key, b.key]
     assert all(s["cache_hit"] for s in alone)
 
@@ -95,8 +108,14 @@ def test_upstream_artifact_by_recorded_key_else_by_content_hash(home):
     with build_artifact("tables", "b" * 16, params={}, inputs={}, code_version="x") as b:
         (b.path / "table.npz").write_bytes(b"another table")
 
-    with build_artifact("train", "c" * 16, params={}, inputs={"tables": table.content_hash}, code_version="x",
-                        upstream={"tables": table.key}) as b:
+    with build_artifact(
+        "train",
+        "c" * 16,
+        params={},
+        inputs={"tables": table.content_hash},
+        code_version="x",
+        upstream={"tables": table.key},
+    ) as b:
         (b.path / "generator.pt").write_bytes(b"g")
     with build_artifact("train", "d" * 16, params={}, inputs={"tables": table.content_hash}, code_version="x") as b:
         (b.path / "generator.pt").write_bytes(b"g")  # an older train artifact: no upstream keys

@@ -1,6 +1,7 @@
 """The other seed methods and the common GAN family: every preset trains on tiny data, the
 schedules and losses match hand-computed values, conditional models generate the asked-for class,
 the semi-supervised head learns, and checkpoints cover the methods' extra state."""
+
 from __future__ import annotations
 
 import math
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import stage_home
 
 from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
 from pipeline.gan.methods import (
@@ -26,10 +28,21 @@ from pipeline.gan.models import ARCHITECTURES, ModelSpec, build_discriminator, b
 from pipeline.presets import PRESETS, resolve_train_config
 from storage.errors import SubsampleError
 
-from conftest import stage_home
-
-NEW_PRESETS = ["igan", "igan-nclass", "pl-gan", "pl-gan-semi", "decoding-constrained", "lsgan", "wgan", "wgan-gp",
-               "sngan", "began", "sagan", "cgan", "acgan"]
+NEW_PRESETS = [
+    "igan",
+    "igan-nclass",
+    "pl-gan",
+    "pl-gan-semi",
+    "decoding-constrained",
+    "lsgan",
+    "wgan",
+    "wgan-gp",
+    "sngan",
+    "began",
+    "sagan",
+    "cgan",
+    "acgan",
+]
 S = 16  # image side of the tiny data
 TINY = dict(ngf=8, ndf=8, z_dim=8, sample_grid=4, kl_samples=32, track=False, device="cpu")
 TABLES = TablesConfig(bins=(4, 4))
@@ -142,7 +155,9 @@ def _sp(x: float) -> float:
 def test_one_sided_label_smoothing():
     expected = (0.9 * _sp(-1) + 0.1 * _sp(1) + 0.9 * _sp(2) + 0.1 * _sp(-2)) / 2 + (_sp(0.5) + _sp(3)) / 2
     assert logistic_d_one_sided(REAL, FAKE, 0.9).item() == pytest.approx(expected, rel=1e-6)
-    bce = F.binary_cross_entropy_with_logits(REAL, torch.full((2,), 0.9)) + F.binary_cross_entropy_with_logits(FAKE, torch.zeros(2))
+    bce = F.binary_cross_entropy_with_logits(REAL, torch.full((2,), 0.9)) + F.binary_cross_entropy_with_logits(
+        FAKE, torch.zeros(2)
+    )
     assert logistic_d_one_sided(REAL, FAKE, 0.9).item() == pytest.approx(bce.item(), rel=1e-6)
 
 
@@ -176,8 +191,12 @@ def test_feature_matching_on_fixed_features():
 
 def test_began_equilibrium_and_convergence_measure():
     k = torch.tensor(0.5)
-    assert began_k_update(k, torch.tensor(0.4), torch.tensor(0.1), 0.5, 1e-3).item() == pytest.approx(0.5 + 1e-3 * (0.2 - 0.1))
-    assert began_k_update(torch.tensor(0.0), torch.tensor(0.1), torch.tensor(5.0), 0.5, 1e-3).item() == 0.0  # clipped at 0
+    assert began_k_update(k, torch.tensor(0.4), torch.tensor(0.1), 0.5, 1e-3).item() == pytest.approx(
+        0.5 + 1e-3 * (0.2 - 0.1)
+    )
+    assert (
+        began_k_update(torch.tensor(0.0), torch.tensor(0.1), torch.tensor(5.0), 0.5, 1e-3).item() == 0.0
+    )  # clipped at 0
     assert began_k_update(torch.tensor(1.0), torch.tensor(5.0), torch.tensor(0.0), 0.5, 1e-3).item() == 1.0  # and at 1
     assert began_convergence(torch.tensor(0.4), torch.tensor(0.1), 0.5).item() == pytest.approx(0.4 + abs(0.2 - 0.1))
     assert began_convergence(torch.tensor(0.4), torch.tensor(0.5), 0.5).item() == pytest.approx(0.4 + 0.3)
@@ -297,11 +316,14 @@ def _train(preset: str, **kw):
     return run_train("tiny", cfg, BATCHES, TABLES, FeaturesConfig(), progress=False, **run)
 
 
-@pytest.mark.parametrize("preset,metrics", [
-    ("pl-gan-semi", {"pl_w", "semi_test_accuracy", "d_real_prob"}),
-    ("began", {"began_k", "began_M", "d_real_recon", "d_fake_recon"}),
-    ("igan-nclass", {"d_real_prob"}),
-])
+@pytest.mark.parametrize(
+    "preset,metrics",
+    [
+        ("pl-gan-semi", {"pl_w", "semi_test_accuracy", "d_real_prob"}),
+        ("began", {"began_k", "began_M", "d_real_recon", "d_fake_recon"}),
+        ("igan-nclass", {"d_real_prob"}),
+    ],
+)
 def test_presets_through_the_stage(home, monkeypatch, preset, metrics):
     import json
 

@@ -1,4 +1,5 @@
 """Feature-space metrics (spec §5) against direct numpy computations on hand-made tables."""
+
 from __future__ import annotations
 
 import math
@@ -120,7 +121,9 @@ def test_floor_on_identical_distributions_is_the_documented_value():
         documented = kl_divergence(f_x, smoothed(counts)) + (60 - 1) / (2 * size)
         assert floor["approx"] == pytest.approx(documented, rel=1e-12) and floor["occupied_cells"] == 60
         assert floor["mean"] == pytest.approx(documented, rel=0.05, abs=2 * floor["sd"] / np.sqrt(40))
-        assert floor["mean"] > kl_divergence(f_x, smoothed(counts)) > 0  # a finite sample scores above the smoothing's cost
+        assert (
+            floor["mean"] > kl_divergence(f_x, smoothed(counts)) > 0
+        )  # a finite sample scores above the smoothing's cost
     # without smoothing and with a huge sample, the floor goes to (K - 1)/(2N) -> 0
     big = feature_kl_floor(t, 1_000_000, repeats=5, pseudo_count=0.0)
     assert big["mean"] == pytest.approx(59 / 2e6, rel=0.25)

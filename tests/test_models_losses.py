@@ -1,4 +1,5 @@
 """Models, losses, penalties, optimisers and presets: shapes, published init, hand-computed values."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ from pipeline.gan.losses import LOSSES, PENALTIES, clip_weights, gradient_penalt
 from pipeline.gan.models import ARCHITECTURES, ModelSpec, build_discriminator, build_generator, start_size
 from pipeline.presets import PRESETS, resolve_batches_config, resolve_train_config
 from storage.errors import SubsampleError
-
 
 # --- models --------------------------------------------------------------------------------------
 
@@ -61,7 +61,9 @@ def test_published_init_statistics():
     G = build_generator(ModelSpec(image_size=32))
     D = build_discriminator(ModelSpec(image_size=32))
     for model in (G, D):
-        conv = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))])
+        conv = torch.cat(
+            [m.weight.flatten() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        )
         assert abs(conv.mean().item()) < 1e-3 and abs(conv.std().item() - 0.02) < 5e-4
         bn = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
         w = torch.cat([m.weight for m in bn])
@@ -118,7 +120,9 @@ def test_loss_values(name, d, g):
 
 def test_logistic_loss_is_bce_on_sigmoid():
     """The published form: BCE(D(x), 1) + BCE(D(G(z)), 0) with D = sigmoid(logit)."""
-    bce = F.binary_cross_entropy(torch.sigmoid(REAL), torch.ones(2)) + F.binary_cross_entropy(torch.sigmoid(FAKE), torch.zeros(2))
+    bce = F.binary_cross_entropy(torch.sigmoid(REAL), torch.ones(2)) + F.binary_cross_entropy(
+        torch.sigmoid(FAKE), torch.zeros(2)
+    )
     assert LOSSES["nonsaturating"].d(REAL, FAKE).item() == pytest.approx(bce.item(), rel=1e-5)
 
 
@@ -204,9 +208,11 @@ def test_presets_follow_the_spec():
     assert c.optimizer == "adam" and c.beta1 == 0.5 and 1e-3 <= c.lr_g <= 2e-3 and 135 <= c.epochs <= 200
     a = resolve_train_config("paper-128a")
     assert (a.optimizer, a.lr_d, a.beta1, a.d_batchnorm, a.loss) == ("adam", 2e-4, 0.5, True, "nonsaturating")
-    for name, check in [("paper-128b", lambda c: c.clip and c.gp_weight > 0),
-                        ("paper-128c", lambda c: c.l2_weight > 0),
-                        ("paper-128d", lambda c: c.r1_weight > 0)]:
+    for name, check in [
+        ("paper-128b", lambda c: c.clip and c.gp_weight > 0),
+        ("paper-128c", lambda c: c.l2_weight > 0),
+        ("paper-128d", lambda c: c.r1_weight > 0),
+    ]:
         c = resolve_train_config(name)
         assert c.optimizer == "rmsprop" and 5e-5 <= c.lr_d <= 1e-4 and c.epochs == 25 and check(c)
         assert not c.d_batchnorm

@@ -1,6 +1,7 @@
 """The paper's experiment (issue 14): the presets' values against the paper's (as docs/spec.md §6
 records them), their per-data-set resolution, the G loss switch and RMSProp's momentum, and the
 comparison's paper design (exactly the paper's cells, equal G updates for (b))."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,23 +17,51 @@ from pipeline.presets import PRESETS, dataset_kind, resolve_batches_config, reso
 # Issue 14's reading of the paper adds: the 1024* runs' 100 (CIFAR-10) and 135 (cartoon faces)
 # epochs, RMSProp momentum 0.9. Spec §3.3: the paper-* presets use the random top-up.
 PAPER_VALUES = [
-    ("paper-constructed", "cifar10", {"batch_size": 2048, "strategy": "constructed", "topup": "random"},
-     {"optimizer": "adam", "beta1": 0.5, "epochs": 200, "lr_d": 2e-3}),
-    ("paper-constructed", "anime-faces", {"batch_size": 2000, "strategy": "constructed", "topup": "random"},
-     {"optimizer": "adam", "beta1": 0.5, "epochs": 200}),
+    (
+        "paper-constructed",
+        "cifar10",
+        {"batch_size": 2048, "strategy": "constructed", "topup": "random"},
+        {"optimizer": "adam", "beta1": 0.5, "epochs": 200, "lr_d": 2e-3},
+    ),
+    (
+        "paper-constructed",
+        "anime-faces",
+        {"batch_size": 2000, "strategy": "constructed", "topup": "random"},
+        {"optimizer": "adam", "beta1": 0.5, "epochs": 200},
+    ),
     ("paper-constructed", "celeba", {"batch_size": 2000}, {}),
     ("paper-constructed", None, {"batch_size": 2000}, {}),
-    ("paper-constructed-1024", "cifar10", {"batch_size": 1024, "strategy": "constructed", "topup": "random"},
-     {"optimizer": "adam", "beta1": 0.5, "epochs": 100, "lr_d": 1e-3}),
+    (
+        "paper-constructed-1024",
+        "cifar10",
+        {"batch_size": 1024, "strategy": "constructed", "topup": "random"},
+        {"optimizer": "adam", "beta1": 0.5, "epochs": 100, "lr_d": 1e-3},
+    ),
     ("paper-constructed-1024", "anime-faces", {"batch_size": 1024}, {"epochs": 135}),
-    ("paper-128a", "cifar10", {"batch_size": 128, "strategy": "random"},
-     {"optimizer": "adam", "d_batchnorm": True, "epochs": 25}),
-    ("paper-128b", "cifar10", {"batch_size": 128, "strategy": "random"},
-     {"optimizer": "rmsprop", "rmsprop_momentum": 0.9, "epochs": 25, "clip": 0.01, "gp_weight": 10.0}),
-    ("paper-128c", "cifar10", {"batch_size": 128, "strategy": "random"},
-     {"optimizer": "rmsprop", "rmsprop_momentum": 0.9, "epochs": 25, "l2_weight": 1e-4}),
-    ("paper-128d", "cifar10", {"batch_size": 128, "strategy": "random"},
-     {"optimizer": "rmsprop", "rmsprop_momentum": 0.9, "epochs": 25, "r1_weight": 10.0}),
+    (
+        "paper-128a",
+        "cifar10",
+        {"batch_size": 128, "strategy": "random"},
+        {"optimizer": "adam", "d_batchnorm": True, "epochs": 25},
+    ),
+    (
+        "paper-128b",
+        "cifar10",
+        {"batch_size": 128, "strategy": "random"},
+        {"optimizer": "rmsprop", "rmsprop_momentum": 0.9, "epochs": 25, "clip": 0.01, "gp_weight": 10.0},
+    ),
+    (
+        "paper-128c",
+        "cifar10",
+        {"batch_size": 128, "strategy": "random"},
+        {"optimizer": "rmsprop", "rmsprop_momentum": 0.9, "epochs": 25, "l2_weight": 1e-4},
+    ),
+    (
+        "paper-128d",
+        "cifar10",
+        {"batch_size": 128, "strategy": "random"},
+        {"optimizer": "rmsprop", "rmsprop_momentum": 0.9, "epochs": 25, "r1_weight": 10.0},
+    ),
 ]
 
 
@@ -65,7 +94,11 @@ def test_dataset_kind_by_name_and_by_store(tmp_path, monkeypatch):
 
     monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path))
     assert (dataset_kind("cifar10"), dataset_kind("demo"), dataset_kind("anime-faces"), dataset_kind(None)) == (
-        "cifar10", "cifar10", "anime-faces", None)
+        "cifar10",
+        "cifar10",
+        "anime-faces",
+        None,
+    )
     assert dataset_kind("not-ingested") is None
     write_store("mycifar", np.zeros((4, 8, 8, 3), np.uint8), source="x")
     assert dataset_kind("mycifar") is None
@@ -98,10 +131,16 @@ def test_g_loss_switches_the_generator_objective_of_logistic_losses():
     from pipeline.gan.trainer import make_trainer
 
     fake = torch.tensor([-2.0, 0.5, 3.0])
-    for loss, g_loss, want in [("nonsaturating", None, "nonsaturating"), ("nonsaturating", "minimax", "minimax"),
-                               ("minimax", "nonsaturating", "nonsaturating"), ("wasserstein", "minimax", "wasserstein")]:
-        cfg = resolve_train_config("paper-128a", {"loss": loss, "g_loss": g_loss, "ngf": 4, "ndf": 4, "kl_samples": 4,
-                                                  "sample_grid": 4, "track": False})
+    for loss, g_loss, want in [
+        ("nonsaturating", None, "nonsaturating"),
+        ("nonsaturating", "minimax", "minimax"),
+        ("minimax", "nonsaturating", "nonsaturating"),
+        ("wasserstein", "minimax", "wasserstein"),
+    ]:
+        cfg = resolve_train_config(
+            "paper-128a",
+            {"loss": loss, "g_loss": g_loss, "ngf": 4, "ndf": 4, "kl_samples": 4, "sample_grid": 4, "track": False},
+        )
         t = make_trainer(cfg, 32, torch.device("cpu"))
         assert torch.equal(t.method.g_objective(fake), LOSSES[want].g(fake)), (loss, g_loss)
     assert LOSSES["minimax"].g(fake).item() < 0 < LOSSES["nonsaturating"].g(fake).item()
@@ -111,8 +150,11 @@ def test_g_loss_switches_the_generator_objective_of_logistic_losses():
 
 
 PAPER_CELLS_CIFAR10 = {  # (preset, strategy, B): the paper's tables' cells on CIFAR-10 (spec §6)
-    ("paper-constructed", "constructed", 2048), ("paper-constructed-1024", "constructed", 1024),
-    ("paper-128a", "random", 128), ("paper-128b", "random", 128), ("paper-128c", "random", 128),
+    ("paper-constructed", "constructed", 2048),
+    ("paper-constructed-1024", "constructed", 1024),
+    ("paper-128a", "random", 128),
+    ("paper-128b", "random", 128),
+    ("paper-128c", "random", 128),
     ("paper-128d", "random", 128),
 }
 
@@ -129,7 +171,9 @@ def test_paper_design_has_exactly_the_papers_cells():
     # elsewhere the method's large batch is 2000
     celeba = build_compare_config({"dataset": "celeba", "scale": "paper", "design": "paper"})
     assert {(c.preset, c.batch_size) for c in celeba.cells() if c.strategy == "constructed"} == {
-        ("paper-constructed", 2000), ("paper-constructed-1024", 1024)}
+        ("paper-constructed", 2000),
+        ("paper-constructed-1024", 1024),
+    }
     # the factorial design still trains every strategy × B × preset
     fact = build_compare_config({"dataset": "cifar10", "scale": "paper", "design": "factorial"})
     assert len(fact.cells()) == 3 * 4 * 5 * 3
@@ -141,8 +185,14 @@ def test_paper_design_budgets_equal_g_updates_for_b_and_keeps_the_papers_epochs(
 
     cfg = build_compare_config({"dataset": "cifar10", "scale": "paper", "design": "paper"})
     epochs = {c.preset: cfg.cell_run_config(c).train.epochs for c in cfg.cells() if c.seed == 0}
-    assert epochs == {"paper-constructed": 200, "paper-constructed-1024": 100, "paper-128a": 25, "paper-128b": 125,
-                      "paper-128c": 25, "paper-128d": 25}
+    assert epochs == {
+        "paper-constructed": 200,
+        "paper-constructed-1024": 100,
+        "paper-128a": 25,
+        "paper-128b": 125,
+        "paper-128c": 25,
+        "paper-128d": 25,
+    }
     records = {r["preset"]: r for r in cfg.design_records(50_000)}
     assert len({records[p]["g_updates"] for p in ("paper-128a", "paper-128b", "paper-128c", "paper-128d")}) == 1
     assert records["paper-128a"]["g_updates"] == 25 * (50_000 // 128)
@@ -159,8 +209,13 @@ def test_paper_design_scales_batch_sizes_and_refuses_a_grid():
 
     smoke = build_compare_config({"dataset": "demo", "scale": "smoke", "design": "paper"})
     assert {(c.preset, c.batch_size) for c in smoke.cells()} == {
-        ("paper-constructed", 1024), ("paper-constructed-1024", 512), ("paper-128a", 64), ("paper-128b", 64),
-        ("paper-128c", 64), ("paper-128d", 64)}
+        ("paper-constructed", 1024),
+        ("paper-constructed-1024", 512),
+        ("paper-128a", 64),
+        ("paper-128b", 64),
+        ("paper-128c", 64),
+        ("paper-128d", 64),
+    }
     tiny = build_compare_config({"dataset": "demo", "design": "paper", "batch_scale": 0.05})
     assert max(c.batch_size for c in tiny.cells()) == 102
     with pytest.raises(SubsampleError, match="paper design fixes"):
@@ -169,6 +224,7 @@ def test_paper_design_scales_batch_sizes_and_refuses_a_grid():
         build_compare_config({"dataset": "demo", "batch_scale": 0.5})
     # the diagnostics cover every strategy at every batch size of the design, with the paper's top-up
     configs = smoke.diagnostics_configs()
-    assert {(b.strategy, b.batch_size) for b in configs} == {(s, b) for s in ("random", "constructed", "dealt")
-                                                             for b in (64, 512, 1024)}
+    assert {(b.strategy, b.batch_size) for b in configs} == {
+        (s, b) for s in ("random", "constructed", "dealt") for b in (64, 512, 1024)
+    }
     assert all(b.topup == "random" for b in configs) and len(configs) == 9 * 3

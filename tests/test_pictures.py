@@ -1,6 +1,7 @@
 """Pictures a person can read: grids at least 512 px wide under a title naming what they show
 (also in the PNG's metadata), and the training's loss curve with KL and JS on separate axes,
 integer epoch ticks and a note when JS is saturated near ln 2."""
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,7 @@ def test_grids_are_at_least_512_px_wide_and_keep_whole_pixels(tmp_path, k, size)
     arr = np.asarray(pic.convert("RGB"))
     band = arr.shape[0] - body.shape[0] * f
     x0 = (arr.shape[1] - body.shape[1] * f) // 2
-    assert band > 0 and np.array_equal(arr[band:, x0:x0 + body.shape[1] * f][::f, ::f], body)
+    assert band > 0 and np.array_equal(arr[band:, x0 : x0 + body.shape[1] * f][::f, ::f], body)
     # the title is drawn: dark text pixels in the white band above the images
     assert (arr[:band].min(axis=2) < 100).sum() > 50 and (arr[:band] == 255).mean() > 0.5
 
@@ -45,7 +46,10 @@ def test_a_long_title_wraps_inside_the_picture():
 
 
 def test_run_title_names_the_parts_that_are_known():
-    assert run_title("demo", "paper-128a", "constructed", 500, 1, 30) == "demo · paper-128a · constructed B=500 · seed 1 · epoch 30"
+    assert (
+        run_title("demo", "paper-128a", "constructed", 500, 1, 30)
+        == "demo · paper-128a · constructed B=500 · seed 1 · epoch 30"
+    )
     assert run_title("demo", None, "random", 64, 0) == "demo · custom · random B=64 · seed 0"
     assert run_title(epoch=0) == "epoch 0"
 
@@ -53,7 +57,8 @@ def test_run_title_names_the_parts_that_are_known():
 def _history(js_values):
     n = len(js_values) - 1
     return {
-        "loss_d": list(np.linspace(1.4, 0.6, 3 * n)), "loss_g": list(np.linspace(0.7, 2.0, 3 * n)),
+        "loss_d": list(np.linspace(1.4, 0.6, 3 * n)),
+        "loss_g": list(np.linspace(0.7, 2.0, 3 * n)),
         "g_steps_at": list(range(1, 3 * n + 1)),
         "initial": {"epoch": 0, "step": 0, "feature_kl": 7.4, "feature_js": js_values[0]},
         "epochs": [{"epoch": e, "feature_kl": 7.4 / (e + 1), "feature_js": js_values[e]} for e in range(1, n + 1)],
@@ -107,7 +112,13 @@ def test_never_drawn_picture_says_when_every_image_was_drawn(tmp_path, monkeypat
     store = write_store("few", np.full((10, 8, 8, 3), 128, np.uint8))
     write_never_drawn_grid(store, np.array([], np.int64), tmp_path / "none.png", title="few · never drawn · random B=5")
     pic = Image.open(tmp_path / "none.png")
-    assert pic.width >= MIN_WIDTH and "0 of 10 images" in pic.text["Title"] and "every image was drawn" in pic.text["Title"]
+    assert (
+        pic.width >= MIN_WIDTH
+        and "0 of 10 images" in pic.text["Title"]
+        and "every image was drawn" in pic.text["Title"]
+    )
     write_never_drawn_grid(store, np.arange(3), tmp_path / "three.png", title="few · never drawn · constructed B=5")
     pic = Image.open(tmp_path / "three.png")
-    assert pic.width >= MIN_WIDTH and pic.text["Title"].startswith("few · never drawn · constructed B=5\n3 of 10 images")
+    assert pic.width >= MIN_WIDTH and pic.text["Title"].startswith(
+        "few · never drawn · constructed B=5\n3 of 10 images"
+    )

@@ -1,6 +1,7 @@
 """The registries: one error for an unknown name, whichever registry and whichever way it is
 reached (a lookup, a config, the CLI); the configs' Literals made of the registries' names; metrics
 selected one by one compute only what they need."""
+
 from __future__ import annotations
 
 import re
@@ -14,8 +15,16 @@ import pipeline.gan  # noqa: F401  (registers every architecture)
 from kernels.features import FEATURES, compute_features
 from pipeline import fidelity
 from pipeline.config import (
-    FILL_MODES, STRATEGY_NAMES, TOPUP_MODES, BatchesConfig, EvaluateConfig, FeaturesConfig, FillMode, Strategy,
-    TopupMode, TrainConfig,
+    FILL_MODES,
+    STRATEGY_NAMES,
+    TOPUP_MODES,
+    BatchesConfig,
+    EvaluateConfig,
+    FeaturesConfig,
+    FillMode,
+    Strategy,
+    TopupMode,
+    TrainConfig,
 )
 from pipeline.data.strategies import STRATEGIES, construct_epoch
 from pipeline.fidelity import METRIC_FAMILIES
@@ -28,12 +37,20 @@ from pipeline.registry import Registry, UnknownName, unknown_message
 from pipeline.stages.tables import build_table
 
 # <stage>: unknown <kind> '<name>'[ (did you mean '<near>'?)]; registered: <a>, <b>, ...
-SHAPE = re.compile(r"^(?P<stage>[a-z]+): unknown (?P<kind>[a-z -]+) '(?P<name>[^']*)'"
-                   r"(?: \(did you mean '(?P<near>[^']+)'\?\))?; registered: (?P<names>[^;\n]+)$")
+SHAPE = re.compile(
+    r"^(?P<stage>[a-z]+): unknown (?P<kind>[a-z -]+) '(?P<name>[^']*)'"
+    r"(?: \(did you mean '(?P<near>[^']+)'\?\))?; registered: (?P<names>[^;\n]+)$"
+)
 
 REGISTRIES = {
-    "architectures": ARCHITECTURES, "losses": LOSSES, "optimizers": OPTIMIZERS, "methods": METHODS,
-    "strategies": STRATEGIES, "presets": PRESETS, "metrics": METRICS, "metric families": METRIC_FAMILIES,
+    "architectures": ARCHITECTURES,
+    "losses": LOSSES,
+    "optimizers": OPTIMIZERS,
+    "methods": METHODS,
+    "strategies": STRATEGIES,
+    "presets": PRESETS,
+    "metrics": METRICS,
+    "metric families": METRIC_FAMILIES,
     "metrics at N=2000": metrics_for(2000),
 }
 
@@ -71,11 +88,19 @@ def test_an_unknown_name_gives_the_same_one_line_error_in_every_registry(which):
 ENTRY_POINTS = {
     "architecture": (lambda: build_generator(ModelSpec(arch="nosuch")), ARCHITECTURES),
     "optimizer": (lambda: make_optimizer("nosuch", [], 1e-3, TrainConfig()), OPTIMIZERS),
-    "strategy": (lambda: construct_epoch(build_table(np.ones((8, 1)), ("f",), (2,)), batch_size=2, strategy="nosuch",
-                                         seed=0, epoch=0), STRATEGIES),
+    "strategy": (
+        lambda: construct_epoch(
+            build_table(np.ones((8, 1)), ("f",), (2,)), batch_size=2, strategy="nosuch", seed=0, epoch=0
+        ),
+        STRATEGIES,
+    ),
     "preset": (lambda: get_preset("nosuch"), PRESETS),
-    "metric": (lambda: fidelity.needs_fidelity(EvaluateConfig.model_construct(samples=2000, metrics=("nosuch",), fidelity=True)),
-               metrics_for(2000)),
+    "metric": (
+        lambda: fidelity.needs_fidelity(
+            EvaluateConfig.model_construct(samples=2000, metrics=("nosuch",), fidelity=True)
+        ),
+        metrics_for(2000),
+    ),
 }
 CONFIG_FIELDS = {
     "arch": (lambda: TrainConfig(arch="nosuch"), ARCHITECTURES.message("nosuch")),
@@ -114,7 +139,17 @@ def test_the_cli_prints_the_unknown_metric_in_one_line_and_exits_2(capsys, tmp_p
 
     monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path))
     with pytest.raises(SystemExit) as e:
-        main(["evaluate", "0123456789abcdef", "--samples", "2000", "--metrics", "feature_kl2k_train,fid2k_trian", "--json"])
+        main(
+            [
+                "evaluate",
+                "0123456789abcdef",
+                "--samples",
+                "2000",
+                "--metrics",
+                "feature_kl2k_train,fid2k_trian",
+                "--json",
+            ]
+        )
     out, err = capsys.readouterr()
     assert e.value.code == 2 and out == ""
     lines = err.strip().splitlines()
@@ -136,8 +171,9 @@ def test_literals_accept_exactly_the_registered_names():
     for fill in FILL_MODES:
         for topup in TOPUP_MODES:
             b = BatchesConfig(fill=fill, topup=topup)
-            assert construct_epoch(table, batch_size=8, strategy="constructed", seed=0, epoch=0, fill=b.fill,
-                                   topup=b.topup).shape == (5, 8)
+            assert construct_epoch(
+                table, batch_size=8, strategy="constructed", seed=0, epoch=0, fill=b.fill, topup=b.topup
+            ).shape == (5, 8)
     for field, bad in (("strategy", "stratified"), ("fill", "random"), ("topup", "coverage")):
         with pytest.raises(ValidationError):
             BatchesConfig(**{field: bad})
@@ -189,9 +225,16 @@ def test_registry_registers_once_and_describes_its_entries():
 
 
 def test_metric_names_carry_the_sample_count():
-    assert metrics_for(10_000).names() == ("is10k", "fid10k_train", "kid10k_train", "feature_kl10k_train",
-                                            "feature_js10k_train", "feature_outside10k_train", "sharpness_mean10k",
-                                            "sharpness_diff10k_train")
+    assert metrics_for(10_000).names() == (
+        "is10k",
+        "fid10k_train",
+        "kid10k_train",
+        "feature_kl10k_train",
+        "feature_js10k_train",
+        "feature_outside10k_train",
+        "sharpness_mean10k",
+        "sharpness_diff10k_train",
+    )
     assert metrics_for(1234)["fid1234_train"] is metrics_for(50_000)["fid50k_train"]
     assert parse_metric_name("kid10k_train")[1] == 10_000 and parse_metric_name("is1234")[1] == 1234
     assert parse_metric_name("fid10000_train") is None and parse_metric_name("fid_train") is None
@@ -223,19 +266,24 @@ def _context(n: int = 64, **cfg) -> fidelity.EvalContext:
     rng = np.random.default_rng(0)
     train = rng.integers(0, 256, (200, 8, 8, 3), dtype=np.uint8)
     table = build_table(compute_features(train), ("colour_moment", "sharpness"), (4, 4))
-    return fidelity.EvalContext(images=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8),
-                                cfg=EvaluateConfig(samples=n, **cfg), table=table, train_sharpness_mean=1e5,
-                                reference=fidelity.ImageArrayDataset(train))
+    return fidelity.EvalContext(
+        images=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8),
+        cfg=EvaluateConfig(samples=n, **cfg),
+        table=table,
+        train_sharpness_mean=1e5,
+        reference=fidelity.ImageArrayDataset(train),
+    )
 
 
 @pytest.fixture
 def calls(monkeypatch):
     """Count the expensive steps: the KL floor, each torch-fidelity feature extraction and metric."""
-    import pipeline.floors
     import torch_fidelity.metric_fid
     import torch_fidelity.metric_isc
     import torch_fidelity.metric_kid
     import torch_fidelity.utils
+
+    import pipeline.floors
 
     counts: dict[str, int] = {}
 

@@ -1,4 +1,5 @@
 """kernels/resize.py: the Lanczos kernel against its numpy reference and against Pillow."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,16 +41,24 @@ def test_kernel_equals_its_numpy_reference_and_pillow_pass_by_pass_bit_for_bit()
 def test_kernel_equals_pillow_resize_on_celeba_geometry_and_is_close_everywhere():
     # CelebA at 64 px: 178×218 decoded at 1/2 is 89×109, the crop box (0, 10, 89, 99)
     rng = np.random.default_rng(1)
-    for h, w, box, size in [(109, 89, (0, 10, 89, 99), 64), (218, 178, (0, 20, 178, 198), 64), (218, 178, (0, 20, 178, 198), 128)]:
+    for h, w, box, size in [
+        (109, 89, (0, 10, 89, 99), 64),
+        (218, 178, (0, 20, 178, 198), 64),
+        (218, 178, (0, 20, 178, 198), 128),
+    ]:
         a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         one_call = np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.LANCZOS, box=box))
         assert np.array_equal(resize_lanczos(a, box, size), one_call)
     # Pillow 13 takes the vertical pass first for some geometries: then only the rounding of
     # the uint8 intermediate differs. On smooth (photo-like) content that is at most 2 levels.
     yy, xx = np.mgrid[0:60, 0:47]
-    smooth = np.stack([128 + 100 * np.sin(xx / 5 + yy / 9), 128 + 90 * np.cos(yy / 7), 30 + xx * 2 + yy], -1).astype(np.uint8)
+    smooth = np.stack([128 + 100 * np.sin(xx / 5 + yy / 9), 128 + 90 * np.cos(yy / 7), 30 + xx * 2 + yy], -1).astype(
+        np.uint8
+    )
     for size in range(5, 70, 4):
-        one_call = np.asarray(Image.fromarray(smooth).resize((size, size), Image.Resampling.LANCZOS, box=(0, 6, 47, 53)))
+        one_call = np.asarray(
+            Image.fromarray(smooth).resize((size, size), Image.Resampling.LANCZOS, box=(0, 6, 47, 53))
+        )
         assert np.abs(resize_lanczos(smooth, (0, 6, 47, 53), size).astype(int) - one_call).max() <= 2
 
 

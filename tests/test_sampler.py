@@ -1,4 +1,5 @@
 """SubsampleBatchSampler: fresh and stored batches agree, epochs, DataLoader, rank split."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline.data.strategies import construct_epoch
 from pipeline.data.sampler import SubsampleBatchSampler
+from pipeline.data.strategies import construct_epoch
 from pipeline.stages.tables import Table
 from storage.errors import SubsampleError
 
@@ -24,7 +25,12 @@ def test_fresh_and_stored_batches_agree_and_set_epoch_changes_them(strategy):
     table = make_table()
     fresh = SubsampleBatchSampler(table, batch_size=64, strategy=strategy, seed=3, fill="coverage")
     stored = SubsampleBatchSampler.from_array(
-        np.stack([construct_epoch(table, batch_size=64, strategy=strategy, seed=3, epoch=e, fill="coverage") for e in range(3)])
+        np.stack(
+            [
+                construct_epoch(table, batch_size=64, strategy=strategy, seed=3, epoch=e, fill="coverage")
+                for e in range(3)
+            ]
+        )
     )
     assert len(fresh) == len(stored) == 1000 // 64
     seen = []
@@ -69,7 +75,9 @@ def test_rank_split_covers_each_batch_exactly_once(strategy):
     table = make_table()
     k = 4
     whole = SubsampleBatchSampler(table, batch_size=96, strategy=strategy, seed=2, num_replicas=1, rank=0)
-    parts = [SubsampleBatchSampler(table, batch_size=96, strategy=strategy, seed=2, num_replicas=k, rank=r) for r in range(k)]
+    parts = [
+        SubsampleBatchSampler(table, batch_size=96, strategy=strategy, seed=2, num_replicas=k, rank=r) for r in range(k)
+    ]
     for s in [whole, *parts]:
         s.set_epoch(1)
     per_rank = [list(p) for p in parts]
@@ -109,7 +117,11 @@ def test_stored_sampler_agrees_with_fresh_construction(tmp_path, monkeypatch):
 
     monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path))
     rng = np.random.default_rng(1)
-    images = np.clip(rng.normal(0, 1, (200, 8, 8, 3)) * rng.uniform(0, 80, (200, 1, 1, 1)) + rng.uniform(0, 255, (200, 1, 1, 3)), 0, 255)
+    images = np.clip(
+        rng.normal(0, 1, (200, 8, 8, 3)) * rng.uniform(0, 80, (200, 1, 1, 1)) + rng.uniform(0, 255, (200, 1, 1, 3)),
+        0,
+        255,
+    )
     write_store("toy", images.astype(np.uint8))
     run_features("toy", FeaturesConfig(workers=1), progress=False)
     tables = TablesConfig(bins=(4, 4))

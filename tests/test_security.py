@@ -10,15 +10,15 @@
 
 Concurrency (MLflow schema, artifact replacement, train ownership) is in ``test_concurrency.py``.
 """
-from __future__ import annotations
 
-import re
+from __future__ import annotations
 
 import gzip
 import io
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -140,8 +140,8 @@ def trained(tmp_path_factory):
     """A home with the data set ``blobs`` (256 images, 16 px), its features, a 4×4 table and a
     one-epoch smoke run: ``(home, train key)``."""
     from pipeline.config import FeaturesConfig, TablesConfig
-    from pipeline.stages.features import run_features
     from pipeline.presets import resolve_batches_config, resolve_train_config
+    from pipeline.stages.features import run_features
     from pipeline.stages.tables import run_tables
     from pipeline.stages.train import run_train
     from storage.store import write_store
@@ -154,8 +154,14 @@ def trained(tmp_path_factory):
         features, tables = FeaturesConfig(workers=1), TablesConfig(bins=(4, 4))
         run_features("blobs", features, progress=False)
         run_tables("blobs", tables, features)
-        s = run_train("blobs", resolve_train_config("smoke", {"kl_samples": 64, "sample_grid": 4, "track": False}),
-                      resolve_batches_config("smoke", {"batch_size": 32}), tables, features, progress=False)
+        s = run_train(
+            "blobs",
+            resolve_train_config("smoke", {"kl_samples": 64, "sample_grid": 4, "track": False}),
+            resolve_batches_config("smoke", {"batch_size": 32}),
+            tables,
+            features,
+            progress=False,
+        )
     return home, s["key"]
 
 
@@ -175,7 +181,9 @@ def test_payload_weights_are_refused_for_every_extractor_and_run_nothing(in_home
     home, key = in_home
     marker = tmp_path / "MARKER"
     evil = payload_pt(tmp_path / "evil.pth", marker)
-    code, out, err = cli(["evaluate", key, "--weights", str(evil), "--feature-extractor", extractor, "--samples", "32"], capsys)
+    code, out, err = cli(
+        ["evaluate", key, "--weights", str(evil), "--feature-extractor", extractor, "--samples", "32"], capsys
+    )
     assert code == 2 and out == ""
     line = one_line_error(err, "evaluate")
     assert "cannot be loaded weights-only" in line and "posix.system" in line and str(evil) in line
@@ -185,7 +193,6 @@ def test_payload_weights_are_refused_for_every_extractor_and_run_nothing(in_home
 def test_weights_reach_torch_fidelity_only_as_tensors_this_process_serialised(in_home, tmp_path):
     """A good weights file is loaded weights-only and handed over re-serialised: the extractor
     (which unpickles like torch-fidelity's own, weights_only=False) gets exactly its tensors."""
-    from pipeline.stages import evaluate as ev
     from pipeline import extractor_weights, fidelity
     from pipeline.config import EvaluateConfig
 
@@ -196,7 +203,9 @@ def test_weights_reach_torch_fidelity_only_as_tensors_this_process_serialised(in
     path, tag = extractor_weights.resolve_weights(cfg)
     LOADED.clear()
     images = blobs(40)
-    fidelity.fidelity_scores(fidelity.ImageArrayDataset(images), fidelity.ImageArrayDataset(images), cfg, weights_path=path)
+    fidelity.fidelity_scores(
+        fidelity.ImageArrayDataset(images), fidelity.ImageArrayDataset(images), cfg, weights_path=path
+    )
     assert len(LOADED) == 1 and set(LOADED[0]) == set(sd)
     assert all(torch.equal(LOADED[0][k], v) for k, v in sd.items())
     assert tag == extractor_weights.sha256_file(good)[:16]
@@ -228,7 +237,9 @@ def test_payloads_planted_in_the_fidelity_cache_run_nothing(in_home, tmp_path, c
     ours = cache / f"{name}-{EXTRACTOR}-logits_unbiased-stats.npz"
     with zipfile.ZipFile(ours, "w") as zf:
         zf.writestr("feature__stats.npy", pickle.dumps(np.array([Payload(marker)], dtype=object)))
-    code, out, err = cli(["evaluate", key, "--feature-extractor", EXTRACTOR, "--samples", "40", "--json", "--refresh"], capsys)
+    code, out, err = cli(
+        ["evaluate", key, "--feature-extractor", EXTRACTOR, "--samples", "40", "--json", "--refresh"], capsys
+    )
     assert code == 0, err
     s = json.loads(out)
     assert s["fidelity"] == "ok" and s["fidelity_reference_cache"] == "miss"
@@ -329,7 +340,9 @@ def ingest_in_subprocess(source: Path, home: Path, *extra: str) -> tuple[int, fl
     """``subsample ingest SOURCE`` in a fresh process: (exit code, growth of its peak RSS in MiB
     during the ingest, stdout, the stderr lines before the measurement)."""
     env = {**os.environ, "SUBSAMPLE_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(source), *extra], capture_output=True, text=True, env=env, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT, str(source), *extra], capture_output=True, text=True, env=env, timeout=300
+    )
     *rest, last = p.stderr.strip().splitlines()
     m = json.loads(last)
     return m["code"], m["grew_mib"], p.stdout, "\n".join(rest)
@@ -439,15 +452,30 @@ def _pickle_file(path: Path, obj_reduce) -> Path:
     return path
 
 
-@pytest.mark.parametrize("reduce, why", [
-    ((np.ndarray, ((20000, 3072), "u1")), "refusing numpy.ndarray(...)"),  # 189 bytes → 20,000 uninitialised images
-    ((np.ndarray, ((2**40, 3072), "u1")), "refusing numpy.ndarray(...)"),  # a MemoryError traceback
-    ((np._core.multiarray._reconstruct, (np.ndarray, (2**40, 3072), b"B")), "not how numpy pickles an array"),
-    ((np._core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), (1, (20000, 3072), np.dtype("u1"), False, b"\0" * 10)),
-     "declaring shape (20000, 3072) of uint8 but carrying 10 bytes"),
-    ((np._core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), (1, (10, 10), np.dtype("u1"), False, b"\0" * 100)),
-     "CIFAR-10 records are (N, 3072)"),
-])
+@pytest.mark.parametrize(
+    "reduce, why",
+    [
+        ((np.ndarray, ((20000, 3072), "u1")), "refusing numpy.ndarray(...)"),  # 189 bytes → 20,000 uninitialised images
+        ((np.ndarray, ((2**40, 3072), "u1")), "refusing numpy.ndarray(...)"),  # a MemoryError traceback
+        ((np._core.multiarray._reconstruct, (np.ndarray, (2**40, 3072), b"B")), "not how numpy pickles an array"),
+        (
+            (
+                np._core.multiarray._reconstruct,
+                (np.ndarray, (0,), b"b"),
+                (1, (20000, 3072), np.dtype("u1"), False, b"\0" * 10),
+            ),
+            "declaring shape (20000, 3072) of uint8 but carrying 10 bytes",
+        ),
+        (
+            (
+                np._core.multiarray._reconstruct,
+                (np.ndarray, (0,), b"b"),
+                (1, (10, 10), np.dtype("u1"), False, b"\0" * 100),
+            ),
+            "CIFAR-10 records are (N, 3072)",
+        ),
+    ],
+)
 def test_cifar_pickles_declaring_shapes_are_refused_before_allocation(tmp_path, monkeypatch, capsys, reduce, why):
     monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path / "home"))
     src = _pickle_file(tmp_path / "data_batch_1", reduce)
@@ -499,7 +527,9 @@ def test_a_swapped_chunk_stops_features_and_a_truncated_one_stops_train(tmp_path
     assert "`subsample ingest /data/toy --name toy --refresh`" in line
 
     a.write_bytes(good[: len(good) // 2])  # truncated
-    code, _, err = cli(["train", "toy", "--preset", "smoke", "--bins", "4", "4", "--batch-size", "32", "--set", "track=false"], capsys)
+    code, _, err = cli(
+        ["train", "toy", "--preset", "smoke", "--bins", "4", "4", "--batch-size", "32", "--set", "track=false"], capsys
+    )
     assert code == 2
     line = one_line_error(err, "train")
     assert "data set toy" in line and "unreadable chunk" in line and "--refresh" in line
@@ -527,7 +557,9 @@ def test_a_label_of_2_to_the_40_with_a_conditional_preset(tmp_path, monkeypatch,
     assert cli(["ingest", str(src), "--name", "l", "--size", "8", "--json"], capsys)[0] == 0
     assert cli(["features", "l", "--workers", "1", "--json"], capsys)[0] == 0
     assert cli(["tables", "l", "--bins", "4", "4", "--json"], capsys)[0] == 0
-    code, _, err = cli(["train", "l", "--preset", "cgan", "--bins", "4", "4", "--batch-size", "32", "--set", "track=false"], capsys)
+    code, _, err = cli(
+        ["train", "l", "--preset", "cgan", "--bins", "4", "4", "--batch-size", "32", "--set", "track=false"], capsys
+    )
     assert code == 2
     assert "labels up to 1,099,511,627,776" in one_line_error(err, "train")
 
@@ -551,7 +583,9 @@ def test_an_mlflow_uri_with_a_password_is_redacted_and_leaves_no_work_folder(in_
     home, _ = in_home
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cr3t@127.0.0.1:9/")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    code, _, err = cli(["train", "blobs", "--preset", "smoke", "--bins", "4", "4", "--batch-size", "32", "--seed", "7"], capsys)
+    code, _, err = cli(
+        ["train", "blobs", "--preset", "smoke", "--bins", "4", "4", "--batch-size", "32", "--seed", "7"], capsys
+    )
     assert code == 2
     line = one_line_error(err, "mlflow")
     assert "s3cr3t" not in err and "http://alice:***@127.0.0.1:9/" in line
@@ -561,16 +595,42 @@ def test_an_mlflow_uri_with_a_password_is_redacted_and_leaves_no_work_folder(in_
 def test_redact_uri():
     from storage.errors import redact_uri
 
-    assert redact_uri("see http://alice:s3cr3t@host:5000/x and https://bob@h/") == "see http://alice:***@host:5000/x and https://bob:***@h/"
-    assert redact_uri("postgresql://u:p%40ss@db/mlflow?password=x&sslmode=1") == "postgresql://u:***@db/mlflow?password=***&sslmode=1"
+    assert (
+        redact_uri("see http://alice:s3cr3t@host:5000/x and https://bob@h/")
+        == "see http://alice:***@host:5000/x and https://bob:***@h/"
+    )
+    assert (
+        redact_uri("postgresql://u:p%40ss@db/mlflow?password=x&sslmode=1")
+        == "postgresql://u:***@db/mlflow?password=***&sslmode=1"
+    )
     assert redact_uri("sqlite:////home/me/mlflow.db") == "sqlite:////home/me/mlflow.db"
 
 
 def test_a_diverging_run_stops_with_a_clear_message(in_home, capsys):
     """--set lr_d=1e9 used to finish with exit 0 and loss_d 1.4e18."""
     home, _ = in_home
-    code, _, err = cli(["train", "blobs", "--preset", "smoke", "--bins", "4", "4", "--batch-size", "32", "--set", "track=false",
-                        "--set", "lr_d=1e9", "--set", "diverge_steps=3", "--epochs", "2"], capsys)
+    code, _, err = cli(
+        [
+            "train",
+            "blobs",
+            "--preset",
+            "smoke",
+            "--bins",
+            "4",
+            "4",
+            "--batch-size",
+            "32",
+            "--set",
+            "track=false",
+            "--set",
+            "lr_d=1e9",
+            "--set",
+            "diverge_steps=3",
+            "--epochs",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 2
     line = one_line_error(err, "train")
     assert line.startswith("train: diverged: |loss_") and "above 1e+06 for 3 consecutive D steps" in line
@@ -665,7 +725,9 @@ def test_every_load_in_the_project_is_weights_only_or_pickle_free():
     import ast
 
     bad = []
-    for path in sorted(p for d in ("pipeline", "storage", "flows", "kernels", "bench") for p in (ROOT / d).rglob("*.py")):
+    for path in sorted(
+        p for d in ("pipeline", "storage", "flows", "kernels", "bench") for p in (ROOT / d).rglob("*.py")
+    ):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if not isinstance(node, ast.Call):

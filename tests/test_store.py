@@ -1,7 +1,7 @@
 """storage/store.py: the atomic builder, content hash and verification, open_store's errors."""
+
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -25,12 +25,18 @@ def images(n: int, size: int = 4, seed: int = 0) -> np.ndarray:
 
 
 def leftovers() -> list[str]:
-    return sorted(p.name for p in datasets_dir().iterdir() if not p.name.endswith(".zarr")) if datasets_dir().exists() else []
+    return (
+        sorted(p.name for p in datasets_dir().iterdir() if not p.name.endswith(".zarr"))
+        if datasets_dir().exists()
+        else []
+    )
 
 
 def test_write_store_round_trip_with_labels_and_attrs():
     x, y = images(10), np.arange(10) % 3
-    s = write_store("t", x, y, source="/src", policy={"size": 4}, quarantine=[{"path": "a.png", "reason": "zero bytes"}])
+    s = write_store(
+        "t", x, y, source="/src", policy={"size": 4}, quarantine=[{"path": "a.png", "reason": "zero bytes"}]
+    )
     s = open_store("t", verify=True)
     assert np.array_equal(s.images[:], x) and np.array_equal(s.labels[:], y)
     assert (s.n, s.size, s.name) == (10, 4, "t")

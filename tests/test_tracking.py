@@ -1,6 +1,7 @@
 """MLflow as a user opens it: experiments made as model-training experiments with a runs view of
 the metrics that matter, run names that carry strategy, B and seed, and (when Chromium is
 installed) the UI checked in a real headless browser by bench/ui_screenshots.py."""
+
 from __future__ import annotations
 
 import json
@@ -25,11 +26,18 @@ def a_run(dataset: str = "tiny") -> str:
     from storage import tracking
 
     run_id = tracking.start_run(
-        dataset, run_name="demo-constructed-B64-seed0-abc123", tags={tracking.TRAIN_KEY_TAG: "abc123"},
-        params={"train": {"preset": "demo", "epochs": 2}, "batches": {"strategy": "constructed", "batch_size": 64, "seed": 0}},
+        dataset,
+        run_name="demo-constructed-B64-seed0-abc123",
+        tags={tracking.TRAIN_KEY_TAG: "abc123"},
+        params={
+            "train": {"preset": "demo", "epochs": 2},
+            "batches": {"strategy": "constructed", "batch_size": 64, "seed": 0},
+        },
     )
     for epoch in (1, 2):
-        tracking.log_metrics(run_id, {"loss_d": 1.0 / epoch, "loss_g": 2.0 * epoch, "feature_kl": 3.0 / epoch}, step=epoch)
+        tracking.log_metrics(
+            run_id, {"loss_d": 1.0 / epoch, "loss_g": 2.0 * epoch, "feature_kl": 3.0 / epoch}, step=epoch
+        )
     tracking.log_metrics(run_id, {"eval/feature_kl2k_train": 1.5}, step=2)
     tracking.end_run(run_id)
     return run_id
@@ -49,31 +57,44 @@ def test_experiments_are_model_training_with_a_runs_view_of_the_metrics(home):
     assert {"metrics.`feature_kl`", "metrics.`loss_d`", "metrics.`eval/fid10k_train`"} <= set(columns)
     # the link opens that view on the runs table, in the UI's model-training mode
     url = tracking.runs_table_url(exp.experiment_id, "http://127.0.0.1:5000")
-    assert url == (f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
-                   "&viewStateShareKey=subsample-runs")
+    assert url == (
+        f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+        "&viewStateShareKey=subsample-runs"
+    )
     # an experiment made before the tags existed gets them on its next use
     old = c.create_experiment("subsample/old")
     assert tracking.experiment_id("old") == old
     assert c.get_experiment(old).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
-    assert sorted(line.split(": ")[0] for line in tracking.print_runs_table_urls()) == ["subsample/old", "subsample/tiny"]
+    assert sorted(line.split(": ")[0] for line in tracking.print_runs_table_urls()) == [
+        "subsample/old",
+        "subsample/tiny",
+    ]
 
 
 def test_run_names_carry_preset_strategy_batch_size_and_seed():
     from pipeline.config import BatchesConfig, TrainConfig
     from pipeline.stages.train_records import run_name
 
-    name = run_name(TrainConfig(preset="paper-128a"), BatchesConfig(strategy="random", batch_size=128, seed=2), "3f2a1c9d")
+    name = run_name(
+        TrainConfig(preset="paper-128a"), BatchesConfig(strategy="random", batch_size=128, seed=2), "3f2a1c9d"
+    )
     assert name == "paper-128a-random-B128-seed2-3f2a1c"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
-                    reason="no Chromium: the browser check runs where one is installed (apt-get install chromium)")
+@pytest.mark.skipif(
+    not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
+    reason="no Chromium: the browser check runs where one is installed (apt-get install chromium)",
+)
 def test_mlflow_ui_opens_on_the_runs_table_in_a_headless_browser(home, tmp_path):
     a_run()
     out = tmp_path / "ui"
-    r = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "ui_screenshots.py"), "--home", str(home),
-                        "--out", str(out)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "ui_screenshots.py"), "--home", str(home), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     assert (out / "experiment.png").stat().st_size > 10_000 and (out / "runs-table.png").stat().st_size > 10_000
     table = (out / "runs-table.txt").read_text()

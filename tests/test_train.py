@@ -1,5 +1,6 @@
 """The training stage on tiny data made here: it learns, records to MLflow, resumes exactly,
 stops on a non-finite loss, and the CLI prints one JSON object."""
+
 from __future__ import annotations
 
 import json
@@ -7,11 +8,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import stage_home
 
 from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
 from pipeline.presets import resolve_train_config
-
-from conftest import stage_home
 from storage.errors import SubsampleError
 
 TABLES = TablesConfig(bins=(8, 8))
@@ -78,8 +78,19 @@ def test_a_short_run_learns_and_is_tracked(toy_home):
     assert [e["epoch"] for e in lines] == [0, 1, 2, 3, 4, 5]  # epoch 0: the untrained generator
     assert set(lines[0]) == {"epoch", "step", "feature_kl", "feature_js"} and lines[0]["step"] == 0
     assert lines[0]["feature_kl"] == s["feature_kl_initial"] == ck["history"]["initial"]["feature_kl"]
-    assert {"loss_d", "loss_g", "d_real_prob", "d_fake_prob", "feature_kl", "feature_js", "seconds", "images_per_second"} <= set(lines[1])
-    assert sorted(p.name for p in (toy_home / "stages/train" / s["key"] / "grids").iterdir()) == [f"epoch_{e:04d}.png" for e in range(1, 6)]
+    assert {
+        "loss_d",
+        "loss_g",
+        "d_real_prob",
+        "d_fake_prob",
+        "feature_kl",
+        "feature_js",
+        "seconds",
+        "images_per_second",
+    } <= set(lines[1])
+    assert sorted(p.name for p in (toy_home / "stages/train" / s["key"] / "grids").iterdir()) == [
+        f"epoch_{e:04d}.png" for e in range(1, 6)
+    ]
     from PIL import Image
 
     grid = Image.open(toy_home / "stages/train" / s["key"] / "grids/epoch_0005.png")
@@ -105,7 +116,12 @@ def test_a_short_run_learns_and_is_tracked(toy_home):
     assert run.info.status == "FINISHED"
     assert run.data.tags["subsample.train_key"] == s["key"]
     p = run.data.params
-    assert (p["train.lr_d"], p["batches.strategy"], p["batches.batch_size"], p["tables.bins"]) == ("0.0002", "constructed", "32", "[8, 8]")
+    assert (p["train.lr_d"], p["batches.strategy"], p["batches.batch_size"], p["tables.bins"]) == (
+        "0.0002",
+        "constructed",
+        "32",
+        "[8, 8]",
+    )
     assert p["dataset_content_hash"] and p["code_version"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss_d")] == [1, 2, 3, 4, 5]
     # the per-epoch feature KL carries its sample size in its name, and its floor sits beside it
@@ -135,8 +151,19 @@ def test_kill_and_resume_gives_the_same_losses(toy_home, monkeypatch):
     all restored). A gradient penalty and 2 D steps per G step exercise the RNG and counters."""
     import pipeline.stages.train as train
 
-    cfg = _cfg(epochs=2, loss="wasserstein", d_batchnorm=False, gp_weight=10.0, d_steps=2, optimizer="rmsprop",
-               lr_d=1e-4, lr_g=1e-4, seed=3, ngf=8, ndf=8)
+    cfg = _cfg(
+        epochs=2,
+        loss="wasserstein",
+        d_batchnorm=False,
+        gp_weight=10.0,
+        d_steps=2,
+        optimizer="rmsprop",
+        lr_d=1e-4,
+        lr_g=1e-4,
+        seed=3,
+        ngf=8,
+        ndf=8,
+    )
     batches = BatchesConfig(batch_size=64, strategy="constructed", seed=5)
     straight = _train(cfg, batches)
     a = _checkpoint(straight["path"])
@@ -168,7 +195,6 @@ def test_kill_and_resume_gives_the_same_losses(toy_home, monkeypatch):
 def test_non_finite_loss_stops_with_the_last_good_checkpoint(toy_home, monkeypatch):
     """A D loss that turns NaN at step 12 (epoch 2) stops the run with a SubsampleError naming
     the epoch, the step and the checkpoint of epoch 1, which is kept; no artifact is written."""
-    import pipeline.stages.train as train
     from pipeline.gan.losses import LOSSES, GanLoss, logistic_d
 
     calls = {"n": 0}
@@ -178,7 +204,9 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(toy_home, monkeypat
         loss = logistic_d(real, fake)
         return loss * float("nan") if calls["n"] >= 12 else loss
 
-    monkeypatch.setitem(LOSSES, "nan-at-12", GanLoss("nan-at-12", "test", nan_after_11, LOSSES["nonsaturating"].g, True))
+    monkeypatch.setitem(
+        LOSSES, "nan-at-12", GanLoss("nan-at-12", "test", nan_after_11, LOSSES["nonsaturating"].g, True)
+    )
     cfg = _cfg(epochs=3, loss="nan-at-12", ngf=8, ndf=8)
     with pytest.raises(SubsampleError) as e:
         _train(cfg)
@@ -194,11 +222,35 @@ def test_cli_train_prints_one_json_object(toy_home, capsys):
     from flows.cli import main
 
     with pytest.raises(SystemExit) as e:
-        main(["train", "toy", "--preset", "smoke", "--bins", "8", "8", "--batch-size", "64", "--max-steps", "2",
-              "--set", "track=false", "--set", "lr_d=1e-3", "--json"])
+        main(
+            [
+                "train",
+                "toy",
+                "--preset",
+                "smoke",
+                "--bins",
+                "8",
+                "8",
+                "--batch-size",
+                "64",
+                "--max-steps",
+                "2",
+                "--set",
+                "track=false",
+                "--set",
+                "lr_d=1e-3",
+                "--json",
+            ]
+        )
     assert e.value.code == 0
     s = json.loads(capsys.readouterr().out)
-    assert (s["stage"], s["steps"], s["preset"], s["strategy"], s["batch_size"]) == ("train", 2, "smoke", "constructed", 64)
+    assert (s["stage"], s["steps"], s["preset"], s["strategy"], s["batch_size"]) == (
+        "train",
+        2,
+        "smoke",
+        "constructed",
+        64,
+    )
     assert s["mlflow_run_id"] is None
     from pipeline.stages.generators import load_generator
 

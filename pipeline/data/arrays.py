@@ -3,6 +3,7 @@ a label byte and 3,072 planar RGB bytes), CIFAR-10 python batches (through a res
 that only builds numpy arrays and plain containers, shapes checked before allocation), MNIST IDX
 files (header first, then the body streamed) and npz files (each member's .npy header first).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -18,8 +19,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from storage.errors import SubsampleError
 from pipeline.data.readers import ArraySource, SourceLimits, _block_records, _dims, _read_capped
+from storage.errors import SubsampleError
 
 STAGE = "ingest"
 
@@ -62,20 +63,29 @@ class _CheckedArray(np.ndarray):
         shape, dtype, _, data = state[-4:]
         if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape) or len(shape) > 2:
             raise pickle.UnpicklingError(f"refusing an array of shape {shape!r}: CIFAR batches hold 1-D and 2-D arrays")
-        if not isinstance(dtype, np.dtype) or dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        if (
+            not isinstance(dtype, np.dtype)
+            or dtype.kind not in "biuf"
+            or dtype.fields is not None
+            or dtype.subdtype is not None
+        ):
             raise pickle.UnpicklingError(f"refusing an array of dtype {dtype!r}: only plain numbers are allowed")
         if not isinstance(data, (bytes, bytearray)) or len(data) != math.prod(shape) * dtype.itemsize:
             got = f"{len(data):,} bytes" if isinstance(data, (bytes, bytearray)) else type(data).__name__
             raise pickle.UnpicklingError(f"refusing an array declaring shape {shape} of {dtype} but carrying {got}")
         if dtype == np.uint8 and len(shape) == 2 and shape[1] != CIFAR_RECORD:
-            raise pickle.UnpicklingError(f"refusing uint8 records of shape {shape}: CIFAR-10 records are (N, {CIFAR_RECORD})")
+            raise pickle.UnpicklingError(
+                f"refusing uint8 records of shape {shape}: CIFAR-10 records are (N, {CIFAR_RECORD})"
+            )
         super().__setstate__(state)
 
 
 def _checked_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     if subtype is not _NDARRAY or shape != (0,):
         raise pickle.UnpicklingError(f"refusing _reconstruct({subtype!r}, {shape!r}): not how numpy pickles an array")
-    return np.ndarray.__new__(_CheckedArray, (0,), dtype=np.dtype(dtype.decode("latin1") if isinstance(dtype, bytes) else dtype))
+    return np.ndarray.__new__(
+        _CheckedArray, (0,), dtype=np.dtype(dtype.decode("latin1") if isinstance(dtype, bytes) else dtype)
+    )
 
 
 def _checked_bytearray(*args: Any) -> bytearray:
@@ -135,7 +145,9 @@ def restricted_load(path: Path, max_bytes: int = CIFAR_PY_MAX_FILE_BYTES) -> Any
     the unpickler read (allocate) more than the file holds."""
     size = path.stat().st_size
     if size > max_bytes:
-        raise SubsampleError(STAGE, f"{path}: {size:,} bytes is more than a CIFAR-10 python batch may hold ({max_bytes:,}); refusing it")
+        raise SubsampleError(
+            STAGE, f"{path}: {size:,} bytes is more than a CIFAR-10 python batch may hold ({max_bytes:,}); refusing it"
+        )
     try:
         with open(path, "rb") as f:
             data = _read_capped(f, size)
@@ -171,7 +183,11 @@ def _open_cifar_bin(path: Path, files: list[Path], limits: SourceLimits = Source
 
     def load():
         for f in files:  # memory-mapped: blocks are read as they are sliced
-            rec = np.memmap(f, dtype=np.uint8, mode="r").reshape(-1, 3073) if f.stat().st_size else np.zeros((0, 3073), np.uint8)
+            rec = (
+                np.memmap(f, dtype=np.uint8, mode="r").reshape(-1, 3073)
+                if f.stat().st_size
+                else np.zeros((0, 3073), np.uint8)
+            )
             yield _cifar_planar(rec[:, 1:]), rec[:, 0]
 
     n = sum(f.stat().st_size // 3073 for f in files)
@@ -192,7 +208,12 @@ def _open_cifar_python(path: Path, files: list[Path], limits: SourceLimits = Sou
         d = restricted_load(f, cap)
         data = _get(d, "data") if isinstance(d, dict) else None
         labels = _get(d, "labels") if isinstance(d, dict) else None
-        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != CIFAR_RECORD:
+        if (
+            not isinstance(data, np.ndarray)
+            or data.dtype != np.uint8
+            or data.ndim != 2
+            or data.shape[1] != CIFAR_RECORD
+        ):
             raise SubsampleError(STAGE, f"{f}: expected a dict with b'data' uint8 (N, 3072) and b'labels'")
         if labels is None or len(labels) != len(data):
             raise SubsampleError(STAGE, f"{f}: b'labels' missing or not one per image")
@@ -208,7 +229,9 @@ def _open_cifar_python(path: Path, files: list[Path], limits: SourceLimits = Sou
 
     # the count is only known after unpickling; 10,000 per CIFAR-10 batch is an upper bound for
     # progress only (the store shrinks to the accepted count)
-    return ArraySource(path, "cifar10-python", files + ([meta] if meta.is_file() else []), 10_000 * len(files), True, names, load=load)
+    return ArraySource(
+        path, "cifar10-python", files + ([meta] if meta.is_file() else []), 10_000 * len(files), True, names, load=load
+    )
 
 
 # --- IDX (MNIST): header first, then the body streamed ---------------------------------------------
@@ -222,7 +245,9 @@ def _idx_header(f: Any, path: Path, ndim: int) -> tuple[int, ...]:
     """The dimensions in an IDX header (magic: two zero bytes, type 0x08 = unsigned byte, ndim)."""
     head = f.read(4 + 4 * ndim)
     if len(head) < 4 + 4 * ndim or head[:3] != b"\0\0\x08" or head[3] != ndim:
-        raise SubsampleError(STAGE, f"{path}: not an unsigned-byte IDX file with {ndim} dimension(s) (bad magic number)")
+        raise SubsampleError(
+            STAGE, f"{path}: not an unsigned-byte IDX file with {ndim} dimension(s) (bad magic number)"
+        )
     return tuple(int(d) for d in np.frombuffer(head, ">u4", ndim, 4))
 
 
@@ -236,7 +261,9 @@ def _read_idx_header(path: Path, ndim: int) -> tuple[int, ...]:
     if not path.name.endswith(".gz"):
         body = path.stat().st_size - (4 + 4 * ndim)
         if body != math.prod(dims):
-            raise SubsampleError(STAGE, f"{path}: header says {_dims(dims)} = {math.prod(dims):,} bytes, file holds {body:,}")
+            raise SubsampleError(
+                STAGE, f"{path}: header says {_dims(dims)} = {math.prod(dims):,} bytes, file holds {body:,}"
+            )
     return dims
 
 
@@ -253,7 +280,8 @@ def _stream_idx(path: Path, ndim: int, dims: tuple[int, ...], records: int) -> I
                 raw = _read_capped(f, k * rec_bytes)
                 if len(raw) != k * rec_bytes:
                     raise SubsampleError(
-                        STAGE, f"{path}: header says {_dims(dims)} = {math.prod(dims):,} bytes, file holds {start * rec_bytes + len(raw):,}"
+                        STAGE,
+                        f"{path}: header says {_dims(dims)} = {math.prod(dims):,} bytes, file holds {start * rec_bytes + len(raw):,}",
                     )
                 yield np.frombuffer(raw, np.uint8).reshape((k, *rec_shape))
             if f.read(1):
@@ -342,10 +370,14 @@ def _npy_member(zf: zipfile.ZipFile, npz: Path, key: str) -> _NpyMember | None:
     if dtype.hasobject:
         raise SubsampleError(STAGE, f"{npz}: {name} holds Python objects; only numeric arrays are read (no pickles)")
     if fortran and len(shape) > 1:
-        raise SubsampleError(STAGE, f"{npz}: {name} is stored in Fortran order; save it C-ordered: np.savez(path, {key}=np.ascontiguousarray(a))")
+        raise SubsampleError(
+            STAGE,
+            f"{npz}: {name} is stored in Fortran order; save it C-ordered: np.savez(path, {key}=np.ascontiguousarray(a))",
+        )
     if info.file_size != offset + math.prod(shape) * dtype.itemsize:
         raise SubsampleError(
-            STAGE, f"{npz}: {name} declares {info.file_size:,} bytes but its header describes {_dims(shape) or 'a scalar'} {dtype}; the file is corrupt"
+            STAGE,
+            f"{npz}: {name} declares {info.file_size:,} bytes but its header describes {_dims(shape) or 'a scalar'} {dtype}; the file is corrupt",
         )
     return _NpyMember(name, tuple(shape), dtype, offset)
 
@@ -360,7 +392,10 @@ def _stream_npy(npz: Path, m: _NpyMember, records: int) -> Iterator[np.ndarray]:
                 k = min(records, m.shape[0] - start)
                 raw = _read_capped(f, k * rec_bytes)
                 if len(raw) != k * rec_bytes:
-                    raise SubsampleError(STAGE, f"{npz}: {m.name} ends after {start + len(raw) // max(rec_bytes, 1):,} of {m.shape[0]:,} rows")
+                    raise SubsampleError(
+                        STAGE,
+                        f"{npz}: {m.name} ends after {start + len(raw) // max(rec_bytes, 1):,} of {m.shape[0]:,} rows",
+                    )
                 yield np.frombuffer(raw, m.dtype).reshape((k, *m.shape[1:]))
     except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as e:
         raise SubsampleError(STAGE, f"{npz}: cannot read {m.name} ({type(e).__name__}: {e})") from None
@@ -375,14 +410,18 @@ def _open_npz(path: Path, limits: SourceLimits = SourceLimits()) -> ArraySource:
     except (OSError, zipfile.BadZipFile) as e:
         raise SubsampleError(STAGE, f"{path}: not a readable .npz ({e})") from None
     if images is None:
-        raise SubsampleError(STAGE, f"{path}: no 'images' array (has {keys}); save it with np.savez(path, images=..., labels=...)")
+        raise SubsampleError(
+            STAGE, f"{path}: no 'images' array (has {keys}); save it with np.savez(path, images=..., labels=...)"
+        )
     shape = images.shape
     ok_shape = len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3))
     if images.dtype != np.uint8 or not ok_shape:
         raise SubsampleError(STAGE, f"{path}: 'images' must be uint8 N×H×W×3 or N×H×W, got {images.dtype} {shape}")
     limits.check_images(path, shape)
     if labels is not None and (len(labels.shape) != 1 or labels.shape[0] != shape[0] or labels.dtype.kind not in "iu"):
-        raise SubsampleError(STAGE, f"{path}: 'labels' must be integers, one per image; got {labels.dtype} {labels.shape}")
+        raise SubsampleError(
+            STAGE, f"{path}: 'labels' must be integers, one per image; got {labels.dtype} {labels.shape}"
+        )
 
     def load():
         records = _block_records(math.prod(shape[1:]))

@@ -25,6 +25,7 @@ and resamples them on the GPU with the same fixed-point Lanczos in float64 (exac
 integers, so bit-identical to the kernel on the same input); files it cannot take go through
 the CPU path above.
 """
+
 from __future__ import annotations
 
 import io
@@ -149,6 +150,7 @@ def bomb_check(w: int, h: int) -> None:
         warnings.warn(
             f"Image size ({pixels} pixels) exceeds limit of {limit} pixels, could be decompression bomb DOS attack.",
             Image.DecompressionBombWarning,
+            stacklevel=2,
         )
 
 
@@ -252,7 +254,8 @@ def check_cuda() -> None:
         raise SubsampleError("ingest", "--decode-device cuda needs torch with CUDA; use --decode-device cpu") from None
     if not torch.cuda.is_available():
         raise SubsampleError(
-            "ingest", "--decode-device cuda: CUDA is not available (torch.cuda.is_available() is False); use --decode-device cpu"
+            "ingest",
+            "--decode-device cuda: CUDA is not available (torch.cuda.is_available() is False); use --decode-device cpu",
         )
 
 
@@ -328,7 +331,7 @@ def decode_files_cuda(reader: Any, refs: list[str], policy: CropPolicy, max_pixe
             hwc = _upright_torch(img.permute(1, 2, 0), orientation)
             box = policy.box(*full)
             groups.setdefault((tuple(hwc.shape), box), []).append((i, hwc))
-        for (shape, box), items in groups.items():
+        for (_shape, box), items in groups.items():
             batch = torch.stack([t for _, t in items])
             if box[2] - box[0] == policy.size:
                 out = batch[:, box[1] : box[3], box[0] : box[2]]

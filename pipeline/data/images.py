@@ -5,6 +5,7 @@ and resized to S×S; what cannot be decoded is :class:`Rejected` with a reason f
 task returns. The fast JPEG path and nvJPEG are in ``pipeline.data.decode``; the readers of each
 source kind in ``pipeline.data.sources``; the stage in ``pipeline.stages.ingest``.
 """
+
 from __future__ import annotations
 
 import io
@@ -63,13 +64,25 @@ class CropPolicy:
         """What decoded and resampled the images (the store's ``policy`` attribute records it)."""
         pillow = f"pillow {Image.__version__}"
         if self.decoder == "pillow":
-            return {"decoder": "pillow", "decode_device": "cpu", "jpeg": f"{pillow} (draft mode 1/2-1/8)",
-                    "other_formats": pillow, "resize": f"{pillow} Image.resize LANCZOS"}
-        jpeg = ("nvjpeg (torchvision.io.decode_jpeg on cuda, full resolution)" if self.decode_device == "cuda"
-                else f"simplejpeg {simplejpeg_version()} (libjpeg-turbo; DCT scale 1/2-1/8 as Pillow's draft mode)")
-        return {"decoder": "fast", "decode_device": self.decode_device, "jpeg": jpeg,
-                "other_formats": f"{pillow} (and JPEGs the fast path refuses)",
-                "resize": "kernels.resize.resize_lanczos (Pillow's Lanczos-3 in fixed point, horizontal pass first)"}
+            return {
+                "decoder": "pillow",
+                "decode_device": "cpu",
+                "jpeg": f"{pillow} (draft mode 1/2-1/8)",
+                "other_formats": pillow,
+                "resize": f"{pillow} Image.resize LANCZOS",
+            }
+        jpeg = (
+            "nvjpeg (torchvision.io.decode_jpeg on cuda, full resolution)"
+            if self.decode_device == "cuda"
+            else f"simplejpeg {simplejpeg_version()} (libjpeg-turbo; DCT scale 1/2-1/8 as Pillow's draft mode)"
+        )
+        return {
+            "decoder": "fast",
+            "decode_device": self.decode_device,
+            "jpeg": jpeg,
+            "other_formats": f"{pillow} (and JPEGs the fast path refuses)",
+            "resize": "kernels.resize.resize_lanczos (Pillow's Lanczos-3 in fixed point, horizontal pass first)",
+        }
 
     def side(self, w: int, h: int) -> int:
         return min(w, h) if self.crop is None else min(self.crop, w, h)

@@ -4,6 +4,7 @@ the :class:`Source` types (image files, zip members, array records) and the :cla
 checked before memory is allocated. The formats are opened in ``pipeline.data.sources`` (folders,
 zips, the dispatch) and ``pipeline.data.arrays`` (CIFAR-10, IDX, npz).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,8 +22,8 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import IngestConfig
-from storage.errors import SubsampleError
 from pipeline.data.images import Block, CropPolicy, Rejected, decode_image, quarantine_reason
+from storage.errors import SubsampleError
 
 STAGE = "ingest"
 ARRAY_BLOCK = 1024  # records per task for array sources (CIFAR, IDX, npz)
@@ -227,19 +228,23 @@ class SourceLimits:
         """``shape`` (N, H, W[, C]) of an array source: no empty dimension, H × W within
         ``max_pixels``, the whole within ``max_bytes``; else one :class:`SubsampleError` line."""
         if any(d == 0 for d in shape):
-            raise SubsampleError(STAGE, f"{path}: images of shape {_dims(shape)} have an empty dimension; nothing to ingest")
+            raise SubsampleError(
+                STAGE, f"{path}: images of shape {_dims(shape)} have an empty dimension; nothing to ingest"
+            )
         n, h, w = shape[:3]
         if h * w > self.max_pixels:
             raise SubsampleError(
-                STAGE, f"{path}: images of {h:,}×{w:,} = {h * w:,} pixels exceed --max-pixels {self.max_pixels:,}; refusing the source"
+                STAGE,
+                f"{path}: images of {h:,}×{w:,} = {h * w:,} pixels exceed --max-pixels {self.max_pixels:,}; refusing the source",
             )
         self.check_bytes(path, math.prod(shape) * itemsize, f"{_dims(shape)} images")
 
     def check_bytes(self, path: Path, nbytes: int, what: str) -> None:
         if nbytes > self.max_bytes:
             raise SubsampleError(
-                STAGE, f"{path}: {what} hold {nbytes:,} bytes, more than --max-bytes {self.max_bytes:,}; refusing the source "
-                "(raise --max-bytes if it is genuine)"
+                STAGE,
+                f"{path}: {what} hold {nbytes:,} bytes, more than --max-bytes {self.max_bytes:,}; refusing the source "
+                "(raise --max-bytes if it is genuine)",
             )
 
 

@@ -21,6 +21,7 @@ initialised, else 1) every batch is split across ranks, rank r taking ``batch[r:
 divisible by k. Batches list their images ordered by cell, so each rank's share is stratified too.
 There is no ``drop_last``: batches are full by construction (Eq. 4's m = floor(n / B)).
 """
+
 from __future__ import annotations
 
 from typing import Any, Iterator
@@ -83,7 +84,8 @@ class SubsampleBatchSampler(Sampler[list[int]]):
         self.num_replicas, self.rank = _default_replicas(num_replicas, rank)
         if batch_size % self.num_replicas:
             raise SubsampleError(
-                "sampler", f"batch size {batch_size} is not divisible by num_replicas={self.num_replicas}; "
+                "sampler",
+                f"batch size {batch_size} is not divisible by num_replicas={self.num_replicas}; "
                 "choose a batch size that is a multiple of the number of ranks",
             )
         self.table = table
@@ -130,8 +132,14 @@ class SubsampleBatchSampler(Sampler[list[int]]):
                 e %= n_stored
             return self.stored[e].astype(np.int64, copy=False)
         return construct_epoch(
-            self.table, batch_size=self.batch_size, strategy=self.strategy, seed=self.seed, epoch=e,
-            top_k=self.top_k, fill=self.fill, topup=self.topup,
+            self.table,
+            batch_size=self.batch_size,
+            strategy=self.strategy,
+            seed=self.seed,
+            epoch=e,
+            top_k=self.top_k,
+            fill=self.fill,
+            topup=self.topup,
         )
 
     def __len__(self) -> int:

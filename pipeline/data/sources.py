@@ -9,6 +9,7 @@ python batches go through a restricted unpickler that only builds numpy arrays, 
 are read and checked before their bodies are streamed. The kinds and their layout are described in
 ``pipeline.stages.ingest`` and docs/ingest.md.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,11 +17,10 @@ import re
 import zipfile
 from pathlib import Path
 
-
-from storage.errors import SubsampleError, one_line
 from pipeline.data.arrays import _CIFAR_PY, _IDX_IMAGES, _open_cifar_bin, _open_cifar_python, _open_idx, _open_npz
 from pipeline.data.images import Rejected
 from pipeline.data.readers import ImageFilesSource, Source, SourceLimits, ZipSource, check_inside_source
+from storage.errors import SubsampleError, one_line
 
 STAGE = "ingest"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -56,7 +56,9 @@ def _open_zip(path: Path, limits: SourceLimits = SourceLimits()) -> ZipSource:
     if not members and not bad:
         raise SubsampleError(STAGE, f"{path}: the zip holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
     by_name = {i.filename: i for i in infos}
-    limits.check_bytes(path, sum(by_name[m].file_size for m in members), f"its {len(members):,} image members (declared sizes)")
+    limits.check_bytes(
+        path, sum(by_name[m].file_size for m in members), f"its {len(members):,} image members (declared sizes)"
+    )
     return ZipSource(path, "zip", [path], len(members), n_ignored=ignored, listing_quarantine=bad, members=members)
 
 
@@ -75,7 +77,11 @@ def _open_image_dir(path: Path, limits: SourceLimits = SourceLimits()) -> ImageF
                 ignored += 1  # a link to a folder inside the source: its files are read where they are
             except Rejected as e:
                 bad.append({"path": link.relative_to(path).as_posix(), "reason": str(e)})
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__MACOSX" and not os.path.islink(os.path.join(dirpath, d))]
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if not d.startswith(".") and d != "__MACOSX" and not os.path.islink(os.path.join(dirpath, d))
+        ]
         for fn in filenames:
             if fn.startswith(".") or not fn.lower().endswith(IMAGE_EXTENSIONS):
                 ignored += 1
@@ -104,7 +110,9 @@ def _open_image_dir(path: Path, limits: SourceLimits = SourceLimits()) -> ImageF
         )
     limits.check_bytes(path, total, f"its {len(refs):,} image files")
     files = [path / r for r in refs]
-    return ImageFilesSource(path, "images", files, len(refs), n_ignored=ignored, listing_quarantine=bad, root=path, refs=refs)
+    return ImageFilesSource(
+        path, "images", files, len(refs), n_ignored=ignored, listing_quarantine=bad, root=path, refs=refs
+    )
 
 
 def _array_files_inside(path: Path, files: list[Path]) -> list[Path]:
@@ -128,7 +136,8 @@ def cifar_split(path: Path, files: list[Path], split: str) -> list[Path]:
         have = ", ".join(f.name for f in files)
         other = "test" if split == "train" else "train"
         raise SubsampleError(
-            STAGE, f"{path}: no CIFAR-10 {split} batch among {have}; pass --split {other} or --split all "
+            STAGE,
+            f"{path}: no CIFAR-10 {split} batch among {have}; pass --split {other} or --split all "
             "(run: --set ingest.split=...)",
         )
     return chosen
@@ -141,7 +150,9 @@ def open_source(source: str | os.PathLike, limits: SourceLimits | None = None, s
     all); other kinds have no split and take only ``train``."""
     src = _open_source(source, limits or SourceLimits(), split)
     if src.format not in ("cifar10-bin", "cifar10-python") and split != "train":
-        raise SubsampleError(STAGE, f"{src.path}: --split {split} applies to CIFAR-10 sources only ({src.format} has no test split)")
+        raise SubsampleError(
+            STAGE, f"{src.path}: --split {split} applies to CIFAR-10 sources only ({src.format} has no test split)"
+        )
     return src
 
 
@@ -159,7 +170,10 @@ def _open_source(source: str | os.PathLike, limits: SourceLimits, split: str) ->
         }
         found = {k: _array_files_inside(path, v) for k, v in kinds.items() if v}
         if len(found) > 1:
-            raise SubsampleError(STAGE, f"{path}: holds files of several kinds ({', '.join(found)}); pass one file or a folder of one kind")
+            raise SubsampleError(
+                STAGE,
+                f"{path}: holds files of several kinds ({', '.join(found)}); pass one file or a folder of one kind",
+            )
         if "cifar10-bin" in found:
             return _open_cifar_bin(path, cifar_split(path, found["cifar10-bin"], split), limits)
         if "cifar10-python" in found:
@@ -185,5 +199,3 @@ def _open_source(source: str | os.PathLike, limits: SourceLimits, split: str) ->
         f"{path}: unknown source kind; expected a folder of images, a .zip of images, CIFAR-10 .bin or "
         "python batches, an MNIST-style *-images-idx3-ubyte[.gz] file, or a .npz with an 'images' array",
     )
-
-

@@ -16,6 +16,7 @@ stratified (within one image per cell of ``1/k`` of the batch's count); the samp
 batches across distributed ranks that way. Pure numpy: the sampler (``pipeline.data.sampler``)
 and the batches stage (``pipeline.stages.batches``, which stores and diagnoses them) both use it.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Protocol
@@ -103,6 +104,7 @@ def construct_epoch(
 
 # --- random (the baseline) -------------------------------------------------------------------
 
+
 @register_strategy("random")
 def random_batches(table: TableLike, batch_size: int, rng: np.random.Generator, **_: Any) -> np.ndarray:
     """A shuffled permutation cut into m batches; the remainder ``n mod B`` is dropped, so the
@@ -113,6 +115,7 @@ def random_batches(table: TableLike, batch_size: int, rng: np.random.Generator, 
 
 
 # --- constructed (the paper) -----------------------------------------------------------------
+
 
 def round_half_up_share(counts: np.ndarray, total: int, n: int) -> np.ndarray:
     """``round(total * counts / n)`` with halves rounded up, in exact integer arithmetic
@@ -158,8 +161,14 @@ def count_table(table: TableLike, batch_size: int) -> np.ndarray:
     return t2
 
 
-def _spread_over_top_k(shortfall: int, counts: np.ndarray, room: np.ndarray, top_k: int, order: np.ndarray,
-                       split: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
+def _spread_over_top_k(
+    shortfall: int,
+    counts: np.ndarray,
+    room: np.ndarray,
+    top_k: int,
+    order: np.ndarray,
+    split: Callable[[int, np.ndarray], np.ndarray],
+) -> np.ndarray:
     """Spread ``shortfall`` images over the ``top_k`` most frequent cells that still have room,
     ``split(left, weights)`` giving each candidate's share of ``left``. A cell never gets more than
     its ``room`` (members not already in this batch): what does not fit is spread again, the same
@@ -255,8 +264,14 @@ def _ranks_in_groups(sizes: np.ndarray) -> np.ndarray:
 
 @register_strategy("constructed")
 def constructed_batches(
-    table: TableLike, batch_size: int, rng: np.random.Generator, *, top_k: int = 8, fill: str = "topk",
-    topup: str = "topk", **_: Any
+    table: TableLike,
+    batch_size: int,
+    rng: np.random.Generator,
+    *,
+    top_k: int = 8,
+    fill: str = "topk",
+    topup: str = "topk",
+    **_: Any,
 ) -> np.ndarray:
     """The paper's constructed batches (Section 2.2, spec §3), m of them built one after another.
 
@@ -322,6 +337,7 @@ def constructed_batches(
 
 
 # --- dealt (beyond the paper) ----------------------------------------------------------------
+
 
 @register_strategy("dealt")
 def dealt_batches(table: TableLike, batch_size: int, rng: np.random.Generator, **_: Any) -> np.ndarray:

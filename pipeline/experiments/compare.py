@@ -25,6 +25,7 @@ back from MLflow and writes the report. This module is the plain-Python part the
 Seeds: cell seed s sets both the training seed (init, z) and the batches seed (the construction of
 every epoch), so the seed-to-seed spread covers both sources of variation.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -34,7 +35,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from pipeline.config import STRATEGY_NAMES as STRATEGIES  # every registered batch strategy
 DEFAULT_SEEDS = 3  # seeds 0..2 per configuration: the fewest that give a spread
 PAPER_PRESETS = ("paper-constructed", "paper-128a", "paper-128b", "paper-128c", "paper-128d")
 DESIGNS = ("factorial", "paper")
@@ -115,13 +115,27 @@ class DesignCell:
 # given 5× the epochs: equal G updates. The method's runs (200 / 100-135 epochs at B = 2000 / 1024)
 # are compared with (a)-(d) as the paper ran them, at their own epochs (their G updates are reported).
 PAPER_DESIGN: tuple[DesignCell, ...] = (
-    DesignCell("paper-constructed", "constructed", "the method: constructed batches at B = 2000 (2048 on CIFAR-10), "
-               "the rows the paper's claim rests on (generator feature KL, Tables 3-6)", "method"),
-    DesignCell("paper-constructed-1024", "constructed", "the 1024* runs: constructed batches at B = 1024 (the paper "
-               "finds them no better than random batches)", "method"),
+    DesignCell(
+        "paper-constructed",
+        "constructed",
+        "the method: constructed batches at B = 2000 (2048 on CIFAR-10), "
+        "the rows the paper's claim rests on (generator feature KL, Tables 3-6)",
+        "method",
+    ),
+    DesignCell(
+        "paper-constructed-1024",
+        "constructed",
+        "the 1024* runs: constructed batches at B = 1024 (the paper finds them no better than random batches)",
+        "method",
+    ),
     DesignCell("paper-128a", "random", "strategy (a): DCGAN as published, random B = 128", "128"),
-    DesignCell("paper-128b", "random", "strategy (b): clipping + 1-centred penalty, random B = 128", "128",
-               equal_g_updates=True),
+    DesignCell(
+        "paper-128b",
+        "random",
+        "strategy (b): clipping + 1-centred penalty, random B = 128",
+        "128",
+        equal_g_updates=True,
+    ),
     DesignCell("paper-128c", "random", "strategy (c): L2 on D's weights, random B = 128", "128"),
     DesignCell("paper-128d", "random", "strategy (d): R1 on real data, random B = 128", "128"),
 )
@@ -140,8 +154,10 @@ def paper_configurations(dataset: str, batch_scale: float = 1.0) -> list[tuple[D
     preset's for the data set's kind, × ``batch_scale``)."""
     from pipeline.presets import resolve_batches_config
 
-    return [(c, scaled_batch_size(resolve_batches_config(c.preset, dataset=dataset).batch_size, batch_scale))
-            for c in PAPER_DESIGN]
+    return [
+        (c, scaled_batch_size(resolve_batches_config(c.preset, dataset=dataset).batch_size, batch_scale))
+        for c in PAPER_DESIGN
+    ]
 
 
 @dataclass(frozen=True)
@@ -182,12 +198,19 @@ def expand_grid(
 
 def paper_grid(dataset: str, seeds: tuple[int, ...], batch_scale: float = 1.0) -> list[GridCell]:
     """The paper design's cells × seeds, in :data:`PAPER_DESIGN`'s order."""
-    return [GridCell(c.strategy, b, c.preset, seed) for c, b in paper_configurations(dataset, batch_scale)
-            for seed in seeds]
+    return [
+        GridCell(c.strategy, b, c.preset, seed) for c, b in paper_configurations(dataset, batch_scale) for seed in seeds
+    ]
 
 
-def cell_sections(cell: GridCell, scale: Scale, train: Mapping[str, Any], evaluate: Mapping[str, Any],
-                  diagnostic_epochs: int, batches: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def cell_sections(
+    cell: GridCell,
+    scale: Scale,
+    train: Mapping[str, Any],
+    evaluate: Mapping[str, Any],
+    diagnostic_epochs: int,
+    batches: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The run-config sections of one cell, the layers a cell adds between its preset's values and
     :func:`flows.config.resolve_config`'s validation: the user's batches values (top-k, fill, top-up)
     under the cell's (strategy, B, seed, epochs of diagnostics); the scale's then the user's
@@ -195,8 +218,13 @@ def cell_sections(cell: GridCell, scale: Scale, train: Mapping[str, Any], evalua
     user's evaluation."""
     return {
         "preset": cell.preset,
-        "batches": {**dict(batches or {}), "strategy": cell.strategy, "batch_size": cell.batch_size, "seed": cell.seed,
-                    "epochs": diagnostic_epochs},
+        "batches": {
+            **dict(batches or {}),
+            "strategy": cell.strategy,
+            "batch_size": cell.batch_size,
+            "seed": cell.seed,
+            "epochs": diagnostic_epochs,
+        },
         "train": {**scale.train, **dict(train), "seed": cell.seed, "track": True},
         "evaluate": {**scale.evaluate, **dict(evaluate)},
     }
@@ -218,7 +246,6 @@ def log_grid(parent_run_id: str, rows: list[dict[str, Any]]) -> None:
     import tempfile
 
     from storage import tracking
-
     from storage.paths import scratch_dir
 
     scratch_dir().mkdir(parents=True, exist_ok=True)
@@ -272,8 +299,12 @@ def record_cell(
             _log_batches(run_id, summaries["batches"])
         if "evaluate" in summaries:
             _log_evaluate(run_id, summaries["evaluate"], train)
-    row.update(status="failed" if error else "ok", run_id=run_id, error=error,
-               train_cache_hit=bool(train and train.get("cache_hit")))
+    row.update(
+        status="failed" if error else "ok",
+        run_id=run_id,
+        error=error,
+        train_cache_hit=bool(train and train.get("cache_hit")),
+    )
     return row
 
 
@@ -308,11 +339,20 @@ def _log_batches(run_id: str, batches: dict) -> None:
     for name in ("kl_random_sample", "label_kl_random_sample"):
         ref = batches.get(name) or {}
         stats.update({f"batches/{name}": ref.get("mean"), f"batches/{name}_sd": ref.get("sd")})
-    tracking.log_metrics(run_id, {**stats, "batches/coverage_mean": batches["coverage"]["mean"],
-                                  "batches/n_never_drawn": batches["n_never_drawn"]}, step=0)
+    tracking.log_metrics(
+        run_id,
+        {
+            **stats,
+            "batches/coverage_mean": batches["coverage"]["mean"],
+            "batches/n_never_drawn": batches["n_never_drawn"],
+        },
+        step=0,
+    )
     tracking.set_tags(run_id, {"batches/key": batches["key"]})
     path = Path(batches["path"])
-    tracking.log_artifacts(run_id, [(path / f, "batches") for f in ("diagnostics.json", "diagnostics.md", "never_drawn.png")])
+    tracking.log_artifacts(
+        run_id, [(path / f, "batches") for f in ("diagnostics.json", "diagnostics.md", "never_drawn.png")]
+    )
 
 
 def _log_evaluate(run_id: str, evaluate: dict, train: Optional[dict]) -> None:
@@ -324,8 +364,9 @@ def _log_evaluate(run_id: str, evaluate: dict, train: Optional[dict]) -> None:
     missing = {f"eval/{k}": v for k, v in evaluate.get("metrics", {}).items() if f"eval/{k}" not in have}
     if missing:
         tracking.log_metrics(run_id, missing, step=int((train or {}).get("epochs") or 0))
-    tracking.set_tags(run_id, {FIDELITY_TAG: str(evaluate.get("fidelity") or "unknown")[:5000],
-                               "eval/key": evaluate.get("key", "")})
+    tracking.set_tags(
+        run_id, {FIDELITY_TAG: str(evaluate.get("fidelity") or "unknown")[:5000], "eval/key": evaluate.get("key", "")}
+    )
 
 
 def log_json(parent_run_id: str, name: str, payload: Any) -> None:
@@ -342,8 +383,21 @@ def log_json(parent_run_id: str, name: str, payload: Any) -> None:
 
 def diagnostics_row(summary: dict) -> dict[str, Any]:
     """One batches stage summary as a row of ``batch_diagnostics.json``."""
-    keep = ("strategy", "batch_size", "m", "epochs", "topup", "coverage", "kl", "label_kl", "kl_random_sample",
-            "label_kl_random_sample", "label_kl_note", "n_never_drawn_per_epoch", "key")
+    keep = (
+        "strategy",
+        "batch_size",
+        "m",
+        "epochs",
+        "topup",
+        "coverage",
+        "kl",
+        "label_kl",
+        "kl_random_sample",
+        "label_kl_random_sample",
+        "label_kl_note",
+        "n_never_drawn_per_epoch",
+        "key",
+    )
     return {k: summary.get(k) for k in keep}
 
 

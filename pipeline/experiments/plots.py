@@ -2,6 +2,7 @@
 last-epoch sample grids and never-drawn montages, each titled with what it shows and big enough
 to read. Drawn from :mod:`pipeline.experiments.stats`' numbers and the runs' MLflow artifacts.
 """
+
 from __future__ import annotations
 
 import re
@@ -43,7 +44,7 @@ def _curves(data: ReportData, key_of, title: str, ylabel: str, path: Path) -> bo
                 per_step: dict[int, list[float]] = {}
                 for m in data.select(preset=p, batch_size=b, strategy=s):
                     k = key_of(m)
-                    for step, v in (m.history.get(k, []) if k else []):
+                    for step, v in m.history.get(k, []) if k else []:
                         per_step.setdefault(step, []).append(v)
                     if k and f"{k}_floor" in m.metrics:  # the KL's floor at its sample size
                         floors.setdefault((p, b, s), []).append(m.metrics[f"{k}_floor"])
@@ -63,9 +64,10 @@ def _curves(data: ReportData, key_of, title: str, ylabel: str, path: Path) -> bo
     else:
         nrows, ncols = len(presets), len(sizes)
         layout = {(p, b): (i, j) for i, p in enumerate(presets) for j, b in enumerate(sizes)}
-    fig, axes = plt.subplots(nrows, ncols, figsize=(max(3.6 * ncols, 5.5), 2.8 * nrows + 0.5),
-                             squeeze=False, sharex=False)
-    for ax in axes.flat[len(layout):]:
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(max(3.6 * ncols, 5.5), 2.8 * nrows + 0.5), squeeze=False, sharex=False
+    )
+    for ax in axes.flat[len(layout) :]:
         ax.set_visible(False)
     for (p, b), (i, j) in layout.items():
         ax = axes[i][j]
@@ -80,8 +82,13 @@ def _curves(data: ReportData, key_of, title: str, ylabel: str, path: Path) -> bo
             ax.plot(x, mean, marker="o", ms=3, color=COLOURS.get(s), label=f"{s} (n={n})")
             ax.fill_between(x, mean - sd, mean + sd, color=COLOURS.get(s), alpha=0.2, lw=0)
             if floors.get((p, b, s)):
-                ax.axhline(float(np.mean(floors[(p, b, s)])), ls="--", lw=1, color=COLOURS.get(s),
-                           label="its floor (real images)")
+                ax.axhline(
+                    float(np.mean(floors[(p, b, s)])),
+                    ls="--",
+                    lw=1,
+                    color=COLOURS.get(s),
+                    label="its floor (real images)",
+                )
         ax.set_title(f"{p}, B={b}", fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch", fontsize=8)
@@ -119,32 +126,41 @@ def _per_epoch_fid_curves(data: ReportData, plots: Path) -> dict[str, str]:
             m.history[name] = sorted(by_step.items())
     n = _count(pattern.match(key).group(1))
     plots.mkdir(parents=True, exist_ok=True)
-    if not _curves(data, lambda m: name if name in m.history else None,
-                   f"FID ({n:,} generated vs the training set) after each evaluated epoch (mean ± s.d. over seeds)",
-                   "FID", plots / "fid_curves.png"):
+    if not _curves(
+        data,
+        lambda m: name if name in m.history else None,
+        f"FID ({n:,} generated vs the training set) after each evaluated epoch (mean ± s.d. over seeds)",
+        "FID",
+        plots / "fid_curves.png",
+    ):
         return {}
-    return {"fid_curves.png": f"FID of {n:,} generated images against the training set after every evaluated epoch "
-                              "(`subsample train --eval-every`), mean ± s.d. over seeds; the table's FID is the final "
-                              "evaluation's."}
+    return {
+        "fid_curves.png": f"FID of {n:,} generated images against the training set after every evaluated epoch "
+        "(`subsample train --eval-every`), mean ± s.d. over seeds; the table's FID is the final "
+        "evaluation's."
+    }
 
 
 def _vs_batch_size(summary: dict[str, Any], path: Path) -> bool:
     """Final metrics (mean ± s.d. over seeds) against batch size, one line per strategy."""
-    specs = [spec for spec in EVAL_METRICS
-             if any(c["metrics"][spec.name]["n"] for c in summary["configurations"])]
+    specs = [spec for spec in EVAL_METRICS if any(c["metrics"][spec.name]["n"] for c in summary["configurations"])]
     if not specs:
         return False
     plt = _plt()
     presets, sizes = summary["presets"], summary["batch_sizes"]
-    fig, axes = plt.subplots(len(presets), len(specs), figsize=(max(4.8 * len(specs), 8.0), 3.4 * len(presets) + 0.8),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(presets), len(specs), figsize=(max(4.8 * len(specs), 8.0), 3.4 * len(presets) + 0.8), squeeze=False
+    )
     xs = np.arange(len(sizes))
     for i, p in enumerate(presets):
         for j, spec in enumerate(specs):
             ax = axes[i][j]
             for k, s in enumerate(summary["strategies"]):
-                rows = {c["batch_size"]: c["metrics"][spec.name] for c in summary["configurations"]
-                        if c["preset"] == p and c["strategy"] == s}
+                rows = {
+                    c["batch_size"]: c["metrics"][spec.name]
+                    for c in summary["configurations"]
+                    if c["preset"] == p and c["strategy"] == s
+                }
                 have = [b in rows and rows[b]["n"] > 0 for b in sizes]
                 y = [rows[b]["mean"] if h else np.nan for b, h in zip(sizes, have)]
                 e = [(rows[b]["sd"] or 0.0) if h else 0.0 for b, h in zip(sizes, have)]
@@ -161,8 +177,9 @@ def _vs_batch_size(summary: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def _montage(tiles: list[list[Optional[Path]]], row_labels: list[str], col_labels: list[Any], title: str,
-             path: Path) -> bool:
+def _montage(
+    tiles: list[list[Optional[Path]]], row_labels: list[str], col_labels: list[Any], title: str, path: Path
+) -> bool:
     """Images in a grid; a column label is one string, or one per row (a title on every tile)."""
     if not any(t for row in tiles for t in row):
         return False
@@ -174,11 +191,18 @@ def _montage(tiles: list[list[Optional[Path]]], row_labels: list[str], col_label
     # tiles at their native pixels (the stages' grids are >= 512 px wide and titled); each row as tall
     # and each column as wide as its largest tile, so a short tile leaves no gap
     heights = [max((im.shape[0] for im in row if im is not None), default=120) / 100 for row in images]
-    widths = [max((images[i][j].shape[1] for i in range(rows) if images[i][j] is not None), default=240) / 100
-              for j in range(cols)]
-    fig, axes = plt.subplots(rows, cols, squeeze=False, layout="constrained",  # room for the title and labels
-                             figsize=(max(sum(widths) + 0.3 * cols + 0.6, 6.0), sum(heights) + 0.45 * rows + 0.8),
-                             gridspec_kw={"height_ratios": heights, "width_ratios": widths})
+    widths = [
+        max((images[i][j].shape[1] for i in range(rows) if images[i][j] is not None), default=240) / 100
+        for j in range(cols)
+    ]
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        squeeze=False,
+        layout="constrained",  # room for the title and labels
+        figsize=(max(sum(widths) + 0.3 * cols + 0.6, 6.0), sum(heights) + 0.45 * rows + 0.8),
+        gridspec_kw={"height_ratios": heights, "width_ratios": widths},
+    )
     for i in range(rows):
         for j in range(cols):
             ax = axes[i][j]
@@ -222,18 +246,27 @@ def write_plots(data: ReportData, summary: dict[str, Any], plots: Path) -> dict[
     plots.mkdir(parents=True, exist_ok=True)
     made: dict[str, str] = {}
     strategies, sizes, presets, seeds = data.axes()
-    if _curves(data, lambda m: epoch_kl_key(m.history),
-               "feature KL(f_G || f_X) of fixed-z samples after each epoch, epoch 0 = untrained (mean ± s.d. over seeds; "
-               "lower is better)",
-               "feature KL", plots / "feature_kl_curves.png"):
-        made["feature_kl_curves.png"] = ("Feature KL against epochs (training's per-epoch metric, lower is better), "
-                                         "from epoch 0, the untrained generator; dashed: its floor, what as many real "
-                                         "images score.")
+    if _curves(
+        data,
+        lambda m: epoch_kl_key(m.history),
+        "feature KL(f_G || f_X) of fixed-z samples after each epoch, epoch 0 = untrained (mean ± s.d. over seeds; "
+        "lower is better)",
+        "feature KL",
+        plots / "feature_kl_curves.png",
+    ):
+        made["feature_kl_curves.png"] = (
+            "Feature KL against epochs (training's per-epoch metric, lower is better), "
+            "from epoch 0, the untrained generator; dashed: its floor, what as many real "
+            "images score."
+        )
     fid = next(spec for spec in EVAL_METRICS if spec.name == "fid")
-    if _curves(data, lambda m: m.eval_key(fid), "FID against epochs (mean ± s.d. over seeds)", "FID",
-               plots / "fid_curves.png"):
-        made["fid_curves.png"] = ("FID against epochs. The evaluation runs once, on the final generator, so each "
-                                  "run contributes one point, at its last epoch.")
+    if _curves(
+        data, lambda m: m.eval_key(fid), "FID against epochs (mean ± s.d. over seeds)", "FID", plots / "fid_curves.png"
+    ):
+        made["fid_curves.png"] = (
+            "FID against epochs. The evaluation runs once, on the final generator, so each "
+            "run contributes one point, at its last epoch."
+        )
     made.update(_per_epoch_fid_curves(data, plots))
     if _vs_batch_size(summary, plots / "metrics_vs_batch_size.png"):
         made["metrics_vs_batch_size.png"] = "Final metrics against batch size, per preset (mean ± s.d. over seeds)."
@@ -249,11 +282,18 @@ def write_plots(data: ReportData, summary: dict[str, Any], plots: Path) -> dict[
                     row.append(_last_grid(runs[0].run_id, tmp / runs[0].run_id) if runs else None)
                 tiles.append(row)
                 row_labels.append(f"{p}\n{s}" if len(presets) > 1 else s)
-        if _montage(tiles, row_labels, [f"B={b}" for b in sizes],
-                    f"{data.dataset}: samples of the last epoch's generator (fixed z, seed {seed0})"
-                    + (f", preset {presets[0]}" if len(presets) == 1 else ""), plots / "samples.png"):
-            made["samples.png"] = (f"Last-epoch sample grids (seed {seed0}): rows strategies, columns batch sizes; "
-                                   "each grid's title names its run (from each run's `grids/`).")
+        if _montage(
+            tiles,
+            row_labels,
+            [f"B={b}" for b in sizes],
+            f"{data.dataset}: samples of the last epoch's generator (fixed z, seed {seed0})"
+            + (f", preset {presets[0]}" if len(presets) == 1 else ""),
+            plots / "samples.png",
+        ):
+            made["samples.png"] = (
+                f"Last-epoch sample grids (seed {seed0}): rows strategies, columns batch sizes; "
+                "each grid's title names its run (from each run's `grids/`)."
+            )
         tiles, titles = [], {b: [] for b in sizes}
         for s in strategies:
             row = []
@@ -267,10 +307,16 @@ def write_plots(data: ReportData, summary: dict[str, Any], plots: Path) -> dict[
                 row.append(got)
                 titles[b].append(f"B={b}: {int(count) if count is not None else '?'} never drawn")
             tiles.append(row)
-        if _montage(tiles, strategies, [titles[b] for b in sizes],
-                    f"images never drawn in the first epoch (batches seed {seed0}; up to 64 shown)",
-                    plots / "never_drawn.png"):
-            made["never_drawn.png"] = (f"Images no batch of the first epoch drew (batches seed {seed0}; the paper's "
-                                       "Fig. 5). Random batches leave out n mod B images at random; constructed "
-                                       "batches leave out images of the rare cells.")
+        if _montage(
+            tiles,
+            strategies,
+            [titles[b] for b in sizes],
+            f"images never drawn in the first epoch (batches seed {seed0}; up to 64 shown)",
+            plots / "never_drawn.png",
+        ):
+            made["never_drawn.png"] = (
+                f"Images no batch of the first epoch drew (batches seed {seed0}; the paper's "
+                "Fig. 5). Random batches leave out n mod B images at random; constructed "
+                "batches leave out images of the rare cells."
+            )
     return made

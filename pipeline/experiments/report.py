@@ -34,6 +34,7 @@ summary) and drawn in ``pipeline.experiments.plots``; this module lays them out.
   and epoch, each feature KL beside its floor at its sample size, and, in the paper design, the
   paper's own comparisons (the method against strategies (a)-(d)).
 """
+
 from __future__ import annotations
 
 import base64
@@ -44,11 +45,16 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-
 from pipeline.experiments.plots import write_plots
 from pipeline.experiments.stats import EVAL_METRICS, KL_STATS, SPREAD_FACTOR, collect, mean_sd
 from pipeline.experiments.summary import (
-    _compact, _run_label, fmt, fmt_mean_sd, learning_sentence, missing_sentence, summarise,
+    _compact,
+    _run_label,
+    fmt,
+    fmt_mean_sd,
+    learning_sentence,
+    missing_sentence,
+    summarise,
 )
 from storage.errors import SubsampleError
 from storage.paths import home
@@ -60,7 +66,9 @@ def reports_dir(parent_run_id: str) -> Path:
     from storage.paths import inside_home, is_run_id
 
     if not is_run_id(parent_run_id):  # it names a folder: never a path
-        raise SubsampleError(STAGE, f"{parent_run_id!r} is not an MLflow run id (32 hex digits); give the id `subsample compare` printed")
+        raise SubsampleError(
+            STAGE, f"{parent_run_id!r} is not an MLflow run id (32 hex digits); give the id `subsample compare` printed"
+        )
     return inside_home(home() / "reports" / parent_run_id, what="report folder")
 
 
@@ -98,22 +106,59 @@ def design_blocks(summary: dict[str, Any]) -> list[tuple]:
         return []
     out: list[tuple] = [("h", 2, f"The design ({design.get('design', '?')})")]
     if design.get("design") == "paper":
-        out.append(("p", "The paper's cells only, not a factorial: the method at its two batch sizes and strategies "
-                         "(a)-(d) at B = 128, each at its preset's batch size and epochs for this data set"
-                         + (f", the batch sizes × {design['batch_scale']:g} to fit this data set"
-                            if design.get("batch_scale", 1) not in (None, 1, 1.0) else "")
-                         + ". Budgets: the paper compares (a)-(d) at equal epochs; (b) takes 5 "
-                         "critic steps per G step, each on its own batch, so it trains 5× the epochs and makes the "
-                         "same number of G updates as (a), (c) and (d). The method's runs keep their own epochs, as "
-                         "the paper ran them; their G updates are in the table."))
+        out.append(
+            (
+                "p",
+                "The paper's cells only, not a factorial: the method at its two batch sizes and strategies "
+                "(a)-(d) at B = 128, each at its preset's batch size and epochs for this data set"
+                + (
+                    f", the batch sizes × {design['batch_scale']:g} to fit this data set"
+                    if design.get("batch_scale", 1) not in (None, 1, 1.0)
+                    else ""
+                )
+                + ". Budgets: the paper compares (a)-(d) at equal epochs; (b) takes 5 "
+                "critic steps per G step, each on its own batch, so it trains 5× the epochs and makes the "
+                "same number of G updates as (a), (c) and (d). The method's runs keep their own epochs, as "
+                "the paper ran them; their G updates are in the table.",
+            )
+        )
     else:
-        out.append(("p", "Every strategy × batch size × preset; each cell trains at its preset's epochs, so D steps "
-                         "per G step change the G updates (see the table)."))
-    rows = [[c["configuration"], c.get("reproduces") or "", str(c["batch_size"]), str(c["epochs"]), str(c["d_steps"]),
-             str(c["batches_per_epoch"]), f"{c['g_updates']:,}" + (" (equalised)" if c.get("equal_g_updates") else ""),
-             f"{c['images_seen']:,}"] for c in confs]
-    out.append(("table", ["configuration", "reproduces", "B", "epochs", "D steps per G step", "batches per epoch",
-                          "G updates", "images seen by D"], rows))
+        out.append(
+            (
+                "p",
+                "Every strategy × batch size × preset; each cell trains at its preset's epochs, so D steps "
+                "per G step change the G updates (see the table).",
+            )
+        )
+    rows = [
+        [
+            c["configuration"],
+            c.get("reproduces") or "",
+            str(c["batch_size"]),
+            str(c["epochs"]),
+            str(c["d_steps"]),
+            str(c["batches_per_epoch"]),
+            f"{c['g_updates']:,}" + (" (equalised)" if c.get("equal_g_updates") else ""),
+            f"{c['images_seen']:,}",
+        ]
+        for c in confs
+    ]
+    out.append(
+        (
+            "table",
+            [
+                "configuration",
+                "reproduces",
+                "B",
+                "epochs",
+                "D steps per G step",
+                "batches per epoch",
+                "G updates",
+                "images seen by D",
+            ],
+            rows,
+        )
+    )
     return out
 
 
@@ -122,42 +167,79 @@ def batch_check_blocks(summary: dict[str, Any]) -> list[tuple]:
     if not diag:
         return []
     out: list[tuple] = [("h", 2, "Every strategy's batches, with an independent check on the labels")]
-    out.append(("p", "The batches of every strategy at every batch size of the design (cached batches artifacts; "
-                     "trained or not), each averaged over the seeds' constructions: coverage per epoch (Table 1), "
-                     "the feature KL(f_Xi || f_X) of the batches, mean ± s.d. over the batches (Table 2's mean and "
-                     "spread), beside what a uniformly random sample of B images scores on the same estimator. "
-                     "Constructed batches are built to match this very histogram, so they beat the random sample by "
-                     "design. The label KL (each batch's class mix against the data set's) is a property the "
-                     "sampler never sees: a strategy at the random-sample value is no closer to the data set's class "
-                     "mix than random batches."))
+    out.append(
+        (
+            "p",
+            "The batches of every strategy at every batch size of the design (cached batches artifacts; "
+            "trained or not), each averaged over the seeds' constructions: coverage per epoch (Table 1), "
+            "the feature KL(f_Xi || f_X) of the batches, mean ± s.d. over the batches (Table 2's mean and "
+            "spread), beside what a uniformly random sample of B images scores on the same estimator. "
+            "Constructed batches are built to match this very histogram, so they beat the random sample by "
+            "design. The label KL (each batch's class mix against the data set's) is a property the "
+            "sampler never sees: a strategy at the random-sample value is no closer to the data set's class "
+            "mix than random batches.",
+        )
+    )
     rows = []
     sd0 = lambda v: 0.0 if v is not None and abs(v) < 1e-12 else v  # noqa: E731  (floating-point "spread")
     for d in diag:
         never = " / ".join(f"{v:.0f}" for v in d["never_drawn"]) or "–"
-        label = (f"{fmt(d['label_kl_mean'])} ± {fmt(sd0(d['label_kl_sd']))}" if d["label_kl_mean"] is not None
-                 else "n/a (no labels)")
-        rows.append([d["strategy"] + (f" (top-up {d['topup']})" if d.get("topup") else ""), str(d["batch_size"]),
-                     fmt(d["coverage"]), f"{fmt(d['kl_mean'])} ± {fmt(sd0(d['kl_sd']))}", fmt(d["kl_random"]), label,
-                     fmt(d["label_kl_random"]), never])
-    out.append(("table", ["strategy", "B", "coverage", "feature KL (mean ± s.d. over batches)",
-                          "random sample of B", "label KL (mean ± s.d.)", "random sample of B", "never drawn per epoch"],
-                rows))
+        label = (
+            f"{fmt(d['label_kl_mean'])} ± {fmt(sd0(d['label_kl_sd']))}"
+            if d["label_kl_mean"] is not None
+            else "n/a (no labels)"
+        )
+        rows.append(
+            [
+                d["strategy"] + (f" (top-up {d['topup']})" if d.get("topup") else ""),
+                str(d["batch_size"]),
+                fmt(d["coverage"]),
+                f"{fmt(d['kl_mean'])} ± {fmt(sd0(d['kl_sd']))}",
+                fmt(d["kl_random"]),
+                label,
+                fmt(d["label_kl_random"]),
+                never,
+            ]
+        )
+    out.append(
+        (
+            "table",
+            [
+                "strategy",
+                "B",
+                "coverage",
+                "feature KL (mean ± s.d. over batches)",
+                "random sample of B",
+                "label KL (mean ± s.d.)",
+                "random sample of B",
+                "never drawn per epoch",
+            ],
+            rows,
+        )
+    )
     sentences = []
     for d in diag:
         if d["strategy"] == "random" or d["label_kl_mean"] is None or not d["label_kl_random"]:
             continue
         ratio = d["label_kl_mean"] / d["label_kl_random"]
         # the difference against the standard error of both means (the batches', the reference's samples)
-        se = math.sqrt((d["label_kl_sd"] or 0.0) ** 2 / max(d.get("n_batches") or 1, 1)
-                       + (d.get("label_kl_random_sd") or 0.0) ** 2 / max(d.get("label_kl_random_repeats") or 1, 1))
+        se = math.sqrt(
+            (d["label_kl_sd"] or 0.0) ** 2 / max(d.get("n_batches") or 1, 1)
+            + (d.get("label_kl_random_sd") or 0.0) ** 2 / max(d.get("label_kl_random_repeats") or 1, 1)
+        )
         diff = d["label_kl_mean"] - d["label_kl_random"]
-        words = ("no closer to the data set's class mix than random sampling, and no further (within 2 standard "
-                 "errors)" if abs(diff) <= 2 * se else
-                 "closer to the data set's class mix than random sampling" if diff < 0 else
-                 "further from the data set's class mix than random sampling")
-        sentences.append(f"{d['strategy']} batches at B={d['batch_size']}: label KL {fmt(d['label_kl_mean'])}, "
-                         f"{ratio:.2f}× a random sample's ({fmt(d['label_kl_random'])}; {d.get('n_batches')} batches): "
-                         f"{words}; their feature KL is {fmt(d['kl_mean'])} against {fmt(d['kl_random'])}.")
+        words = (
+            "no closer to the data set's class mix than random sampling, and no further (within 2 standard errors)"
+            if abs(diff) <= 2 * se
+            else "closer to the data set's class mix than random sampling"
+            if diff < 0
+            else "further from the data set's class mix than random sampling"
+        )
+        sentences.append(
+            f"{d['strategy']} batches at B={d['batch_size']}: label KL {fmt(d['label_kl_mean'])}, "
+            f"{ratio:.2f}× a random sample's ({fmt(d['label_kl_random'])}; {d.get('n_batches')} batches): "
+            f"{words}; their feature KL is {fmt(d['kl_mean'])} against {fmt(d['kl_random'])}."
+        )
     if sentences:
         out.append(("ul", sentences))
     elif any(d.get("label_note") for d in diag):
@@ -172,12 +254,21 @@ def never_drawn_blocks(summary: dict[str, Any]) -> list[tuple]:
     epochs = max(len(r["per_epoch"]) for r in runs)
     n = summary.get("n_images")
     out: list[tuple] = [("h", 2, "Images never drawn, per run and epoch")]
-    out.append(("p", "How many of the " + (f"{n:,} " if n else "") + "training images no batch of the epoch held, for "
-                     "every training run (the batches it trained on): those images were not trained on in that "
-                     "epoch. Random batches leave out n mod B; constructed batches leave out the cells whose quota "
-                     "rounds to 0 (spec §3)."))
-    rows = [[r["configuration"], str(r["seed"])] + [f"{v:,}" + (f" ({v / n:.1%})" if n else "") for v in r["per_epoch"]]
-            + ["–"] * (epochs - len(r["per_epoch"])) for r in runs]
+    out.append(
+        (
+            "p",
+            "How many of the " + (f"{n:,} " if n else "") + "training images no batch of the epoch held, for "
+            "every training run (the batches it trained on): those images were not trained on in that "
+            "epoch. Random batches leave out n mod B; constructed batches leave out the cells whose quota "
+            "rounds to 0 (spec §3).",
+        )
+    )
+    rows = [
+        [r["configuration"], str(r["seed"])]
+        + [f"{v:,}" + (f" ({v / n:.1%})" if n else "") for v in r["per_epoch"]]
+        + ["–"] * (epochs - len(r["per_epoch"]))
+        for r in runs
+    ]
     out.append(("table", ["configuration", "seed"] + [f"epoch {e}" for e in range(1, epochs + 1)], rows))
     return out
 
@@ -194,28 +285,43 @@ def floor_blocks(summary: dict[str, Any]) -> list[tuple]:
         if k["floor"] is None:
             return [value, "n/a (not recorded)", ""]
         floor = fmt(k["floor"]) + (f" ± {fmt(k['floor_sd'])}" if k["floor_sd"] is not None else "")
-        words = ("at its floor" if k["at_floor"] else
-                 f"{k['ratio']:.2f}× its floor" if k["ratio"] is not None else "above its floor")
+        words = (
+            "at its floor"
+            if k["at_floor"]
+            else f"{k['ratio']:.2f}× its floor"
+            if k["ratio"] is not None
+            else "above its floor"
+        )
         return [value, floor, words]
 
     epoch_keys = sorted({key for f in floors for key in f["epoch"]["keys"]})
     eval_keys = sorted({key for f in floors for key in f["eval"]["keys"]})
     out: list[tuple] = [("h", 2, "Each feature KL beside its floor")]
-    out.append(("p", "A perfect generator does not score 0: the feature KL of N samples has a floor, the same "
-                     "estimator on N real training images drawn at random (mean ± s.d. over 10 draws; "
-                     "docs/evaluate.md). The two KLs below use different sample sizes and have different floors; "
-                     "never compare one with the other. Per-epoch: training's fixed-z samples after the last epoch "
-                     f"(MLflow {', '.join(f'`{k}`' for k in epoch_keys) or '–'}, floor `<key>_floor`). Evaluation: "
-                     f"the final generator's samples (MLflow {', '.join(f'`{k}`' for k in eval_keys) or '–'}, floor "
-                     "`<key>_floor`). \"At its floor\" means within 2 × √(seed s.d.² + floor s.d.²) of it: "
-                     "indistinguishable from real images, and differences between such generators mean nothing."))
+    out.append(
+        (
+            "p",
+            "A perfect generator does not score 0: the feature KL of N samples has a floor, the same "
+            "estimator on N real training images drawn at random (mean ± s.d. over 10 draws; "
+            "docs/evaluate.md). The two KLs below use different sample sizes and have different floors; "
+            "never compare one with the other. Per-epoch: training's fixed-z samples after the last epoch "
+            f"(MLflow {', '.join(f'`{k}`' for k in epoch_keys) or '–'}, floor `<key>_floor`). Evaluation: "
+            f"the final generator's samples (MLflow {', '.join(f'`{k}`' for k in eval_keys) or '–'}, floor "
+            '`<key>_floor`). "At its floor" means within 2 × √(seed s.d.² + floor s.d.²) of it: '
+            "indistinguishable from real images, and differences between such generators mean nothing.",
+        )
+    )
     rows = [[f["configuration"], *cell(f["epoch"]), *cell(f["eval"])] for f in floors]
     out.append(("table", ["configuration", "per-epoch KL", "its floor", "", "evaluation KL", "its floor", ""], rows))
     at = [f["configuration"] for f in floors if f["eval"]["at_floor"]]
     total = sum(f["eval"]["floor"] is not None for f in floors)
     if total:
-        out.append(("p", f"{len(at)} of {total} configurations have an evaluation KL at its floor"
-                         + (f": {', '.join(at)}." if at else ".")))
+        out.append(
+            (
+                "p",
+                f"{len(at)} of {total} configurations have an evaluation KL at its floor"
+                + (f": {', '.join(at)}." if at else "."),
+            )
+        )
     return out
 
 
@@ -223,10 +329,15 @@ def paper_comparison_blocks(summary: dict[str, Any]) -> list[tuple]:
     comps = summary.get("paper_comparisons") or []
     if not comps:
         return []
-    return [("h", 2, "The paper's comparisons: the method against strategies (a)-(d)"),
-            ("p", "Each constructed-batch configuration against each random-batch one, per metric: difference of the "
-                  f"means over seeds against {SPREAD_FACTOR:g} × the pooled seed s.d., and Welch's t-test."),
-            ("ul", [c["sentence"] for c in comps])]
+    return [
+        ("h", 2, "The paper's comparisons: the method against strategies (a)-(d)"),
+        (
+            "p",
+            "Each constructed-batch configuration against each random-batch one, per metric: difference of the "
+            f"means over seeds against {SPREAD_FACTOR:g} × the pooled seed s.d., and Welch's t-test.",
+        ),
+        ("ul", [c["sentence"] for c in comps]),
+    ]
 
 
 # --- documents ---------------------------------------------------------------------------------------
@@ -234,12 +345,12 @@ def paper_comparison_blocks(summary: dict[str, Any]) -> list[tuple]:
 
 SCALE_NOTES = {
     "smoke": "**Smoke scale**: tiny models trained for a few steps. These numbers check that the machinery works; "
-             "they say nothing about the method. Run `--scale cpu` for generators that learn on a CPU, "
-             "`--scale paper` on a GPU for the paper's settings.",
+    "they say nothing about the method. Run `--scale cpu` for generators that learn on a CPU, "
+    "`--scale paper` on a GPU for the paper's settings.",
     "cpu": "**CPU scale**: small DCGANs trained for minutes on a small data set: large enough for the generators to "
-           "learn the coarse colour and sharpness statistics the feature KL measures (see *Did the generators "
-           "learn?*), far smaller than the paper's models. A difference here is evidence about small models on small "
-           "data; run `--scale paper` on a GPU for the paper's settings.",
+    "learn the coarse colour and sharpness statistics the feature KL measures (see *Did the generators "
+    "learn?*), far smaller than the paper's models. A difference here is evidence about small models on small "
+    "data; run `--scale paper` on a GPU for the paper's settings.",
 }
 
 
@@ -264,16 +375,26 @@ def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:
 
 def _setup_blocks(summary: dict[str, Any]) -> list[tuple]:
     S, B, P = summary["strategies"], summary["batch_sizes"], summary["presets"]
-    out: list[tuple] = [("p", f"MLflow parent run `{summary['parent_run_id']}` ({summary['run_name']}, {summary['status']}), "
-                              f"experiment {summary['experiment_id']}: {summary['runs']} child runs, {summary['runs_ok']} finished. "
-                              f"Grid: strategies {', '.join(S)} × B {', '.join(map(str, B))} × presets {', '.join(P)} × "
-                              f"{len(summary['seeds'])} seeds; {summary['n_images']} training images. Every number below was "
-                              "read back from MLflow (the child runs' metrics, histories, tags and artifacts).")]
+    out: list[tuple] = [
+        (
+            "p",
+            f"MLflow parent run `{summary['parent_run_id']}` ({summary['run_name']}, {summary['status']}), "
+            f"experiment {summary['experiment_id']}: {summary['runs']} child runs, {summary['runs_ok']} finished. "
+            f"Grid: strategies {', '.join(S)} × B {', '.join(map(str, B))} × presets {', '.join(P)} × "
+            f"{len(summary['seeds'])} seeds; {summary['n_images']} training images. Every number below was "
+            "read back from MLflow (the child runs' metrics, histories, tags and artifacts).",
+        )
+    ]
     st = summary.get("settings", {})
     over = lambda sec: ", ".join(f"{k}={v}" for k, v in st.get(sec, {}).items()) or "none"  # noqa: E731
-    out.append(("p", f"Over each preset's training values: the scale's ({over('scale_train')}), then these given "
-                     f"values ({over('train')}), then the cell's seed. Evaluation: the scale's ({over('scale_evaluate')}), "
-                     f"then given ({over('evaluate')})."))
+    out.append(
+        (
+            "p",
+            f"Over each preset's training values: the scale's ({over('scale_train')}), then these given "
+            f"values ({over('train')}), then the cell's seed. Evaluation: the scale's ({over('scale_evaluate')}), "
+            f"then given ({over('evaluate')}).",
+        )
+    )
     if summary["scale"] in SCALE_NOTES:
         out.append(("p", SCALE_NOTES[summary["scale"]]))
     return out
@@ -283,28 +404,61 @@ def _learning_blocks(summary: dict[str, Any]) -> list[tuple]:
     """Did the generators learn: one sentence, the runs that did not (in words), a table per configuration."""
     learning = summary["learning"]
     out: list[tuple] = [("h", 2, "Did the generators learn?")]
-    out.append(("p", f"Training logs the feature KL of its fixed-z samples before the first step (epoch 0: the "
-                     f"untrained generator) and after every epoch. A run whose last value is within "
-                     f"{learning['tolerance']:.0%} of its epoch-0 value did not learn. "
-                     + learning_sentence(learning)))
+    out.append(
+        (
+            "p",
+            f"Training logs the feature KL of its fixed-z samples before the first step (epoch 0: the "
+            f"untrained generator) and after every epoch. A run whose last value is within "
+            f"{learning['tolerance']:.0%} of its epoch-0 value did not learn. " + learning_sentence(learning),
+        )
+    )
     if learning["not_moved"]:
-        out.append(("ul", [f"{_run_label(r)} (run `{r['run_id']}`): **did not learn**; its evaluation describes an "
-                           "untrained generator" for r in learning["not_moved"]]))
+        out.append(
+            (
+                "ul",
+                [
+                    f"{_run_label(r)} (run `{r['run_id']}`): **did not learn**; its evaluation describes an "
+                    "untrained generator"
+                    for r in learning["not_moved"]
+                ],
+            )
+        )
     rows = []
     by_conf: dict[str, list[dict]] = {}
     for r in learning["runs"]:
         by_conf.setdefault(r["configuration"], []).append(r)
     mean = lambda rs, k: _compact(mean_sd([r[k] for r in rs if r[k] is not None]))  # noqa: E731
-    for conf, rs in by_conf.items():
+    for _conf, rs in by_conf.items():
         known = [r for r in rs if r["moved"] is not None]
-        rows.append([rs[0]["preset"], str(rs[0]["batch_size"]), rs[0]["strategy"],
-                     f"{sum(bool(r['moved']) for r in known)}/{len(rs)}" + ("" if len(known) == len(rs) else " (?)"),
-                     mean(rs, "feature_kl_initial"), mean(rs, "feature_kl_last"),
-                     f"{mean(rs, 'loss_d_first')} → {mean(rs, 'loss_d_last')}",
-                     f"{mean(rs, 'loss_g_first')} → {mean(rs, 'loss_g_last')}"])
+        rows.append(
+            [
+                rs[0]["preset"],
+                str(rs[0]["batch_size"]),
+                rs[0]["strategy"],
+                f"{sum(bool(r['moved']) for r in known)}/{len(rs)}" + ("" if len(known) == len(rs) else " (?)"),
+                mean(rs, "feature_kl_initial"),
+                mean(rs, "feature_kl_last"),
+                f"{mean(rs, 'loss_d_first')} → {mean(rs, 'loss_d_last')}",
+                f"{mean(rs, 'loss_g_first')} → {mean(rs, 'loss_g_last')}",
+            ]
+        )
     if rows:
-        out.append(("table", ["preset", "B", "strategy", "learned", "feature KL, epoch 0", "feature KL, last epoch",
-                              "D loss, epoch 1 → last", "G loss, epoch 1 → last"], rows))
+        out.append(
+            (
+                "table",
+                [
+                    "preset",
+                    "B",
+                    "strategy",
+                    "learned",
+                    "feature KL, epoch 0",
+                    "feature KL, last epoch",
+                    "D loss, epoch 1 → last",
+                    "G loss, epoch 1 → last",
+                ],
+                rows,
+            )
+        )
     return out
 
 
@@ -316,10 +470,15 @@ def _spread_blocks(summary: dict[str, Any]) -> list[tuple]:
         return out
     every = bcomps + comps
     big = [c for c in every if c["exceeds"]]
-    out.append(("p", f"{len(big)} of {len(every)} comparisons with random batches differ by more than "
-                     f"{SPREAD_FACTOR:g} × the pooled seed s.d. (√((s_a² + s_b²)/2), sample s.d. over seeds); "
-                     "Welch's t-test is given alongside. With 3 seeds, treat single hits with care: "
-                     "many comparisons are made."))
+    out.append(
+        (
+            "p",
+            f"{len(big)} of {len(every)} comparisons with random batches differ by more than "
+            f"{SPREAD_FACTOR:g} × the pooled seed s.d. (√((s_a² + s_b²)/2), sample s.d. over seeds); "
+            "Welch's t-test is given alongside. With 3 seeds, treat single hits with care: "
+            "many comparisons are made.",
+        )
+    )
     out.append(("ul", [c["sentence"] for c in big] or ["None: every difference is within the seed spread."]))
     if bcomps:
         out.append(("p", "Batch level (the batches of each strategy, B and seed; the same for every preset):"))
@@ -348,16 +507,26 @@ def _batch_blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]
     if summary["coverage_eq5"]:
         cov_rows.append(["Eq. 5: (n − n mod B)/n"] + [f"{summary['coverage_eq5'][str(b)]:.4f}" for b in B])
     epochs = max((c["epochs"] for c in summary["coverage"].values()), default=0)
-    out.append(("p", f"Table 1, coverage per epoch (distinct images drawn / n; higher is better): mean over {epochs} "
-                     "epoch(s) and the seeds' constructions (range in brackets when it varies)."))
+    out.append(
+        (
+            "p",
+            f"Table 1, coverage per epoch (distinct images drawn / n; higher is better): mean over {epochs} "
+            "epoch(s) and the seeds' constructions (range in brackets when it varies).",
+        )
+    )
     out.append(("table", cov_head, cov_rows))
     kl_rows = []
     for s in S:
         for stat in KL_STATS:
             kl_rows.append([s if stat == "mean" else "", stat] + [fmt(summary["kl"][f"{s}|{b}"][stat]) for b in B])
-    out.append(("p", "Table 2, KL(f_Xi || f_X) of each batch against the data set (Eq. 10, natural log; lower is "
-                     "better) over all batches of those epochs: mean, s.d., minimum, median, maximum, each averaged "
-                     "over the seeds."))
+    out.append(
+        (
+            "p",
+            "Table 2, KL(f_Xi || f_X) of each batch against the data set (Eq. 10, natural log; lower is "
+            "better) over all batches of those epochs: mean, s.d., minimum, median, maximum, each averaged "
+            "over the seeds.",
+        )
+    )
     out.append(("table", ["strategy", "statistic"] + [f"B={b}" for b in B], kl_rows))
     if "never_drawn.png" in plots:
         out.append(("img", "never_drawn.png", plots["never_drawn.png"]))
@@ -371,22 +540,40 @@ def _results_blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tupl
     out: list[tuple] = [("h", 2, "Results per configuration (mean ± s.d. over seeds)")]
     missing = summary.get("missing_metrics") or {}
     specs = [spec for spec in EVAL_METRICS if spec.label not in missing]
-    keys = sorted({k for c in summary["configurations"] for spec in EVAL_METRICS for k in c["metrics"][spec.name]["mlflow_keys"]})
-    out.append(("p", "Evaluation of the final generator (MLflow keys: " + (", ".join(f"`{k}`" for k in keys) or "none")
-                     + "). Feature KL is KL(f_G || f_X) in the paper's feature space (f_X smoothed with 0.5 per "
-                     "cell); lower FID, KID and feature KL and higher IS are better. n = seeds with a finished run."
-                     + (" " + missing_sentence(missing) if missing else "")))
+    keys = sorted(
+        {k for c in summary["configurations"] for spec in EVAL_METRICS for k in c["metrics"][spec.name]["mlflow_keys"]}
+    )
+    out.append(
+        (
+            "p",
+            "Evaluation of the final generator (MLflow keys: "
+            + (", ".join(f"`{k}`" for k in keys) or "none")
+            + "). Feature KL is KL(f_G || f_X) in the paper's feature space (f_X smoothed with 0.5 per "
+            "cell); lower FID, KID and feature KL and higher IS are better. n = seeds with a finished run."
+            + (" " + missing_sentence(missing) if missing else ""),
+        )
+    )
     head = ["preset", "B", "strategy", "runs ok"] + [spec.label for spec in specs]
     rows = []
     for c in summary["configurations"]:
-        rows.append([c["preset"], str(c["batch_size"]), c["strategy"], f"{c['ok']}/{c['planned']}"]
-                    + [fmt_mean_sd(c["metrics"][spec.name]) for spec in specs])
+        rows.append(
+            [c["preset"], str(c["batch_size"]), c["strategy"], f"{c['ok']}/{c['planned']}"]
+            + [fmt_mean_sd(c["metrics"][spec.name]) for spec in specs]
+        )
     out.append(("table", head, rows))
     failed = [(c, f) for c in summary["configurations"] for f in c["failed"]]
     if failed:
         out.append(("p", "Runs that did not finish:"))
-        out.append(("ul", [f"{c['configuration']} seed {f['seed']}: {f['error']}"
-                           + (f" (run `{f['run_id']}`)" if f["run_id"] else "") for c, f in failed]))
+        out.append(
+            (
+                "ul",
+                [
+                    f"{c['configuration']} seed {f['seed']}: {f['error']}"
+                    + (f" (run `{f['run_id']}`)" if f["run_id"] else "")
+                    for c, f in failed
+                ],
+            )
+        )
     out += floor_blocks(summary)
     out += paper_comparison_blocks(summary)
     for name in ("metrics_vs_batch_size.png", "feature_kl_curves.png", "fid_curves.png"):
@@ -443,10 +630,14 @@ def render_html(blocks: list[tuple], plots_dir: Path, title: str) -> str:
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif b[0] == "img":
             data = base64.b64encode((plots_dir / b[1]).read_bytes()).decode("ascii")
-            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b[2])}">'
-                        f"<figcaption>{_html_inline(b[2])}</figcaption></figure>")
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+            body.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b[2])}">'
+                f"<figcaption>{_html_inline(b[2])}</figcaption></figure>"
+            )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
 # --- the entry point -------------------------------------------------------------------------------
@@ -470,11 +661,18 @@ def build_report(parent_run_id: str, out_dir: Optional[Path] = None, *, log_to_m
     if log_to_mlflow:
         from storage import tracking
 
-        tracking.log_artifacts(parent_run_id, [(out / f, "report") for f in ("report.html", "report.md", "report.json")]
-                               + [(plots_dir, "report/plots")])
+        tracking.log_artifacts(
+            parent_run_id,
+            [(out / f, "report") for f in ("report.html", "report.md", "report.json")] + [(plots_dir, "report/plots")],
+        )
     return {
-        "html": str(out / "report.html"), "md": str(out / "report.md"), "json": str(out / "report.json"),
-        "dir": str(out), "parent_run_id": parent_run_id, "runs": summary["runs"], "runs_ok": summary["runs_ok"],
+        "html": str(out / "report.html"),
+        "md": str(out / "report.md"),
+        "json": str(out / "report.json"),
+        "dir": str(out),
+        "parent_run_id": parent_run_id,
+        "runs": summary["runs"],
+        "runs_ok": summary["runs_ok"],
         "comparisons": len(summary["comparisons"]),
         "exceeding_seed_spread": sum(bool(c["exceeds"]) for c in summary["comparisons"]),
     }

@@ -3,6 +3,7 @@
 whether the generators learned, the paper design's checks). No words, no pictures: the report
 (``pipeline.experiments.report``) renders these, the plots (``pipeline.experiments.plots``) draw them.
 """
+
 from __future__ import annotations
 
 import json
@@ -100,17 +101,32 @@ class ReportData:
         cells = [GridCell(r["strategy"], int(r["batch_size"]), r["preset"], int(r["seed"])) for r in self.grid]
         cells += [m.cell for m in self.members]
         uniq = lambda xs: list(dict.fromkeys(xs))  # noqa: E731
-        return (uniq(c.strategy for c in cells), sorted(uniq(c.batch_size for c in cells)),
-                uniq(c.preset for c in cells), sorted(uniq(c.seed for c in cells)))
+        return (
+            uniq(c.strategy for c in cells),
+            sorted(uniq(c.batch_size for c in cells)),
+            uniq(c.preset for c in cells),
+            sorted(uniq(c.seed for c in cells)),
+        )
 
-    def select(self, *, strategy: Optional[str] = None, batch_size: Optional[int] = None,
-               preset: Optional[str] = None, seed: Optional[int] = None, ok: bool = True) -> list[Member]:
+    def select(
+        self,
+        *,
+        strategy: Optional[str] = None,
+        batch_size: Optional[int] = None,
+        preset: Optional[str] = None,
+        seed: Optional[int] = None,
+        ok: bool = True,
+    ) -> list[Member]:
         out = []
         for m in self.members:
             c = m.cell
-            if ((strategy is None or c.strategy == strategy) and (batch_size is None or c.batch_size == batch_size)
-                    and (preset is None or c.preset == preset) and (seed is None or c.seed == seed)
-                    and (not ok or (m.status == "FINISHED" and not m.error))):
+            if (
+                (strategy is None or c.strategy == strategy)
+                and (batch_size is None or c.batch_size == batch_size)
+                and (preset is None or c.preset == preset)
+                and (seed is None or c.seed == seed)
+                and (not ok or (m.status == "FINISHED" and not m.error))
+            ):
                 out.append(m)
         return sorted(out, key=lambda m: m.cell.seed)
 
@@ -138,8 +154,9 @@ def collect(parent_run_id: str) -> ReportData:
         parent = c.get_run(parent_run_id)
     except MlflowException:
         raise SubsampleError(
-            STAGE, f"no MLflow run {parent_run_id!r} in {tracking.mlflow_tracking_uri()}; give the parent run id "
-            "that `subsample compare` printed"
+            STAGE,
+            f"no MLflow run {parent_run_id!r} in {tracking.mlflow_tracking_uri()}; give the parent run id "
+            "that `subsample compare` printed",
         ) from None
     grid: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
@@ -153,8 +170,12 @@ def collect(parent_run_id: str) -> ReportData:
         if cell is None:
             continue  # a run nested by hand, not a cell of this comparison
         m = Member(
-            run_id=run.info.run_id, cell=cell, status=run.info.status, error=run.data.tags.get(ERROR_TAG),
-            fidelity=run.data.tags.get(FIDELITY_TAG, "unknown"), metrics=dict(run.data.metrics),
+            run_id=run.info.run_id,
+            cell=cell,
+            status=run.info.status,
+            error=run.data.tags.get(ERROR_TAG),
+            fidelity=run.data.tags.get(FIDELITY_TAG, "unknown"),
+            metrics=dict(run.data.metrics),
         )
         keys = [k for k in HISTORY_KEYS if k in m.metrics]
         keys += [k for k in m.metrics if re.match(EPOCH_KL, k)]
@@ -167,9 +188,14 @@ def collect(parent_run_id: str) -> ReportData:
             m.history[k] = sorted(by_step.items())
         members.append(m)
     return ReportData(
-        parent_run_id=parent_run_id, run_name=parent.info.run_name or "", status=parent.info.status,
-        dataset=parent.data.tags.get(tracking.DATASET_TAG, "?"), params=dict(parent.data.params), grid=grid,
-        members=members, experiment_id=parent.info.experiment_id,
+        parent_run_id=parent_run_id,
+        run_name=parent.info.run_name or "",
+        status=parent.info.status,
+        dataset=parent.data.tags.get(tracking.DATASET_TAG, "?"),
+        params=dict(parent.data.params),
+        grid=grid,
+        members=members,
+        experiment_id=parent.info.experiment_id,
     )
 
 
@@ -191,14 +217,26 @@ def compare_to_baseline(a: list[float], b: list[float], lower_is_better: bool) -
     from scipy import stats
 
     sa, sb = mean_sd(a), mean_sd(b)
-    out: dict[str, Any] = {"a": sa, "b": sb, "diff": None, "pooled_sd": None, "exceeds": None,
-                           "better": None, "t": None, "p": None}
+    out: dict[str, Any] = {
+        "a": sa,
+        "b": sb,
+        "diff": None,
+        "pooled_sd": None,
+        "exceeds": None,
+        "better": None,
+        "t": None,
+        "p": None,
+    }
     if sa["n"] < 2 or sb["n"] < 2:
         return out
     diff = sa["mean"] - sb["mean"]
     pooled = math.sqrt((sa["sd"] ** 2 + sb["sd"] ** 2) / 2)
-    out.update(diff=diff, pooled_sd=pooled, exceeds=abs(diff) > SPREAD_FACTOR * pooled,
-               better=(diff < 0) == lower_is_better if diff != 0 else None)
+    out.update(
+        diff=diff,
+        pooled_sd=pooled,
+        exceeds=abs(diff) > SPREAD_FACTOR * pooled,
+        better=(diff < 0) == lower_is_better if diff != 0 else None,
+    )
     if pooled > 0:
         with warnings.catch_warnings():  # one side without spread (random batches' coverage): still a valid test
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -242,17 +280,36 @@ def learning_check(data: ReportData) -> dict[str, Any]:
         moved = None if initial is None or last is None else abs(last - initial) > MOVE_TOLERANCE * abs(initial)
         d0, d1, _ = _first_last(m.history.get("loss_d", []), skip_zero=True)
         g0, g1, _ = _first_last(m.history.get("loss_g", []), skip_zero=True)
-        runs.append({"run_id": m.run_id, "configuration": m.cell.configuration, "preset": m.cell.preset,
-                     "batch_size": m.cell.batch_size, "strategy": m.cell.strategy, "seed": m.cell.seed,
-                     "feature_kl_initial": initial, "feature_kl_last": last, "last_epoch": last_epoch, "moved": moved,
-                     "loss_d_first": d0, "loss_d_last": d1, "loss_g_first": g0, "loss_g_last": g1})
+        runs.append(
+            {
+                "run_id": m.run_id,
+                "configuration": m.cell.configuration,
+                "preset": m.cell.preset,
+                "batch_size": m.cell.batch_size,
+                "strategy": m.cell.strategy,
+                "seed": m.cell.seed,
+                "feature_kl_initial": initial,
+                "feature_kl_last": last,
+                "last_epoch": last_epoch,
+                "moved": moved,
+                "loss_d_first": d0,
+                "loss_d_last": d1,
+                "loss_g_first": g0,
+                "loss_g_last": g1,
+            }
+        )
     not_moved = [r for r in runs if r["moved"] is False]
     by_setting: dict[str, int] = {}
     for r in not_moved:
         k = f"{r['preset']}|{r['batch_size']}|{r['strategy']}"
         by_setting[k] = by_setting.get(k, 0) + 1
-    return {"tolerance": MOVE_TOLERANCE, "runs": runs, "not_moved": not_moved,
-            "unknown": [r for r in runs if r["moved"] is None], "not_moved_by_setting": by_setting}
+    return {
+        "tolerance": MOVE_TOLERANCE,
+        "runs": runs,
+        "not_moved": not_moved,
+        "unknown": [r for r in runs if r["moved"] is None],
+        "not_moved_by_setting": by_setting,
+    }
 
 
 BATCH_METRICS = (
@@ -306,13 +363,22 @@ def _kl_with_floor(members: list[Member], key_of) -> dict[str, Any]:
             floors.append(m.metrics[f"{k}_floor"])
             if f"{k}_floor_sd" in m.metrics:
                 floor_sds.append(m.metrics[f"{k}_floor_sd"])
-    out: dict[str, Any] = {**mean_sd(vals), "keys": sorted(keys), "floor": None, "floor_sd": None, "at_floor": None,
-                           "ratio": None}
+    out: dict[str, Any] = {
+        **mean_sd(vals),
+        "keys": sorted(keys),
+        "floor": None,
+        "floor_sd": None,
+        "at_floor": None,
+        "ratio": None,
+    }
     if vals and floors:
         floor = {"mean": float(np.mean(floors)), "sd": float(np.mean(floor_sds)) if floor_sds else None}
-        out.update(floor=floor["mean"], floor_sd=floor["sd"],
-                   at_floor=bool(at_floor(out["mean"], floor, out["sd"])),
-                   ratio=out["mean"] / floor["mean"] if floor["mean"] > 0 else None)
+        out.update(
+            floor=floor["mean"],
+            floor_sd=floor["sd"],
+            at_floor=bool(at_floor(out["mean"], floor, out["sd"])),
+            ratio=out["mean"] / floor["mean"] if floor["mean"] > 0 else None,
+        )
     return out
 
 

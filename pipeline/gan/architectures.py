@@ -15,6 +15,7 @@
 :class:`CodeEncoder` is the decoding-constrained GAN's encoder (seed 004), not a registered
 architecture: it is part of that training method (``pipeline.gan.methods``).
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -35,7 +36,9 @@ from pipeline.gan.models import (
 
 def _need_classes(spec: ModelSpec) -> int:
     if spec.n_classes < 1:
-        raise ValueError(f"architecture {spec.arch!r} needs class labels (ModelSpec.n_classes >= 1), got {spec.n_classes}")
+        raise ValueError(
+            f"architecture {spec.arch!r} needs class labels (ModelSpec.n_classes >= 1), got {spec.n_classes}"
+        )
     return spec.n_classes
 
 
@@ -101,7 +104,9 @@ def igan_factors(image_size: int) -> list[int]:
     """Upsampling factors (3s then 2s) from the 4×4 projection to the S/4 one: 96 -> [3, 2]
     (4 -> 12 -> 24), 64 -> [2, 2], 32 -> [2], 16 -> []."""
     if image_size % 4 or image_size < 16 or (image_size // 4) % 4:
-        raise ValueError(f"IGAN needs an image size S with S/4 a multiple of 4 (16, 32, 48, 64, 96, ...), got {image_size}")
+        raise ValueError(
+            f"IGAN needs an image size S with S/4 a multiple of 4 (16, 32, 48, 64, 96, ...), got {image_size}"
+        )
     r, out = image_size // 16, []
     for f in (3, 2):
         while r % f == 0:
@@ -194,21 +199,25 @@ class IGANNClassDiscriminator(nn.Module):
         return route_by_class(self.heads, x, y)
 
 
-register_architecture(Architecture(
-    "igan",
-    "IGAN (Meng et al. 2021): multi-scale residual G (4×4 and S/4 projections, PixelShuffle, dropout), residual D, LeakyReLU 0.02",
-    IGANGenerator,
-    IGANDiscriminator,
-))
-register_architecture(Architecture(
-    "igan-nclass",
-    "IGAN's N-class variant: one IGAN generator branch and one residual D per class of the store's labels",
-    IGANNClassGenerator,
-    IGANNClassDiscriminator,
-    labels=True,
-    g_conditional=True,
-    d_conditional=True,
-))
+register_architecture(
+    Architecture(
+        "igan",
+        "IGAN (Meng et al. 2021): multi-scale residual G (4×4 and S/4 projections, PixelShuffle, dropout), residual D, LeakyReLU 0.02",
+        IGANGenerator,
+        IGANDiscriminator,
+    )
+)
+register_architecture(
+    Architecture(
+        "igan-nclass",
+        "IGAN's N-class variant: one IGAN generator branch and one residual D per class of the store's labels",
+        IGANNClassGenerator,
+        IGANNClassDiscriminator,
+        labels=True,
+        g_conditional=True,
+        d_conditional=True,
+    )
+)
 
 
 # --- conditional DCGANs: CGAN, ACGAN; DCGAN with an (N+1)-class D ---------------------------------
@@ -262,32 +271,38 @@ class HeadedDiscriminator(nn.Module):
         return self.head(h).flatten(1), h.flatten(1)
 
 
-register_architecture(Architecture(
-    "cgan",
-    "conditional DCGAN (Mirza & Osindero 2014): one-hot y joined to z in G and as label planes to D's input",
-    ConditionalDCGANGenerator,
-    ConditionalDCGANDiscriminator,
-    labels=True,
-    g_conditional=True,
-    d_conditional=True,
-))
-register_architecture(Architecture(
-    "acgan",
-    "ACGAN (Odena et al. 2017): cgan's G; DCGAN D with a source logit and N class logits",
-    ConditionalDCGANGenerator,
-    lambda spec: HeadedDiscriminator(spec, 1 + _need_classes(spec)),
-    labels=True,
-    g_conditional=True,
-    d_output="source+classes",
-))
-register_architecture(Architecture(
-    "dcgan-semi",
-    "DCGAN with an (N+1)-class D: N real classes and 'generated' (Salimans et al. 2016 §5; PL-GAN's semi-supervised D)",
-    DCGANGenerator,
-    lambda spec: HeadedDiscriminator(spec, _need_classes(spec) + 1),
-    labels=True,
-    d_output="classes+fake",
-))
+register_architecture(
+    Architecture(
+        "cgan",
+        "conditional DCGAN (Mirza & Osindero 2014): one-hot y joined to z in G and as label planes to D's input",
+        ConditionalDCGANGenerator,
+        ConditionalDCGANDiscriminator,
+        labels=True,
+        g_conditional=True,
+        d_conditional=True,
+    )
+)
+register_architecture(
+    Architecture(
+        "acgan",
+        "ACGAN (Odena et al. 2017): cgan's G; DCGAN D with a source logit and N class logits",
+        ConditionalDCGANGenerator,
+        lambda spec: HeadedDiscriminator(spec, 1 + _need_classes(spec)),
+        labels=True,
+        g_conditional=True,
+        d_output="source+classes",
+    )
+)
+register_architecture(
+    Architecture(
+        "dcgan-semi",
+        "DCGAN with an (N+1)-class D: N real classes and 'generated' (Salimans et al. 2016 §5; PL-GAN's semi-supervised D)",
+        DCGANGenerator,
+        lambda spec: HeadedDiscriminator(spec, _need_classes(spec) + 1),
+        labels=True,
+        d_output="classes+fake",
+    )
+)
 
 
 # --- BEGAN (Berthelot et al. 2017) -----------------------------------------------------------------
@@ -360,13 +375,15 @@ class BEGANDiscriminator(nn.Module):
         return self.decoder(self.encoder(x))
 
 
-register_architecture(Architecture(
-    "began",
-    "BEGAN (Berthelot et al. 2017): auto-encoder D (ELU, linear channel growth, embedding h = z_dim), G = its decoder + tanh",
-    BEGANGenerator,
-    BEGANDiscriminator,
-    d_output="reconstruction",
-))
+register_architecture(
+    Architecture(
+        "began",
+        "BEGAN (Berthelot et al. 2017): auto-encoder D (ELU, linear channel growth, embedding h = z_dim), G = its decoder + tanh",
+        BEGANGenerator,
+        BEGANDiscriminator,
+        d_output="reconstruction",
+    )
+)
 
 
 # --- SAGAN (Zhang et al. 2019) ---------------------------------------------------------------------
@@ -427,12 +444,14 @@ class SAGANDiscriminator(DCGANDiscriminator):
         _spectral_norm_all(self)
 
 
-register_architecture(Architecture(
-    "sagan",
-    "SAGAN (Zhang et al. 2019): DCGAN G and D with self-attention at the S/2 feature maps, spectral norm in both",
-    SAGANGenerator,
-    SAGANDiscriminator,
-))
+register_architecture(
+    Architecture(
+        "sagan",
+        "SAGAN (Zhang et al. 2019): DCGAN G and D with self-attention at the S/2 feature maps, spectral norm in both",
+        SAGANGenerator,
+        SAGANDiscriminator,
+    )
+)
 
 
 # --- the decoding-constrained GAN's encoder (seed 004) ---------------------------------------------

@@ -32,6 +32,7 @@ one per device on CUDA). Dropout (IGAN's G) draws the global batch's mask and ke
 (:class:`SharedDrawDropout`). Refused under DDP, in one line (:func:`check_supported`): the
 per-class IGAN (``igan-nclass``), whose branches see different classes on different ranks.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,7 +45,6 @@ import torch
 from torch import Tensor, nn
 
 from storage.errors import SubsampleError
-
 
 STAGE = "train"
 TIMEOUT = timedelta(minutes=30)  # a collective waits this long (rank 0 evaluates while the others wait)
@@ -186,8 +186,14 @@ def randn_like(x: Tensor) -> Tensor:
     """``torch.randn_like(x)`` (same memory format) for this rank's rows of one global draw."""
     if _WORLD is None:
         return torch.randn_like(x)
-    fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
-    full = torch.empty((len(x) * _WORLD.size, *x.shape[1:]), device=x.device, dtype=x.dtype, memory_format=fmt).normal_()
+    fmt = (
+        torch.channels_last
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        else torch.contiguous_format
+    )
+    full = torch.empty(
+        (len(x) * _WORLD.size, *x.shape[1:]), device=x.device, dtype=x.dtype, memory_format=fmt
+    ).normal_()
     return full[_WORLD.rank :: _WORLD.size]
 
 
@@ -281,7 +287,11 @@ class SharedDrawDropout(nn.Dropout):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0 or _WORLD is None:
             return super().forward(x)
-        fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
+        fmt = (
+            torch.channels_last
+            if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            else torch.contiguous_format
+        )
         mask = torch.empty((len(x) * _WORLD.size, *x.shape[1:]), device=x.device, dtype=x.dtype, memory_format=fmt)
         mask = mask.bernoulli_(1 - self.p)[_WORLD.rank :: _WORLD.size]
         return x * mask.div_(1 - self.p)
@@ -326,11 +336,14 @@ def check_supported(cfg: Any, batch_size: int) -> None:
         return
     if batch_size % k:
         raise SubsampleError(
-            STAGE, f"batch size B={batch_size} is not divisible by the world size k={k} "
+            STAGE,
+            f"batch size B={batch_size} is not divisible by the world size k={k} "
             f"(nproc_per_node={cfg.nproc_per_node} × nnodes={cfg.nnodes}); choose B a multiple of k",
         )
     if cfg.arch in REFUSED_ARCHS:
-        raise SubsampleError(STAGE, f"arch {cfg.arch!r} is not supported under DDP: {REFUSED_ARCHS[cfg.arch]}; train it on one process")
+        raise SubsampleError(
+            STAGE, f"arch {cfg.arch!r} is not supported under DDP: {REFUSED_ARCHS[cfg.arch]}; train it on one process"
+        )
 
 
 def wrap(t: Any) -> None:
@@ -379,5 +392,3 @@ def own_rng(ck: dict) -> dict:
     if _WORLD is not None and ranks and len(ranks) == _WORLD.size:
         return ranks[_WORLD.rank]
     return ck["rng"]
-
-

@@ -6,6 +6,7 @@ optional weight-clipping post-step :func:`clip_weights`, and an optimiser from :
 Every loss takes the *logits* D returns; ``sigmoid(logit)`` is the published D(x) for the logistic
 losses. Conventions are those of the cited papers, so the weights mean what the papers' do.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,44 +37,54 @@ def logistic_d(real: Tensor, fake: Tensor) -> Tensor:
     return F.softplus(-real).mean() + F.softplus(fake).mean()
 
 
-register_loss(GanLoss(
-    "nonsaturating",
-    "logistic D; G maximises log D(G(z)) (Goodfellow et al. 2014, §3; DCGAN's loss)",
-    logistic_d,
-    lambda fake: F.softplus(-fake).mean(),
-    probabilities=True,
-))
-register_loss(GanLoss(
-    "minimax",
-    "logistic D; G minimises log(1 - D(G(z))) (Goodfellow et al. 2014, Eq. 1; saturates early)",
-    logistic_d,
-    lambda fake: -F.softplus(fake).mean(),
-    probabilities=True,
-))
+register_loss(
+    GanLoss(
+        "nonsaturating",
+        "logistic D; G maximises log D(G(z)) (Goodfellow et al. 2014, §3; DCGAN's loss)",
+        logistic_d,
+        lambda fake: F.softplus(-fake).mean(),
+        probabilities=True,
+    )
+)
+register_loss(
+    GanLoss(
+        "minimax",
+        "logistic D; G minimises log(1 - D(G(z))) (Goodfellow et al. 2014, Eq. 1; saturates early)",
+        logistic_d,
+        lambda fake: -F.softplus(fake).mean(),
+        probabilities=True,
+    )
+)
 # The losses whose D is logistic: TrainConfig.g_loss picks G's objective among them.
 LOGISTIC_LOSSES = ("nonsaturating", "minimax")
 
-register_loss(GanLoss(
-    "lsgan",
-    "least squares, a=0 b=1 c=1 (Mao et al. 2017, Eq. 2): D: ½(D(x)-1)² + ½D(G(z))²; G: ½(D(G(z))-1)²",
-    lambda real, fake: 0.5 * (real - 1).pow(2).mean() + 0.5 * fake.pow(2).mean(),
-    lambda fake: 0.5 * (fake - 1).pow(2).mean(),
-    probabilities=False,
-))
-register_loss(GanLoss(
-    "wasserstein",
-    "critic D(G(z)) - D(x), G -D(G(z)) (Arjovsky et al. 2017); pair with clip or gp_weight",
-    lambda real, fake: fake.mean() - real.mean(),
-    lambda fake: -fake.mean(),
-    probabilities=False,
-))
-register_loss(GanLoss(
-    "hinge",
-    "D: relu(1 - D(x)) + relu(1 + D(G(z))), G: -D(G(z)) (Lim & Ye 2017; Miyato et al. 2018)",
-    lambda real, fake: F.relu(1 - real).mean() + F.relu(1 + fake).mean(),
-    lambda fake: -fake.mean(),
-    probabilities=False,
-))
+register_loss(
+    GanLoss(
+        "lsgan",
+        "least squares, a=0 b=1 c=1 (Mao et al. 2017, Eq. 2): D: ½(D(x)-1)² + ½D(G(z))²; G: ½(D(G(z))-1)²",
+        lambda real, fake: 0.5 * (real - 1).pow(2).mean() + 0.5 * fake.pow(2).mean(),
+        lambda fake: 0.5 * (fake - 1).pow(2).mean(),
+        probabilities=False,
+    )
+)
+register_loss(
+    GanLoss(
+        "wasserstein",
+        "critic D(G(z)) - D(x), G -D(G(z)) (Arjovsky et al. 2017); pair with clip or gp_weight",
+        lambda real, fake: fake.mean() - real.mean(),
+        lambda fake: -fake.mean(),
+        probabilities=False,
+    )
+)
+register_loss(
+    GanLoss(
+        "hinge",
+        "D: relu(1 - D(x)) + relu(1 + D(G(z))), G: -D(G(z)) (Lim & Ye 2017; Miyato et al. 2018)",
+        lambda real, fake: F.relu(1 - real).mean() + F.relu(1 + fake).mean(),
+        lambda fake: -fake.mean(),
+        probabilities=False,
+    )
+)
 
 
 # --- penalties on D: weight * fn(D, real, fake, real_logits) is added to D's loss ------------------
@@ -101,7 +112,9 @@ def r1_penalty(D: nn.Module, real: Tensor, fake: Tensor, real_logits: Tensor) ->
     return 0.5 * _input_grad_norm(real_logits, real).pow(2).mean()
 
 
-def weight_l2(D: nn.Module, real: Tensor | None = None, fake: Tensor | None = None, real_logits: Tensor | None = None) -> Tensor:
+def weight_l2(
+    D: nn.Module, real: Tensor | None = None, fake: Tensor | None = None, real_logits: Tensor | None = None
+) -> Tensor:
     """L2 regularisation of D's weights (Kurach et al. 2019, §2.2): Σ ||W||² over convolution and
     linear weights (tensors of rank >= 2; batch-norm scales and biases are not penalised)."""
     return sum(p.pow(2).sum() for p in D.parameters() if p.ndim >= 2)

@@ -22,6 +22,7 @@ exact) and adds per-epoch metrics to ``metrics.jsonl`` and MLflow.
 A method holds the generated images of its last D step for the G step that follows, as
 pytorch/examples' dcgan does; ``gan`` reproduces the original training step bit for bit.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,6 @@ from pipeline.gan.losses import LOGISTIC_LOSSES, LOSSES, PENALTIES, clip_weights
 from pipeline.gan.models import ARCHITECTURES
 from pipeline.registry import Registry
 from storage.errors import SubsampleError
-
 
 STAGE = "train"
 
@@ -123,12 +123,15 @@ class TrainingMethod:
         arch = ARCHITECTURES[t.spec.arch]
         if arch.d_output not in self.d_outputs:
             raise SubsampleError(
-                STAGE, f"method {self.name!r} cannot train arch {arch.name!r} (its D returns {arch.d_output}); "
+                STAGE,
+                f"method {self.name!r} cannot train arch {arch.name!r} (its D returns {arch.d_output}); "
                 f"pick an arch whose D returns {' or '.join(sorted(self.d_outputs))}",
             )
         defaults = type(t.cfg)()
         if changed := [f for f in self.unsupported if getattr(t.cfg, f) != getattr(defaults, f)]:
-            raise SubsampleError(STAGE, f"method {self.name!r} does not use {', '.join(changed)}; leave it at its default")
+            raise SubsampleError(
+                STAGE, f"method {self.name!r} does not use {', '.join(changed)}; leave it at its default"
+            )
         self.g_conditional, self.d_conditional = arch.g_conditional, arch.d_conditional
         self.modules: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -238,7 +241,9 @@ class GanMethod(TrainingMethod):
         self.loss = LOSSES[cfg.loss]
         self.penalties = [(getattr(cfg, name), fn) for name, fn in PENALTIES.items() if getattr(cfg, name)]
         if cfg.real_target < 1 and not self.loss.probabilities:
-            raise SubsampleError(STAGE, f"real_target < 1 (one-sided label smoothing) needs a logistic loss, not {cfg.loss!r}")
+            raise SubsampleError(
+                STAGE, f"real_target < 1 (one-sided label smoothing) needs a logistic loss, not {cfg.loss!r}"
+            )
         self.score = torch.sigmoid if self.loss.probabilities else (lambda v: v)
         # G's objective: the loss's own, or with a logistic D the form g_loss names (minimax / non-saturating)
         self.g_objective = LOSSES[cfg.g_loss].g if cfg.g_loss and cfg.loss in LOGISTIC_LOSSES else self.loss.g
@@ -275,7 +280,9 @@ class GanMethod(TrainingMethod):
         if cfg.clip is not None:
             clip_weights(t.D, cfg.clip)
         self.fake = fake
-        return torch.stack([loss_d.detach(), self.score(real_logits.detach()).mean(), self.score(fake_logits.detach()).mean()])
+        return torch.stack(
+            [loss_d.detach(), self.score(real_logits.detach()).mean(), self.score(fake_logits.detach()).mean()]
+        )
 
     def g_step(self, t: Any, real: Tensor, y: Tensor | None) -> Tensor:
         t.D_train.requires_grad_(False)
@@ -325,14 +332,19 @@ class AcganMethod(TrainingMethod):
         with t.autocast():
             fake = self.generate(t, z, y)
             out_real, out_fake = t.D_train(real).float(), t.D_train(fake.detach()).float()
-            loss_d = (self.loss.d(out_real[:, 0], out_fake[:, 0])
-                      + F.cross_entropy(out_real[:, 1:], y) + F.cross_entropy(out_fake[:, 1:], y))
+            loss_d = (
+                self.loss.d(out_real[:, 0], out_fake[:, 0])
+                + F.cross_entropy(out_real[:, 1:], y)
+                + F.cross_entropy(out_fake[:, 1:], y)
+            )
         t.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         t.opt_d.step()
         self.fake = fake
         self.record("acgan_class_accuracy_real", (out_real[:, 1:].argmax(1) == y).float().mean())
-        return torch.stack([loss_d.detach(), self.score(out_real[:, 0].detach()).mean(), self.score(out_fake[:, 0].detach()).mean()])
+        return torch.stack(
+            [loss_d.detach(), self.score(out_real[:, 0].detach()).mean(), self.score(out_fake[:, 0].detach()).mean()]
+        )
 
     def g_step(self, t: Any, real: Tensor, y: Tensor | None) -> Tensor:
         t.D_train.requires_grad_(False)
@@ -378,10 +390,15 @@ class PlGanMethod(TrainingMethod):
         super().__init__(t)
         self.semi = ARCHITECTURES[t.spec.arch].d_output == "classes+fake"
         if self.semi != (t.cfg.labelled_fraction > 0):
-            raise SubsampleError(STAGE, "pl-gan: the semi-supervised D needs both arch=dcgan-semi and labelled_fraction > 0 "
-                                 f"(got arch={t.spec.arch}, labelled_fraction={t.cfg.labelled_fraction})")
+            raise SubsampleError(
+                STAGE,
+                "pl-gan: the semi-supervised D needs both arch=dcgan-semi and labelled_fraction > 0 "
+                f"(got arch={t.spec.arch}, labelled_fraction={t.cfg.labelled_fraction})",
+            )
         if not hasattr(t.D, "forward_features"):
-            raise SubsampleError(STAGE, f"pl-gan needs a D with a feature layer (forward_features); arch {t.spec.arch!r} has none")
+            raise SubsampleError(
+                STAGE, f"pl-gan needs a D with a feature layer (forward_features); arch {t.spec.arch!r} has none"
+            )
         self.n_classes = t.spec.n_classes
         self.w = pl_switch_weight(0.0)
         self.test_images: Tensor | None = None
@@ -428,7 +445,9 @@ class PlGanMethod(TrainingMethod):
         loss_d.backward()
         t.opt_d.step()
         self.fake = fake
-        return torch.stack([loss_d.detach(), torch.sigmoid(s_real.detach()).mean(), torch.sigmoid(s_fake.detach()).mean()])
+        return torch.stack(
+            [loss_d.detach(), torch.sigmoid(s_real.detach()).mean(), torch.sigmoid(s_fake.detach()).mean()]
+        )
 
     def g_step(self, t: Any, real: Tensor, y: Tensor | None) -> Tensor:
         cfg, D = t.cfg, t.D
@@ -437,8 +456,9 @@ class PlGanMethod(TrainingMethod):
             with torch.no_grad():
                 _, h_real = D.forward_features(real.detach())
             out_fake, h_fake = D.forward_features(self.fake)
-            loss_g = (cfg.pl_alpha * pl_adversarial_g(self.realness(out_fake.float()), self.w)
-                      + cfg.pl_beta * feature_matching(h_real.float(), h_fake.float(), distributed.global_batch_mean))
+            loss_g = cfg.pl_alpha * pl_adversarial_g(
+                self.realness(out_fake.float()), self.w
+            ) + cfg.pl_beta * feature_matching(h_real.float(), h_fake.float(), distributed.global_batch_mean)
         t.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         t.opt_g.step()
@@ -478,7 +498,9 @@ class BeganMethod(TrainingMethod):
     convergence measure M = L(x) + |γ L(x) - L(G(z))|."""
 
     name = "began"
-    description = "boundary-equilibrium GAN: auto-encoder D, L1 reconstruction losses, k_t control, convergence measure M"
+    description = (
+        "boundary-equilibrium GAN: auto-encoder D, L1 reconstruction losses, k_t control, convergence measure M"
+    )
     d_outputs = frozenset({"reconstruction"})
     unsupported = _NOT_GAN
 
@@ -537,7 +559,9 @@ class DecodingConstrainedMethod(GanMethod):
     following the G that decodes them. The epoch's mean reconstruction error is ``recon_l2``."""
 
     name = "decoding-constrained"
-    description = "gan + a joint encoder/G L2 reconstruction step on the real batch's codes before each adversarial step"
+    description = (
+        "gan + a joint encoder/G L2 reconstruction step on the real batch's codes before each adversarial step"
+    )
 
     def __init__(self, t: Any):
         super().__init__(t)
@@ -551,7 +575,8 @@ class DecodingConstrainedMethod(GanMethod):
         self.modules["encoder"] = E
         self.encoder = E  # what the step calls (DistributedDataParallel(E) under DDP)
         self.optimizers["reconstruction"] = make_optimizer(
-            t.cfg.optimizer, [*E.parameters(), *t.G.parameters()], t.cfg.lr_g, t.cfg)
+            t.cfg.optimizer, [*E.parameters(), *t.G.parameters()], t.cfg.lr_g, t.cfg
+        )
 
     def distribute(self, t: Any, wrap: Any) -> None:
         self.encoder = wrap(self.modules["encoder"])

@@ -20,6 +20,7 @@ on the first layer). What we change, and why:
 Weights are initialised as published: convolutions N(0, 0.02), batch-norm weights N(1, 0.02) and
 biases 0 (:func:`dcgan_init`).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

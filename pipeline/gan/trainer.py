@@ -6,6 +6,7 @@ batches come from, the artifact, the lock, MLflow, the per-epoch metrics and pic
 knows nothing of stores or tables: ``cfg`` is the run's resolved training config (any object with
 the :class:`pipeline.config.TrainConfig` fields), images are a uint8 tensor, batches index tensors.
 """
+
 from __future__ import annotations
 
 import math
@@ -85,8 +86,14 @@ def make_trainer(cfg: Any, image_size: int, device: torch.device, n_classes: int
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     spec = ModelSpec(
-        arch=cfg.arch, image_size=image_size, z_dim=cfg.z_dim, ngf=cfg.ngf, ndf=cfg.ndf,
-        spectral_norm=cfg.spectral_norm, d_batchnorm=cfg.d_batchnorm, n_classes=n_classes,
+        arch=cfg.arch,
+        image_size=image_size,
+        z_dim=cfg.z_dim,
+        ngf=cfg.ngf,
+        ndf=cfg.ndf,
+        spectral_norm=cfg.spectral_norm,
+        d_batchnorm=cfg.d_batchnorm,
+        n_classes=n_classes,
     )
     try:
         G, D = build_generator(spec).to(device), build_discriminator(spec).to(device)
@@ -123,7 +130,9 @@ class Diverged(Exception):
         self.which, self.step, self.value = which, step, value
 
 
-def train_epoch(t: Trainer, images: Tensor, batches: list[Tensor], bar: Any = None, labels: Tensor | None = None) -> dict:
+def train_epoch(
+    t: Trainer, images: Tensor, batches: list[Tensor], bar: Any = None, labels: Tensor | None = None
+) -> dict:
     """One pass over the epoch's batches: a D step per batch, a G step after every ``d_steps`` D
     steps, as the run's training method takes them (``pipeline.gan.methods``). ``labels`` (N,) is
     indexed like ``images`` when the method or architecture uses classes. Returns the epoch's
@@ -228,10 +237,17 @@ def save_checkpoint(t: Trainer, path: Path, rng_ranks: list | None = None) -> No
     """Everything a resume needs, written atomically (temporary file + os.replace); under DDP
     ``rng_ranks`` holds every rank's RNG state (:func:`pipeline.gan.distributed.gather_rng`)."""
     payload = {
-        "G": t.G.state_dict(), "D": t.D.state_dict(),
-        "opt_g": t.opt_g.state_dict(), "opt_d": t.opt_d.state_dict(), "method": t.method.state_dict(),
-        "epoch": t.epoch, "step": t.step, "g_steps": t.g_steps,
-        "history": t.history, "rng": rng_state(), "config": t.cfg.model_dump(mode="json"),
+        "G": t.G.state_dict(),
+        "D": t.D.state_dict(),
+        "opt_g": t.opt_g.state_dict(),
+        "opt_d": t.opt_d.state_dict(),
+        "method": t.method.state_dict(),
+        "epoch": t.epoch,
+        "step": t.step,
+        "g_steps": t.g_steps,
+        "history": t.history,
+        "rng": rng_state(),
+        "config": t.cfg.model_dump(mode="json"),
         **({"rng_ranks": rng_ranks} if rng_ranks else {}),
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -243,7 +259,9 @@ def load_checkpoint(t: Trainer, path: Path) -> None:
     try:
         ck = torch.load(path, map_location=t.device, weights_only=True)
     except Exception as e:
-        raise SubsampleError(STAGE, f"cannot read checkpoint {path} ({e}); re-run with --refresh to start over") from None
+        raise SubsampleError(
+            STAGE, f"cannot read checkpoint {path} ({e}); re-run with --refresh to start over"
+        ) from None
     t.G.load_state_dict(ck["G"])
     t.D.load_state_dict(ck["D"])
     t.opt_g.load_state_dict(ck["opt_g"])

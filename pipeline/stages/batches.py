@@ -10,6 +10,7 @@ independent check on a property the sampler never sees, :func:`label_kl_batch_vs
 batch's class mix against the data set's, when the store has labels), and each KL's value for a
 uniformly random sample of B images (:func:`random_sample_reference`).
 """
+
 from __future__ import annotations
 
 import json
@@ -105,7 +106,11 @@ def label_kl_batch_vs_dataset(labels: np.ndarray, batches: np.ndarray) -> np.nda
 
 
 def random_sample_reference(
-    estimator: Callable[[np.ndarray], np.ndarray], n: int, size: int, *, seed: int = 0,
+    estimator: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    size: int,
+    *,
+    seed: int = 0,
     repeats: int = REFERENCE_REPEATS,
 ) -> dict[str, Any]:
     """What a uniformly random sample of ``size`` of the n images scores on a batch estimator
@@ -116,8 +121,12 @@ def random_sample_reference(
     rng = np.random.default_rng([seed, size, 0x5EED])
     samples = np.stack([rng.choice(n, size, replace=False) for _ in range(repeats)])
     v = np.asarray(estimator(samples), dtype=np.float64)
-    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
-            "size": int(size), "repeats": int(repeats)}
+    return {
+        "mean": float(v.mean()),
+        "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
+        "size": int(size),
+        "repeats": int(repeats),
+    }
 
 
 def diagnose_epoch(table: TableLike, batches: np.ndarray, labels: np.ndarray | None = None) -> dict[str, Any]:
@@ -226,7 +235,9 @@ def stored_sampler(
 
     sampler = SubsampleBatchSampler.from_array(
         load_batches(batches_artifact(dataset, batches_cfg, tables_cfg, features_cfg)),
-        num_replicas=num_replicas, rank=rank, cycle=cycle,
+        num_replicas=num_replicas,
+        rank=rank,
+        cycle=cycle,
     )
     sampler.strategy, sampler.seed = batches_cfg.strategy, batches_cfg.seed
     sampler.top_k, sampler.fill, sampler.topup = batches_cfg.top_k, batches_cfg.fill, batches_cfg.topup
@@ -268,16 +279,27 @@ def batches_stage(
     never0: np.ndarray | None = None
     for e in tqdm(range(cfg.epochs), desc="batches", unit="epoch", disable=not progress):
         b = construct_epoch(
-            table, batch_size=cfg.batch_size, strategy=cfg.strategy, seed=cfg.seed, epoch=e,
-            top_k=cfg.top_k, fill=cfg.fill, topup=cfg.topup,
+            table,
+            batch_size=cfg.batch_size,
+            strategy=cfg.strategy,
+            seed=cfg.seed,
+            epoch=e,
+            top_k=cfg.top_k,
+            fill=cfg.fill,
+            topup=cfg.topup,
         )
         d = diagnose_epoch(table, b, labels)
         if e == 0:
             never0 = d["never_drawn"]
         epochs_out.append(b.astype(np.int32))
         kl_all.append(np.asarray(d["kl_per_batch"]))
-        row = {"epoch": e, "coverage": d["coverage"], "kl": d["kl"], "n_never_drawn": d["n_never_drawn"],
-               "kl_per_batch": d["kl_per_batch"]}
+        row = {
+            "epoch": e,
+            "coverage": d["coverage"],
+            "kl": d["kl"],
+            "n_never_drawn": d["n_never_drawn"],
+            "kl_per_batch": d["kl_per_batch"],
+        }
         if labels is not None:
             label_kl_all.append(np.asarray(d["label_kl_per_batch"]))
             row.update(label_kl=d["label_kl"], label_kl_per_batch=d["label_kl_per_batch"])
@@ -299,28 +321,51 @@ def batches_stage(
         refs["label_kl_note"] = f"the store {store.path} has no labels: no label KL"
 
     with build_artifact(
-        STAGE, key, params=cfg.key_params(),
-        inputs={"tables": table_art.content_hash, "store": store.content_hash}, code_version=CODE_VERSION,
+        STAGE,
+        key,
+        params=cfg.key_params(),
+        inputs={"tables": table_art.content_hash, "store": store.content_hash},
+        code_version=CODE_VERSION,
         upstream=upstream,
     ) as builder:
         np.save(builder.path / "batches.npy", np.stack(epochs_out))
         diag = {
-            "strategy": cfg.strategy, "batch_size": cfg.batch_size, "m": m, "n": n,
-            "bins": list(table.bins), "topup": cfg.topup if cfg.strategy == "constructed" else None,
-            "coverage_eq5": (n - n % cfg.batch_size) / n, "kl": kl, **refs, "epochs": per_epoch,
+            "strategy": cfg.strategy,
+            "batch_size": cfg.batch_size,
+            "m": m,
+            "n": n,
+            "bins": list(table.bins),
+            "topup": cfg.topup if cfg.strategy == "constructed" else None,
+            "coverage_eq5": (n - n % cfg.batch_size) / n,
+            "kl": kl,
+            **refs,
+            "epochs": per_epoch,
         }
         (builder.path / "diagnostics.json").write_text(json.dumps(diag, indent=1))
         (builder.path / "diagnostics.md").write_text(diagnostics_markdown(cfg, m, n, per_epoch, kl, refs))
-        write_never_drawn_grid(store, never0, builder.path / "never_drawn.png",
-                               title=f"{dataset} · never drawn · {cfg.strategy} B={cfg.batch_size} · batches seed {cfg.seed}")
+        write_never_drawn_grid(
+            store,
+            never0,
+            builder.path / "never_drawn.png",
+            title=f"{dataset} · never drawn · {cfg.strategy} B={cfg.batch_size} · batches seed {cfg.seed}",
+        )
         builder.summary = {
-            "stage": STAGE, "dataset": dataset, "key": key, "path": str(builder.final_path),
-            "cache_hit": False, "seconds": 0.0, "strategy": cfg.strategy, "batch_size": cfg.batch_size,
-            "m": m, "epochs": cfg.epochs,
+            "stage": STAGE,
+            "dataset": dataset,
+            "key": key,
+            "path": str(builder.final_path),
+            "cache_hit": False,
+            "seconds": 0.0,
+            "strategy": cfg.strategy,
+            "batch_size": cfg.batch_size,
+            "m": m,
+            "epochs": cfg.epochs,
             **({"top_k": cfg.top_k, "fill": cfg.fill, "topup": cfg.topup} if cfg.strategy == "constructed" else {}),
             "coverage": {"per_epoch": coverage, "mean": float(np.mean(coverage))},
-            "kl": kl, **refs,
-            "n_never_drawn": int(len(never0)), "n_never_drawn_per_epoch": never_per_epoch,
+            "kl": kl,
+            **refs,
+            "n_never_drawn": int(len(never0)),
+            "n_never_drawn_per_epoch": never_per_epoch,
             "never_drawn_grid": str(builder.final_path / "never_drawn.png"),
         }
         summary = builder.summary
@@ -343,7 +388,11 @@ def run_batches(
 
 
 def diagnostics_markdown(
-    cfg: BatchesConfig, m: int, n: int, per_epoch: list[dict], kl: dict[str, float],
+    cfg: BatchesConfig,
+    m: int,
+    n: int,
+    per_epoch: list[dict],
+    kl: dict[str, float],
     refs: dict[str, Any] | None = None,
 ) -> str:
     """The paper's Tables 1-2 layout: coverage and KL(f_Xi || f_X) statistics, one row per epoch,
@@ -353,7 +402,8 @@ def diagnostics_markdown(
     head = (
         f"# Batches: {cfg.strategy}, B = {cfg.batch_size}, m = {m} batches/epoch, n = {n}\n\n"
         "| epoch | coverage | KL mean | KL std | KL min | KL median | KL max |"
-        + (" label KL mean | label KL std |" if labelled else "") + " never drawn |\n"
+        + (" label KL mean | label KL std |" if labelled else "")
+        + " never drawn |\n"
         "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if labelled else "") + "---:|\n"
     )
 
@@ -371,17 +421,25 @@ def diagnostics_markdown(
         f"| all | {mean_cov:.4f} | {kl['mean']:.5f} | {kl['std']:.5f} | {kl['min']:.5f} | "
         f"{kl['median']:.5f} | {kl['max']:.5f} |{label_cols(refs.get('label_kl'))} |"
     )
-    text = head + "\n".join(rows) + f"\n\nRandom batches would cover (n - n mod B)/n = {(n - n % cfg.batch_size) / n:.4f} (Eq. 5).\n"
+    text = (
+        head
+        + "\n".join(rows)
+        + f"\n\nRandom batches would cover (n - n mod B)/n = {(n - n % cfg.batch_size) / n:.4f} (Eq. 5).\n"
+    )
     if refs.get("kl_random_sample"):
         r = refs["kl_random_sample"]
-        text += (f"\nA uniformly random sample of B images has feature KL {r['mean']:.5f} ± {r['sd']:.5f} "
-                 f"(mean ± s.d. over {r['repeats']} samples): the batches' KL above is "
-                 f"{_ratio(kl['mean'], r['mean'])} that. Constructed batches are built to match this very table.\n")
+        text += (
+            f"\nA uniformly random sample of B images has feature KL {r['mean']:.5f} ± {r['sd']:.5f} "
+            f"(mean ± s.d. over {r['repeats']} samples): the batches' KL above is "
+            f"{_ratio(kl['mean'], r['mean'])} that. Constructed batches are built to match this very table.\n"
+        )
     if labelled and refs.get("label_kl_random_sample"):
         r, lk = refs["label_kl_random_sample"], refs["label_kl"]
-        text += (f"\nIndependent check (labels, never seen by the sampler): label KL {lk['mean']:.5f} against "
-                 f"{r['mean']:.5f} ± {r['sd']:.5f} for a uniformly random sample of B images "
-                 f"({_ratio(lk['mean'], r['mean'])}).\n")
+        text += (
+            f"\nIndependent check (labels, never seen by the sampler): label KL {lk['mean']:.5f} against "
+            f"{r['mean']:.5f} ± {r['sd']:.5f} for a uniformly random sample of B images "
+            f"({_ratio(lk['mean'], r['mean'])}).\n"
+        )
     elif refs.get("label_kl_note"):
         text += f"\n{refs['label_kl_note']}.\n"
     return text
@@ -391,8 +449,9 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}×" if b > 0 else "n/a (the reference is 0)"
 
 
-def write_never_drawn_grid(store: "DatasetStore", indices: np.ndarray, path: Path, nrow: int = 8,
-                          title: str = "") -> None:
+def write_never_drawn_grid(
+    store: "DatasetStore", indices: np.ndarray, path: Path, nrow: int = 8, title: str = ""
+) -> None:
     """An image grid of (up to 64 of) the never-drawn images, read from the store by index, under a
     title (``title``: data set, strategy, B, seed) and a line saying how many there are
     (``pipeline.pictures``: at least 512 px wide; PIL only, no torch import for a picture)."""

@@ -26,6 +26,7 @@ Without network access the Inception weights cannot be fetched: the stage says s
 skips IS/FID/KID and still reports the feature-space metrics (``fidelity: "skipped: ..."``);
 ``--weights PATH`` points torch-fidelity at a local copy.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,14 @@ def samples_title(info: dict, epochs: Any) -> str:
     from pipeline.pictures import run_title
 
     train, batches = info.get("train") or {}, info.get("batches") or {}
-    return run_title(info.get("dataset"), train.get("preset"), batches.get("strategy"), batches.get("batch_size"),
-                     train.get("seed"), int(epochs) if epochs else None)
+    return run_title(
+        info.get("dataset"),
+        train.get("preset"),
+        batches.get("strategy"),
+        batches.get("batch_size"),
+        train.get("seed"),
+        int(epochs) if epochs else None,
+    )
 
 
 # --- the stage ----------------------------------------------------------------------------------
@@ -106,9 +113,12 @@ def _training_table(train: Artifact, info: dict) -> Artifact:
     try:
         command = tables_command(dataset, TablesConfig(**info["tables"]), FeaturesConfig(**info["features"]))
     except (TypeError, ValueError, KeyError) as e:
-        raise SubsampleError(STAGE, f"{info['path']}/generator.pt: invalid features/tables settings ({one_line(str(e))[:200]})") from None
+        raise SubsampleError(
+            STAGE, f"{info['path']}/generator.pt: invalid features/tables settings ({one_line(str(e))[:200]})"
+        ) from None
     raise MissingArtifactError(
-        STAGE, f"the table train run {train.key} was trained on (stages/tables/{key}) is missing or corrupt; "
+        STAGE,
+        f"the table train run {train.key} was trained on (stages/tables/{key}) is missing or corrupt; "
         f"run `{command}` first",
     )
 
@@ -125,7 +135,10 @@ def _log_to_mlflow(run_id: str, metrics: dict[str, float], files: list[Path], ke
         tracking.set_tags(run_id, {"eval/key": key})
         tracking.log_artifacts(run_id, [(f, f"eval/{key}") for f in files])
     except (MlflowException, SubsampleError) as e:
-        print(f"{STAGE}: could not log to MLflow run {run_id} ({one_line(redact_uri(e.message))}); metrics are in the artifact", file=sys.stderr)
+        print(
+            f"{STAGE}: could not log to MLflow run {run_id} ({one_line(redact_uri(e.message))}); metrics are in the artifact",
+            file=sys.stderr,
+        )
         return False
     return True
 
@@ -139,12 +152,13 @@ def run_evaluate(run: str, cfg: EvaluateConfig, *, refresh: bool = False, progre
     return evaluate_stage(find_train_artifact(run), cfg, run=run, refresh=refresh, progress=progress).to_json()
 
 
-def evaluate_stage(train: Artifact, cfg: EvaluateConfig, *, run: str | None = None, refresh: bool = False,
-                   progress: bool = True) -> StageResult:
+def evaluate_stage(
+    train: Artifact, cfg: EvaluateConfig, *, run: str | None = None, refresh: bool = False, progress: bool = True
+) -> StageResult:
     """Evaluate the generator of the train artifact ``train`` against its training set (the store
     it names, the table its manifest records); ``run``: how it was asked for (default its key)."""
-    from pipeline.stages.tables import load_table
     from pipeline.stages.generators import open_generator
+    from pipeline.stages.tables import load_table
     from storage.store import open_store
 
     t0 = time.perf_counter()
@@ -166,19 +180,40 @@ def evaluate_stage(train: Artifact, cfg: EvaluateConfig, *, run: str | None = No
 
     inputs = {"train": train.content_hash, "fidelity_weights": weights_tag}
     key = artifact_key(STAGE, cfg.key_params(), inputs, CODE_VERSION)
-    base = {"stage": STAGE, "dataset": dataset, "key": key, "run": run, "train_key": train_key,
-            "mlflow_run_id": info.get("mlflow_run_id"), "samples": cfg.samples}
+    base = {
+        "stage": STAGE,
+        "dataset": dataset,
+        "key": key,
+        "run": run,
+        "train_key": train_key,
+        "mlflow_run_id": info.get("mlflow_run_id"),
+        "samples": cfg.samples,
+    }
 
     art = None if refresh else open_artifact(STAGE, key)
-    if art is not None and fidelity_skip is None and needs_fidelity(cfg) and str(art.summary.get("fidelity")).startswith("skipped"):
+    if (
+        art is not None
+        and fidelity_skip is None
+        and needs_fidelity(cfg)
+        and str(art.summary.get("fidelity")).startswith("skipped")
+    ):
         art = None  # cached while the extractor's weights were unreachable; they are reachable now
     if art is not None:
         s = art.summary
         return StageResult.from_summary(
-            {**base, "path": str(art.path), "cache_hit": True, "seconds": round(time.perf_counter() - t0, 3),
-             "metrics": s.get("metrics", {}), "fidelity": s.get("fidelity"),
-             "fidelity_reference_cache": s.get("fidelity_reference_cache"), "metrics_log": s.get("metrics_log")},
-            upstream=upstream, artifact=art)
+            {
+                **base,
+                "path": str(art.path),
+                "cache_hit": True,
+                "seconds": round(time.perf_counter() - t0, 3),
+                "metrics": s.get("metrics", {}),
+                "fidelity": s.get("fidelity"),
+                "fidelity_reference_cache": s.get("fidelity_reference_cache"),
+                "metrics_log": s.get("metrics_log"),
+            },
+            upstream=upstream,
+            artifact=art,
+        )
 
     store = open_store(dataset, verify=True, stage=STAGE)
     tables_art = _training_table(train, info)
@@ -186,20 +221,24 @@ def evaluate_stage(train: Artifact, cfg: EvaluateConfig, *, run: str | None = No
     image_size = int(info.get("image_size", store.size))
     if image_size != store.size:
         raise SubsampleError(
-            STAGE, f"generator makes {image_size}px images but {dataset} holds {store.size}px images; "
-            "features and bins are only comparable at the training resolution"
+            STAGE,
+            f"generator makes {image_size}px images but {dataset} holds {store.size}px images; "
+            "features and bins are only comparable at the training resolution",
         )
 
     t_gen = time.perf_counter()
-    images = generate_images(G, cfg.samples, int(info["z_dim"]), seed=cfg.seed, batch_size=cfg.batch_size,
-                             device=device, progress=progress)
+    images = generate_images(
+        G, cfg.samples, int(info["z_dim"]), seed=cfg.seed, batch_size=cfg.batch_size, device=device, progress=progress
+    )
     gen_seconds = round(time.perf_counter() - t_gen, 3)
 
     ctx = EvalContext(
         images=images,
         cfg=cfg,
         table=table,
-        train_sharpness_mean=_train_sharpness_mean(table, tables_art, store) if SHARPNESS_DIFF in chosen else float("nan"),
+        train_sharpness_mean=_train_sharpness_mean(table, tables_art, store)
+        if SHARPNESS_DIFF in chosen
+        else float("nan"),
         table_hash=tables_art.content_hash,
         reference=StoreDataset(store.images),
         reference_cache_name=f"subsample-{store.content_hash[:16]}-w{weights_tag}",
@@ -212,37 +251,68 @@ def evaluate_stage(train: Artifact, cfg: EvaluateConfig, *, run: str | None = No
     timing = {"generate": gen_seconds, **timing}
     log_path = metrics_log_path(train_key)
 
-    with build_artifact(STAGE, key, params=cfg.key_params(), inputs=inputs, code_version=CODE_VERSION,
-                        upstream=upstream) as b:
-        result = {"metrics": metrics, "fidelity": ctx.notes.get("fidelity"),
-                  "fidelity_reference_cache": ctx.notes.get("fidelity_reference_cache")}
+    with build_artifact(
+        STAGE, key, params=cfg.key_params(), inputs=inputs, code_version=CODE_VERSION, upstream=upstream
+    ) as b:
+        result = {
+            "metrics": metrics,
+            "fidelity": ctx.notes.get("fidelity"),
+            "fidelity_reference_cache": ctx.notes.get("fidelity_reference_cache"),
+        }
         (b.path / "metrics.json").write_text(json.dumps({**base, **result}, indent=2))
         files = [b.path / "metrics.json"]
         if cfg.grid:
             from pipeline.pictures import save, titled_grid
 
-            save(titled_grid(images[: cfg.grid], samples_title(info, train.summary.get("epochs")),
-                             lines=[f"{min(cfg.grid, len(images))} of the {cfg.samples} evaluated samples (z seed {cfg.seed})"]),
-                 b.path / "samples.png")
+            save(
+                titled_grid(
+                    images[: cfg.grid],
+                    samples_title(info, train.summary.get("epochs")),
+                    lines=[f"{min(cfg.grid, len(images))} of the {cfg.samples} evaluated samples (z seed {cfg.seed})"],
+                ),
+                b.path / "samples.png",
+            )
             files.append(b.path / "samples.png")
         b.summary = {**base, **result, "timing": timing, "metrics_log": str(log_path)}
         final_files = [artifact_path(STAGE, key) / f.name for f in files]  # where they land after the rename
 
     seconds = round(time.perf_counter() - t0, 3)
-    line = {"evaluate_key": key, "run": run, "train_key": train_key, "dataset": dataset, "samples": cfg.samples,
-            "params": cfg.key_params(), "fidelity": ctx.notes.get("fidelity"), "results": metrics,
-            "timing": timing, "total_time": seconds, "timestamp": time.time()}
+    line = {
+        "evaluate_key": key,
+        "run": run,
+        "train_key": train_key,
+        "dataset": dataset,
+        "samples": cfg.samples,
+        "params": cfg.key_params(),
+        "fidelity": ctx.notes.get("fidelity"),
+        "results": metrics,
+        "timing": timing,
+        "total_time": seconds,
+        "timestamp": time.time(),
+    }
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as f:
         f.write(json.dumps(line) + "\n")
 
     mlflow_logged = False
     if info.get("mlflow_run_id"):
-        mlflow_logged = _log_to_mlflow(info["mlflow_run_id"], metrics, final_files, key, int(train.summary.get("epochs") or 0))
+        mlflow_logged = _log_to_mlflow(
+            info["mlflow_run_id"], metrics, final_files, key, int(train.summary.get("epochs") or 0)
+        )
 
     return StageResult.from_summary(
-        {**base, "path": str(final_files[0].parent), "cache_hit": False, "seconds": seconds,
-         "metrics": metrics, "fidelity": ctx.notes.get("fidelity"),
-         "fidelity_reference_cache": ctx.notes.get("fidelity_reference_cache"),
-         "metrics_log": str(log_path), "mlflow_logged": mlflow_logged, "timing": timing},
-        upstream=upstream, artifact=open_artifact(STAGE, key, verify=False))
+        {
+            **base,
+            "path": str(final_files[0].parent),
+            "cache_hit": False,
+            "seconds": seconds,
+            "metrics": metrics,
+            "fidelity": ctx.notes.get("fidelity"),
+            "fidelity_reference_cache": ctx.notes.get("fidelity_reference_cache"),
+            "metrics_log": str(log_path),
+            "mlflow_logged": mlflow_logged,
+            "timing": timing,
+        },
+        upstream=upstream,
+        artifact=open_artifact(STAGE, key, verify=False),
+    )

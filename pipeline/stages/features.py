@@ -16,6 +16,7 @@ scheduler. The graph carries the store's *path* (``da.from_zarr(path)``), not it
 workers read the chunks themselves; they need the same path. Only a few chunks are in memory at
 once (one per worker), never the whole image array.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,7 @@ import zarr
 
 from kernels.features import compute_features
 from pipeline.config import FeaturesConfig
-from pipeline.stages.lineage import CODE_VERSIONS, find, locate, store_key
-from pipeline.stages.lineage import features_key
+from pipeline.stages.lineage import CODE_VERSIONS, features_key, find, locate, store_key
 from pipeline.stages.result import StageResult, built_result, cached_result
 from storage.artifacts import Artifact, build_artifact
 from storage.errors import SubsampleError
@@ -126,12 +126,15 @@ def dask_client(cfg: FeaturesConfig) -> Iterator:
         with client:
             yield client
         return
-    with LocalCluster(
-        n_workers=cfg.workers or os.cpu_count() or 1,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-    ) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=cfg.workers or os.cpu_count() or 1,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 
@@ -164,8 +167,12 @@ def _write_features(path, values: np.ndarray, names: tuple[str, ...]) -> None:
 
 
 def features_stage(
-    store: DatasetStore, cfg: FeaturesConfig = FeaturesConfig(), *, dataset: str | None = None,
-    refresh: bool = False, progress: bool = True,
+    store: DatasetStore,
+    cfg: FeaturesConfig = FeaturesConfig(),
+    *,
+    dataset: str | None = None,
+    refresh: bool = False,
+    progress: bool = True,
 ) -> StageResult:
     """Compute (or find cached) the features of every image of ``store`` (``dataset``: the name it
     was asked by, default the store's)."""
@@ -188,7 +195,11 @@ def features_stage(
     store.verify(STAGE, use_record=True)  # the features must be of the images the content hash names
 
     with build_artifact(
-        STAGE, key, params=cfg.key_params(), inputs={"store": store.content_hash}, code_version=CODE_VERSION,
+        STAGE,
+        key,
+        params=cfg.key_params(),
+        inputs={"store": store.content_hash},
+        code_version=CODE_VERSION,
         upstream=upstream,
     ) as b:
         t1 = time.perf_counter()
@@ -223,7 +234,9 @@ def features_stage(
     return built_result(STAGE, key, summary, started=t0, upstream=upstream)
 
 
-def run_features(dataset: str, cfg: FeaturesConfig = FeaturesConfig(), *, refresh: bool = False, progress: bool = True) -> dict:
+def run_features(
+    dataset: str, cfg: FeaturesConfig = FeaturesConfig(), *, refresh: bool = False, progress: bool = True
+) -> dict:
     """``subsample features``: the stage on the store of ``dataset``; returns the summary."""
     store = locate(STAGE, dataset).store
     assert store is not None

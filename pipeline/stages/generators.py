@@ -3,6 +3,7 @@ of a finished ``subsample train`` run; never a path) and the generator in it, ch
 own record. ``subsample evaluate`` and the sampler scripts use this; ``pipeline.stages.train``
 writes what it reads.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,18 +28,23 @@ def find_train_artifact(run: str):
     root = stage_dir(STAGE)
     if not (is_train_key(run) or is_run_id(run)):
         raise SubsampleError(
-            STAGE, f"RUN {run!r} is neither a train key (16 hex digits) nor an MLflow run id (32 hex digits); "
+            STAGE,
+            f"RUN {run!r} is neither a train key (16 hex digits) nor an MLflow run id (32 hex digits); "
             f"RUN names a finished `subsample train` run under {home()}, never a path",
         )
     if is_train_key(run) and (root / run / "manifest.json").exists():
         art = open_artifact(STAGE, run)
         if art is None:
-            raise SubsampleError(STAGE, f"train artifact {root / run} fails its content hash; re-run the training with --refresh")
+            raise SubsampleError(
+                STAGE, f"train artifact {root / run} fails its content hash; re-run the training with --refresh"
+            )
         return art
     if is_run_id(run):
         for manifest in root.glob("*/manifest.json"):
             try:
-                if json.loads(manifest.read_text()).get("summary", {}).get("mlflow_run_id") == run and is_train_key(manifest.parent.name):
+                if json.loads(manifest.read_text()).get("summary", {}).get("mlflow_run_id") == run and is_train_key(
+                    manifest.parent.name
+                ):
                     return find_train_artifact(manifest.parent.name)
             except (OSError, ValueError):
                 continue
@@ -73,8 +79,12 @@ def open_generator(art: Artifact, *, map_location: str | torch.device = "cpu") -
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # UnpicklingError for a file that would run code, and any garbled file
         raise refuse(f"not a generator this project wrote ({brief(e)})") from None
-    if not (isinstance(ck, dict) and isinstance(ck.get("info"), dict) and isinstance(ck.get("model"), dict)
-            and isinstance(ck.get("state_dict"), dict)):
+    if not (
+        isinstance(ck, dict)
+        and isinstance(ck.get("info"), dict)
+        and isinstance(ck.get("model"), dict)
+        and isinstance(ck.get("state_dict"), dict)
+    ):
         raise refuse("expected a dict with state_dict, model and info")
     info = ck["info"]
     if info.get("key") != art.key:

@@ -39,6 +39,7 @@ fingerprint being a hash of the source files' relative paths, sizes and mtimes (
 bytes are not hashed). An unchanged re-run finds the store, verifies its content hash and does no
 work.
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,14 +61,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.config import IngestConfig
+from pipeline.data.images import Block, CropPolicy
+from pipeline.data.readers import SourceLimits, Task, _worker_init
+from pipeline.data.sources import open_source
 from pipeline.stages.result import StageResult
 from storage.artifacts import artifact_key
 from storage.errors import SubsampleError
 from storage.paths import check_name, dataset_path
 from storage.store import QUARANTINE_FILE, DatasetStore, StoreBuilder, open_store
-from pipeline.data.images import Block, CropPolicy
-from pipeline.data.readers import SourceLimits, Task, _worker_init
-from pipeline.data.sources import open_source
 
 CODE_VERSION = "ingest/2"  # 2: the fast decoder (libjpeg-turbo + the Lanczos kernel) and decoder fields in the key
 STAGE = "ingest"
@@ -122,7 +123,9 @@ def run_tasks_in_order(tasks: Iterable[Task], *, workers: int, scheduler: str) -
         pool: Executor
         if scheduler == "processes":
             ctx = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(Image.MAX_IMAGE_PIXELS,))
+            pool = ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=_worker_init, initargs=(Image.MAX_IMAGE_PIXELS,)
+            )
         else:
             pool = ThreadPoolExecutor(workers, thread_name_prefix="ingest")
         try:
@@ -224,13 +227,17 @@ def ingest_stage(cfg: IngestConfig, *, refresh: bool = False, progress: bool = T
     if not refresh:
         store = _cached_store(cfg.name, key)
         if store is not None:
-            return StageResult.from_summary(_summary(store, cache_hit=True, seconds=time.perf_counter() - t0), artifact=store)
+            return StageResult.from_summary(
+                _summary(store, cache_hit=True, seconds=time.perf_counter() - t0), artifact=store
+            )
 
     policy = CropPolicy(cfg.size, cfg.crop, cfg.decoder, cfg.decode_device)
     scheduler = cfg.scheduler
     if cfg.decode_device == "cuda":
         if cfg.decoder != "fast":
-            raise SubsampleError(STAGE, "--decode-device cuda needs --decoder fast (the Pillow path decodes on the CPU)")
+            raise SubsampleError(
+                STAGE, "--decode-device cuda needs --decoder fast (the Pillow path decodes on the CPU)"
+            )
         from pipeline.data.decode import check_cuda
 
         check_cuda()
@@ -241,8 +248,14 @@ def ingest_stage(cfg: IngestConfig, *, refresh: bool = False, progress: bool = T
         "source_fingerprint": fingerprint,
         "key": key,
         "policy": policy.attrs(),
-        **({"split": cfg.split, "split_files": sorted(f.name for f in source.files if f.suffix != ".txt" and f.name != "batches.meta")}
-           if source.format.startswith("cifar10") else {}),
+        **(
+            {
+                "split": cfg.split,
+                "split_files": sorted(f.name for f in source.files if f.suffix != ".txt" and f.name != "batches.meta"),
+            }
+            if source.format.startswith("cifar10")
+            else {}
+        ),
         **({"class_names": source.class_names} if source.class_names else {}),
     }
     quarantine = list(source.listing_quarantine)
@@ -265,7 +278,9 @@ def ingest_stage(cfg: IngestConfig, *, refresh: bool = False, progress: bool = T
             n_accepted += len(block.images)
             if len(block.images) and builder is None:  # created lazily: nothing is written for no valid image
                 builder = stack.enter_context(
-                    StoreBuilder(cfg.name, size=cfg.size, n_max=source.n_items, has_labels=source.has_labels, attrs=attrs)
+                    StoreBuilder(
+                        cfg.name, size=cfg.size, n_max=source.n_items, has_labels=source.has_labels, attrs=attrs
+                    )
                 )
             if builder is not None:
                 builder.append(block.images, block.labels)
@@ -273,7 +288,9 @@ def ingest_stage(cfg: IngestConfig, *, refresh: bool = False, progress: bool = T
         bar.close()
         quarantine.sort(key=lambda q: q["path"])
         if builder is None:
-            what = _quarantine_message(quarantine, "e.g. " + "; ".join(f"{q['path']}: {q['reason']}" for q in quarantine[:3]))
+            what = _quarantine_message(
+                quarantine, "e.g. " + "; ".join(f"{q['path']}: {q['reason']}" for q in quarantine[:3])
+            )
             raise SubsampleError(STAGE, f"{source.path}: no valid image; {what}; nothing written")
         build_seconds = time.perf_counter() - t0
         store = builder.finish(

@@ -17,6 +17,7 @@ on) needs no configs.
 The key recipes of features, tables and train live here, with their code versions, so that a key
 is computed by one function whoever asks for it (the stage itself, the flow, the comparison).
 """
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,9 @@ def train_key_params(cfg: TrainConfig, batches: BatchesConfig) -> dict:
 def train_key(cfg: TrainConfig, batches: BatchesConfig, tables_hash: str, store_hash: str) -> str:
     """The train key: H(train parameters, batch parameters but their epochs, the table's and the
     store's content hashes, the code version). Every caller gets it from here."""
-    return artifact_key("train", train_key_params(cfg, batches), {"tables": tables_hash, "store": store_hash},
-                        CODE_VERSIONS["train"])
+    return artifact_key(
+        "train", train_key_params(cfg, batches), {"tables": tables_hash, "store": store_hash}, CODE_VERSIONS["train"]
+    )
 
 
 def store_key(store: "DatasetStore") -> str:
@@ -112,8 +114,9 @@ def find_features(store: "DatasetStore", cfg: FeaturesConfig, *, dataset: str, n
     return art
 
 
-def find_tables(features_art: Artifact, cfg: TablesConfig, *, dataset: str, features: FeaturesConfig,
-                needed_by: str) -> Artifact:
+def find_tables(
+    features_art: Artifact, cfg: TablesConfig, *, dataset: str, features: FeaturesConfig, needed_by: str
+) -> Artifact:
     """The tables artifact built from ``features_art`` with ``cfg``; MissingArtifactError naming
     the command when it is missing or corrupt."""
     key = tables_key(cfg, features_art)
@@ -127,14 +130,22 @@ def find_tables(features_art: Artifact, cfg: TablesConfig, *, dataset: str, feat
     return art
 
 
-def find_train(store: "DatasetStore", tables_art: Artifact, cfg: TrainConfig, batches: BatchesConfig, *,
-               dataset: str, needed_by: str) -> Artifact:
+def find_train(
+    store: "DatasetStore",
+    tables_art: Artifact,
+    cfg: TrainConfig,
+    batches: BatchesConfig,
+    *,
+    dataset: str,
+    needed_by: str,
+) -> Artifact:
     """The finished train artifact for these inputs and configs; MissingArtifactError if absent."""
     key = train_key(cfg, batches, tables_art.content_hash, store.content_hash)
     art = open_artifact("train", key)
     if art is None:
         raise MissingArtifactError(
-            needed_by, f"no train artifact {key} for {dataset!r} with these settings; "
+            needed_by,
+            f"no train artifact {key} for {dataset!r} with these settings; "
             f"run `subsample run --dataset {dataset} --only train` (same --set values) first",
         )
     return art
@@ -154,15 +165,25 @@ class Inputs:
 
     def keys(self) -> dict[str, str]:
         """Their keys by stage: what the stage's manifest records as ``upstream``."""
-        out = {s: a.key for s, a in (("features", self.features), ("tables", self.tables), ("train", self.train))
-               if a is not None}
+        out = {
+            s: a.key
+            for s, a in (("features", self.features), ("tables", self.tables), ("train", self.train))
+            if a is not None
+        }
         if self.store is not None:
             out["ingest"] = store_key(self.store)
         return out
 
 
-def _finder(dataset: str, features: FeaturesConfig, tables: TablesConfig, batches: BatchesConfig | None,
-            train: TrainConfig | None, given: Mapping[str, Any] | None, needed_by: str):
+def _finder(
+    dataset: str,
+    features: FeaturesConfig,
+    tables: TablesConfig,
+    batches: BatchesConfig | None,
+    train: TrainConfig | None,
+    given: Mapping[str, Any] | None,
+    needed_by: str,
+):
     """``get(stage)``: the artifact of ``stage`` (``"ingest"``: the store), from ``given`` or by key."""
     from storage.store import open_store
 
@@ -208,8 +229,9 @@ def locate(
         raise ValueError(f"unknown stage {stage!r}; stages: {list(CONSUMES)}")
     get = _finder(dataset, features, tables, batches, train, given, needed_by or stage)
     got = {s: get(s) for s in CONSUMES[stage]}
-    return Inputs(store=got.get("ingest"), features=got.get("features"), tables=got.get("tables"),
-                  train=got.get("train"))
+    return Inputs(
+        store=got.get("ingest"), features=got.get("features"), tables=got.get("tables"), train=got.get("train")
+    )
 
 
 def find(
@@ -229,8 +251,13 @@ def find(
 
 
 def train_key_for(
-    dataset: str, train: TrainConfig, batches: BatchesConfig, tables: TablesConfig = TablesConfig(),
-    features: FeaturesConfig = FeaturesConfig(), *, given: Mapping[str, Any] | None = None,
+    dataset: str,
+    train: TrainConfig,
+    batches: BatchesConfig,
+    tables: TablesConfig = TablesConfig(),
+    features: FeaturesConfig = FeaturesConfig(),
+    *,
+    given: Mapping[str, Any] | None = None,
 ) -> str:
     """The key ``train`` would give a run with these configs (whether it finished or not): its
     inputs located as :func:`locate` does, then :func:`train_key`."""

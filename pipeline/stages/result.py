@@ -7,6 +7,7 @@ artifact itself (``artifact``: the :class:`~storage.artifacts.Artifact`, or for 
 :class:`~storage.store.DatasetStore`), which the flow hands to the next stage.
 :meth:`StageResult.to_json` is the summary ``subsample <stage> --json`` prints.
 """
+
 from __future__ import annotations
 
 import time
@@ -50,7 +51,10 @@ class StageResult:
 
     @classmethod
     def from_summary(
-        cls, summary: Mapping[str, Any], *, upstream: Mapping[str, str] | None = None,
+        cls,
+        summary: Mapping[str, Any],
+        *,
+        upstream: Mapping[str, str] | None = None,
         artifact: "Artifact | DatasetStore | None" = None,
     ) -> "StageResult":
         """A result from a summary dict (the keys of :data:`CORE_FIELDS` and the details)."""
@@ -75,13 +79,19 @@ def cached_result(
     art = open_artifact(stage, key)
     if art is None:
         return None
-    summary = {**art.summary, **fields, "path": str(art.path), "cache_hit": True,
-               "seconds": round(time.perf_counter() - started, 3)}
+    summary = {
+        **art.summary,
+        **fields,
+        "path": str(art.path),
+        "cache_hit": True,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
     return StageResult.from_summary(summary, upstream=upstream, artifact=art)
 
 
-def built_result(stage: str, key: str, summary: Mapping[str, Any], /, *, started: float,
-                 upstream: Mapping[str, str]) -> StageResult:
+def built_result(
+    stage: str, key: str, summary: Mapping[str, Any], /, *, started: float, upstream: Mapping[str, str]
+) -> StageResult:
     """A stage's result once it has built its artifact (``summary``: what it recorded)."""
     art = open_artifact(stage, key, verify=False)  # just built (or another process's identical copy)
     summary = {**summary, "cache_hit": False, "seconds": round(time.perf_counter() - started, 3)}

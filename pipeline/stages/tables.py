@@ -15,6 +15,7 @@ with ``key = H(bins, the features artifact's content hash, CODE_VERSION)``. The 
 counts travel with the table: generated images are binned on the *training* scale
 (:meth:`Table.bin_values`).
 """
+
 from __future__ import annotations
 
 import re
@@ -81,7 +82,9 @@ class Table:
         values to bin 0."""
         values = np.asarray(values, dtype=np.float64)
         if values.ndim != 2 or values.shape[1] != len(self.bins):
-            raise ValueError(f"expected feature rows (k, {len(self.bins)}) in order {self.features}, got {values.shape}")
+            raise ValueError(
+                f"expected feature rows (k, {len(self.bins)}) in order {self.features}, got {values.shape}"
+            )
         return bin_cells(values, self.maxima, self.bins)
 
 
@@ -90,7 +93,13 @@ def build_table(values: np.ndarray, names: tuple[str, ...], bins: tuple[int, ...
     values = np.asarray(values, dtype=np.float64)
     maxima = values.max(axis=0) if len(values) else np.zeros(values.shape[1])
     cells = bin_cells(values, maxima, bins)
-    return Table(features=tuple(names), bins=tuple(bins), maxima=maxima, counts=count_cells(cells, table_shape(bins)), cells=cells)
+    return Table(
+        features=tuple(names),
+        bins=tuple(bins),
+        maxima=maxima,
+        counts=count_cells(cells, table_shape(bins)),
+        cells=cells,
+    )
 
 
 def save_table(table: Table, path: Path) -> None:
@@ -192,7 +201,9 @@ def _safe(name: str) -> str:
 # --- the stage ----------------------------------------------------------------------------------
 
 
-def tables_stage(features_art: Artifact, cfg: TablesConfig = TablesConfig(), *, dataset: str, refresh: bool = False) -> StageResult:
+def tables_stage(
+    features_art: Artifact, cfg: TablesConfig = TablesConfig(), *, dataset: str, refresh: bool = False
+) -> StageResult:
     """Build (or find cached) the joint table of the features in ``features_art`` (``dataset``:
     the data set's name, for the summary and the pictures' titles)."""
     t0 = time.perf_counter()
@@ -208,11 +219,16 @@ def tables_stage(features_art: Artifact, cfg: TablesConfig = TablesConfig(), *, 
     values, names = load_features(features_art)
     if len(cfg.bins) != len(names):
         raise SubsampleError(
-            STAGE, f"--bins gives {len(cfg.bins)} bin counts but the features artifact has {len(names)} features {list(names)}"
+            STAGE,
+            f"--bins gives {len(cfg.bins)} bin counts but the features artifact has {len(names)} features {list(names)}",
         )
     table = build_table(values, names, cfg.bins)
     with build_artifact(
-        STAGE, key, params=cfg.key_params(), inputs={"features": features_art.content_hash}, code_version=CODE_VERSION,
+        STAGE,
+        key,
+        params=cfg.key_params(),
+        inputs={"features": features_art.content_hash},
+        code_version=CODE_VERSION,
         upstream=upstream,
     ) as b:
         save_table(table, b.path / TABLE_FILE)
@@ -223,7 +239,9 @@ def tables_stage(features_art: Artifact, cfg: TablesConfig = TablesConfig(), *, 
             plot_heatmap(table, b.path / HEATMAP_FILE, title)
             heatmap = str(final / HEATMAP_FILE)
         for j, name in enumerate(names):
-            plot_histogram(values[:, j], name, cfg.bins[j], float(table.maxima[j]), b.path / f"hist_{_safe(name)}.png", dataset)
+            plot_histogram(
+                values[:, j], name, cfg.bins[j], float(table.maxima[j]), b.path / f"hist_{_safe(name)}.png", dataset
+            )
         summary: dict = {
             "stage": STAGE,
             "dataset": dataset,
@@ -248,7 +266,11 @@ def tables_stage(features_art: Artifact, cfg: TablesConfig = TablesConfig(), *, 
 
 
 def run_tables(
-    dataset: str, cfg: TablesConfig = TablesConfig(), features: FeaturesConfig = FeaturesConfig(), *, refresh: bool = False
+    dataset: str,
+    cfg: TablesConfig = TablesConfig(),
+    features: FeaturesConfig = FeaturesConfig(),
+    *,
+    refresh: bool = False,
 ) -> dict:
     """``subsample tables``: the stage on the features of ``dataset`` (found by lineage); returns the summary."""
     fa = locate(STAGE, dataset, features=features).features

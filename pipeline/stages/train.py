@@ -39,6 +39,7 @@ host memory), each batch is gathered by index and converted to float [-1, 1] on 
 DataLoader in the hot path. Per-step losses stay on the device and are read back every
 ``SYNC_EVERY`` steps, so the loop does not wait on the GPU at every step.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,15 +58,31 @@ from torch import Tensor
 from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig, TrainConfig
 from pipeline.gan import distributed
 from pipeline.gan.trainer import (
-    Diverged, NonFiniteLoss, Trainer, generate, load_checkpoint, make_trainer, resolve_device, rng_state,
-    save_checkpoint, train_epoch,
+    Diverged,
+    NonFiniteLoss,
+    Trainer,
+    generate,
+    load_checkpoint,
+    make_trainer,
+    resolve_device,
+    rng_state,
+    save_checkpoint,
+    train_epoch,
 )
 from pipeline.pictures import run_title
 from pipeline.stages.lineage import CODE_VERSIONS, locate, store_key, train_key
 from pipeline.stages.lineage import train_key_params as _key_params
 from pipeline.stages.result import StageResult, cached_result
 from pipeline.stages.train_records import (
-    RunClock, _fmt, _write_metrics, epoch_metrics, initial_metrics, mlflow_epoch_metrics, plot_losses, run_name, save_grid,
+    RunClock,
+    _fmt,
+    _write_metrics,
+    epoch_metrics,
+    initial_metrics,
+    mlflow_epoch_metrics,
+    plot_losses,
+    run_name,
+    save_grid,
 )
 from storage.artifacts import Artifact, build_artifact, open_artifact
 from storage.errors import SubsampleError
@@ -93,7 +110,9 @@ def load_images(store: Any, device: torch.device, progress: bool = True) -> Tens
     where = device if on_device or device.type != "cuda" else torch.device("cpu")
     out = torch.empty((n, s, s, 3), dtype=torch.uint8, device=where, pin_memory=device.type == "cuda" and not on_device)
     step = int(store.images.chunks[0])
-    for start in tqdm(range(0, n, step), desc="load images", unit="chunk", disable=not progress, file=sys.stderr, leave=False):
+    for start in tqdm(
+        range(0, n, step), desc="load images", unit="chunk", disable=not progress, file=sys.stderr, leave=False
+    ):
         out[start : start + step] = torch.from_numpy(np.asarray(store.images[start : start + step]))
     return out
 
@@ -103,8 +122,14 @@ def make_sampler(table: Any, batches: BatchesConfig) -> Any:
     from pipeline.data.sampler import SubsampleBatchSampler
 
     return SubsampleBatchSampler(
-        table, batch_size=batches.batch_size, strategy=batches.strategy, seed=batches.seed,
-        top_k=batches.top_k, fill=batches.fill, num_replicas=distributed.size(), rank=distributed.rank(),
+        table,
+        batch_size=batches.batch_size,
+        strategy=batches.strategy,
+        seed=batches.seed,
+        top_k=batches.top_k,
+        fill=batches.fill,
+        num_replicas=distributed.size(),
+        rank=distributed.rank(),
     )
 
 
@@ -129,7 +154,8 @@ def class_labels(cfg: TrainConfig, store: Any, dataset: str) -> np.ndarray | Non
         return None
     if store.labels is None:
         raise SubsampleError(
-            STAGE, f"arch {cfg.arch!r} / method {cfg.method!r} (preset {cfg.preset or 'custom'}) trains on class labels, "
+            STAGE,
+            f"arch {cfg.arch!r} / method {cfg.method!r} (preset {cfg.preset or 'custom'}) trains on class labels, "
             f"but data set {dataset} ({store.path}) has none: ingest a labelled source (CIFAR-10, IDX with its labels "
             "file, .npz with 'labels') or pick an unconditional preset",
         )
@@ -138,7 +164,8 @@ def class_labels(cfg: TrainConfig, store: Any, dataset: str) -> np.ndarray | Non
         raise SubsampleError(STAGE, f"data set {dataset} ({store.path}) has negative labels; classes must be 0..N-1")
     if len(labels) and labels.max() >= MAX_CLASSES:
         raise SubsampleError(
-            STAGE, f"data set {dataset} ({store.path}) has labels up to {int(labels.max()):,}; arch {cfg.arch!r} / method "
+            STAGE,
+            f"data set {dataset} ({store.path}) has labels up to {int(labels.max()):,}; arch {cfg.arch!r} / method "
             f"{cfg.method!r} needs class indices 0..N-1 with N <= {MAX_CLASSES:,}: re-ingest the labels as class indices",
         )
     return labels
@@ -189,8 +216,16 @@ def train_stage(
     joins its process group."""
     if distributed.needs_session():  # one rank of a torchrun launch: join the process group
         with distributed.session(cfg.device):
-            return train_stage(store, tables_art, batches, distributed.joined_config(cfg), dataset=dataset,
-                               resume=resume, refresh=refresh, progress=progress)
+            return train_stage(
+                store,
+                tables_art,
+                batches,
+                distributed.joined_config(cfg),
+                dataset=dataset,
+                resume=resume,
+                refresh=refresh,
+                progress=progress,
+            )
     t0 = time.perf_counter()
     dataset = dataset or store.name
     key = train_key(cfg, batches, tables_art.content_hash, store.content_hash)
@@ -208,21 +243,43 @@ def train_stage(
     if distributed.needs_launch(cfg):  # this process launches the ranks, holding the run's lock meanwhile
         stage_dir(STAGE).mkdir(parents=True, exist_ok=True)
         remove_stale_work()
-        with file_lock(run_lock(key), message=f"{STAGE}: the same run ({key}) is training in another process; waiting for it"):
+        with file_lock(
+            run_lock(key), message=f"{STAGE}: the same run ({key}) is training in another process; waiting for it"
+        ):
             if not refresh and (cached := hit()) is not None:
                 return cached
-            return result(launch_train(dataset, cfg, batches, tables_art, key=key, work=work_dir(key),
-                                       resume=resume, refresh=refresh, progress=progress, started=t0))
+            return result(
+                launch_train(
+                    dataset,
+                    cfg,
+                    batches,
+                    tables_art,
+                    key=key,
+                    work=work_dir(key),
+                    resume=resume,
+                    refresh=refresh,
+                    progress=progress,
+                    started=t0,
+                )
+            )
     if distributed.world() is not None:  # one rank of a data-parallel run: its launcher owns the run
-        return result(_train_locked(dataset, cfg, batches, store, tables_art, key, base, t0, upstream,
-                                    resume=resume, progress=progress))
+        return result(
+            _train_locked(
+                dataset, cfg, batches, store, tables_art, key, base, t0, upstream, resume=resume, progress=progress
+            )
+        )
     stage_dir(STAGE).mkdir(parents=True, exist_ok=True)
     remove_stale_work()
-    with file_lock(run_lock(key), message=f"{STAGE}: the same run ({key}) is training in another process; waiting for it"):
+    with file_lock(
+        run_lock(key), message=f"{STAGE}: the same run ({key}) is training in another process; waiting for it"
+    ):
         if not refresh and (cached := hit()) is not None:
             return cached  # the run we waited for finished it
-        return result(_train_locked(dataset, cfg, batches, store, tables_art, key, base, t0, upstream,
-                                    resume=resume, progress=progress))
+        return result(
+            _train_locked(
+                dataset, cfg, batches, store, tables_art, key, base, t0, upstream, resume=resume, progress=progress
+            )
+        )
 
 
 def run_train(
@@ -239,8 +296,9 @@ def run_train(
     """``subsample train``: the stage on the store and table of ``dataset`` (found by lineage from
     these configs); returns the summary."""
     got = locate(STAGE, dataset, features=features, tables=tables)
-    return train_stage(got.store, got.tables, batches, cfg, dataset=dataset, resume=resume, refresh=refresh,
-                       progress=progress).to_json()
+    return train_stage(
+        got.store, got.tables, batches, cfg, dataset=dataset, resume=resume, refresh=refresh, progress=progress
+    ).to_json()
 
 
 def _train_locked(dataset, cfg, batches, store, tables_art, key, base, t0, upstream, *, resume, progress) -> dict:
@@ -254,7 +312,8 @@ def _train_locked(dataset, cfg, batches, store, tables_art, key, base, t0, upstr
     store.verify(STAGE, use_record=True)  # the images it trains on match the store's content hash
     if batches.batch_size > store.n:
         raise SubsampleError(
-            STAGE, f"batch size {batches.batch_size} (preset {cfg.preset or 'custom'}"
+            STAGE,
+            f"batch size {batches.batch_size} (preset {cfg.preset or 'custom'}"
             f"{', resolved for this data set' if cfg.preset else ''}) is larger than {dataset} ({store.n} images); "
             "pass --batch-size (`subsample presets` shows each preset's batch sizes per data set)",
         )
@@ -296,7 +355,9 @@ def _train_locked(dataset, cfg, batches, store, tables_art, key, base, t0, upstr
         labels = t.method.attach_data(t, images, labels)
 
         if main:
-            run_id = _start_tracking(cfg, batches, tables, features, dataset, key, store, tables_art, run_info.get("mlflow_run_id"))
+            run_id = _start_tracking(
+                cfg, batches, tables, features, dataset, key, store, tables_art, run_info.get("mlflow_run_id")
+            )
             run_file.write_text(json.dumps({"key": key, "dataset": dataset, "mlflow_run_id": run_id}))
         from pipeline.fidelity import epoch_evaluator
 
@@ -310,9 +371,10 @@ def _train_locked(dataset, cfg, batches, store, tables_art, key, base, t0, upstr
             _drop_unresumable(work)
         if isinstance(e, Diverged):
             raise SubsampleError(
-                STAGE, f"diverged: |loss_{e.which.lower()}| above {cfg.diverge_loss_max:g} for {cfg.diverge_steps} consecutive "
+                STAGE,
+                f"diverged: |loss_{e.which.lower()}| above {cfg.diverge_loss_max:g} for {cfg.diverge_steps} consecutive "
                 f"D steps (last {e.value:.3g} at epoch {t.epoch + 1} step {e.step}); stopped. Lower lr_d / lr_g (or raise "
-                f"--set diverge_loss_max=...); last good checkpoint: {last}"
+                f"--set diverge_loss_max=...); last good checkpoint: {last}",
             ) from None
         raise SubsampleError(
             STAGE, f"non-finite {e.which} loss at epoch {t.epoch + 1} step {e.step}; last good checkpoint: {last}"
@@ -328,31 +390,55 @@ def _train_locked(dataset, cfg, batches, store, tables_art, key, base, t0, upstr
 
     # the finished artifact
     info = {
-        "dataset": dataset, "key": key, "mlflow_run_id": run_id, "z_dim": cfg.z_dim, "image_size": store.size,
-        "tables": tables.model_dump(mode="json"), "features": features.model_dump(mode="json"),
-        "batches": batches.model_dump(mode="json"), "train": cfg.model_dump(mode="json"),
+        "dataset": dataset,
+        "key": key,
+        "mlflow_run_id": run_id,
+        "z_dim": cfg.z_dim,
+        "image_size": store.size,
+        "tables": tables.model_dump(mode="json"),
+        "features": features.model_dump(mode="json"),
+        "batches": batches.model_dump(mode="json"),
+        "train": cfg.model_dump(mode="json"),
         "model": t.spec.to_dict(),
     }
     last = t.history["epochs"][-1]
     train_seconds = sum(e["seconds"] for e in t.history["epochs"])
     summary = {
         **base,
-        "preset": cfg.preset, "strategy": batches.strategy, "batch_size": batches.batch_size,
-        "epochs": len(t.history["epochs"]), "steps": t.step, "g_steps": t.g_steps,
-        "loss_d": last["loss_d"], "loss_g": last["loss_g"],
-        "feature_kl": last["feature_kl"], "feature_kl_floor": t.kl_floor["mean"], "feature_kl_samples": cfg.kl_samples,
+        "preset": cfg.preset,
+        "strategy": batches.strategy,
+        "batch_size": batches.batch_size,
+        "epochs": len(t.history["epochs"]),
+        "steps": t.step,
+        "g_steps": t.g_steps,
+        "loss_d": last["loss_d"],
+        "loss_g": last["loss_g"],
+        "feature_kl": last["feature_kl"],
+        "feature_kl_floor": t.kl_floor["mean"],
+        "feature_kl_samples": cfg.kl_samples,
         "feature_js": last["feature_js"],
         "feature_kl_initial": (t.history.get("initial") or {}).get("feature_kl"),
         "images_per_second": round(t.step * batches.batch_size / train_seconds, 1) if train_seconds else None,
-        "train_seconds": round(train_seconds, 3), "device": str(device), "bf16": t.bf16,
+        "train_seconds": round(train_seconds, 3),
+        "device": str(device),
+        "bf16": t.bf16,
         "eval_every": evaluator.every if evaluator else 0,
-        "eval_fidelity": None if evaluator is None else ("skipped: " + evaluator.fidelity_skip if evaluator.fidelity_skip else "ok"),
-        "world_size": w.size if w else 1, "backend": w.backend if w else None,
-        "resumed_from_epoch": resumed_from, "mlflow_run_id": run_id,
+        "eval_fidelity": None
+        if evaluator is None
+        else ("skipped: " + evaluator.fidelity_skip if evaluator.fidelity_skip else "ok"),
+        "world_size": w.size if w else 1,
+        "backend": w.backend if w else None,
+        "resumed_from_epoch": resumed_from,
+        "mlflow_run_id": run_id,
     }
-    with build_artifact(STAGE, key, params=_key_params(cfg, batches),
-                        inputs={"tables": tables_art.content_hash, "store": store.content_hash},
-                        code_version=CODE_VERSION, upstream=upstream) as b:
+    with build_artifact(
+        STAGE,
+        key,
+        params=_key_params(cfg, batches),
+        inputs={"tables": tables_art.content_hash, "store": store.content_hash},
+        code_version=CODE_VERSION,
+        upstream=upstream,
+    ) as b:
         torch.save({"state_dict": t.G.state_dict(), "model": t.spec.to_dict(), "info": info}, b.path / "generator.pt")
         shutil.copytree(work / "grids", b.path / "grids")
         shutil.copy2(ckpt, b.path / "checkpoint.pt")
@@ -365,10 +451,16 @@ def _train_locked(dataset, cfg, batches, store, tables_art, key, base, t0, upstr
     if run_id:
         from storage import tracking
 
-        tracking.log_artifacts(run_id, [
-            (final / "grids", "grids"), (final / "loss_curve.png", None), (final / "generator.pt", None),
-            (final / "metrics.jsonl", None), (tables_art.path / "heatmap.png", "table"),
-        ])
+        tracking.log_artifacts(
+            run_id,
+            [
+                (final / "grids", "grids"),
+                (final / "loss_curve.png", None),
+                (final / "generator.pt", None),
+                (final / "metrics.jsonl", None),
+                (tables_art.path / "heatmap.png", "table"),
+            ],
+        )
         tracking.set_tags(run_id, {"subsample.train_path": str(final)})
         tracking.end_run(run_id, "FINISHED")
     return {**summary, "path": str(final), "cache_hit": False, "seconds": round(time.perf_counter() - t0, 3)}
@@ -412,9 +504,19 @@ class StepLogger:
             self.seen.setdefault(k, set()).add(step)
 
 
-def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size: int, work: Path,
-                logger: StepLogger | str | None, progress: bool, labels: Tensor | None = None, evaluator: Any = None,
-                title: str = "") -> None:
+def _train_loop(
+    t: Trainer,
+    table: Any,
+    sampler: Any,
+    images: Tensor,
+    batch_size: int,
+    work: Path,
+    logger: StepLogger | str | None,
+    progress: bool,
+    labels: Tensor | None = None,
+    evaluator: Any = None,
+    title: str = "",
+) -> None:
     """Epochs until ``cfg.epochs`` (or ``max_steps``): train, per-epoch metrics (and the
     evaluator's, when due), the sample grid, the checkpoint, metrics.jsonl, MLflow."""
     from tqdm import tqdm
@@ -435,8 +537,14 @@ def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size
     while t.epoch < cfg.epochs and (cfg.max_steps is None or t.step < cfg.max_steps):
         epoch = t.epoch
         batches = epoch_indices(sampler, epoch, images.device)
-        with tqdm(total=len(batches), desc=f"train epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                  disable=not progress, file=sys.stderr, leave=False) as bar:
+        with tqdm(
+            total=len(batches),
+            desc=f"train epoch {epoch + 1}/{cfg.epochs}",
+            unit="step",
+            disable=not progress,
+            file=sys.stderr,
+            leave=False,
+        ) as bar:
             t0 = time.perf_counter()
             losses = train_epoch(t, images, batches, bar, labels)
             seconds = time.perf_counter() - t0
@@ -452,8 +560,11 @@ def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size
             t0 = time.perf_counter()
             m.update(evaluator(t.G))
             m["eval_seconds"] = round(time.perf_counter() - t0, 3)
-        save_grid(generate(t.G, t.z_fixed[: cfg.sample_grid]), work / "grids" / f"epoch_{epoch + 1:04d}.png",
-                  f"{title} · epoch {epoch + 1}" if title else "")
+        save_grid(
+            generate(t.G, t.z_fixed[: cfg.sample_grid]),
+            work / "grids" / f"epoch_{epoch + 1:04d}.png",
+            f"{title} · epoch {epoch + 1}" if title else "",
+        )
         t.history["epochs"].append(m)
         t.history["loss_d"] += [row[0] for row in losses["d"]]
         t.history["loss_g"] += losses["g"]
@@ -469,9 +580,12 @@ def _train_loop(t: Trainer, table: Any, sampler: Any, images: Tensor, batch_size
         _write_metrics(t.history, work / "metrics.jsonl")
         logger.log(m)
         if progress:
-            print(f"{STAGE}: epoch {m['epoch']}/{cfg.epochs} loss_d {_fmt(m['loss_d'])} loss_g {_fmt(m['loss_g'])} "
-                  f"feature_kl {m['feature_kl']:.4f} (floor {_fmt(m.get('feature_kl_floor'))} at {cfg.kl_samples} "
-                  f"samples) {m['images_per_second']} img/s", file=sys.stderr)
+            print(
+                f"{STAGE}: epoch {m['epoch']}/{cfg.epochs} loss_d {_fmt(m['loss_d'])} loss_g {_fmt(m['loss_g'])} "
+                f"feature_kl {m['feature_kl']:.4f} (floor {_fmt(m.get('feature_kl_floor'))} at {cfg.kl_samples} "
+                f"samples) {m['images_per_second']} img/s",
+                file=sys.stderr,
+            )
 
 
 def _ckpt_epoch(path: Path) -> int | str:
@@ -495,10 +609,15 @@ def _start_tracking(cfg, batches, tables, features, dataset, key, store, tables_
         "batches": batches.model_dump(mode="json"),
         "tables": tables.model_dump(mode="json"),
         "features": features.model_dump(mode="json"),
-        "dataset": dataset, "dataset_content_hash": store.content_hash, "n_images": store.n,
-        "image_size": store.size, "tables_content_hash": tables_art.content_hash,
-        "code_version": CODE_VERSION, "train_key": key,
-        "world_size": distributed.size(), "backend": w.backend if (w := distributed.world()) else "none",
+        "dataset": dataset,
+        "dataset_content_hash": store.content_hash,
+        "n_images": store.n,
+        "image_size": store.size,
+        "tables_content_hash": tables_art.content_hash,
+        "code_version": CODE_VERSION,
+        "train_key": key,
+        "world_size": distributed.size(),
+        "backend": w.backend if (w := distributed.world()) else "none",
     }
     name = run_name(cfg, batches, key)
     return tracking.start_run(dataset, run_name=name, tags={tracking.TRAIN_KEY_TAG: key}, params=params)
@@ -515,8 +634,19 @@ def _end_tracking(run_id: str | None, status: str) -> None:
         print(f"{STAGE}: could not mark MLflow run {run_id} {status}: {e}", file=sys.stderr)
 
 
-def launch_train(dataset: str, cfg: TrainConfig, batches: Any, tables_art: Artifact, *,
-                 key: str, work: Any, resume: bool, refresh: bool, progress: bool, started: float | None = None) -> dict:
+def launch_train(
+    dataset: str,
+    cfg: TrainConfig,
+    batches: Any,
+    tables_art: Artifact,
+    *,
+    key: str,
+    work: Any,
+    resume: bool,
+    refresh: bool,
+    progress: bool,
+    started: float | None = None,
+) -> dict:
     """Run ``train_stage`` on ``nproc_per_node`` ranks of this node (``nnodes`` nodes in all) under
     torchrun's elastic agent; rank 0's summary. A failed rank ends the run with one line. Each
     rank opens the store by name and the table by its key (``tables_art.key``)."""
@@ -538,12 +668,25 @@ def launch_train(dataset: str, cfg: TrainConfig, batches: Any, tables_art: Artif
     if nproc > 1 and "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     config = LaunchConfig(
-        min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc, run_id=run_id, rdzv_backend=backend,
-        rdzv_endpoint=endpoint, rdzv_configs=conf, max_restarts=0, monitor_interval=0.2, start_method="spawn",
+        min_nodes=nnodes,
+        max_nodes=nnodes,
+        nproc_per_node=nproc,
+        run_id=run_id,
+        rdzv_backend=backend,
+        rdzv_endpoint=endpoint,
+        rdzv_configs=conf,
+        max_restarts=0,
+        monitor_interval=0.2,
+        start_method="spawn",
     )
     payload = {
-        "dataset": dataset, "train": cfg.model_dump(mode="json"), "batches": batches.model_dump(mode="json"),
-        "tables_key": tables_art.key, "resume": resume, "refresh": refresh, "progress": progress,
+        "dataset": dataset,
+        "train": cfg.model_dump(mode="json"),
+        "batches": batches.model_dump(mode="json"),
+        "tables_key": tables_art.key,
+        "resume": resume,
+        "refresh": refresh,
+        "progress": progress,
     }
     try:
         results = elastic_launch(config, _train_worker)(payload)
@@ -551,17 +694,29 @@ def launch_train(dataset: str, cfg: TrainConfig, batches: Any, tables_art: Artif
         r, failure = e.get_first_failure()
         _mark_killed(work)
         ckpt = work / "checkpoint.pt"
-        last = f"{ckpt} is kept; rerun with --resume to continue from it" if ckpt.exists() else "no epoch had finished, nothing to resume"
+        last = (
+            f"{ckpt} is kept; rerun with --resume to continue from it"
+            if ckpt.exists()
+            else "no epoch had finished, nothing to resume"
+        )
         raise SubsampleError(
-            STAGE, f"rank {r} of {distributed.world_size_of(cfg)} died ({_why(failure)}), which ended the run; last good checkpoint: {last}",
+            STAGE,
+            f"rank {r} of {distributed.world_size_of(cfg)} died ({_why(failure)}), which ended the run; last good checkpoint: {last}",
         ) from None
     errors = [v["error"] for _, v in sorted(results.items()) if isinstance(v, dict) and v.get("error")]
     if errors:
         raise SubsampleError(STAGE, errors[0].removeprefix(f"{STAGE}: "))
     if 0 not in results:  # another node holds rank 0, which wrote the artifact
-        return {"stage": STAGE, "dataset": dataset, "key": key, "node_rank": cfg.node_rank, "world_size": distributed.world_size_of(cfg),
-                "note": "trained as a non-zero node; rank 0 (node 0) wrote the artifact and the MLflow run",
-                "cache_hit": False, "seconds": round(time.perf_counter() - started, 3) if started is not None else 0.0}
+        return {
+            "stage": STAGE,
+            "dataset": dataset,
+            "key": key,
+            "node_rank": cfg.node_rank,
+            "world_size": distributed.world_size_of(cfg),
+            "note": "trained as a non-zero node; rank 0 (node 0) wrote the artifact and the MLflow run",
+            "cache_hit": False,
+            "seconds": round(time.perf_counter() - started, 3) if started is not None else 0.0,
+        }
     return results[0]["summary"]
 
 
@@ -593,10 +748,18 @@ def _train_worker(payload: dict) -> dict:
     try:
         tables_art = open_artifact("tables", payload["tables_key"])
         if tables_art is None:
-            raise SubsampleError(STAGE, f"the table {payload['tables_key']} (stages/tables) vanished or fails its content hash")
+            raise SubsampleError(
+                STAGE, f"the table {payload['tables_key']} (stages/tables) vanished or fails its content hash"
+            )
         summary = train_stage(
-            open_store(payload["dataset"]), tables_art, BatchesConfig(**payload["batches"]), TrainConfig(**payload["train"]),
-            dataset=payload["dataset"], resume=payload["resume"], refresh=payload["refresh"], progress=payload["progress"],
+            open_store(payload["dataset"]),
+            tables_art,
+            BatchesConfig(**payload["batches"]),
+            TrainConfig(**payload["train"]),
+            dataset=payload["dataset"],
+            resume=payload["resume"],
+            refresh=payload["refresh"],
+            progress=payload["progress"],
         ).to_json()
     except SubsampleError as e:
         print(str(e), file=sys.stderr)

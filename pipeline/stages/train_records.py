@@ -4,6 +4,7 @@ training table, D's scores, timing), the fixed-z grids, the loss figure, and the
 ``metrics.jsonl`` and in MLflow. The train stage (``pipeline.stages.train``) calls these; the
 trained generator is read back by ``pipeline.stages.generators``.
 """
+
 from __future__ import annotations
 
 import json
@@ -188,8 +189,11 @@ def loss_figure(history: dict, title: str = "") -> Any:
     saturated = [e for e, v in zip(x, js) if v >= JS_SATURATED * JS_MAX]
     if saturated:  # said on the plot: a flat JS near ln 2 is "no overlap", not "no change"
         which = "every epoch" if len(saturated) == len(js) else f"{len(saturated)} of {len(js)} epochs"
-        ax3.set_title(f"feature JS(f_G, f_X), fixed z (lower is better)\nsaturated near ln 2 in {which} "
-                      "(no overlap: see KL)", fontsize=10, color="darkred")
+        ax3.set_title(
+            f"feature JS(f_G, f_X), fixed z (lower is better)\nsaturated near ln 2 in {which} (no overlap: see KL)",
+            fontsize=10,
+            color="darkred",
+        )
     for ax in (ax2, ax3):
         ax.set_xlabel("epoch" + (" (0 = untrained)" if history.get("initial") else ""))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -206,8 +210,12 @@ def mlflow_epoch_metrics(m: dict, kl_samples: int) -> dict:
     from pipeline.metrics import count_tag
 
     tag = count_tag(kl_samples)
-    rename = {"feature_kl": f"feature_kl{tag}", "feature_js": f"feature_js{tag}",
-              "feature_kl_floor": f"feature_kl{tag}_floor", "feature_kl_floor_sd": f"feature_kl{tag}_floor_sd"}
+    rename = {
+        "feature_kl": f"feature_kl{tag}",
+        "feature_js": f"feature_js{tag}",
+        "feature_kl_floor": f"feature_kl{tag}_floor",
+        "feature_kl_floor_sd": f"feature_kl{tag}_floor_sd",
+    }
     return {rename.get(k, k): v for k, v in m.items() if k not in ("epoch", "step")}
 
 
