@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from pipeline.config import STRATEGY_NAMES as STRATEGIES  # noqa: F401  (every registered batch strategy; flows.compare reads it here)
+
 DEFAULT_SEEDS = 3  # seeds 0..2 per configuration: the fewest that give a spread
 PAPER_PRESETS = ("paper-constructed", "paper-128a", "paper-128b", "paper-128c", "paper-128d")
 DESIGNS = ("factorial", "paper")
