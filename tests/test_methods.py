@@ -13,18 +13,10 @@ import torch.nn.functional as F
 from conftest import stage_home
 
 from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
-from pipeline.gan.methods import (
-    METHODS,
-    began_convergence,
-    began_k_update,
-    feature_matching,
-    igan_lr,
-    instance_noise_sigma,
-    logistic_d_one_sided,
-    pl_adversarial_g,
-    pl_switch_weight,
-)
+from pipeline.gan.began import began_convergence, began_k_update
+from pipeline.gan.methods import METHODS, igan_lr, instance_noise_sigma, logistic_d_one_sided
 from pipeline.gan.models import ARCHITECTURES, ModelSpec, build_discriminator, build_generator
+from pipeline.gan.plgan import feature_matching, pl_adversarial_g, pl_switch_weight
 from pipeline.presets import PRESETS, resolve_train_config
 from storage.errors import SubsampleError
 
