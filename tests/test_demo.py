@@ -20,7 +20,7 @@ SMALL = ["preset=smoke", "train.max_steps=2", "train.kl_samples=64", "train.samp
 SMALL += ["evaluate.samples=64", "evaluate.grid=16", "evaluate.fidelity=false"]
 
 
-def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def cli(tmp_path: Path, *args: str, small: bool = True) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
     env.update(
         SUBSAMPLE_HOME=str(tmp_path / "artifacts"),
@@ -28,7 +28,7 @@ def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PYTHONPATH=str(ROOT),
     )
-    sets = [a for s in SMALL for a in ("--set", s)]
+    sets = [a for s in SMALL for a in ("--set", s)] if small else []
     return subprocess.run(
         [sys.executable, "-m", "flows.cli", *args, *sets, "--json"],
         cwd=tmp_path,
@@ -41,8 +41,8 @@ def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_demo_is_run_dataset_demo(tmp_path):
     """The README's promise: `subsample demo` is `subsample run --dataset demo` (same resolved settings)."""
-    demo = cli(tmp_path, "demo", "--dry-run")
-    run = cli(tmp_path, "run", "--dataset", "demo", "--dry-run")
+    demo = cli(tmp_path, "demo", "--dry-run", small=False)
+    run = cli(tmp_path, "run", "--dataset", "demo", "--dry-run", small=False)
     assert demo.returncode == run.returncode == 0, demo.stderr + run.stderr
     assert json.loads(demo.stdout) == json.loads(run.stdout)
     assert not (tmp_path / "artifacts").exists()  # a dry run writes nothing
