@@ -345,6 +345,7 @@ def test_presets_through_the_stage(home, monkeypatch, preset, metrics):
     assert G(torch.randn(3, info["z_dim"])).shape == (3, 3, S, S)
 
 
+@pytest.mark.slow  # two trainings per method; the largest items of this module by --durations
 @pytest.mark.parametrize("preset", ["decoding-constrained", "began"])
 def test_kill_and_resume_covers_the_methods_state(home, monkeypatch, preset):
     """An extra module and optimiser (decoding-constrained's encoder) or buffer (BEGAN's k_t):
