@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export SUBSAMPLE_HOME ?= $(CURDIR)/artifacts
 
-.PHONY: setup demo test server worker deploy mlflow-ui clean
+.PHONY: setup demo test test-slow server worker deploy mlflow-ui clean
 
 $(BIN)/subsample: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,13 @@ setup: $(BIN)/subsample
 demo: setup
 	$(BIN)/subsample demo
 
+# `make test`: the fast tier (tests not marked slow); `make test-slow`: the end-to-end tests marked
+# slow (servers, flows, comparisons, multi-process training, real kills); .ci/run runs both.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
 
 # Prefect: `make server` (a local server, UI and API on PREFECT_PORT, and a process worker; Ctrl-C
 # stops both), then in another shell `make deploy` and `.venv/bin/prefect deployment run

@@ -1,6 +1,6 @@
 """Data-parallel training (pipeline.gan.distributed) on the CPU with gloo, 2 ranks launched by torchrun's
-elastic agent, against the one-process run with the same global batch: same weights (max |Δw| <
-1e-4), each rank fed its stratified share of every constructed batch, one MLflow run and one
+elastic agent, against the one-process run with the same global batch: same weights (max |Δw| < 1e-6,
+R1 1e-4), each rank fed its stratified share of every constructed batch, one MLflow run and one
 artifact, and a killed rank leaves a checkpoint that a rerun resumes to the uninterrupted weights.
 
 Tiny models (ngf = ndf = 8) on 128 tiny images made here; each 2-rank launch takes ~10-20 s (two
@@ -35,7 +35,14 @@ BATCHES = BatchesConfig(batch_size=32, strategy="constructed", seed=1)
 TINY = dict(
     ngf=8, ndf=8, sample_grid=4, kl_samples=64, track=False, device="cpu", optimizer="sgd", lr_g=0.002, lr_d=0.002
 )
-TOL = 1e-4  # max |w_1 - w_2| over G's and D's weights and buffers, 1 process vs 2 ranks
+# max |w_1 - w_2| over G's and D's weights and buffers, 1 process vs 2 ranks, with its margin over
+# the measured difference stated: gan and wgan-gp 6e-8 measured, 1e-6 allowed (16x: float32
+# rounding of the all-reduced gradients over 6 steps, ~1e-7, is all there is to allow for); R1
+# 7e-5 measured, 1e-4 allowed (1.4x only: its double backward through synchronised batch norm
+# sums in another order on 2 ranks). A wrong split costs a whole update: 6 steps of lr 2e-3 on
+# gradients of order 1e-2 or more move weights by >= 1e-4, so only R1's bound is near a bug's size.
+TOLS = {"gan": 1e-6, "wgan-gp": 1e-6, "r1-batchnorm": 1e-4}
+TOL = 1e-4  # the killed-rank test's bound (Adam on 2 ranks against 1 process; see that test)
 
 
 def blobs(n: int = 128, s: int = 32, seed: int = 0) -> np.ndarray:
@@ -118,8 +125,8 @@ def _recording_worker(payload: dict) -> dict:
     ],
     ids=["gan", "wgan-gp", "r1-batchnorm"],
 )
-def test_two_ranks_train_the_weights_of_one_process(home, tmp_path, monkeypatch, setting):
-    """2 ranks × B/2 give G and D within 1e-4 of 1 process × B after 6 D steps (3 of them
+def test_two_ranks_train_the_weights_of_one_process(home, tmp_path, monkeypatch, setting, request):
+    """2 ranks × B/2 give G and D within TOLS (1e-6; R1 1e-4) of 1 process × B after 6 D steps (3 of them
     crossing an epoch); the losses agree; each rank got rows r::2 of every constructed batch (a
     disjoint, stratified half; the union is the batch); one MLflow run records world size 2."""
     import mlflow
@@ -133,8 +140,9 @@ def test_two_ranks_train_the_weights_of_one_process(home, tmp_path, monkeypatch,
     two, ck2 = _train(cfg.model_copy(update={"track": True}), nproc=2)
 
     assert (two["world_size"], two["backend"], two["key"], two["steps"]) == (2, "gloo", one["key"], 6)
-    assert _max_diff(ck1["G"], ck2["G"]) < TOL
-    assert _max_diff(ck1["D"], ck2["D"]) < TOL
+    tol = TOLS[request.node.callspec.id]
+    assert _max_diff(ck1["G"], ck2["G"]) < tol
+    assert _max_diff(ck1["D"], ck2["D"]) < tol
     np.testing.assert_allclose(ck1["history"]["loss_d"], ck2["history"]["loss_d"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(ck1["history"]["loss_g"], ck2["history"]["loss_g"], rtol=1e-4, atol=1e-5)
 

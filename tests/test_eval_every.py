@@ -21,6 +21,7 @@ def histories(run_id: str) -> dict[str, list[int]]:
     return {k: [m.step for m in c.get_metric_history(run_id, k)] for k in c.get_run(run_id).data.metrics}
 
 
+@pytest.mark.slow  # training with Inception evaluations every epoch
 def test_eval_every_logs_fidelity_curves_at_the_right_epochs(toy_home, monkeypatch):
     from pipeline import fidelity
 
@@ -40,6 +41,7 @@ def test_eval_every_logs_fidelity_curves_at_the_right_epochs(toy_home, monkeypat
     assert all(np.isfinite(m.value) and m.value >= 0 for m in fid)
 
 
+@pytest.mark.slow  # training with Inception evaluations every epoch
 def test_the_evaluations_do_not_change_training(toy_home):
     """eval_every is execution-only: the key and every weight are those of a run without it."""
     plain = _train(_cfg(epochs=2, seed=12, eval_every=0))

@@ -120,6 +120,31 @@ def test_existing_dask_scheduler_gives_identical_features(home):
     np.testing.assert_array_equal(load_features(features_artifact("tiny"))[0], expected)
 
 
+@pytest.mark.slow
+def test_local_cluster_scheduler_gives_identical_features(home, monkeypatch):
+    """scheduler="local-cluster": a LocalCluster of 2 worker processes computes the features (the
+    threaded path is forbidden here), equal to the numpy reference, under the same key."""
+    images = make_store("tiny")
+    default = run_features("tiny", progress=False)
+
+    def no_threads(*a, **k):
+        raise AssertionError("the threaded scheduler ran instead of the local cluster")
+
+    monkeypatch.setattr(features_mod, "_compute_threads", no_threads)
+    seen = {}
+    real = features_mod._compute_distributed
+
+    def record(blocks, client, bar):
+        seen["workers"] = len(client.scheduler_info()["workers"])
+        return real(blocks, client, bar)
+
+    monkeypatch.setattr(features_mod, "_compute_distributed", record)
+    s = run_features("tiny", FeaturesConfig(scheduler="local-cluster", workers=2), refresh=True, progress=False)
+    assert seen == {"workers": 2} and s["cache_hit"] is False
+    assert s["key"] == default["key"]  # the scheduler is execution-only
+    np.testing.assert_array_equal(load_features(features_artifact("tiny"))[0], compute_features_reference(images))
+
+
 def test_unreachable_scheduler_is_a_user_error(home, monkeypatch):
     monkeypatch.setattr(features_mod, "SCHEDULER_CONNECT_TIMEOUT", "0.5s")
     make_store("tiny")

@@ -52,6 +52,7 @@ def cold(flow_home, tiny_cifar_source) -> dict:
     return run(config(tiny_cifar_source))
 
 
+@pytest.mark.slow  # the flow on a Prefect server
 def test_cold_run_builds_every_stage_then_a_rerun_is_all_cache_hits(cold, tiny_cifar_source):
     assert [s["stage"] for s in cold["stages"]] == list(STAGES)
     assert built(cold) == list(STAGES)
@@ -65,6 +66,7 @@ def test_cold_run_builds_every_stage_then_a_rerun_is_all_cache_hits(cold, tiny_c
     assert again["mlflow_run_id"] == cold["mlflow_run_id"]
 
 
+@pytest.mark.slow  # the flow on a Prefect server
 def test_stages_run_alone_find_their_inputs_by_lineage_and_give_the_flows_keys(cold, tiny_cifar_source):
     """Each stage run alone (what its command calls) finds the artifacts the flow handed on and
     gives the flow's key; the train key is one function's, the same for the flow, the stage run
@@ -106,6 +108,7 @@ def test_stages_run_alone_find_their_inputs_by_lineage_and_give_the_flows_keys(c
     }
 
 
+@pytest.mark.slow  # the flow on a Prefect server
 def test_cache_hits_are_prefect_cached_states(cold, tiny_cifar_source):
     """A hit shows in the UI as Prefect's own hits do: a Completed state named Cached."""
     import asyncio
@@ -126,17 +129,20 @@ def test_cache_hits_are_prefect_cached_states(cold, tiny_cifar_source):
     assert names == {stage: "Cached" for stage in STAGES}
 
 
+@pytest.mark.slow  # the flow on a Prefect server
 def test_changed_training_parameter_reruns_train_and_evaluate_only(cold, tiny_cifar_source):
     report = run(config(tiny_cifar_source, "train.seed=1"))
     assert built(report) == ["train", "evaluate"]
     assert report["mlflow_run_id"] != cold["mlflow_run_id"]
 
 
+@pytest.mark.slow  # the flow on a Prefect server
 def test_changed_bin_count_reruns_from_tables(cold, tiny_cifar_source):
     report = run(config(tiny_cifar_source, "tables.bins=[6,6]"))
     assert built(report) == ["tables", "batches", "train", "evaluate"]
 
 
+@pytest.mark.slow  # the flow on a Prefect server
 def test_only_runs_one_stage_and_refresh_forces_it_and_downstream(cold, tiny_cifar_source):
     only = run(config(tiny_cifar_source, only="tables"))
     assert hits(only) == {"tables": True}
@@ -150,6 +156,7 @@ def test_only_runs_one_stage_and_refresh_forces_it_and_downstream(cold, tiny_cif
     assert both["stages"][0]["key"] == cold["stages"][2]["key"]
 
 
+@pytest.mark.slow  # the flow on a Prefect server
 def test_deleted_or_corrupted_artifact_is_detected_and_rebuilt(cold, tiny_cifar_source):
     features = Path(cold["stages"][1]["path"])
     victim = next(p for p in sorted(features.rglob("*")) if p.is_file() and p.name != "manifest.json")
@@ -168,6 +175,7 @@ def test_deleted_or_corrupted_artifact_is_detected_and_rebuilt(cold, tiny_cifar_
     assert built(run(config(tiny_cifar_source))) == ["batches"]
 
 
+@pytest.mark.slow  # the flow on a Prefect server
 def test_only_with_missing_upstream_is_one_clear_error(prefect_harness, tiny_cifar_source, tmp_path, monkeypatch):
     monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path))
     run(config(tiny_cifar_source, dataset="fresh", only="ingest"))
@@ -175,6 +183,7 @@ def test_only_with_missing_upstream_is_one_clear_error(prefect_harness, tiny_cif
         run(config(tiny_cifar_source, dataset="fresh", only="tables"))
 
 
+@pytest.mark.slow  # the flow on a Prefect server
 def test_cli_json_prints_exactly_one_object_and_a_missing_upstream_exits_2(
     prefect_harness, tiny_cifar_source, tmp_path
 ):

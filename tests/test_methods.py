@@ -218,12 +218,18 @@ def test_self_attention_matches_the_equations():
     assert torch.equal(att(x), x)  # γ = 0 at initialisation
     with torch.no_grad():
         att.gamma.fill_(0.7)
-    f, g, h = (m(x).flatten(2) for m in (att.f, att.g, att.h))  # (N, C', HW)
-    s = f.transpose(1, 2) @ g  # s[i, j] = f(x_i)·g(x_j)
-    beta = torch.softmax(s, dim=1)  # β_{j,i}: softmax over i
-    o = h @ beta  # o_j = Σ_i β_{j,i} h(x_i)
-    expected = x + 0.7 * att.v(o.view(2, -1, 3, 3))
-    assert torch.allclose(att(x), expected, atol=1e-5)
+    # the equations in numpy, position by position, from the 1×1 convolutions' weight matrices
+    wf, wg, wh, wv = (m.weight.detach().double().numpy()[:, :, 0, 0] for m in (att.f, att.g, att.h, att.v))
+    assert wf.shape == wg.shape == (2, 16) and wh.shape == (8, 16) and wv.shape == (16, 8)  # C/8, C/2, back to C
+    xs = x.double().numpy().reshape(2, 16, 9)  # (N, C, positions)
+    expected = np.empty_like(xs)
+    for b in range(2):
+        for j in range(9):
+            s = np.array([(wf @ xs[b, :, i]) @ (wg @ xs[b, :, j]) for i in range(9)])  # s_ij, no 1/√d
+            beta = np.exp(s - s.max()) / np.exp(s - s.max()).sum()  # β_j,i: softmax over i
+            o = sum(beta[i] * (wh @ xs[b, :, i]) for i in range(9))
+            expected[b, :, j] = xs[b, :, j] + 0.7 * (wv @ o)
+    np.testing.assert_allclose(att(x).detach().double().numpy().reshape(2, 16, 9), expected, atol=1e-5)
 
 
 # --- conditional models ------------------------------------------------------------------------------------
@@ -331,6 +337,7 @@ def test_presets_through_the_stage(home, monkeypatch, preset, metrics):
     assert G(torch.randn(3, info["z_dim"])).shape == (3, 3, S, S)
 
 
+@pytest.mark.slow  # two trainings per method; the largest items of this module by --durations
 @pytest.mark.parametrize("preset", ["decoding-constrained", "began"])
 def test_kill_and_resume_covers_the_methods_state(home, monkeypatch, preset):
     """An extra module and optimiser (decoding-constrained's encoder) or buffer (BEGAN's k_t):

@@ -151,16 +151,32 @@ def test_gradient_penalty_by_hand():
     assert D.w.grad.item() == pytest.approx(2 * (0.7 * math.sqrt(d) - 1) * math.sqrt(d), rel=1e-5)
 
 
+class RecordingD(SumD):
+    """SumD (w Σx²) that keeps the inputs it is called on."""
+
+    def forward(self, x):
+        self.seen = x.detach().clone()
+        return super().forward(x)
+
+
 def test_gradient_penalty_uses_interpolates():
-    """Quadratic D(x) = w Σx²: ∇D(x̂) = 2w x̂, so the penalty depends on where x̂ lies."""
-    D = SumD(0.5, power=2)
-    real, fake = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
-    torch.manual_seed(3)
+    """Quadratic D(x) = w Σx²: ∇D(x̂) = 2w x̂, so the penalty depends on where x̂ lies. Each x̂ D
+    saw must lie on the segment from its fake to its real sample (one ε per sample, in [0, 1]),
+    the ε uniform over samples, and the penalty (2w||x̂|| - 1)² averaged over those x̂."""
+    n = 4000
+    D = RecordingD(0.5, power=2)
+    g = torch.Generator().manual_seed(1)
+    real, fake = torch.randn(n, 3, 2, 2, generator=g), torch.randn(n, 3, 2, 2, generator=g)
     gp = gradient_penalty(D, real, fake)
-    torch.manual_seed(3)
-    eps = torch.rand(4, 1, 1, 1)
-    x_hat = eps * real + (1 - eps) * fake
-    expected = ((2 * 0.5 * x_hat.flatten(1).norm(dim=1)) - 1).pow(2).mean()
+    x_hat, r, f = D.seen.double().flatten(1), real.double().flatten(1), fake.double().flatten(1)
+    # x̂ = ε r + (1 - ε) f  <=>  x̂ - f = ε (r - f): ε by least squares, then the residual
+    eps = ((x_hat - f) * (r - f)).sum(1) / (r - f).pow(2).sum(1)
+    assert (x_hat - f - eps[:, None] * (r - f)).abs().max() < 1e-5
+    assert eps.min() >= 0 and eps.max() <= 1
+    # U[0, 1]: mean 1/2 and variance 1/12, within 5 standard errors (sd 0.289/√n and √(1/80 - 1/144)/√n = 0.0745/√n)
+    assert abs(eps.mean().item() - 0.5) < 5 * 0.289 / math.sqrt(n)
+    assert abs(eps.var().item() - 1 / 12) < 5 * 0.0745 / math.sqrt(n)
+    expected = (2 * 0.5 * x_hat.norm(dim=1) - 1).pow(2).mean()
     assert gp.item() == pytest.approx(expected.item(), rel=1e-5)
 
 

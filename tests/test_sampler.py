@@ -20,6 +20,53 @@ def make_table(n: int = 1000, seed: int = 0) -> Table:
     return Table(features=("f0", "f1"), bins=(4, 4), maxima=np.ones(2), counts=counts, cells=cells)
 
 
+def _batches_by_cell(cells: np.ndarray, batch: list[int]) -> bool:
+    """Whether each cell's images are consecutive in ``batch`` (the order the rank split relies on)."""
+    c = cells[batch]
+    return int((np.diff(c) != 0).sum()) + 1 == len(np.unique(c))
+
+
+@pytest.mark.parametrize("strategy", ["random", "constructed", "dealt"])
+def test_the_sampler_keeps_each_strategys_promise(strategy):
+    """What each strategy promises, checked on the sampler's own output (not against the function
+    it wraps): m = floor(n/B) batches of B python ints in [0, n), the same for the same (seed,
+    epoch) and different across epochs; random: an epoch never repeats an image; dealt: neither,
+    and every batch holds floor or ceil of each cell's share B·c/n; constructed (spec §3): every
+    batch holds round(B·c/n) images (halves up) of each cell outside the 8 most frequent, the
+    top-up going to those 8 only, no image twice in a batch, each cell's images consecutive."""
+    table = make_table(1000)
+    n, b = 1000, 64
+    cells, counts = np.asarray(table.cells), table.counts.ravel()
+    sampler = SubsampleBatchSampler(table, batch_size=b, strategy=strategy, seed=5, top_k=8)
+    epochs = []
+    for e in range(3):
+        sampler.set_epoch(e)
+        epoch = list(sampler)
+        assert len(epoch) == n // b and all(len(x) == b for x in epoch)
+        assert all(type(i) is int and 0 <= i < n for x in epoch for i in x)
+        epochs.append(epoch)
+    assert epochs[0] != epochs[1] != epochs[2]
+    again = SubsampleBatchSampler(table, batch_size=b, strategy=strategy, seed=5, top_k=8)
+    again.set_epoch(1)
+    assert list(again) == epochs[1]
+    top8 = np.argsort(-counts, kind="stable")[:8]
+    for epoch in epochs:
+        flat = [i for x in epoch for i in x]
+        if strategy in ("random", "dealt"):
+            assert len(set(flat)) == len(flat) == (n // b) * b
+        for batch in epoch:
+            a = np.bincount(cells[batch], minlength=counts.size)
+            if strategy == "dealt":
+                assert (np.abs(a * n - b * counts) < n).all()  # |a - B c/n| < 1, in integers
+            if strategy == "constructed":
+                share = (2 * b * counts + n) // (2 * n)  # round(B c / n), halves up
+                rest = np.setdiff1d(np.arange(counts.size), top8)
+                assert (a[rest] == share[rest]).all() and (a[top8] >= share[top8] - 1).all()
+                assert len(set(batch)) == b and _batches_by_cell(cells, batch)
+            if strategy == "dealt":
+                assert _batches_by_cell(cells, batch)
+
+
 @pytest.mark.parametrize("strategy", ["random", "constructed", "dealt"])
 def test_fresh_and_stored_batches_agree_and_set_epoch_changes_them(strategy):
     table = make_table()
