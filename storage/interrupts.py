@@ -291,8 +291,10 @@ def _supervise(pid: int, read_fd: int) -> int:
     if leftovers:
         parts.append(summarise_processes(leftovers))
     what = "interrupted" if received[0] == signal.SIGINT else "stopped"
+    # a progress bar may have the line: clear it on a terminal, else start a new line
+    fresh = "\r\x1b[K" if sys.stderr.isatty() else "\n"
     print(
-        f"subsample: {what} by {signal_name(received[0])} after {time.monotonic() - started:.1f} s"
+        f"{fresh}subsample: {what} by {signal_name(received[0])} after {time.monotonic() - started:.1f} s"
         + (f"; {'; '.join(parts)}" if parts else ""),
         file=sys.stderr,
         flush=True,
