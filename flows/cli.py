@@ -769,6 +769,9 @@ def omp_wait_policy() -> None:
 
 def main(argv: Optional[list[str]] = None) -> None:
     omp_wait_policy()
+    from flows.local_server import client_defaults
+
+    client_defaults()  # before Prefect reads its settings
     if argv is None:  # the command line: a long command runs in a worker under a supervisor
         from storage import interrupts
 

@@ -252,6 +252,7 @@ def _supervise(pid: int, read_fd: int) -> int:
 
     for s in STOP_SIGNALS:
         signal.signal(s, handler)
+    _forward_job_control(pid)
     status: Optional[int] = None
     killed = False
     while True:
@@ -300,6 +301,28 @@ def _supervise(pid: int, read_fd: int) -> int:
         flush=True,
     )
     return 128 + received[0]
+
+
+def _forward_job_control(pid: int) -> None:
+    """Ctrl-Z suspends the worker's session with the supervisor, ``fg``/``bg`` resume it."""
+
+    def suspend(signum: int, frame: object) -> None:
+        try:
+            os.killpg(pid, signal.SIGSTOP)
+        except (ProcessLookupError, PermissionError):
+            pass
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # stops here until SIGCONT
+
+    def resume(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTSTP, suspend)
+        try:
+            os.killpg(pid, signal.SIGCONT)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    signal.signal(signal.SIGTSTP, suspend)
+    signal.signal(signal.SIGCONT, resume)
 
 
 def _kill_tree(pid: int) -> None:
