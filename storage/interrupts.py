@@ -189,6 +189,8 @@ def install_worker_handlers() -> None:
     """The stop handlers of a worker (also of an unsupervised process that wants them): SIGUSR1 and
     SIGINT stop it as an interrupt, SIGUSR2 and SIGTERM as a termination (a library may replace
     SIGINT's and SIGTERM's for a while; the supervisor's signals are SIGUSR1/SIGUSR2)."""
+    import psutil  # noqa: F401 - imported now, not inside the handler
+
     for s in (INTERRUPT, TERMINATE, signal.SIGINT, signal.SIGTERM):
         signal.signal(s, _worker_stop)
 
@@ -275,9 +277,7 @@ def _supervise(pid: int, read_fd: int) -> int:
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
     leftovers = stop_descendants(grace_s=1.0)
-    if not received:
-        if leftovers:
-            print(f"subsample: {summarise_processes(leftovers)} and left behind", file=sys.stderr, flush=True)
+    if not received:  # what it left behind (a Dask process a moment late) is stopped quietly
         code = os.waitstatus_to_exitcode(status) if status is not None else 1
         return 128 - code if code < 0 else code
     os.set_blocking(read_fd, False)
