@@ -769,6 +769,14 @@ def omp_wait_policy() -> None:
 
 def main(argv: Optional[list[str]] = None) -> None:
     omp_wait_policy()
+    from flows.local_server import client_defaults
+
+    client_defaults()  # before Prefect reads its settings
+    if argv is None:  # the command line: a long command runs in a worker under a supervisor
+        from storage import interrupts
+
+        if interrupts.should_supervise(sys.argv[1:]) and (code := interrupts.supervise()) is not None:
+            sys.exit(code)
     try:
         app(args=argv, prog_name="subsample")
     except SubsampleError as e:

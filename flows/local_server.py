@@ -75,6 +75,42 @@ def start_server(host: str, port: int, *, env: Optional[dict] = None, log: Optio
 # command. The CLI waits this long instead, unless the user set Prefect's setting.
 TEMPORARY_SERVER_TIMEOUT_S = 300
 LOCK_FILE = ".subsample-server-start.lock"
+# Two commands at once on one PREFECT_HOME run two temporary servers on its one SQLite database,
+# and a write of one can find the database locked by the other: the server logs a traceback and
+# answers 500. So the server's output goes to this log (not the terminal), and the client retries a
+# 500 as it retries a 502/503 (PREFECT_CLIENT_RETRY_EXTRA_CODES, unless the user set it; set before
+# Prefect reads its settings, by :func:`client_defaults`).
+SERVER_LOG = "temporary-server.log"
+CLIENT_DEFAULTS = {"PREFECT_CLIENT_RETRY_EXTRA_CODES": "500"}
+
+
+def client_defaults() -> None:
+    """Set :data:`CLIENT_DEFAULTS` in the environment where the user has not (before Prefect loads)."""
+    for k, v in CLIENT_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+
+
+@contextlib.contextmanager
+def output_to(path: Path) -> Iterator[None]:
+    """File descriptors 1 and 2 (what a child process started meanwhile inherits) go to ``path``
+    (appended) for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "ab") as log:
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} temporary server of process {os.getpid()}\n".encode())
+        log.flush()
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 @contextlib.contextmanager
@@ -144,14 +180,15 @@ def start_temporary_server(
     )  # noqa: E731
     with home_lock(home / LOCK_FILE, waiting):
         try:
-            server.start(timeout=timeout)
+            with output_to(home / SERVER_LOG):  # the server inherits these descriptors
+                server.start(timeout=timeout)
         except RuntimeError as e:
             from storage.errors import SubsampleError
 
             detail = str(e).splitlines()[0][:300]
             raise SubsampleError(
                 "prefect",
-                f"the temporary server did not start within {timeout} s ({detail}); set "
+                f"the temporary server did not start within {timeout} s ({detail}; its log: {home / SERVER_LOG}); set "
                 "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=600, or start one with `make server` and "
                 "export PREFECT_API_URL=http://127.0.0.1:4200/api",
             ) from None

@@ -3,17 +3,33 @@ from __future__ import annotations
 import re
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-_USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@\s:]*)(?::[^/@\s]*)?@")
+# scheme://, then everything up to the last @ before whitespace or a quote: a password may hold @, / or :
+# (file: and sqlite: URIs carry no password, and paths of temporary folders hold <pid>@<host>)
+_USERINFO_RE = re.compile(
+    r"(?<![A-Za-z0-9+.-])(?!(?:file|sqlite)://)(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^\s'\"<>`]*)@"
+)
 _SECRET_QUERY_RE = re.compile(r"(?i)([?&](?:password|passwd|pwd|token|secret|key|access_token|api_key)=)[^&\s]*")
 
 
 def redact_uri(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@host`` URI (and secret-looking
-    query parameters) replaced by ``***``: for any URI the project prints or puts in an error."""
-    text = _USERINFO_RE.sub(
-        lambda m: f"{m['scheme']}{m['user']}:***@" if m["user"] else f"{m['scheme']}***@", str(text)
-    )
+    """``text`` with the password of every ``scheme://user:password@host`` URI (up to the URI's last
+    ``@``: a password may hold ``@``, ``/`` or ``:``), the configured MLflow password wherever it
+    appears (:func:`storage.credentials.known_secrets`) and secret-looking query parameters replaced
+    by ``***``: for any URI the project prints or puts in an error."""
+    from storage.credentials import known_secrets
+
+    text = str(text)
+    for secret in known_secrets():  # the configured password, whatever it holds (spaces too)
+        text = text.replace(secret, "***")
+    text = _USERINFO_RE.sub(_redact_userinfo, text)
     return _SECRET_QUERY_RE.sub(r"\1***", text)
+
+
+def _redact_userinfo(m: re.Match) -> str:
+    user, sep, _ = m["info"].partition(":")
+    if sep and user and "/" not in user:
+        return f"{m['scheme']}{user}:***@"
+    return f"{m['scheme']}***@"
 
 
 def one_line(text: str) -> str:

@@ -94,7 +94,12 @@ def scratch_dir() -> Path:
 
 
 def mlflow_tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` wins; otherwise a SQLite database under the artifact root."""
+    """``MLFLOW_TRACKING_URI`` wins (its user and password moved into MLflow's own variables first:
+    :func:`storage.credentials.move_credentials_to_env`); otherwise a SQLite database under the
+    artifact root."""
+    from storage.credentials import move_credentials_to_env
+
+    move_credentials_to_env()
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri

@@ -19,14 +19,17 @@ redacted (:func:`storage.paths.redact_uri`), never a traceback carrying it.
 from __future__ import annotations
 
 import math
+import os
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 from urllib.parse import unquote, urlparse
 
+from storage import interrupts
 from storage.errors import SubsampleError, redact_uri
 from storage.locks import file_lock
+from storage.owners import ENDED_BY_TAG, OWNER_TAG, mark_orphaned_runs, process_token
 from storage.paths import mlflow_artifact_root, mlflow_tracking_uri
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,6 +65,16 @@ _PARAM_MAX_CHARS = 6000
 
 
 _OPENED: set[str] = set()  # tracking URIs whose store this process has opened (schema created)
+_RUNNING: dict[str, str] = {}  # runs this process started or reopened and has not ended -> tracking URI
+_ON_INTERRUPT: list[int] = []  # the interrupts callback token, once registered
+# MLflow's HTTP client waits 120 s per request and retries 7 times with backoff (about 4 minutes
+# before an unreachable server's error); these apply unless the user set them
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+CONNECT_TIMEOUT_S = 5.0  # the first contact with a tracking server: a TCP connection within this
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -80,14 +93,68 @@ def client() -> "MlflowClient":
     if uri in _OPENED:
         return MlflowClient(tracking_uri=uri)
     db = _sqlite_path(uri)
+    own = db is not None and not os.environ.get("MLFLOW_TRACKING_URI")  # the home's own database
     with contact("open the MLflow tracking store"):
         if db is not None:
             with file_lock(db.with_name(db.name + ".lock")):
                 c = MlflowClient(tracking_uri=uri)  # opens the store: creates (or checks) the schema
+                if own:  # a moved or copied home: artifact locations follow it
+                    from storage.relocate import relocate_artifact_locations
+
+                    relocate_artifact_locations(db, mlflow_artifact_root())
         else:
+            if uri.startswith(("http://", "https://")):
+                for k, v in HTTP_DEFAULTS.items():
+                    os.environ.setdefault(k, v)
+                _reachable(uri)
             c = MlflowClient(tracking_uri=uri)
+        if own:
+            ids = [e.experiment_id for e in c.search_experiments(filter_string="name LIKE 'subsample/%'")]
+            mark_orphaned_runs(c, ids)  # runs left RUNNING by a process that is gone
     _OPENED.add(uri)
     return c
+
+
+def _reachable(uri: str) -> None:
+    """A TCP connection to the tracking server within :data:`CONNECT_TIMEOUT_S`, or one line."""
+    import socket
+
+    parsed = urlparse(uri)
+    try:
+        host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+    except ValueError as e:
+        raise SubsampleError("mlflow", f"invalid tracking URI {redact_uri(uri)} ({e})") from None
+    try:
+        socket.create_connection((host or "", port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise SubsampleError(
+            "mlflow",
+            f"cannot reach the tracking server {redact_uri(uri)} ({e.strerror or type(e).__name__}, "
+            f"after at most {CONNECT_TIMEOUT_S:g} s); check MLFLOW_TRACKING_URI (unset it for the local "
+            "$SUBSAMPLE_HOME/mlflow.db) or pass --set track=false",
+        ) from None
+
+
+def _running(run_id: str) -> None:
+    """Record a run this process owns until it ends: marked KILLED if the process is interrupted."""
+    _RUNNING[run_id] = mlflow_tracking_uri()
+    if not _ON_INTERRUPT:
+        _ON_INTERRUPT.append(interrupts.on_interrupt(kill_running))
+
+
+def kill_running(reason: str) -> str | None:
+    """Mark every run this process owns KILLED, tagged :data:`ENDED_BY_TAG` with ``reason``; a note
+    for the interruption's one line."""
+    if not _RUNNING:
+        return None
+    c = client()
+    done = []
+    for run_id in list(_RUNNING):
+        c.set_tag(run_id, ENDED_BY_TAG, reason)
+        c.set_terminated(run_id, status="KILLED")
+        _RUNNING.pop(run_id, None)
+        done.append(run_id)
+    return f"MLflow run{'s' if len(done) > 1 else ''} {', '.join(done)} marked KILLED"
 
 
 @contextmanager
@@ -233,10 +300,16 @@ def start_run(
 
     c = client()
     parent = parent_run_id or _PARENT.get()
-    all_tags = {DATASET_TAG: dataset, **tags, **({PARENT_RUN_TAG: parent} if parent else {})}
+    all_tags = {
+        DATASET_TAG: dataset,
+        **tags,
+        **({PARENT_RUN_TAG: parent} if parent else {}),
+        OWNER_TAG: process_token(),
+    }
     with contact("start an MLflow run"):
         run = c.create_run(experiment_id(dataset, c), run_name=run_name, tags=all_tags)
         run_id = run.info.run_id
+        _running(run_id)
         flat = [Param(k, v) for k, v in flatten(params).items()]
         for i in range(0, len(flat), _PARAM_BATCH):
             c.log_batch(run_id, params=flat[i : i + _PARAM_BATCH])
@@ -308,7 +381,10 @@ def copy_run(
 def reopen_run(run_id: str) -> None:
     """Mark a run that was interrupted (and is being resumed) as running again."""
     with contact(f"reopen MLflow run {run_id}"):
-        client().update_run(run_id, status="RUNNING")
+        c = client()
+        c.set_tag(run_id, OWNER_TAG, process_token())
+        c.update_run(run_id, status="RUNNING")
+        _running(run_id)
 
 
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int) -> None:
@@ -353,6 +429,7 @@ def set_tags(run_id: str, tags: Mapping[str, str]) -> None:
 def end_run(run_id: str, status: str = "FINISHED") -> None:
     """``FINISHED``, ``FAILED`` or ``KILLED``."""
     client().set_terminated(run_id, status=status)
+    _RUNNING.pop(run_id, None)
 
 
 def run_tag(run_id: str, tag: str) -> str | None:

@@ -6,10 +6,9 @@
   atomic, the loser of a race discards its copy;
 - a live training run owns its ``.work`` folder: a second run of the same key waits and then finds
   the artifact cached, never deletes it; folders of processes that are gone are cleaned;
-- the whole chain of stages run twice at once on a fresh home: both finish, one training run.
-
-The Prefect side of two concurrent ``subsample run`` (the temporary server per PREFECT_HOME) is not
-tested here.
+- the whole chain of stages run twice at once on a fresh home: both finish, one training run;
+- two ``subsample run`` at once on one home and one fresh PREFECT_HOME (a temporary server each,
+  on one SQLite database): both finish, and neither prints a traceback ("database is locked").
 """
 
 from __future__ import annotations
@@ -293,3 +292,30 @@ def test_the_stage_chain_twice_at_once_on_a_fresh_home(tmp_path, tiny_cifar_sour
         if p.name.startswith((".tmp-", ".trash-")) or p.name.endswith(".work") or ".zarr.tmp-" in p.name
     ]
     assert leftovers == []
+
+
+@pytest.mark.slow
+def test_two_flow_runs_at_once_print_no_tracebacks(tmp_path, tiny_cifar_source):
+    """Each starts Prefect's temporary server on the one PREFECT_HOME; a server's "database is
+    locked" goes to $PREFECT_HOME/temporary-server.log and the client retries, so the user sees
+    two clean runs."""
+    env = {
+        **os.environ,
+        "SUBSAMPLE_HOME": str(tmp_path / "home"),
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    for var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
+        env.pop(var, None)
+    cmd = [
+        str(Path(sys.executable).with_name("subsample")),
+        *("run", "--dataset", "tinyc", "--source", str(tiny_cifar_source), "--preset", "smoke"),
+        *("--set", "tables.bins=[4,4]", "--set", "train.kl_samples=32", "--set", "train.sample_grid=4"),
+    ]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    results = [finish(p, timeout=1200) for p in procs]
+    for code, out, err in results:
+        assert code == 0, err[-3000:]
+        assert "Traceback" not in out + err and "database is locked" not in out + err, err[-3000:]

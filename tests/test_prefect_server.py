@@ -110,3 +110,6 @@ def test_two_runs_at_once_on_a_fresh_prefect_home_both_start_their_server(tmp_pa
         assert "prefect: starting Prefect's temporary server" in err
     said = "".join(err for _, err in results)
     assert said.count("first start in this PREFECT_HOME") >= 1
+    server_log = (tmp_path / "prefect" / "temporary-server.log").read_text()  # the servers' own output
+    assert server_log.count("temporary server of process") == 2
+    assert "CommandError" not in server_log and "Application startup failed" not in server_log

@@ -80,13 +80,21 @@ def cached_result(
     if art is None:
         return None
     summary = {
-        **art.summary,
+        **{k: _moved(v, art.path, f"/stages/{stage}/{key}") for k, v in art.summary.items()},
         **fields,
         "path": str(art.path),
         "cache_hit": True,
         "seconds": round(time.perf_counter() - started, 3),
     }
     return StageResult.from_summary(summary, upstream=upstream, artifact=art)
+
+
+def _moved(value: Any, path: Any, tail: str) -> Any:
+    """A path the summary recorded inside its artifact (``.../stages/train/<key>/grids``), under the
+    artifact's current path: the home may have moved since it was built."""
+    if isinstance(value, str) and tail in value and not value.startswith(str(path)):
+        return str(path) + value[value.index(tail) + len(tail) :]
+    return value
 
 
 def built_result(

@@ -688,6 +688,9 @@ def launch_train(
         "refresh": refresh,
         "progress": progress,
     }
+    from storage import interrupts
+
+    token = interrupts.on_interrupt(lambda reason: _mark_killed(work))  # rank 0 started the MLflow run
     try:
         results = elastic_launch(config, _train_worker)(payload)
     except ChildFailedError as e:
@@ -703,6 +706,8 @@ def launch_train(
             STAGE,
             f"rank {r} of {distributed.world_size_of(cfg)} died ({_why(failure)}), which ended the run; last good checkpoint: {last}",
         ) from None
+    finally:
+        interrupts.discard(token)
     errors = [v["error"] for _, v in sorted(results.items()) if isinstance(v, dict) and v.get("error")]
     if errors:
         raise SubsampleError(STAGE, errors[0].removeprefix(f"{STAGE}: "))
@@ -731,14 +736,16 @@ def _why(failure: Any) -> str:
     return f"exit code {code}" + (f": {msg[:200]}" if msg and "To enable traceback" not in msg else "")
 
 
-def _mark_killed(work: Any) -> None:
+def _mark_killed(work: Any) -> str | None:
     """The MLflow run of a run whose ranks died is marked KILLED (a resume reopens it)."""
     try:
         run_id = json.loads((work / "run.json").read_text()).get("mlflow_run_id")
     except (OSError, ValueError):
-        return
+        return None
     if run_id:
         _end_tracking(run_id, "KILLED")
+        return f"MLflow run {run_id} marked KILLED"
+    return None
 
 
 def _train_worker(payload: dict) -> dict:
