@@ -27,7 +27,15 @@ import numpy as np
 from kernels.features import compute_features
 from pipeline.data.images import CropPolicy
 from storage.errors import SubsampleError, brief
-from subsample.images import STAGE, NotAnImage, guess_value_range, is_float_image, prepare, size_message
+from subsample.images import (
+    STAGE,
+    NotAnImage,
+    float_block_to_uint8,
+    guess_value_range,
+    is_float_image,
+    prepare,
+    size_message,
+)
 from subsample.images import first_element as _first
 from subsample.images import to_uint8 as _to_uint8
 
@@ -116,12 +124,23 @@ def _dataset_task(
     expect_hw: tuple[int, int] | None,
 ) -> dict:
     start, stop = k * chunk, min(n, (k + 1) * chunk)
-    images = []
+    items = []
     for i in range(start, stop):
         try:
-            item = dataset[i]
+            items.append(dataset[i])
         except Exception as e:  # the Dataset's own failure (a corrupt file, a bad transform)
             return {"n": 0, "error": f"item {i} of the Dataset could not be read: {brief(e)}"}
+    try:  # float tensors of one shape (ToTensor's): converted as one block
+        block = float_block_to_uint8([_first(it) for it in items], value_range)
+    except NotAnImage as e:
+        return {"n": 0, "error": _not_an_image(start + getattr(e, "position", 0), str(e))}
+    if block is not None:
+        if policy is None and expect_hw is not None and block.shape[1:3] != tuple(expect_hw):
+            return {"n": 0, "error": size_message(start, f"{block.shape[1]}×{block.shape[2]}", expect_hw)}
+        images = policy.apply_array(block) if policy is not None else block
+        return {"n": stop - start, "values": compute_features(images, names)}
+    images = []
+    for i, item in enumerate(items, start):
         try:
             images.append(prepare(item, policy=policy, value_range=value_range, expect_hw=expect_hw))
         except NotAnImage as e:
