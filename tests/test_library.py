@@ -351,3 +351,25 @@ def test_every_subsample_name_the_library_page_uses_exists():
     names = set(re.findall(r"\bsubsample\.([A-Za-z_]\w*)", text))
     assert {"batch_sampler", "write_image_folder"} <= names
     assert sorted(n for n in names if not hasattr(subsample, n)) == []
+
+
+def test_write_image_folder_and_an_npz_source_give_the_array_batches(images, reference, tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    np.savez(tmp_path / "set.npz", images=images, labels=np.zeros(N, np.int64))
+    assert epochs(sampler_of(tmp_path / "set.npz")) == reference  # an ingest source read as ingest reads it
+    assert subsample.write_image_folder(tmp_path / "set.npz", tmp_path / "folder") == N
+    assert sorted(p.name for p in (tmp_path / "folder").iterdir()) == ["class0"]
+    assert epochs(sampler_of(ImageFolder(str(tmp_path / "folder")))) == reference
+    with pytest.raises(SubsampleError, match="exists and is not an empty folder"):
+        subsample.write_image_folder(tmp_path / "set.npz", tmp_path / "folder")
+
+
+def test_a_float_image_outside_its_range_is_one_line_not_a_guess(images):
+    imagenet = [((torch.from_numpy(im).permute(2, 0, 1).float() / 255 - 0.45) / 0.225, 0) for im in images]
+    with pytest.raises(SubsampleError) as e:
+        sampler_of(imagenet)
+    assert one_line(e).startswith(
+        "batch_sampler: item 0 of the Dataset is not an image (a float image with values in ["
+    )
+    assert "outside the value range [-1, 1]" in one_line(e)
