@@ -337,7 +337,9 @@ def test_documented_deployment_runs_name_deployments_and_parameters_that_exist()
     assert seen >= 5 and wrong == []
 
 
-CODE_PATH = re.compile(r"(?<![\w/.])((?:pipeline|flows|storage|kernels|bench|tests|docs)/[\w/]*\.(?:py|md))")
+CODE_PATH = re.compile(
+    r"(?<![\w/.])((?:pipeline|flows|storage|kernels|subsample|examples|bench|tests|docs)/[\w/]*\.(?:py|md))"
+)
 DOTTED = re.compile(r"`((?:pipeline|flows|storage|kernels)(?:\.[A-Za-z_]\w*)+)")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("flows", "pipeline", "kernels", "storage")
+PACKAGES = ("flows", "pipeline", "kernels", "storage", "subsample")
 
 # Bottom first. A module's layer is that of the longest prefix listed for it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("experiments", ("pipeline.experiments",)),
     ("flows", ("flows",)),
     ("CLI", ("flows.cli",)),
+    ("public library", ("subsample",)),  # on top: nothing imports it (tests/test_library.py: nor does it need prefect)
 )
 
 
@@ -200,6 +201,7 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
         ("flows.cli", "CLI"),
         ("flows.train_subsample", "flows"),
         ("pipeline.data.sampler", "data, presets and measures"),
+        ("subsample.sampler", "public library"),
     ],
 )
 def test_layer_names(module, layer):
