@@ -59,7 +59,7 @@ def _other_strategy(summary: dict[str, Any]) -> Optional[str]:
 def _where(c: dict[str, Any], paper: bool) -> str:
     b = c.get("batch_size")
     if paper:
-        return f"B={_b_of(c['a'])} (the paper's {c['paper_row_b']} vs {c['paper_row_a']})"
+        return f"B={_b_of(c['configuration_a'])} (the paper's {c['paper_row_b']} vs {c['paper_row_a']})"
     return f"B={b}" + (f" ({c['preset']})" if c.get("multi_preset") else "")
 
 
@@ -84,7 +84,7 @@ def _clause(c: dict[str, Any], paper: bool, s: str) -> tuple[str, str]:
 def _generator_line(summary: dict[str, Any], s: str, paper: bool) -> Optional[dict[str, Any]]:
     if paper:
         comps = [c for c in summary["paper_comparisons"] if c["kind"] == "claim" and c["metric"] == "feature_kl"]
-        comps.sort(key=lambda c: -int(_b_of(c["a"])))  # the method's B first
+        comps.sort(key=lambda c: -int(_b_of(c["configuration_a"])))  # the method's B first
     else:
         multi = len(summary["presets"]) > 1
         comps = [c for c in summary["comparisons"] if c["strategy"] == s and c["metric"] == "feature_kl"]
@@ -185,21 +185,21 @@ def _method_line(summary: dict[str, Any]) -> Optional[dict[str, Any]]:
     comps = [c for c in summary["paper_comparisons"] if c["kind"] == "strategies" and c["metric"] == "feature_kl"]
     if not comps:
         return None
-    big = max({c["a"] for c in comps}, key=lambda a: int(_b_of(a)))
-    comps = [c for c in comps if c["a"] == big]
+    big = max({c["configuration_a"] for c in comps}, key=lambda a: int(_b_of(a)))
+    comps = [c for c in comps if c["configuration_a"] == big]
     parts = []
     for c in comps:
         name = c["paper_row_b"]
         budget = f"{c['g_updates_b']:,} G updates" if c.get("g_updates_b") is not None else "its budget"
         means = f"{fmt(c['a']['mean'], 3)} vs {fmt(c['b']['mean'], 3)}"
         if c["not_learned"]:
-            parts.append(f"{name} ({budget}) no verdict, {c['not_learned']} of the runs compared did not learn")
+            parts.append(f"vs {name} ({budget}) no verdict, {c['not_learned']} of the runs compared did not learn")
         elif c["diff"] is None:
-            parts.append(f"{name} ({budget}) too few seeds")
+            parts.append(f"vs {name} ({budget}) too few seeds")
         elif not c["exceeds"]:
-            parts.append(f"{name} ({budget}) no difference beyond the seed spread ({means})")
+            parts.append(f"vs {name} ({budget}) no difference beyond the seed spread ({means})")
         else:
-            parts.append(f"{name} ({budget}) {'better' if c['better'] else 'worse'} than it ({means})")
+            parts.append(f"vs {name} ({budget}) the method {'better' if c['better'] else 'worse'} ({means})")
     own = comps[0].get("g_updates_a")
     text = (
         f"The method ({big}, {own:,} G updates) against (a)-(d), final feature KL (lower is better): "
@@ -218,6 +218,8 @@ def _floor_line(summary: dict[str, Any]) -> Optional[dict[str, Any]]:
     size = ", ".join(k.split("feature_kl", 1)[-1].split("_", 1)[0] for k in ev["keys"]) or "?"
     if not with_ho:
         at = [f["configuration"] for f in floors if f["eval"]["at_floor"]]
+        if ev["floor"] is None:
+            return _line(f"Final feature KL at {size} samples: no floor was recorded for it.", SECTION_FLOORS)
         return _line(
             f"Final feature KL at {size} samples against its bootstrap floor ({fmt(ev['floor'], 3)}; no held-out "
             f"floor recorded): {len(at)} of {len(floors)} configurations at it.",
@@ -255,16 +257,16 @@ def _power_line(summary: dict[str, Any], s: str, paper: bool) -> Optional[dict[s
     seeds = sorted({c["power"]["n_a"] for c in rows} | {c["power"]["n_b"] for c in rows})
     n_txt = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
     text = (
-        f"With {n_txt} seeds per cell, a final feature KL difference is detected (80 %, Welch p < 0.05) from "
-        f"{fmt(min(det), 3)}" + (f"–{fmt(max(det), 3)}" if len(det) > 1 else "")
+        f"With {n_txt} seeds per cell, the final feature KL comparisons detect (80 %, Welch p < 0.05) differences of "
+        f"{fmt(min(det), 3)}" + (f" to {fmt(max(det), 3)}" if fmt(max(det), 3) != fmt(min(det), 3) else "")
     )
     need = [c for c in rows if c["power"].get("paper_delta") is not None]
     if need:
-        c = max(need, key=lambda c: int(_b_of(c["a"])))
+        c = max(need, key=lambda c: int(_b_of(c["configuration_a"])))
         n = c["power"]["seeds_needed"]
         text += (
             f"; the paper's {c['paper_row_b']} vs {c['paper_row_a']} difference ({fmt(abs(c['power']['paper_delta']), 3)}, "
-            f"{c['paper']['cite'].split(' (')[0]}) would need "
+            f"{c['paper_a']['table']}) would need "
             + (f"{n} seeds per cell" if n else "more than 10,000 seeds per cell")
             + " at this spread"
         )

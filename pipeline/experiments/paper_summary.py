@@ -188,8 +188,8 @@ def paper_comparisons(
             stuck = not_learned.get(_setting(a), 0) + not_learned.get(_setting(b), 0)
             row = {
                 "kind": kind_of,
-                "a": a["configuration"],
-                "b": b["configuration"],
+                "configuration_a": a["configuration"],
+                "configuration_b": b["configuration"],
                 "paper_row_a": row_a,
                 "paper_row_b": row_b,
                 "g_updates_a": _budget(design, a["configuration"]),
@@ -228,10 +228,13 @@ def paper_sentence(r: dict[str, Any], a: dict, b: dict, spec: MetricSpec, floors
         budget = f" Same budget: {r['g_updates_a']:,} G updates each."
     paper = ""
     if r["paper"]:
-        p = r["paper"]
-        lower = spec.lower_is_better
-        p_better = "the first" if (p["diff"] < 0) == lower else "the second"
-        paper = f" The paper: {p['cite']}, {p_better} better by {fmt(abs(p['diff']))}."
+        p, pa = r["paper"], r["paper_a"]
+        tables = pa["table"] if pa["table"] == r["paper_b"]["table"] else f"{pa['table']}, {r['paper_b']['table']}"
+        ahead = r["paper_row_a"] if (p["diff"] < 0) == spec.lower_is_better else r["paper_row_b"]
+        paper = (
+            f" The paper ({tables}): {r['paper_row_a']} {p['a']:g} vs {r['paper_row_b']} {p['b']:g}, "
+            f"{ahead} better by {fmt(abs(p['diff']), 3)}."
+        )
     if r["diff"] is None:
         return f"{head}: too few seeds to compare ({r['a']['n']} vs {r['b']['n']}).{budget}{paper}"
     values = f"{fmt(r['a']['mean'])} vs {fmt(r['b']['mean'])}"

@@ -325,7 +325,7 @@ def power_blocks(summary: dict[str, Any]) -> list[tuple]:
     for c in rows_src:
         p = c["power"]
         name = (
-            f"{c['a']} vs {c['b']}"
+            f"{c['configuration_a']} vs {c['configuration_b']}"
             if "kind" in c
             else f"{c['strategy']} vs {c['baseline']}, {c['preset']} B={c['batch_size']}"
         )
