@@ -214,14 +214,15 @@ def _spread_blocks(summary: dict[str, Any]) -> list[tuple]:
         out.append(("p", "No comparison possible: the grid has no random-batch baseline or no finished runs."))
         return out
     every = bcomps + comps
-    big = [c for c in every if c["exceeds"]]
+    big = [c for c in every if c["exceeds"] and not c.get("not_learned")]
     out.append(
         (
             "p",
             f"{len(big)} of {len(every)} comparisons with random batches differ by more than "
             f"{SPREAD_FACTOR:g} × the pooled seed s.d. (√((s_a² + s_b²)/2), sample s.d. over seeds); "
             "Welch's t-test is given alongside. With 3 seeds, treat single hits with care: "
-            "many comparisons are made.",
+            "many comparisons are made. A comparison involving generators that did not learn gives no verdict"
+            + (f" ({stuck} of them)." if (stuck := sum(bool(c.get("not_learned")) for c in every)) else "."),
         )
     )
     out.append(("ul", [c["sentence"] for c in big] or ["None: every difference is within the seed spread."]))
