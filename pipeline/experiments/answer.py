@@ -267,7 +267,7 @@ def _power_line(summary: dict[str, Any], s: str, paper: bool) -> Optional[dict[s
         text += (
             f"; the paper's {c['paper_row_b']} vs {c['paper_row_a']} difference ({fmt(abs(c['power']['paper_delta']), 3)}, "
             f"{c['paper_a']['table']}) would need "
-            + (f"{n} seeds per cell" if n else "more than 10,000 seeds per cell")
+            + (f"{n:,} seeds per cell" if n else "more than 10,000 seeds per cell")
             + " at this spread"
         )
     return _line(text + ".", SECTION_POWER)

@@ -119,17 +119,26 @@ def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:
 
 def _setup_blocks(summary: dict[str, Any]) -> list[tuple]:
     S, B, P = summary["strategies"], summary["batch_sizes"], summary["presets"]
+    paper = (summary.get("design") or {}).get("design") == "paper"
     out: list[tuple] = [
         (
             "p",
             f"MLflow parent run `{summary['parent_run_id']}` ({summary['run_name']}, {summary['status']}), "
             f"experiment {summary['experiment_id']}: {summary['runs']} child runs, {summary['runs_ok']} finished. "
-            f"Grid: strategies {', '.join(S)} × B {', '.join(map(str, B))} × presets {', '.join(P)} × "
-            f"{len(summary['seeds'])} seeds; {summary['n_images']} training images. Every number below was "
+            + (
+                f"Design: the paper's {len(summary['configurations'])} configurations (below) × "
+                if paper
+                else f"Grid: strategies {', '.join(S)} × B {', '.join(map(str, B))} × presets {', '.join(P)} × "
+            )
+            + f"{len(summary['seeds'])} seeds; {summary['n_images']} training images. Every number below was "
             "read back from MLflow (the child runs' metrics, histories, tags and artifacts).",
         )
     ]
     st = summary.get("settings", {})
+    factor = (summary.get("design") or {}).get("epoch_factor") if paper else None
+    if factor is not None:  # the paper design's epochs are each preset's × the factor, not the scale's own
+        st = {**st, "scale_train": {k: v for k, v in st.get("scale_train", {}).items() if k != "epochs"}}
+        st["scale_train"]["epochs"] = f"each preset's × {factor:g}"
     over = lambda sec: ", ".join(f"{k}={v}" for k, v in st.get(sec, {}).items()) or "none"  # noqa: E731
     out.append(
         (

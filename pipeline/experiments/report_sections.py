@@ -27,7 +27,7 @@ def design_blocks(summary: dict[str, Any]) -> list[tuple]:
                 "of the method's two batch sizes, same recipe and epochs) and strategies (a)-(d) at B = 128 "
                 "(Tables 5-6), each at its preset's batch size and epochs for this data set"
                 + (
-                    f", the batch sizes × {design['batch_scale']:g} to fit this data set"
+                    f", the batch sizes × {design['batch_scale']:.4g} to fit this data set"
                     if design.get("batch_scale", 1) not in (None, 1, 1.0)
                     else ""
                 )
@@ -330,7 +330,7 @@ def power_blocks(summary: dict[str, Any]) -> list[tuple]:
             else f"{c['strategy']} vs {c['baseline']}, {c['preset']} B={c['batch_size']}"
         )
         need = (
-            (f"{p['seeds_needed']}" if p["seeds_needed"] else "> 10,000")
+            (f"{p['seeds_needed']:,}" if p["seeds_needed"] else "> 10,000")
             + ("" if p["rule_can_see_paper"] else f" (the {SPREAD_FACTOR:g} × s.d. rule: never)")
             if p["paper_delta"] is not None
             else "–"
