@@ -35,7 +35,7 @@ def answer_text(lines: list[dict[str, Any]]) -> str:
     """The answer as Markdown: "**Answer.**", one line per claim, each naming its section."""
     out = []
     for i, ln in enumerate(lines):
-        see = "; ".join(f"*{s}*" for s in ln["sections"])
+        see = "; ".join(f"“{s}”" for s in ln["sections"])
         out.append(("**Answer.** " if i == 0 else "") + ln["text"] + (f" (see {see})" if see else ""))
     return "  \n".join(out)
 

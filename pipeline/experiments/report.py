@@ -363,7 +363,7 @@ def render_markdown(blocks: list[tuple]) -> str:
     return "\n".join(lines)
 
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+CSS = """body{font-family:system-ui,sans-serif,"Noto Sans CJK SC","Source Han Sans SC","PingFang SC","Microsoft YaHei";max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 table{border-collapse:collapse;margin:0.6em 0 1.2em;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #ddd}
 figcaption{font-size:0.85em;color:#555;margin-bottom:1.5em}code{background:#f5f5f5;padding:0 3px}li{margin:0.2em 0}"""
