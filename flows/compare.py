@@ -119,7 +119,7 @@ def diagnostics_task(parent_run_id: str, cfg: CompareConfig, shared: dict[str, A
 def floors_task(parent_run_id: str, cfg: CompareConfig, shared: dict[str, Any]) -> dict:
     """The feature KL's bootstrap and held-out floors at every sample size the cells measure at
     (training's ``kl_samples``, the evaluation's ``samples``), logged to the parent run."""
-    from pipeline.experiments.compare import kl_floors, log_floors
+    from pipeline.experiments.kl_floors import kl_floors, log_floors
 
     sizes = []
     for cell in cfg.cells():

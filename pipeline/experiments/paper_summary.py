@@ -14,7 +14,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from pipeline.experiments.compare import FLOORS_ARTIFACT, design_cell
+from pipeline.experiments.compare import design_cell
+from pipeline.experiments.kl_floors import FLOORS_ARTIFACT
 from pipeline.experiments.paper import paper_difference, paper_figures, paper_row_label
 from pipeline.experiments.stats import (
     EVAL_METRICS,
