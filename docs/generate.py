@@ -198,8 +198,12 @@ def scales_table() -> str:
         settings = (
             ", ".join(f"`{x}`" for x in over) or "none: the presets' own"
         ) + f"; batch diagnostics over {s.diagnostic_epochs} epochs"
+        if s.lr_factors:
+            settings += "; learning rate × " + ", ".join(f"{f:g} ({o})" for o, f in s.lr_factors.items())
         if s.batch_scale != 1.0:
-            settings += f"; `--design paper`: the paper's B × {s.batch_scale:g}"
+            settings += f"; `--design paper`: the paper's B × {s.batch_scale:.4g}"
+        if s.paper_epoch_factor is not None:
+            settings += f", each preset's epochs × {s.paper_epoch_factor:g}"
         rows.append((f"`{name}`", s.description, grid, settings))
     return table(("scale", "what it is for", "grid (default seeds)", "settings over each preset"), rows)
 

@@ -180,7 +180,7 @@ def test_report_documents(first):
     assert rep["comparisons"][0]["sentence"] in md
     # the first paragraph answers the question; every run is judged on whether its generator learned
     first_paragraph = md.split("\n\n")[1]
-    assert first_paragraph == rep["answer"] and first_paragraph.startswith("**Answer.** Do constructed batches help?")
+    assert first_paragraph == rep["answer"] and first_paragraph.startswith("**Answer.** No verdict: this is the smoke")
     assert len(rep["learning"]["runs"]) == 6 and not rep["learning"]["unknown"]
     assert "## Did the generators learn?" in md
     assert "Table 1" in md and "Table 2" in md and "Eq. 5" in md
@@ -482,40 +482,27 @@ def test_answer_paragraph_gives_direction_and_the_seed_spread():
     from pipeline.experiments.summary import summarise
 
     summary = summarise(_synthetic())
-    answer, details = summary["answer"], summary["answer_details"]
+    answer, lines = summary["answer"], [ln["text"] for ln in summary["answer_lines"]]
     assert answer.startswith(
-        "**Answer.** Do constructed batches help? At the batch level, yes: constructed batches are closer to the data "
-        "set's feature distribution than random ones, beyond the seed spread at every batch size, but they cover fewer "
-        "images per epoch (random better, beyond the seed spread). At the generator level, no: the generators' final "
-        "feature KL does not differ between constructed and random batches beyond the seed spread. (KL and FID: lower "
-        "is better"
+        "**Answer.** Generators trained on constructed and random batches do not differ beyond the seed spread: "
+        "final feature KL (lower is better) at B=128 no difference beyond the seed spread (1.40 vs 1.30); at B=500 "
+        "no difference beyond the seed spread (1.40 vs 1.30)."
     )
-    assert "12 of 12 generators learned" in answer and "did not learn" not in answer
-    assert answer.endswith("FID, KID and IS were not computed for any run (fidelity off at this scale).")
-    # the numbers: both means, which is better, and that lower (KL) or higher (coverage) is better
-    assert details[0] == (
-        "Batch level, constructed vs random: KL(f_Xi || f_X) of a batch to the data set (lower is "
-        "better): constructed better than random, beyond the seed spread at every batch size "
-        "(0.0550 vs 0.305 at B=128 (constructed better); 0.0550 vs 0.305 at B=500 (constructed better))."
+    assert lines[1].startswith("12 of 12 generators learned") and "did not learn" not in answer
+    # the batches: both means, and that the batch KL is lower-is-better and coverage higher-is-better
+    assert lines[2] == (
+        "Batches, constructed vs random (batch KL lower is better, coverage higher): closer to the data set's "
+        "feature distribution at B=128 (0.0550 vs 0.305); closer to the data set's feature distribution at B=500 "
+        "(0.0550 vs 0.305); covering fewer images per epoch at B=128 (0.610 vs 0.960); covering fewer images per "
+        "epoch at B=500 (0.610 vs 1.00)."
     )
-    assert details[1].startswith(
-        "Batch level, constructed vs random: coverage per epoch (higher is better): constructed "
-        "worse than random, beyond the seed spread at every batch size (0.610 vs 0.960 at "
-        "B=128 (random better)"
-    )
-    # generator level: within the spread, and still which mean is ahead
-    assert details[2].startswith(
-        "Generator level, constructed vs random: final feature KL (lower is better): no "
-        "difference between constructed and random exceeds the seed spread (1.40 vs 1.30 at "
-        "B=128 (random better, within the spread)"
-    )
-    for sentence in [answer, *details]:  # every pair of numbers says which is better
-        for clause in sentence.split("; "):
-            if " vs " in clause and "constructed vs random" not in clause:
-                assert "better" in clause, clause
     md = render_markdown(_blocks(summary, {}))
-    assert md.split("\n\n")[1] == answer  # the first paragraph under the title, its numbers listed below it
-    assert md.split("\n\n")[2] == "\n".join(f"- {d}" for d in details)
+    assert md.split("\n\n")[1] == answer  # the first paragraph under the title
+    # the per-comparison sentences live in their section, each saying which is better
+    for c in summary["comparisons"] + summary["batch_comparisons"]:
+        assert c["sentence"] in md and (
+            "ahead" in c["sentence"] or "beats" in c["sentence"] or "worse" in c["sentence"]
+        )
     assert "| preset | B | strategy | runs ok | feature KL |" in md  # no n/a columns
 
 
@@ -523,29 +510,25 @@ def test_answer_says_when_constructed_generators_are_worse_and_when_it_cannot_an
     from pipeline.experiments.summary import summarise
 
     worse = summarise(_synthetic(fkl_constructed=(2.0, 2.05, 2.1), fkl_random=(1.0, 1.05, 1.1)))
-    assert (
-        "At the generator level, no: generators trained on constructed batches reach a higher (worse) final "
-        "feature KL than on random ones, beyond the seed spread at every batch size."
-    ) in worse["answer"]
-    assert "2.05 vs 1.05 at B=500 (random better))." in worse["answer_details"][2]
+    assert worse["answer"].startswith(
+        "**Answer.** Generators trained on constructed batches are worse than on random ones: final feature KL "
+        "(lower is better) at B=128 constructed worse than random, beyond the seed spread (2.05 vs 1.05)"
+    )
 
     better = summarise(_synthetic(fkl_constructed=(1.0, 1.05, 1.1), fkl_random=(2.0, 2.05, 2.1)))["answer"]
-    assert (
-        "At the generator level, yes: generators trained on constructed batches reach a lower final feature KL"
-        in better
-    )
+    assert better.startswith("**Answer.** Generators trained on constructed batches are better than on random ones")
 
     mixed = summarise(
         _synthetic(fkl_constructed=(2.0, 2.05, 2.1), fkl_random=(1.0, 1.05, 1.1), fkl_constructed_500=(1.0, 1.1, 1.2))
     )["answer"]
-    assert (
-        "At the generator level, no, in final feature KL (lower is better): constructed worse than random beyond "
-        "the seed spread at B=128; no difference beyond the spread at B=500."
-    ) in mixed
+    assert mixed.startswith(
+        "**Answer.** Whether constructed batches make better generators than random ones depends on the batch "
+        "size: final feature KL (lower is better) at B=128 constructed worse than random, beyond the seed spread "
+        "(2.05 vs 1.05); at B=500 no difference beyond the seed spread (1.10 vs 1.05)."
+    )
 
     alone = summarise(_synthetic(strategies=("constructed",)))
-    assert "cannot be answered here" in alone["answer"] and "random baseline" in alone["answer"]
-    assert alone["answer_details"] == []
+    assert alone["answer"].startswith("**Answer.** No verdict: the question") and "random batches" in alone["answer"]
 
 
 def test_generators_that_did_not_move_from_their_untrained_value_are_flagged():
@@ -561,11 +544,13 @@ def test_generators_that_did_not_move_from_their_untrained_value_are_flagged():
         ("random", 500, 0),
     }
     assert [(r["strategy"], r["batch_size"], r["seed"]) for r in learning["unknown"]] == [("random", 128, 0)]
-    assert "At the generator level, no verdict: 2 of the generators compared did not learn." in summary["answer"]
-    assert "**2 of 12 did not learn**" in summary["answer"] and "1 run(s) have no epoch-0 record" in summary["answer"]
-    assert "2 of the runs compared did not learn, so this is no verdict" in summary["answer_details"][-1]
+    assert "at B=500 no verdict: 2 of the runs compared did not learn" in summary["answer"]
+    assert (
+        "did not learn: paper-constructed constructed B=500 (1 of 3 seeds), paper-constructed random B=500 (1 of 3 "
+        "seeds); 1 without an epoch-0 record, not judged"
+    ) in summary["answer"]
     (c500,) = [c for c in summary["comparisons"] if c["batch_size"] == 500]
-    assert c500["not_learned"] == 2 and "Caution: 2 of these runs did not learn" in c500["sentence"]
+    assert c500["not_learned"] == 2 and "no verdict: 2 of these runs did not learn" in c500["sentence"]
     md = render_markdown(_blocks(summary, {}))
     assert (
         "- paper-constructed constructed B=500 seed 2: feature KL (lower is better) 7.44 untrained, 7.40 at epoch 30 "
@@ -580,9 +565,9 @@ def test_generators_that_did_not_move_from_their_untrained_value_are_flagged():
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_paper_design_runs_only_the_papers_cells(flow_home, tiny_cifar_source):
-    """``--design paper`` with the paper's batch sizes × 0.05 (they fit 192 images): the six cells of
+    """``--design paper`` with the paper's batch sizes × 0.05 (they fit 192 images): the eight cells of
     the paper's tables × 3 seeds, (b) with 5× the epochs, and the paper's own comparisons. Each run
-    stops after 3 D steps (max_steps): 18 runs through the flow, MLflow and the report."""
+    stops after 3 D steps (max_steps): 24 runs through the flow, MLflow and the report."""
     from flows.compare import build_compare_config, run
     from pipeline.experiments.compare import PAPER_DESIGN
 
@@ -593,7 +578,7 @@ def test_paper_design_runs_only_the_papers_cells(flow_home, tiny_cifar_source):
             tiny,
         )
     )
-    assert summary["design"] == "paper" and summary["cells"] == 18 and summary["cells_failed"] == 0
+    assert summary["design"] == "paper" and summary["cells"] == 24 and summary["cells_failed"] == 0
     runs = client().search_runs(
         [client().get_run(summary["parent_run_id"]).info.experiment_id],
         f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'",
@@ -602,14 +587,15 @@ def test_paper_design_runs_only_the_papers_cells(flow_home, tiny_cifar_source):
         (r.data.tags["compare.preset"], r.data.tags["compare.strategy"], int(r.data.tags["compare.batch_size"]))
         for r in runs
     }
-    assert got == {(c.preset, c.strategy, b) for c, b in zip(PAPER_DESIGN, (102, 51, 6, 6, 6, 6))}
+    assert got == {(c.preset, c.strategy, b) for c, b in zip(PAPER_DESIGN, (51, 51, 102, 102, 6, 6, 6, 6))}
     epochs = {r.data.tags["compare.preset"]: r.data.params["train.epochs"] for r in runs}
     assert epochs["paper-128b"] == "5" and epochs["paper-128a"] == "1"
     rep = report_json(summary)
     assert {c["configuration"] for c in rep["configurations"]} == {
-        f"{c.preset} {c.strategy} B={b}" for c, b in zip(PAPER_DESIGN, (102, 51, 6, 6, 6, 6))
+        f"{c.preset} {c.strategy} B={b}" for c, b in zip(PAPER_DESIGN, (51, 51, 102, 102, 6, 6, 6, 6))
     }
-    assert len(rep["paper_comparisons"]) == 2 * 4  # the method's two cells against (a)-(d), feature KL
+    # the claim (constructed vs random at each of the method's B), then the method's two cells against (a)-(d)
+    assert len(rep["paper_comparisons"]) == 2 + 2 * 4
     md = Path(summary["report_md"]).read_text()
     assert "## The design (paper)" in md and "(equalised)" in md and "The paper's comparisons" in md
-    assert md.count("its floor") >= 6
+    assert md.count("held-out floor") >= 6

@@ -4,6 +4,8 @@ comparison's paper design (exactly the paper's cells, equal G updates for (b))."
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -80,8 +82,10 @@ def test_paper_presets_have_the_published_values(preset, dataset, batches, train
 def test_paper_presets_quote_their_source_and_name_what_is_open():
     for name in ("paper-constructed", "paper-constructed-1024", "paper-128a", "paper-128b", "paper-128c", "paper-128d"):
         p = PRESETS[name]
-        assert "docs/spec.md §6" in p.source and "not available" in p.source
-        assert p.paper.startswith('"') and p.open and all(p.open)
+        # the paper's own sentence, in Chinese with an English rendering, and where it is
+        assert "000_605aa03c41cbea61.txt" in p.source and "§3.2" in p.paper
+        assert re.search(r"[\u4e00-\u9fff]", p.paper) and "(“" in p.paper
+        assert p.open and all(p.open)
         assert any("G loss" in o for o in p.open) or p.train.get("loss") == "wasserstein"
     assert any("clipping" in o and "bench/clip_gradient_norm.py" in o for o in PRESETS["paper-128b"].open)
     assert any("125 epochs" in o for o in PRESETS["paper-128b"].open)
@@ -149,8 +153,10 @@ def test_g_loss_switches_the_generator_objective_of_logistic_losses():
 # --- the comparison's paper design ----------------------------------------------------------------
 
 
-PAPER_CELLS_CIFAR10 = {  # (preset, strategy, B): the paper's tables' cells on CIFAR-10 (spec §6)
+PAPER_CELLS_CIFAR10 = {  # (preset, strategy, B): the paper's Tables 4 and 6 on CIFAR-10 (spec §6)
+    ("paper-constructed", "random", 2048),
     ("paper-constructed", "constructed", 2048),
+    ("paper-constructed-1024", "random", 1024),
     ("paper-constructed-1024", "constructed", 1024),
     ("paper-128a", "random", 128),
     ("paper-128b", "random", 128),
@@ -164,7 +170,7 @@ def test_paper_design_has_exactly_the_papers_cells():
 
     cfg = build_compare_config({"dataset": "cifar10", "scale": "paper", "design": "paper", "seeds": 4})
     cells = cfg.cells()
-    assert len(cells) == 6 * 4
+    assert len(cells) == 8 * 4
     assert {(c.preset, c.strategy, c.batch_size) for c in cells} == PAPER_CELLS_CIFAR10
     assert {c.seed for c in cells} == {0, 1, 2, 3}
     assert cfg.grid_batch_sizes == (128, 1024, 2048)

@@ -52,8 +52,12 @@ GRID_ARTIFACT = "grid.json"  # on the parent: the planned cells, then each cell'
 
 @dataclass(frozen=True)
 class Scale:
-    """Grid defaults and settings laid over every cell's preset (``TrainConfig`` and
-    ``EvaluateConfig`` values), plus the epochs of batches the diagnostics cover."""
+    """Grid defaults and what the scale changes in every cell's recipe, plus the epochs of batches
+    the diagnostics cover. What it lays over every preset (``train``: model width, sample sizes,
+    the factorial grid's epochs) never names an optimiser's setting; a learning rate is changed per
+    optimiser, as a factor on the preset's own (``lr_factors``: an RMSProp recipe never gets an
+    Adam learning rate), and the paper design's epochs as a factor on each preset's
+    (``paper_epoch_factor``), so the paper's budgets keep their ratios."""
 
     name: str
     description: str
@@ -63,6 +67,39 @@ class Scale:
     evaluate: dict[str, Any] = field(default_factory=dict)
     diagnostic_epochs: int = 1
     batch_scale: float = 1.0  # paper design: the paper's batch sizes × this (so they fit a small data set)
+    lr_factors: dict[str, float] = field(default_factory=dict)  # optimiser -> factor on the preset's lr_g and lr_d
+    paper_epoch_factor: Optional[float] = None  # paper design: each preset's epochs × this (None: train["epochs"])
+
+    def recipe_train(self, recipe: Any, design: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The scale's training values for one cell whose preset resolves to ``recipe`` (a
+        TrainConfig): ``train``, the preset's learning rates × its optimiser's factor, and in the
+        paper design with ``paper_epoch_factor`` the preset's epochs × it (at least 1). ``given``:
+        the user's values, which the caller lays on top (its optimiser picks the factor)."""
+        out = dict(self.train)
+        optimizer = dict(given or {}).get("optimizer", recipe.optimizer)
+        factor = self.lr_factors.get(optimizer, 1.0)
+        if factor != 1.0:
+            out.update(lr_g=recipe.lr_g * factor, lr_d=recipe.lr_d * factor)
+        if design == "paper" and self.paper_epoch_factor is not None:
+            out["epochs"] = max(1, int(round(recipe.epochs * self.paper_epoch_factor)))
+        return out
+
+    def params(self) -> dict[str, Any]:
+        """What the scale changes, for the parent run's params and the report."""
+        return {
+            "train": self.train,
+            "lr_factors": self.lr_factors,
+            "paper_epoch_factor": self.paper_epoch_factor,
+            "batch_scale": self.batch_scale,
+        }
+
+
+# The cpu scale's paper design: B = 2048 × 500/2048 = 500 (the factorial cpu scale's B, dividing the demo's
+# 2,000 images: random batches cover every image), 1024 -> 250, 128 -> 31; each preset's epochs × 0.12 (the
+# method 24 epochs, 96 G updates; 1024* 12, 96; (a), (c), (d) 3, 192; (b) 3 × 5 = 15, 192): measured on the
+# demo data, every recipe at its own optimiser and learning rate moves from its untrained feature KL within
+# these budgets (docs/compare.md, "The cpu scale").
+CPU_BATCH_SCALE = 500 / 2048
 
 
 SCALES: dict[str, Scale] = {
@@ -79,15 +116,20 @@ SCALES: dict[str, Scale] = {
     ),
     "cpu": Scale(
         "cpu",
-        "small DCGANs (ngf=ndf=16, lr 2e-3) for 40 epochs on the demo's 2,000 images, feature metrics only: "
-        "generators that learn (their feature KL falls from the untrained value), about 10 minutes on a 2-core CPU",
+        "small DCGANs (ngf=ndf=16) on the demo's 2,000 images, each recipe's own optimiser and learning rate, "
+        "feature metrics only: generators that learn (their feature KL falls from the untrained value); "
+        "factorial 40 epochs (about 10 minutes on a 2-core CPU), paper design B × 500/2048 and each preset's "
+        "epochs × 0.12 (about 15 minutes on an idle 2-core CPU)",
         # chosen by measurement on the demo data (docs/compare.md, "The cpu scale"): B = 128 and 500 (500 divides
-        # 2,000, so random batches cover every image); one recipe (the paper's DCGAN and Adam beta1 0.5, its lr 2e-3)
+        # 2,000, so random batches cover every image); the paper's DCGAN and Adam beta1 0.5 at its lr 2e-3
         batch_sizes=(128, 500),
         presets=("paper-constructed",),
-        train={"ngf": 16, "ndf": 16, "lr_g": 2e-3, "lr_d": 2e-3, "epochs": 40, "sample_grid": 64, "kl_samples": 1000},
+        train={"ngf": 16, "ndf": 16, "epochs": 40, "sample_grid": 64, "kl_samples": 1000},
         evaluate={"samples": 2000, "grid": 64, "fidelity": False},
         diagnostic_epochs=3,
+        batch_scale=CPU_BATCH_SCALE,
+        lr_factors={"adam": 1.0, "rmsprop": 1.0},
+        paper_epoch_factor=0.12,
     ),
     "paper": Scale(
         "paper",
@@ -108,38 +150,61 @@ class DesignCell:
     preset: str
     strategy: str
     reproduces: str  # what of the paper it stands for
-    group: str  # configurations the paper compares at equal epochs
+    group: str  # "claim": Tables 3-4, random vs constructed at one B; "128": Tables 5-6's (a)-(d)
+    paper_row: str  # its row in the paper's tables ("{B}": 2048 on CIFAR-10, 2000 elsewhere)
     equal_g_updates: bool = False  # epochs × d_steps, so its G updates equal its group's 1-D-step cells'
 
 
-# The paper's cells (spec §6): the method at its two batch sizes, the four strategies at B = 128.
-# The paper compares (a)-(d) at equal epochs (25); (b)'s 5 critic steps each take a batch, so it is
-# given 5× the epochs: equal G updates. The method's runs (200 / 100-135 epochs at B = 2000 / 1024)
-# are compared with (a)-(d) as the paper ran them, at their own epochs (their G updates are reported).
+# The paper's cells (§3.2): Tables 3-4 compare random and constructed batches at the same B and epochs
+# ("1024" vs "1024*", "2048" vs "2048*"; cartoon faces 2000), the claim; Tables 5-6 the method with
+# strategies (a)-(d) at B = 128. The paper compares (a)-(d) at equal epochs (25); (b)'s 5 critic steps each
+# take a batch, so it is given 5× the epochs: equal G updates. The method's runs (200 / 100-135 epochs at
+# B = 2000 / 1024) are compared with (a)-(d) as the paper ran them, at their own epochs.
 PAPER_DESIGN: tuple[DesignCell, ...] = (
     DesignCell(
-        "paper-constructed",
-        "constructed",
-        "the method: constructed batches at B = 2000 (2048 on CIFAR-10), "
-        "the rows the paper's claim rests on (generator feature KL, Tables 3-6)",
-        "method",
+        "paper-constructed-1024",
+        "random",
+        "row 1024 of Tables 3-4: random batches at B = 1024, the 1024* runs' recipe and epochs",
+        "claim",
+        "1024",
     ),
     DesignCell(
         "paper-constructed-1024",
         "constructed",
-        "the 1024* runs: constructed batches at B = 1024 (the paper finds them no better than random batches)",
-        "method",
+        "row 1024* of Tables 3-4: constructed batches at B = 1024 (the paper finds them slightly worse than random)",
+        "claim",
+        "1024*",
     ),
-    DesignCell("paper-128a", "random", "strategy (a): DCGAN as published, random B = 128", "128"),
+    DesignCell(
+        "paper-constructed",
+        "random",
+        "row 2048 (2000) of Tables 3-4: random batches at the method's B, recipe and epochs",
+        "claim",
+        "{B}",
+    ),
+    DesignCell(
+        "paper-constructed",
+        "constructed",
+        "the method, row 2048* (2000*) of Tables 3-6: constructed batches at B = 2048 on CIFAR-10, else 2000 "
+        "(the paper finds them better than random)",
+        "claim",
+        "{B}*",
+    ),
+    DesignCell(
+        "paper-128a", "random", "row 128 (a) of Tables 5-6: DCGAN as published, random B = 128", "128", "128 (a)"
+    ),
     DesignCell(
         "paper-128b",
         "random",
-        "strategy (b): clipping + 1-centred penalty, random B = 128",
+        "row 128 (b) of Tables 5-6: clipping + 1-centred penalty, random B = 128",
         "128",
+        "128 (b)",
         equal_g_updates=True,
     ),
-    DesignCell("paper-128c", "random", "strategy (c): L2 on D's weights, random B = 128", "128"),
-    DesignCell("paper-128d", "random", "strategy (d): R1 on real data, random B = 128", "128"),
+    DesignCell(
+        "paper-128c", "random", "row 128 (c) of Tables 5-6: L2 on D's weights, random B = 128", "128", "128 (c)"
+    ),
+    DesignCell("paper-128d", "random", "row 128 (d) of Tables 5-6: R1 on real data, random B = 128", "128", "128 (d)"),
 )
 
 
@@ -212,10 +277,12 @@ def cell_sections(
     evaluate: Mapping[str, Any],
     diagnostic_epochs: int,
     batches: Mapping[str, Any] | None = None,
+    scale_train: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The run-config sections of one cell, the layers a cell adds between its preset's values and
     :func:`flows.config.resolve_config`'s validation: the user's batches values (top-k, fill, top-up)
-    under the cell's (strategy, B, seed, epochs of diagnostics); the scale's then the user's
+    under the cell's (strategy, B, seed, epochs of diagnostics); the scale's (``scale_train``, the
+    cell's recipe as the scale changes it, :meth:`Scale.recipe_train`; else ``scale.train``) then the user's
     training values, then the cell's seed (tracked, so the child run exists); the scale's then the
     user's evaluation."""
     return {
@@ -227,7 +294,12 @@ def cell_sections(
             "seed": cell.seed,
             "epochs": diagnostic_epochs,
         },
-        "train": {**scale.train, **dict(train), "seed": cell.seed, "track": True},
+        "train": {
+            **(scale_train if scale_train is not None else scale.train),
+            **dict(train),
+            "seed": cell.seed,
+            "track": True,
+        },
         "evaluate": {**scale.evaluate, **dict(evaluate)},
     }
 

@@ -14,9 +14,9 @@ and logs them to the parent run under ``report/``. The numbers are read and summ
 ``pipeline.experiments.stats``, worded in ``pipeline.experiments.summary`` (``report.json`` is that
 summary) and drawn in ``pipeline.experiments.plots``; this module lays them out. Contents:
 
-- first, the answer (:func:`answer_paragraph`, its numbers :func:`answer_details`): do constructed
-  batches help compared with random ones, at the batch level (batch KL, coverage) and at the
-  generator level (feature KL, FID), with direction and whether it exceeds the seed spread;
+- first, the answer (:func:`pipeline.experiments.answer.compose_answer`): at most six lines composed
+  from the records the sections print, the verdict (or why there is none) first, each line naming
+  the section that shows it;
 - whether each generator learned (:func:`learning_check`): its training feature KL at epoch 0
   (untrained) against its last epoch; a run that did not move is named in words;
 - the batch diagnostics in the paper's layout (Tables 1 and 2: rows strategies, columns batch
@@ -28,11 +28,12 @@ summary) and drawn in ``pipeline.experiments.plots``; this module lays them out.
   twice the pooled seed s.d., and Welch's t-test, worded plainly;
 - curves of feature KL (logged by training every epoch) and FID against epochs, metrics against
   batch size, last-epoch sample grids (seed 0) and the never-drawn images per strategy and B;
-- (issue 14, the self-contained sections below ``# --- the paper's design, floors and checks``):
-  the design's configurations and G-update budgets, every strategy's batches at every B of the
-  design with the label-KL check and the random-sample references, the never-drawn count per run
-  and epoch, each feature KL beside its floor at its sample size, and, in the paper design, the
-  paper's own comparisons (the method against strategies (a)-(d)).
+- (issues 14 and 19, :mod:`pipeline.experiments.report_sections`): the design's configurations,
+  recipes and G-update budgets, every strategy's batches at every B of the design with the label-KL
+  check and the random-sample references, the never-drawn count per run and epoch, each feature KL
+  beside its bootstrap and held-out floors, in the paper design the paper's own comparisons (its
+  claim, random against constructed at the same B, then the method against strategies (a)-(d),
+  with the paper's figures), and what the seeds could detect.
 """
 
 from __future__ import annotations
@@ -40,21 +41,32 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.experiments.plots import write_plots
+from pipeline.experiments.report_sections import (
+    batch_check_blocks,
+    design_blocks,
+    floor_blocks,
+    never_drawn_blocks,
+    paper_comparison_blocks,
+    power_blocks,
+)
 from pipeline.experiments.stats import EVAL_METRICS, KL_STATS, SPREAD_FACTOR, collect, mean_sd
-from pipeline.experiments.summary import (
+from pipeline.experiments.summary import summarise
+from pipeline.experiments.words import (
+    SECTION_BATCHES,
+    SECTION_LEARNING,
+    SECTION_RESULTS,
+    SECTION_SPREAD,
     _compact,
     _run_label,
     fmt,
     fmt_mean_sd,
     learning_sentence,
     missing_sentence,
-    summarise,
 )
 from storage.errors import SubsampleError
 from storage.paths import home
@@ -70,274 +82,6 @@ def reports_dir(parent_run_id: str) -> Path:
             STAGE, f"{parent_run_id!r} is not an MLflow run id (32 hex digits); give the id `subsample compare` printed"
         )
     return inside_home(home() / "reports" / parent_run_id, what="report folder")
-
-
-# --- reading MLflow -------------------------------------------------------------------------------
-
-
-# --- statistics -------------------------------------------------------------------------------------
-
-
-# --- the report's numbers -----------------------------------------------------------------------------
-
-
-# --- did the generators learn? ------------------------------------------------------------------------
-
-
-# --- batch level: each strategy's batches against random ones -------------------------------------------
-
-
-# --- the first paragraph: the answer ------------------------------------------------------------------------
-
-
-# --- plots ---------------------------------------------------------------------------------------------
-
-
-# --- the paper's design, floors and checks (issue 14) --------------------------------------------------
-# Self-contained: paper_summary() adds its keys to summarise()'s dict, the *_blocks() functions add
-# their sections to _blocks(). They read the parent's design.json and batch_diagnostics.json and
-# the child runs' floor, label-KL and never-drawn metrics.
-
-
-def design_blocks(summary: dict[str, Any]) -> list[tuple]:
-    design = summary.get("design") or {}
-    confs = design.get("configurations") or []
-    if not confs:
-        return []
-    out: list[tuple] = [("h", 2, f"The design ({design.get('design', '?')})")]
-    if design.get("design") == "paper":
-        out.append(
-            (
-                "p",
-                "The paper's cells only, not a factorial: the method at its two batch sizes and strategies "
-                "(a)-(d) at B = 128, each at its preset's batch size and epochs for this data set"
-                + (
-                    f", the batch sizes × {design['batch_scale']:g} to fit this data set"
-                    if design.get("batch_scale", 1) not in (None, 1, 1.0)
-                    else ""
-                )
-                + ". Budgets: the paper compares (a)-(d) at equal epochs; (b) takes 5 "
-                "critic steps per G step, each on its own batch, so it trains 5× the epochs and makes the "
-                "same number of G updates as (a), (c) and (d). The method's runs keep their own epochs, as "
-                "the paper ran them; their G updates are in the table.",
-            )
-        )
-    else:
-        out.append(
-            (
-                "p",
-                "Every strategy × batch size × preset; each cell trains at its preset's epochs, so D steps "
-                "per G step change the G updates (see the table).",
-            )
-        )
-    rows = [
-        [
-            c["configuration"],
-            c.get("reproduces") or "",
-            str(c["batch_size"]),
-            str(c["epochs"]),
-            str(c["d_steps"]),
-            str(c["batches_per_epoch"]),
-            f"{c['g_updates']:,}" + (" (equalised)" if c.get("equal_g_updates") else ""),
-            f"{c['images_seen']:,}",
-        ]
-        for c in confs
-    ]
-    out.append(
-        (
-            "table",
-            [
-                "configuration",
-                "reproduces",
-                "B",
-                "epochs",
-                "D steps per G step",
-                "batches per epoch",
-                "G updates",
-                "images seen by D",
-            ],
-            rows,
-        )
-    )
-    return out
-
-
-def batch_check_blocks(summary: dict[str, Any]) -> list[tuple]:
-    diag = summary.get("batch_diagnostics") or []
-    if not diag:
-        return []
-    out: list[tuple] = [("h", 2, "Every strategy's batches, with an independent check on the labels")]
-    out.append(
-        (
-            "p",
-            "The batches of every strategy at every batch size of the design (cached batches artifacts; "
-            "trained or not), each averaged over the seeds' constructions: coverage per epoch (Table 1), "
-            "the feature KL(f_Xi || f_X) of the batches, mean ± s.d. over the batches (Table 2's mean and "
-            "spread), beside what a uniformly random sample of B images scores on the same estimator. "
-            "Constructed batches are built to match this very histogram, so they beat the random sample by "
-            "design. The label KL (each batch's class mix against the data set's) is a property the "
-            "sampler never sees: a strategy at the random-sample value is no closer to the data set's class "
-            "mix than random batches.",
-        )
-    )
-    rows = []
-    sd0 = lambda v: 0.0 if v is not None and abs(v) < 1e-12 else v  # noqa: E731  (floating-point "spread")
-    for d in diag:
-        never = " / ".join(f"{v:.0f}" for v in d["never_drawn"]) or "–"
-        label = (
-            f"{fmt(d['label_kl_mean'])} ± {fmt(sd0(d['label_kl_sd']))}"
-            if d["label_kl_mean"] is not None
-            else "n/a (no labels)"
-        )
-        rows.append(
-            [
-                d["strategy"] + (f" (top-up {d['topup']})" if d.get("topup") else ""),
-                str(d["batch_size"]),
-                fmt(d["coverage"]),
-                f"{fmt(d['kl_mean'])} ± {fmt(sd0(d['kl_sd']))}",
-                fmt(d["kl_random"]),
-                label,
-                fmt(d["label_kl_random"]),
-                never,
-            ]
-        )
-    out.append(
-        (
-            "table",
-            [
-                "strategy",
-                "B",
-                "coverage",
-                "feature KL (mean ± s.d. over batches)",
-                "random sample of B",
-                "label KL (mean ± s.d.)",
-                "random sample of B",
-                "never drawn per epoch",
-            ],
-            rows,
-        )
-    )
-    sentences = []
-    for d in diag:
-        if d["strategy"] == "random" or d["label_kl_mean"] is None or not d["label_kl_random"]:
-            continue
-        ratio = d["label_kl_mean"] / d["label_kl_random"]
-        # the difference against the standard error of both means (the batches', the reference's samples)
-        se = math.sqrt(
-            (d["label_kl_sd"] or 0.0) ** 2 / max(d.get("n_batches") or 1, 1)
-            + (d.get("label_kl_random_sd") or 0.0) ** 2 / max(d.get("label_kl_random_repeats") or 1, 1)
-        )
-        diff = d["label_kl_mean"] - d["label_kl_random"]
-        words = (
-            "no closer to the data set's class mix than random sampling, and no further (within 2 standard errors)"
-            if abs(diff) <= 2 * se
-            else "closer to the data set's class mix than random sampling"
-            if diff < 0
-            else "further from the data set's class mix than random sampling"
-        )
-        sentences.append(
-            f"{d['strategy']} batches at B={d['batch_size']}: label KL {fmt(d['label_kl_mean'])}, "
-            f"{ratio:.2f}× a random sample's ({fmt(d['label_kl_random'])}; {d.get('n_batches')} batches): "
-            f"{words}; their feature KL is {fmt(d['kl_mean'])} against {fmt(d['kl_random'])}."
-        )
-    if sentences:
-        out.append(("ul", sentences))
-    elif any(d.get("label_note") for d in diag):
-        out.append(("p", "No label check: " + next(d["label_note"] for d in diag if d.get("label_note")) + "."))
-    return out
-
-
-def never_drawn_blocks(summary: dict[str, Any]) -> list[tuple]:
-    runs = summary.get("never_drawn_runs") or []
-    if not runs:
-        return []
-    epochs = max(len(r["per_epoch"]) for r in runs)
-    n = summary.get("n_images")
-    out: list[tuple] = [("h", 2, "Images never drawn, per run and epoch")]
-    out.append(
-        (
-            "p",
-            "How many of the " + (f"{n:,} " if n else "") + "training images no batch of the epoch held, for "
-            "every training run (the batches it trained on): those images were not trained on in that "
-            "epoch. Random batches leave out n mod B; constructed batches leave out the cells whose quota "
-            "rounds to 0 (spec §3).",
-        )
-    )
-    rows = [
-        [r["configuration"], str(r["seed"])]
-        + [f"{v:,}" + (f" ({v / n:.1%})" if n else "") for v in r["per_epoch"]]
-        + ["–"] * (epochs - len(r["per_epoch"]))
-        for r in runs
-    ]
-    out.append(("table", ["configuration", "seed"] + [f"epoch {e}" for e in range(1, epochs + 1)], rows))
-    return out
-
-
-def floor_blocks(summary: dict[str, Any]) -> list[tuple]:
-    floors = [f for f in summary.get("kl_floors") or [] if f["epoch"]["n"] or f["eval"]["n"]]
-    if not floors:
-        return []
-
-    def cell(k: dict[str, Any]) -> list[str]:
-        if not k["n"]:
-            return ["–", "–", ""]
-        value = fmt(k["mean"]) + (f" ± {fmt(k['sd'])}" if k["sd"] is not None else "") + f" (n={k['n']})"
-        if k["floor"] is None:
-            return [value, "n/a (not recorded)", ""]
-        floor = fmt(k["floor"]) + (f" ± {fmt(k['floor_sd'])}" if k["floor_sd"] is not None else "")
-        words = (
-            "at its floor"
-            if k["at_floor"]
-            else f"{k['ratio']:.2f}× its floor"
-            if k["ratio"] is not None
-            else "above its floor"
-        )
-        return [value, floor, words]
-
-    epoch_keys = sorted({key for f in floors for key in f["epoch"]["keys"]})
-    eval_keys = sorted({key for f in floors for key in f["eval"]["keys"]})
-    out: list[tuple] = [("h", 2, "Each feature KL beside its floor")]
-    out.append(
-        (
-            "p",
-            "A perfect generator does not score 0: the feature KL of N samples has a floor, the same "
-            "estimator on N real training images drawn at random (mean ± s.d. over 10 draws; "
-            "docs/evaluate.md). The two KLs below use different sample sizes and have different floors; "
-            "never compare one with the other. Per-epoch: training's fixed-z samples after the last epoch "
-            f"(MLflow {', '.join(f'`{k}`' for k in epoch_keys) or '–'}, floor `<key>_floor`). Evaluation: "
-            f"the final generator's samples (MLflow {', '.join(f'`{k}`' for k in eval_keys) or '–'}, floor "
-            '`<key>_floor`). "At its floor" means within 2 × √(seed s.d.² + floor s.d.²) of it: '
-            "indistinguishable from real images, and differences between such generators mean nothing.",
-        )
-    )
-    rows = [[f["configuration"], *cell(f["epoch"]), *cell(f["eval"])] for f in floors]
-    out.append(("table", ["configuration", "per-epoch KL", "its floor", "", "evaluation KL", "its floor", ""], rows))
-    at = [f["configuration"] for f in floors if f["eval"]["at_floor"]]
-    total = sum(f["eval"]["floor"] is not None for f in floors)
-    if total:
-        out.append(
-            (
-                "p",
-                f"{len(at)} of {total} configurations have an evaluation KL at its floor"
-                + (f": {', '.join(at)}." if at else "."),
-            )
-        )
-    return out
-
-
-def paper_comparison_blocks(summary: dict[str, Any]) -> list[tuple]:
-    comps = summary.get("paper_comparisons") or []
-    if not comps:
-        return []
-    return [
-        ("h", 2, "The paper's comparisons: the method against strategies (a)-(d)"),
-        (
-            "p",
-            "Each constructed-batch configuration against each random-batch one, per metric: difference of the "
-            f"means over seeds against {SPREAD_FACTOR:g} × the pooled seed s.d., and Welch's t-test.",
-        ),
-        ("ul", [c["sentence"] for c in comps]),
-    ]
 
 
 # --- documents ---------------------------------------------------------------------------------------
@@ -359,12 +103,12 @@ def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:
     The first paragraph answers the question; each section after it is one function."""
     out: list[tuple] = [("h", 1, f"Subsample comparison on {summary['dataset']} ({summary['scale']} scale)")]
     out.append(("p", summary["answer"]))
-    if summary.get("answer_details"):
-        out.append(("ul", summary["answer_details"]))
     out += _setup_blocks(summary)
     out += design_blocks(summary)
     out += _learning_blocks(summary)
+    out += paper_comparison_blocks(summary)
     out += _spread_blocks(summary)
+    out += power_blocks(summary)
     out += _batch_blocks(summary, plots)
     out += _results_blocks(summary, plots)
     if "samples.png" in plots:
@@ -375,22 +119,32 @@ def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:
 
 def _setup_blocks(summary: dict[str, Any]) -> list[tuple]:
     S, B, P = summary["strategies"], summary["batch_sizes"], summary["presets"]
+    paper = (summary.get("design") or {}).get("design") == "paper"
     out: list[tuple] = [
         (
             "p",
             f"MLflow parent run `{summary['parent_run_id']}` ({summary['run_name']}, {summary['status']}), "
             f"experiment {summary['experiment_id']}: {summary['runs']} child runs, {summary['runs_ok']} finished. "
-            f"Grid: strategies {', '.join(S)} × B {', '.join(map(str, B))} × presets {', '.join(P)} × "
-            f"{len(summary['seeds'])} seeds; {summary['n_images']} training images. Every number below was "
+            + (
+                f"Design: the paper's {len(summary['configurations'])} configurations (below) × "
+                if paper
+                else f"Grid: strategies {', '.join(S)} × B {', '.join(map(str, B))} × presets {', '.join(P)} × "
+            )
+            + f"{len(summary['seeds'])} seeds; {summary['n_images']} training images. Every number below was "
             "read back from MLflow (the child runs' metrics, histories, tags and artifacts).",
         )
     ]
     st = summary.get("settings", {})
+    factor = (summary.get("design") or {}).get("epoch_factor") if paper else None
+    if factor is not None:  # the paper design's epochs are each preset's × the factor, not the scale's own
+        st = {**st, "scale_train": {k: v for k, v in st.get("scale_train", {}).items() if k != "epochs"}}
+        st["scale_train"]["epochs"] = f"each preset's × {factor:g}"
     over = lambda sec: ", ".join(f"{k}={v}" for k, v in st.get(sec, {}).items()) or "none"  # noqa: E731
     out.append(
         (
             "p",
-            f"Over each preset's training values: the scale's ({over('scale_train')}), then these given "
+            f"Over each preset's training values: the scale's ({over('scale_train')}; each recipe's learning "
+            f"rates × its optimiser's factor: {over('scale_lr_factors')}), then these given "
             f"values ({over('train')}), then the cell's seed. Evaluation: the scale's ({over('scale_evaluate')}), "
             f"then given ({over('evaluate')}).",
         )
@@ -403,7 +157,7 @@ def _setup_blocks(summary: dict[str, Any]) -> list[tuple]:
 def _learning_blocks(summary: dict[str, Any]) -> list[tuple]:
     """Did the generators learn: one sentence, the runs that did not (in words), a table per configuration."""
     learning = summary["learning"]
-    out: list[tuple] = [("h", 2, "Did the generators learn?")]
+    out: list[tuple] = [("h", 2, SECTION_LEARNING)]
     out.append(
         (
             "p",
@@ -464,19 +218,20 @@ def _learning_blocks(summary: dict[str, Any]) -> list[tuple]:
 
 def _spread_blocks(summary: dict[str, Any]) -> list[tuple]:
     comps, bcomps = summary["comparisons"], summary.get("batch_comparisons", [])
-    out: list[tuple] = [("h", 2, "Which differences exceed the seed-to-seed spread")]
+    out: list[tuple] = [("h", 2, SECTION_SPREAD)]
     if not comps and not bcomps:
         out.append(("p", "No comparison possible: the grid has no random-batch baseline or no finished runs."))
         return out
     every = bcomps + comps
-    big = [c for c in every if c["exceeds"]]
+    big = [c for c in every if c["exceeds"] and not c.get("not_learned")]
     out.append(
         (
             "p",
             f"{len(big)} of {len(every)} comparisons with random batches differ by more than "
             f"{SPREAD_FACTOR:g} × the pooled seed s.d. (√((s_a² + s_b²)/2), sample s.d. over seeds); "
             "Welch's t-test is given alongside. With 3 seeds, treat single hits with care: "
-            "many comparisons are made.",
+            "many comparisons are made. A comparison involving generators that did not learn gives no verdict"
+            + (f" ({stuck} of them)." if (stuck := sum(bool(c.get("not_learned")) for c in every)) else "."),
         )
     )
     out.append(("ul", [c["sentence"] for c in big] or ["None: every difference is within the seed spread."]))
@@ -491,7 +246,7 @@ def _spread_blocks(summary: dict[str, Any]) -> list[tuple]:
 
 def _batch_blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:
     S, B = summary["strategies"], summary["batch_sizes"]
-    out: list[tuple] = [("h", 2, "Batch diagnostics (the paper's Tables 1 and 2)")]
+    out: list[tuple] = [("h", 2, SECTION_BATCHES)]
     cov_head = ["strategy"] + [f"B={b}" for b in B]
     cov_rows = []
     for s in S:
@@ -537,7 +292,7 @@ def _batch_blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]
 
 def _results_blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:
     """Results per configuration; a metric no run has is one sentence, not a column of "n/a"."""
-    out: list[tuple] = [("h", 2, "Results per configuration (mean ± s.d. over seeds)")]
+    out: list[tuple] = [("h", 2, SECTION_RESULTS)]
     missing = summary.get("missing_metrics") or {}
     specs = [spec for spec in EVAL_METRICS if spec.label not in missing]
     keys = sorted(
@@ -575,7 +330,6 @@ def _results_blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tupl
             )
         )
     out += floor_blocks(summary)
-    out += paper_comparison_blocks(summary)
     for name in ("metrics_vs_batch_size.png", "feature_kl_curves.png", "fid_curves.png"):
         if name in plots:
             out.append(("img", name, plots[name]))
@@ -609,7 +363,7 @@ def render_markdown(blocks: list[tuple]) -> str:
     return "\n".join(lines)
 
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+CSS = """body{font-family:system-ui,sans-serif,"Noto Sans CJK SC","Source Han Sans SC","PingFang SC","Microsoft YaHei";max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 table{border-collapse:collapse;margin:0.6em 0 1.2em;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #ddd}
 figcaption{font-size:0.85em;color:#555;margin-bottom:1.5em}code{background:#f5f5f5;padding:0 3px}li{margin:0.2em 0}"""
@@ -621,7 +375,7 @@ def render_html(blocks: list[tuple], plots_dir: Path, title: str) -> str:
         if b[0] == "h":
             body.append(f"<h{b[1]}>{_html_inline(b[2])}</h{b[1]}>")
         elif b[0] == "p":
-            body.append(f"<p>{_html_inline(b[1])}</p>")
+            body.append("<p>" + "<br>\n".join(_html_inline(line) for line in b[1].split("  \n")) + "</p>")
         elif b[0] == "ul":
             body.append("<ul>" + "".join(f"<li>{_html_inline(i)}</li>" for i in b[1]) + "</ul>")
         elif b[0] == "table":

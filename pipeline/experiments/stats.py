@@ -399,3 +399,71 @@ def _quiet_downloads():
             os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
         else:
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = old
+
+
+# --- power: what a comparison's seeds can detect ---------------------------------------------------
+
+POWER = 0.8  # the chance of detecting a true difference that the figures below are for
+ALPHA = 0.05  # Welch's test, two-sided
+
+
+def detectable_difference(sd: Optional[float], n_a: int, n_b: int, alpha: float = ALPHA, power: float = POWER):
+    """The smallest true difference of means that Welch's t-test (two-sided, ``alpha``) detects
+    with probability ``power`` when both sides have seed s.d. ``sd`` (the pooled one), with
+    ``n_a`` and ``n_b`` seeds: ``(t_{1-alpha/2, df} + t_{power, df}) · sd · √(1/n_a + 1/n_b)``,
+    ``df = n_a + n_b − 2`` (equal spreads: Welch's df). None without a spread or with < 2 seeds a side."""
+    from scipy import stats
+
+    if sd is None or n_a < 2 or n_b < 2:
+        return None
+    df = n_a + n_b - 2
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * sd * math.sqrt(1 / n_a + 1 / n_b))
+
+
+def rule_detectable_difference(sd: Optional[float], n_a: int, n_b: int, power: float = POWER):
+    """The smallest true difference the report's rule (``|diff| > 2 × pooled seed s.d.``) flags
+    with probability ``power``, the s.d. taken as known: ``2 sd + z_power · sd · √(1/n_a + 1/n_b)``.
+    It never falls below ``2 sd``, whatever the seeds: the rule judges a difference against the
+    seed spread, not against its standard error."""
+    from scipy import stats
+
+    if sd is None or n_a < 2 or n_b < 2:
+        return None
+    return float(SPREAD_FACTOR * sd + stats.norm.ppf(power) * sd * math.sqrt(1 / n_a + 1 / n_b))
+
+
+def seeds_needed(delta: float, sd: Optional[float], alpha: float = ALPHA, power: float = POWER, most: int = 10_000):
+    """The fewest seeds per cell (both cells alike) at which Welch's test detects a true difference
+    ``delta`` with probability ``power``, at seed s.d. ``sd``; None when no spread is known or more
+    than ``most`` would be needed."""
+    if sd is None or delta == 0:
+        return None
+    if sd == 0:
+        return 2
+    lo, hi = 2, most
+    if detectable_difference(sd, hi, hi, alpha, power) > abs(delta):
+        return None
+    while lo < hi:  # detectable_difference falls with n
+        mid = (lo + hi) // 2
+        if detectable_difference(sd, mid, mid, alpha, power) <= abs(delta):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def power_row(res: dict[str, Any], paper_delta: Optional[float] = None) -> dict[str, Any]:
+    """What one comparison (:func:`compare_to_baseline`'s result) could detect, and how many seeds
+    the paper's difference ``paper_delta`` would need at its spread."""
+    sd, na, nb = res.get("pooled_sd"), res["a"]["n"], res["b"]["n"]
+    out = {
+        "pooled_sd": sd,
+        "n_a": na,
+        "n_b": nb,
+        "welch_detectable": detectable_difference(sd, na, nb),
+        "rule_detectable": rule_detectable_difference(sd, na, nb),
+        "paper_delta": paper_delta,
+        "seeds_needed": seeds_needed(paper_delta, sd) if paper_delta is not None else None,
+        "rule_can_see_paper": None if paper_delta is None or sd is None else abs(paper_delta) > SPREAD_FACTOR * sd,
+    }
+    return out
