@@ -29,6 +29,7 @@ import torch
 from pipeline.config import EvaluateConfig
 from storage.errors import SubsampleError, brief
 from storage.paths import home, inside_home
+from storage.safe_io import checked, make_dirs
 
 STAGE = "evaluate"
 INCEPTION = "inception-v3-compat"
@@ -121,7 +122,8 @@ def default_weights(extractor: str, *, timeout_s: float = 20.0, progress: bool =
     dest = weights_dir() / fname
     old = socket.getdefaulttimeout()
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(dest.parent, what="weights folder")
+        checked(dest, what="downloaded weights")  # inside the home; torch.hub renames its temporary file onto it
         socket.setdefaulttimeout(timeout_s)
         prefix = torch.hub.HASH_REGEX.search(fname)
         with redirect_stdout(sys.stderr):  # torch.hub announces downloads on stdout

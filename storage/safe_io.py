@@ -87,13 +87,20 @@ def under_home(path: str | os.PathLike) -> bool:
     return any(p == b or b in p.parents for b in {home(), _root()})
 
 
+def checked(path: str | os.PathLike, *, what: str = "file") -> Path:
+    """:func:`writable` for a path under the home; a path elsewhere (one a caller chose outside
+    it: a test's folder, a bench script's output) as it is. The helpers below use it, and never
+    write through a link in the last component either way."""
+    return writable(path, what=what) if under_home(path) else Path(os.path.abspath(path))
+
+
 def make_dirs(path: str | os.PathLike, *, what: str = "folder") -> Path:
     """``mkdir -p`` of a folder checked by :func:`writable` (a link to a folder inside the home is
     followed; one leading out is refused)."""
-    p = writable(path, what=what)
+    p = checked(path, what=what)
     if p.is_symlink():
         p = p.resolve()
-        writable(p, what=what)
+        checked(p, what=what)
     p.mkdir(parents=True, exist_ok=True)
     return p
 
@@ -109,7 +116,7 @@ def open_fd(path: str | os.PathLike, flags: int, *, what: str = "file", mode: in
     """``os.open`` with ``O_NOFOLLOW`` (a link in its place is refused) of a path checked by
     :func:`writable` when it lies under the home (a path elsewhere is one the user configured, an
     ``MLFLOW_TRACKING_URI`` database's lock)."""
-    p = writable(path, what=what) if under_home(path) else Path(path)
+    p = checked(path, what=what)
     try:
         return os.open(p, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
     except OSError as e:
@@ -130,8 +137,8 @@ def atomic_path(path: str | os.PathLike, *, what: str = "file", suffix: str = ""
     """A temporary path beside ``path`` (checked) for a library that writes by name (``np.savez``,
     ``torch.save``, ``savefig``); renamed over ``path`` when the block ends normally, removed
     otherwise. ``suffix``: what the writer needs the name to end with (``.npz``)."""
-    final = writable(path, what=what)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    final = checked(path, what=what)
+    make_dirs(final.parent, what=what + "'s folder")
     tmp = final.with_name(f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp{suffix}")
     try:
         yield tmp
@@ -184,21 +191,71 @@ _NEEDS = {
 FAULT_ERRNOS = frozenset(_NEEDS)
 
 
+# what libraries say when a write failed without handing on the OSError (torch's zip writer,
+# SQLite through SQLAlchemy and MLflow), and the errno each means
+_MESSAGES = (
+    ("database or disk is full", errno.ENOSPC),
+    ("no space left on device", errno.ENOSPC),
+    ("disk quota exceeded", errno.EDQUOT),
+    ("file too large", errno.EFBIG),
+    ("readonly database", errno.EROFS),
+    ("read-only file system", errno.EROFS),
+)
+_WRITE_FAILED = ("file write failed", "unexpected pos", "disk i/o error")
+
+
+def _errno_of(exc: BaseException) -> tuple[int, str | None] | None:
+    """``(errno, path)`` of the file-system fault behind ``exc`` (itself, its cause or context, or
+    a library's message that names one), or None."""
+    for _ in range(6):
+        if exc is None:
+            return None
+        if isinstance(exc, OSError) and exc.errno in _NEEDS:
+            return exc.errno, exc.filename
+        text = str(exc).lower()
+        for needle, code in _MESSAGES:
+            if needle in text:
+                return code, None
+        if any(needle in text for needle in _WRITE_FAILED):  # no errno given: find out why
+            return _why_write_failed(), None
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _why_write_failed() -> int:
+    import resource
+    import shutil
+
+    try:
+        if shutil.disk_usage(_existing(home())).free < (1 << 20):
+            return errno.ENOSPC
+    except OSError:
+        pass
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return errno.EFBIG if soft != resource.RLIM_INFINITY else errno.ENOSPC
+
+
+def _existing(p: Path) -> Path:
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
 def fault(exc: BaseException, stage: str = "subsample") -> SubsampleError | None:
-    """The one-line error for a file-system fault (``exc`` an OSError with one of
-    :data:`FAULT_ERRNOS`, also when it is the cause or context of ``exc``), or None."""
+    """The one-line error for a file-system fault (an OSError with one of :data:`FAULT_ERRNOS`,
+    also when it is the cause or context of ``exc``, or a library's message that reports one:
+    SQLite's "database or disk is full", torch's "file write failed"), or None for anything else."""
+    if isinstance(exc, SubsampleError):
+        return None
     h = home()
     if isinstance(exc, OSError) and h.exists() and not h.is_dir():
         return SubsampleError(stage, f"SUBSAMPLE_HOME={h} is a file, not a folder; point SUBSAMPLE_HOME at a folder")
-    seen = 0
-    while exc is not None and seen < 5 and not (isinstance(exc, OSError) and exc.errno in _NEEDS):
-        exc = exc.__cause__ or exc.__context__  # e.g. a library's wrapper of the OSError
-        seen += 1
-    if not isinstance(exc, OSError) or exc.errno not in _NEEDS:
+    found = _errno_of(exc)
+    if found is None:
         return None
-    path = exc.filename
+    code, path = found
     where = f"{path}: " if path else f"writing under {h}: "
-    return SubsampleError(stage, where + _NEEDS[exc.errno].format(stage=stage))
+    return SubsampleError(stage, where + _NEEDS[code].format(stage=stage))
 
 
 def local_artifact_dir(uri: str) -> Path | None:
@@ -242,3 +299,23 @@ def check_sqlite_files(db: Path) -> None:
         p = db.with_name(db.name + suffix)
         if p.is_symlink() and (suffix or _outside(p.resolve(), _root())):
             raise _refuse_link(p, "MLflow database file")
+
+
+class _FaultTracebacks:
+    """A logging filter dropping a library's record of an exception that is a file-system fault
+    (MLflow logs "SQLAlchemy database error" with its traceback before raising it again): the
+    exception itself reaches the command, which says it in one line."""
+
+    def filter(self, record) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or fault(exc) is None
+
+
+def quiet_fault_tracebacks(*loggers: str) -> None:
+    """Install :class:`_FaultTracebacks` on ``loggers`` (default: MLflow's database session logger)."""
+    import logging
+
+    for name in loggers or ("mlflow.store.db.utils",):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _FaultTracebacks) for f in logger.filters):
+            logger.addFilter(_FaultTracebacks())

@@ -42,6 +42,7 @@ from storage.artifacts import dir_identity, replace_dir
 from storage.errors import SubsampleError, did_you_mean
 from storage.locks import owner_tag, remove_stale
 from storage.paths import dataset_path, datasets_dir
+from storage.safe_io import write_atomic
 
 FORMAT = "subsample-dataset/1"
 STORE_CODE_VERSION = "1"
@@ -178,12 +179,10 @@ class DatasetStore:
             rel: _sha256_file(self.path / rel) for rel, (_, mtime) in files.items() if mtime >= now - RACY_SECONDS * 1e9
         }
         record = {"content_hash": self.content_hash, "files": files, "racy": racy}
-        tmp = self.path / f"{VERIFIED_FILE}.{owner_tag()}-{uuid.uuid4().hex[:8]}"
         try:
-            tmp.write_text(json.dumps(record))
-            os.replace(tmp, self.path / VERIFIED_FILE)
-        except OSError:  # a read-only store: it is verified again next time
-            tmp.unlink(missing_ok=True)
+            write_atomic(self.path / VERIFIED_FILE, json.dumps(record), what="store verification record")
+        except OSError:  # a read-only store (or a full disk): it is verified again next time
+            pass
 
 
 RACY_SECONDS = 2

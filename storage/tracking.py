@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlparse
 from storage.errors import SubsampleError, redact_uri
 from storage.locks import file_lock
 from storage.paths import mlflow_artifact_root, mlflow_tracking_uri
-from storage.safe_io import check_artifact_copies, check_sqlite_files
+from storage.safe_io import check_artifact_copies, check_sqlite_files, quiet_fault_tracebacks
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -81,6 +81,7 @@ def client() -> "MlflowClient":
     if uri in _OPENED:
         return MlflowClient(tracking_uri=uri)
     db = _sqlite_path(uri)
+    quiet_fault_tracebacks()  # a full or read-only disk is said once, in one line, by the command
     with contact("open the MLflow tracking store"):
         if db is not None:
             check_sqlite_files(db)

@@ -10,7 +10,6 @@ the :class:`pipeline.config.TrainConfig` fields), images are a uint8 tensor, bat
 from __future__ import annotations
 
 import math
-import os
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -250,9 +249,10 @@ def save_checkpoint(t: Trainer, path: Path, rng_ranks: list | None = None) -> No
         "config": t.cfg.model_dump(mode="json"),
         **({"rng_ranks": rng_ranks} if rng_ranks else {}),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    from storage.safe_io import atomic_path
+
+    with atomic_path(path, what="checkpoint") as tmp:  # inside the home, never through a link
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(t: Trainer, path: Path) -> None:

@@ -85,9 +85,10 @@ from pipeline.stages.train_records import (
     save_grid,
 )
 from storage.artifacts import Artifact, build_artifact, open_artifact
-from storage.errors import SubsampleError
+from storage.errors import SubsampleError, one_line
 from storage.locks import LockBusy, file_lock, lock_is_free
 from storage.paths import inside_home, stage_dir
+from storage.safe_io import fault, links_in, make_dirs, write_atomic
 
 STAGE = "train"
 CODE_VERSION = CODE_VERSIONS[STAGE]  # bumped in pipeline/stages/lineage.py, with the key recipe
@@ -335,6 +336,12 @@ def _train_locked(dataset, cfg, batches, store, tables_art, key, base, t0, upstr
     ckpt = work / "checkpoint.pt"
     run_file = work / "run.json"
     resumed_from = None
+    if main and resume and work.exists() and (links := links_in(work)):  # planted: a run never makes links
+        raise SubsampleError(
+            STAGE,
+            f"{work} holds a symbolic link ({links[0]} -> {os.path.realpath(links[0])}); refusing to train in it: "
+            "remove the folder (its checkpoint cannot be trusted) and run again",
+        )
     if distributed.broadcast_flag(resume and ckpt.exists()):  # rank 0's view: every rank resumes or none
         load_checkpoint(t, ckpt)
         resumed_from = t.epoch
@@ -343,7 +350,7 @@ def _train_locked(dataset, cfg, batches, store, tables_art, key, base, t0, upstr
             print(f"{STAGE}: discarding the unfinished run in {work} (pass --resume to continue it)", file=sys.stderr)
         shutil.rmtree(work)
     if main:
-        work.mkdir(parents=True, exist_ok=True)
+        make_dirs(work, what="training work folder")
     distributed.barrier()
     run_id = None
     title = run_title(dataset, cfg.preset, batches.strategy, batches.batch_size, cfg.seed)
@@ -358,7 +365,9 @@ def _train_locked(dataset, cfg, batches, store, tables_art, key, base, t0, upstr
             run_id = _start_tracking(
                 cfg, batches, tables, features, dataset, key, store, tables_art, run_info.get("mlflow_run_id")
             )
-            run_file.write_text(json.dumps({"key": key, "dataset": dataset, "mlflow_run_id": run_id}))
+            write_atomic(
+                run_file, json.dumps({"key": key, "dataset": dataset, "mlflow_run_id": run_id}), what="run file"
+            )
         from pipeline.fidelity import epoch_evaluator
 
         evaluator = epoch_evaluator(cfg, store, table, cfg.z_dim, device) if main else None
@@ -631,7 +640,7 @@ def _end_tracking(run_id: str | None, status: str) -> None:
 
         tracking.end_run(run_id, status)
     except Exception as e:  # the training error matters more than the bookkeeping
-        print(f"{STAGE}: could not mark MLflow run {run_id} {status}: {e}", file=sys.stderr)
+        print(f"{STAGE}: could not mark MLflow run {run_id} {status}: {one_line(fault(e) or e)[:300]}", file=sys.stderr)
 
 
 def launch_train(
