@@ -61,6 +61,8 @@ from pipeline.gan.trainer import (
     Diverged,
     NonFiniteLoss,
     Trainer,
+    check_divergence_at_end,
+    check_weights,
     generate,
     load_checkpoint,
     make_trainer,
@@ -375,15 +377,14 @@ def _train_locked(dataset, cfg, batches, store, tables_art, key, base, t0, upstr
         _train_loop(t, table, sampler, images, batches.batch_size, work, logger, progress, labels, evaluator, title)
     except (NonFiniteLoss, Diverged) as e:
         _end_tracking(run_id, "FAILED")
-        last = f"{ckpt} (after epoch {_ckpt_epoch(ckpt)})" if ckpt.exists() else "none (no epoch had finished)"
+        last = _last_good(ckpt, t.epoch)
         if main:
             _drop_unresumable(work)
         if isinstance(e, Diverged):
             raise SubsampleError(
                 STAGE,
-                f"diverged: |loss_{e.which.lower()}| above {cfg.diverge_loss_max:g} for {cfg.diverge_steps} consecutive "
-                f"D steps (last {e.value:.3g} at epoch {t.epoch + 1} step {e.step}); stopped. Lower lr_d / lr_g (or raise "
-                f"--set diverge_loss_max=...); last good checkpoint: {last}",
+                f"diverged: {_divergence(e, t, cfg)} (at epoch {t.epoch + 1} step {e.step}); stopped. Lower lr_d / lr_g "
+                f"(or raise --set diverge_loss_max=...); last good checkpoint: {last}",
             ) from None
         raise SubsampleError(
             STAGE, f"non-finite {e.which} loss at epoch {t.epoch + 1} step {e.step}; last good checkpoint: {last}"
@@ -557,6 +558,9 @@ def _train_loop(
             t0 = time.perf_counter()
             losses = train_epoch(t, images, batches, bar, labels)
             seconds = time.perf_counter() - t0
+        check_weights(t)
+        if epoch + 1 >= cfg.epochs or (cfg.max_steps is not None and t.step >= cfg.max_steps):
+            check_divergence_at_end(t)  # the last epoch: a run shorter than the guard's window too
         if not distributed.is_main():  # the other ranks count, and send their RNG state to checkpoints
             t.method._records.clear()  # rank 0 reports the method's per-epoch metrics
             t.epoch = epoch + 1
@@ -595,6 +599,26 @@ def _train_loop(
                 f"samples) {m['images_per_second']} img/s",
                 file=sys.stderr,
             )
+
+
+def _divergence(e: Diverged, t: Any, cfg: TrainConfig) -> str:
+    """What the divergence guard saw, in words."""
+    bound = f"{cfg.diverge_loss_max:g}"
+    if e.which.endswith("weights"):
+        return f"a weight of {e.which[0]} reached {e.value:.3g} in magnitude (above {bound})"
+    n = t.steps_over_bound
+    span = f"{n} consecutive D steps" + (", to the end of the run" if n < cfg.diverge_steps else "")
+    return f"|loss_{e.which.lower()}| above {bound} for {span} (last {e.value:.3g})"
+
+
+def _last_good(ckpt: Path, finished: int) -> str:
+    """What a failed run's message says it left: the epochs it finished and its last checkpoint
+    (none when the losses were already above the divergence bound at every epoch's end)."""
+    if ckpt.exists():
+        return f"{ckpt} (after epoch {_ckpt_epoch(ckpt)}; {finished} epoch(s) finished)"
+    if finished:
+        return f"none ({finished} epoch(s) finished, each with its losses above the divergence bound)"
+    return "none (no epoch had finished)"
 
 
 def _ckpt_epoch(path: Path) -> int | str:
