@@ -1,0 +1,545 @@
+"""Faults and hostile inputs (docs/security.md, "Faults and interruptions"): every write resolves
+inside the home and never goes through a link leading out; file-system faults (disk full, the
+file-size limit, a read-only home, the home a file, a damaged manifest) are one line; hostile
+pickles, fidelity caches and stores are bounded before anything is built; the divergence guard
+catches short runs and absurd learning rates; numba's cache stays out of the source tree."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flows.cli import main
+from storage.errors import SubsampleError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``subsample ARGV`` in-process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def last_line(err: str) -> str:
+    """The error line (the last non-empty line on stderr); no traceback anywhere."""
+    assert "Traceback" not in err, err
+    lines = [ln.strip() for ln in re.split(r"[\r\n]", err) if ln.strip()]
+    assert lines, err
+    return lines[-1]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    h = tmp_path / "home"
+    h.mkdir()
+    monkeypatch.setenv("SUBSAMPLE_HOME", str(h))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return h
+
+
+@pytest.fixture
+def outside(tmp_path) -> Path:
+    """A file outside the home that a planted link points to; its bytes must never change."""
+    p = tmp_path / "outside" / "precious.txt"
+    p.parent.mkdir()
+    p.write_text("do not touch\n")
+    return p
+
+
+def blob_images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = rng.uniform(60, 140, (n, 1, 1, 3)) + np.zeros((n, size, size, 3))
+    for i in range(n):
+        y, x = rng.integers(0, size - 6, 2)
+        img[i, y : y + 6, x : x + 6] += rng.uniform(20, 60, 3)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# --- 1. every write resolves inside the home -------------------------------------------------------
+
+
+def test_an_mlflow_lock_linked_outside_is_refused_and_its_target_left_intact(home, outside):
+    """The re-audit: `mlflow.db.lock` as a link to an outside file, and `train` truncated it to 0 bytes."""
+    from storage import tracking
+
+    (home / "mlflow.db.lock").symlink_to(outside)
+    tracking._OPENED.clear()
+    with pytest.raises(SubsampleError, match=r"mlflow\.db\.lock is a symbolic link"):
+        tracking.client()
+    assert outside.read_text() == "do not touch\n"
+
+
+def test_lock_files_are_never_opened_through_a_link(home, outside):
+    from storage.locks import file_lock, lock_is_free
+
+    lock = home / "stages" / "train" / "0123456789abcdef.lock"
+    lock.parent.mkdir(parents=True)
+    lock.symlink_to(outside)
+    with pytest.raises(SubsampleError, match="symbolic link"):
+        with file_lock(lock):
+            pass
+    assert not lock_is_free(lock)  # not ours to judge: nothing removes what it guards
+    assert outside.read_text() == "do not touch\n"
+
+
+def test_a_folder_linked_outside_is_refused_naming_the_link(home, outside):
+    from storage.safe_io import atomic_path, make_dirs, open_write, write_atomic
+
+    (home / "floors").symlink_to(outside.parent, target_is_directory=True)
+    for write in (
+        lambda: write_atomic(home / "floors" / "new.json", "{}"),
+        lambda: open_write(home / "floors" / "log.jsonl", "a").close(),
+        lambda: make_dirs(home / "floors" / "sub"),
+        lambda: atomic_path(home / "floors" / "precious.txt").__enter__(),
+    ):
+        with pytest.raises(SubsampleError, match=rf"{re.escape(str(home / 'floors'))} is a symbolic link to .*outside"):
+            write()
+    assert sorted(p.name for p in outside.parent.iterdir()) == ["precious.txt"]
+    assert outside.read_text() == "do not touch\n"
+
+
+def test_a_file_linked_anywhere_is_never_written_through(home, outside):
+    from storage.safe_io import open_write, write_atomic
+
+    inside = home / "target.txt"
+    inside.write_text("inside\n")
+    (home / "out.json").symlink_to(outside)
+    (home / "in.json").symlink_to(inside)
+    with pytest.raises(SubsampleError, match="out.json is a symbolic link"):
+        write_atomic(home / "out.json", "x")
+    with pytest.raises(SubsampleError, match="symbolic link"):
+        open_write(home / "in.json", "a")  # O_NOFOLLOW, even when it leads inside
+    write_atomic(home / "in.json", "new")  # replaced: the link itself, not its target
+    assert not (home / "in.json").is_symlink() and (home / "in.json").read_text() == "new"
+    assert inside.read_text() == "inside\n" and outside.read_text() == "do not touch\n"
+
+
+def test_floors_linked_outside_write_nothing_there(home, outside, capsys):
+    from pipeline.floors import cached_feature_kl_floor
+
+    table = _small_table()
+    (home / "floors").symlink_to(outside.parent, target_is_directory=True)
+    floor = cached_feature_kl_floor(table, "ab" * 32, 64)
+    assert floor["cache_hit"] is False
+    assert sorted(p.name for p in outside.parent.iterdir()) == ["precious.txt"]
+    assert "is a symbolic link" in capsys.readouterr().err
+
+
+def _small_table():
+    from pipeline.config import FeaturesConfig, TablesConfig
+    from pipeline.stages.features import run_features
+    from pipeline.stages.tables import load_table, run_tables
+    from storage.artifacts import open_artifact
+    from storage.store import write_store
+
+    write_store("toy", blob_images(64))
+    run_features("toy", FeaturesConfig(workers=1), progress=False)
+    key = run_tables("toy", TablesConfig(bins=(4, 4)), FeaturesConfig(workers=1))["key"]
+    return load_table(open_artifact("tables", key))
+
+
+def test_mlflow_artifacts_are_not_copied_through_links(home, outside):
+    from storage.safe_io import check_artifact_copies
+
+    src = home / "stages" / "x"
+    src.mkdir(parents=True)
+    (src / "grid.png").write_bytes(b"png")
+    art = home / "mlflow-artifacts"
+    art.mkdir()
+    (art / "subsample").symlink_to(outside.parent, target_is_directory=True)
+    with pytest.raises(SubsampleError, match="subsample is a symbolic link"):
+        check_artifact_copies((art / "subsample" / "1" / "run" / "artifacts").as_uri(), [(src / "grid.png", None)])
+    run_dir = home / "mlflow-artifacts" / "own" / "artifacts"
+    (run_dir / "grids").mkdir(parents=True)
+    (run_dir / "grids" / "grid.png").symlink_to(outside)
+    with pytest.raises(SubsampleError, match="grid.png is a symbolic link"):
+        check_artifact_copies(run_dir.as_uri(), [(src, "grids")])
+    check_artifact_copies("http://tracking.example/artifacts", [(src, "grids")])  # a remote store: not ours
+    assert outside.read_text() == "do not touch\n"
+
+
+# --- 2. file-system faults are one line -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "code, words",
+    [
+        (errno.ENOSPC, "no space left on the device"),
+        (errno.EFBIG, "file-size limit"),
+        (errno.EROFS, "read-only"),
+        (errno.EDQUOT, "quota"),
+    ],
+)
+def test_file_system_faults_become_one_line_naming_the_path(home, code, words):
+    from storage.safe_io import fault
+
+    err = fault(OSError(code, os.strerror(code), str(home / "stages" / "x")), "tables")
+    assert err is not None and str(err).startswith(f"tables: {home / 'stages' / 'x'}: ") and words in str(err)
+    wrapped = RuntimeError("saving failed")
+    wrapped.__cause__ = OSError(code, os.strerror(code))
+    assert words in str(fault(wrapped, "train"))
+    assert fault(ValueError("a bug"), "train") is None
+
+
+def test_library_messages_of_a_full_disk_are_recognised(home):
+    from storage.safe_io import fault
+
+    assert "no space left" in str(fault(Exception("(sqlite3.OperationalError) database or disk is full")))
+    assert "read-only" in str(fault(Exception("attempt to write a readonly database")))
+
+
+def test_a_disk_full_while_a_stage_writes_is_one_line_and_leaves_no_artifact(home, monkeypatch, capsys):
+    import pipeline.stages.tables as tables_stage
+    from pipeline.config import FeaturesConfig
+    from pipeline.stages.features import run_features
+    from storage.store import write_store
+
+    write_store("toy", blob_images(64))
+    run_features("toy", FeaturesConfig(workers=1), progress=False)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(args[0]))
+
+    monkeypatch.setattr(tables_stage.np, "savez", full)
+    code, _, err = cli(["tables", "toy", "--bins", "4", "4"], capsys)
+    assert code == 2
+    line = last_line(err)
+    assert line.startswith("tables: ") and "no space left on the device" in line
+    stage = home / "stages" / "tables"
+    assert not any((p / "manifest.json").exists() for p in stage.iterdir()) if stage.exists() else True
+    assert not [p for p in stage.iterdir() if p.name.startswith(".tmp-")] if stage.exists() else True
+
+
+FSIZE_SCRIPT = textwrap.dedent("""
+    import resource, sys
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+    from flows.cli import main
+    main(["ingest", sys.argv[1], "--name", "big", "--size", "32"])
+""")
+
+
+def test_the_file_size_limit_is_one_line_and_leaves_no_store(home, tmp_path):
+    """``ulimit -f``: Python ignores SIGXFSZ, so a write past the limit fails with EFBIG (the
+    re-audit counted 63 tracebacks under ``ulimit -f 2000``)."""
+    src = tmp_path / "arrays.npz"
+    np.savez(src, images=np.random.default_rng(0).integers(0, 256, (600, 32, 32, 3), dtype=np.uint8))
+    env = {**os.environ, "SUBSAMPLE_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    p = subprocess.run(
+        [sys.executable, "-c", FSIZE_SCRIPT, str(src), str(256 << 10)], capture_output=True, text=True, env=env
+    )
+    assert p.returncode == 2, p.stderr
+    line = last_line(p.stderr)
+    assert "file-size limit" in line, line
+    assert not (home / "datasets" / "big.zarr").exists()
+    assert not [q for q in (home / "datasets").iterdir() if q.name.startswith(".big")]
+
+
+def test_a_read_only_home_is_one_line(home, tmp_path, monkeypatch, capsys):
+    """As root, permission bits do not stop a write: the read-only file system is simulated at
+    ``os.mkdir`` / ``os.open`` for paths under the home (the manual check mounts one)."""
+    src = tmp_path / "arrays.npz"
+    np.savez(src, images=np.zeros((4, 8, 8, 3), np.uint8))
+    real_mkdir, real_open = os.mkdir, os.open
+
+    def refuse(path) -> None:
+        if str(home) in os.fsdecode(path):
+            raise OSError(errno.EROFS, "Read-only file system", os.fsdecode(path))
+
+    monkeypatch.setattr(os, "mkdir", lambda p, *a, **k: (refuse(p), real_mkdir(p, *a, **k))[1])
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: (refuse(p), real_open(p, *a, **k))[1])
+    code, _, err = cli(["ingest", str(src), "--name", "ro"], capsys)
+    assert code == 2
+    line = last_line(err)
+    assert "read-only" in line and str(home) in line, line
+
+
+def test_a_home_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys):
+    f = tmp_path / "home-file"
+    f.write_text("not a folder")
+    monkeypatch.setenv("SUBSAMPLE_HOME", str(f))
+    src = tmp_path / "arrays.npz"
+    np.savez(src, images=np.zeros((4, 8, 8, 3), np.uint8))
+    code, _, err = cli(["ingest", str(src), "--name", "x"], capsys)
+    assert code == 2
+    assert f"SUBSAMPLE_HOME={f} is a file, not a folder" in last_line(err)
+
+
+def test_a_manifest_naming_a_path_as_its_upstream_is_one_line(home):
+    from pipeline.stages.lineage import upstream_artifact
+    from storage.artifacts import Artifact
+
+    art = Artifact("train", "0123456789abcdef", home / "stages" / "train" / "0123456789abcdef", {})
+    art.manifest["upstream"] = {"tables": "../../../x"}
+    with pytest.raises(SubsampleError, match=r"names tables artifact '\.\./\.\./\.\./x' as its upstream"):
+        upstream_artifact(art, "tables")
+
+
+# --- 3. bounded hostile inputs ----------------------------------------------------------------------
+
+
+class _Encode:
+    def __init__(self, inner, encoding: str):
+        self.inner, self.encoding = inner, encoding
+
+    def __reduce__(self):
+        import codecs
+
+        return (codecs.encode, (self.inner, self.encoding))
+
+
+def _hex_bomb(levels: int) -> bytes:
+    x: object = b"ab"
+    for _ in range(levels):
+        x = _Encode(x, "hex")
+    return pickle.dumps(x, protocol=2)
+
+
+def _crafted_pickles() -> dict[str, bytes]:
+    n = 200_000
+    one_mib = "x" * (1 << 20)  # one object, named 600 times through the memo
+    cyclic: list = []
+    cyclic.append(cyclic)
+    return {
+        "hex31": _hex_bomb(31),  # 2 bytes doubled 31 times: 4 GiB if built
+        "hex5": _hex_bomb(5),  # shallow: refused by the codec rule, not the depth
+        "deep": b"\x80\x02" + b"]" * n + b"a" * (n - 1) + b".",  # a list nested 200,000 deep (400 KB)
+        "memo": pickle.dumps([_Encode(one_mib, "latin1") for _ in range(600)], protocol=2),  # 600 MiB if built
+        "cycle": pickle.dumps(cyclic, protocol=2),
+        "flat": b"\x80\x02]" + b"]a" * 1_100_000 + b".",  # 1.1M opcodes of empty lists: 32x in objects
+    }
+
+
+LOAD_SCRIPT = textwrap.dedent("""
+    import json, resource, sys
+    from pathlib import Path
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # a regression fails here, not the machine
+    from pipeline.data.unpickle import restricted_load
+    from storage.errors import SubsampleError
+    out = {}
+    for f in sys.argv[1:]:
+        try:
+            restricted_load(Path(f))
+            out[Path(f).stem] = "loaded"
+        except SubsampleError as e:
+            out[Path(f).stem] = str(e)
+    # VmHWM: this process's own peak (ru_maxrss would carry over the forking parent's)
+    hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")]
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out["peak_mib"] = int(hwm[0].split()[1]) / 1024 if hwm else rss / 1024
+    print(json.dumps(out))
+""")
+
+
+def test_crafted_cifar_pickles_are_refused_under_300_mib(tmp_path):
+    """The re-audit: 243 bytes of nested ``_codecs.encode`` built 3,264 MiB before refusal; a 400 KB
+    nested list ended in a RecursionError traceback."""
+    got, peaks = {}, {}
+    for name, data in _crafted_pickles().items():  # one process each: the peak is each file's
+        (tmp_path / f"{name}.pkl").write_bytes(data)
+        p = subprocess.run(
+            [sys.executable, "-c", LOAD_SCRIPT, str(tmp_path / f"{name}.pkl")],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            timeout=300,
+        )
+        assert p.returncode == 0, p.stderr
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+        got[name], peaks[name] = out[name], out["peak_mib"]
+    assert "nested more than 32 deep" in got["hex31"]
+    assert "_codecs.encode(..., 'hex')" in got["hex5"]
+    assert "nested more than 32 deep" in got["deep"] and "containing themselves" in got["cycle"]
+    assert "would make more than" in got["memo"]
+    assert "more than 1,000,000 pickle opcodes" in got["flat"]
+    assert max(peaks.values()) < 300, peaks
+
+
+def test_a_real_batch_loads_within_its_budget(tmp_path):
+    from pipeline.data.unpickle import restricted_load
+
+    rng = np.random.default_rng(0)
+    batch = {
+        b"batch_label": b"training batch 1 of 5",
+        b"labels": rng.integers(0, 10, 500).tolist(),
+        b"data": rng.integers(0, 256, (500, 3072), dtype=np.uint8),
+        b"filenames": [f"img_{i}.png".encode() for i in range(500)],
+    }
+    for protocol in (2, 4):
+        f = tmp_path / f"data_batch_{protocol}"
+        f.write_bytes(pickle.dumps(batch, protocol=protocol))
+        got = restricted_load(f)
+        assert np.array_equal(got[b"data"], batch[b"data"]) and got[b"labels"] == batch[b"labels"]
+
+
+def test_the_opcode_scan_measures_depth_through_the_memo():
+    from pipeline.data.unpickle import scan
+
+    nested: list = []
+    cur = nested
+    for _ in range(20):
+        cur.append([])
+        cur = cur[0]
+    scan(pickle.dumps(nested, protocol=2))  # 21 deep: fine
+    with pytest.raises(pickle.UnpicklingError, match="nested more than 10 deep"):
+        scan(pickle.dumps(nested, protocol=2), max_depth=10)
+    shared = [[[1]]]
+    scan(pickle.dumps([shared] * 1000, protocol=2), max_depth=5)  # shared, not nested: depth 4
+
+
+def _npy_header_only(zf: zipfile.ZipFile, key: str, shape: tuple, body: bytes = b"") -> None:
+    buf = __import__("io").BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    zf.writestr(f"{key}.npy", buf.getvalue() + body)
+
+
+def test_a_planted_fidelity_cache_is_shape_checked_before_loading(tmp_path, capsys):
+    """The re-audit: an npz declaring a 131072×65536 ``fid_sigma`` ended in MemoryError; a 22.7 MB one
+    made a 5.6 GB peak."""
+    from pipeline.reference_cache import load_reference_cache
+
+    path = tmp_path / "cache.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        _npy_header_only(zf, "feature__stats", (100, 18), bytes(100 * 18 * 8))
+        _npy_header_only(zf, "fid_mu", (18,), bytes(18 * 8))
+        _npy_header_only(zf, "fid_sigma", (131072, 65536))
+    assert load_reference_cache(path, {"stats": 18}, "stats", 100) is None
+    assert "fid_sigma declares float64 (131072, 65536), expected float (18, 18)" in capsys.readouterr().err
+    with zipfile.ZipFile(path, "w") as zf:  # the right shapes, but not the width this run's extractor gives
+        _npy_header_only(zf, "feature__stats", (100, 4096), bytes(100 * 4096 * 8))
+        _npy_header_only(zf, "fid_mu", (4096,), bytes(4096 * 8))
+        _npy_header_only(zf, "fid_sigma", (4096, 4096), bytes(4096 * 4096 * 8))
+    assert load_reference_cache(path, {"stats": 18}, "stats", 100) is None
+    with zipfile.ZipFile(path, "w") as zf:
+        _npy_header_only(zf, "feature__stats", (100, 18), bytes(100 * 18 * 8))
+        _npy_header_only(zf, "fid_mu", (18,), bytes(18 * 8))
+        _npy_header_only(zf, "fid_sigma", (18, 18), bytes(18 * 18 * 8))
+    got = load_reference_cache(path, {"stats": 18}, "stats", 100)
+    assert got is not None and got["fid"]["sigma"].shape == (18, 18)
+
+
+def test_the_fidelity_cache_is_keyed_by_the_weights_bytes_actually_loaded(tmp_path):
+    """Weights swapped after their hash check: the statistics are filed under the new file's hash."""
+    import torch
+
+    from pipeline.extractor_weights import sha256_file, weights_handover
+    from pipeline.reference_cache import reference_cache_file
+
+    w = tmp_path / "w.pt"
+    torch.save({"weight": torch.zeros(3)}, w)
+    checked_tag = sha256_file(w)  # what the evaluate stage checked and put in its key
+    torch.save({"weight": torch.ones(3)}, w)  # swapped afterwards
+    buf, sha = weights_handover(w, "not-a-registered-extractor")
+    assert sha == sha256_file(w) != checked_tag
+    assert torch.load(buf, weights_only=True)["weight"].tolist() == [1.0, 1.0, 1.0]
+    a = reference_cache_file(tmp_path, "ds-w" + checked_tag[:16], "x", {"l"}, checked_tag)
+    b = reference_cache_file(tmp_path, "ds-w" + checked_tag[:16], "x", {"l"}, sha)
+    assert a != b and sha[:16] in b.name
+
+
+def test_a_store_declaring_more_images_than_its_chunks_hold_is_refused_at_once(home):
+    from storage.store import open_store, write_store
+
+    write_store("toy", blob_images(40))
+    meta = home / "datasets" / "toy.zarr" / "images" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["shape"][0] = 2**40
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(SubsampleError, match=r"declare 1,099,511,627,776 images in .* chunks, but it holds 1 chunk"):
+        open_store("toy", verify=True)
+    doc["shape"][0], doc["chunk_grid"]["configuration"]["chunk_shape"][0] = 2**40, 2**40
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(SubsampleError, match="declare chunks of"):
+        open_store("toy")
+
+
+def test_all_black_chunks_keep_their_files(home):
+    from storage.store import open_store, write_store
+
+    images = np.zeros((40, 16, 16, 3), np.uint8)
+    write_store("black", images)
+    assert np.array_equal(open_store("black", verify=True).images[:], images)
+
+
+# --- 4. the divergence guard ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy_home(tmp_path_factory):
+    from conftest import stage_home
+
+    from pipeline.config import TablesConfig
+
+    with stage_home(tmp_path_factory, "faults", "blobs", blob_images(256), tables=TablesConfig(bins=(4, 4))) as h:
+        yield h
+
+
+@pytest.mark.parametrize("lr", ["lr_d", "lr_g"])
+def test_a_short_run_with_an_absurd_learning_rate_fails(toy_home, monkeypatch, capsys, lr):
+    """8 steps, fewer than the guard's 50-step window: the re-audit's `--set lr_d=1e9` exited 0."""
+    monkeypatch.setenv("SUBSAMPLE_HOME", str(toy_home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = ["train", "blobs", "--preset", "smoke", "--bins", "4", "4", "--batch-size", "32", "--set", "track=false"]
+    code, _, err = cli([*args, "--set", f"{lr}=1e9"], capsys)
+    assert code == 2
+    line = last_line(err)
+    assert line.startswith("train: diverged: ") and "last good checkpoint: none (no epoch had finished)" in line
+    assert not list((toy_home / "stages" / "train").glob("*/manifest.json"))
+
+
+def test_the_divergence_message_names_the_epochs_finished(tmp_path):
+    from pipeline.stages.train import _last_good
+
+    assert _last_good(tmp_path / "checkpoint.pt", 0) == "none (no epoch had finished)"
+    assert _last_good(tmp_path / "checkpoint.pt", 2).startswith("none (2 epoch(s) finished")
+
+
+def test_a_run_ending_above_the_bound_diverged():
+    from pipeline.config import TrainConfig
+    from pipeline.gan.trainer import Diverged, _check_divergence, check_divergence_at_end
+
+    class T:
+        cfg = TrainConfig(diverge_loss_max=10.0, diverge_steps=50)
+        steps_over_bound = 0
+        last_over_bound = None
+
+    t = T()
+    _check_divergence(t, [[1.0, 0, 0], [20.0, 0, 0], [30.0, 0, 0]], {}, 1)
+    with pytest.raises(Diverged) as e:
+        check_divergence_at_end(t)
+    assert (e.value.which, e.value.step, e.value.value) == ("D", 3, 30.0)
+    _check_divergence(t, [[1.0, 0, 0]], {}, 4)  # back under the bound at the end: not diverged
+    check_divergence_at_end(t)
+
+
+# --- 5. numba's cache -------------------------------------------------------------------------------
+
+
+def test_numba_caches_kernels_in_the_users_cache_folder_not_the_source_tree(tmp_path):
+    script = textwrap.dedent("""
+        import numpy as np
+        from kernels.histogram import count_kernel
+        count_kernel(np.zeros(4, np.int64), np.zeros(2, np.int64))
+        print(count_kernel._cache._cache_path)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    where = Path(p.stdout.strip().splitlines()[-1])
+    assert (tmp_path / "cache" / "subsample-gan" / "numba") in where.parents
+    assert list(where.glob("histogram.count_kernel-*.nbi"))
+    assert ROOT not in where.parents
