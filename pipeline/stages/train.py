@@ -615,7 +615,8 @@ def _last_good(ckpt: Path, finished: int) -> str:
     """What a failed run's message says it left: the epochs it finished and its last checkpoint
     (none when the losses were already above the divergence bound at every epoch's end)."""
     if ckpt.exists():
-        return f"{ckpt} (after epoch {_ckpt_epoch(ckpt)}; {finished} epoch(s) finished)"
+        at = _ckpt_epoch(ckpt)
+        return f"{ckpt} (after epoch {at})" + (f"; {finished} epoch(s) finished" if at != finished else "")
     if finished:
         return f"none ({finished} epoch(s) finished, each with its losses above the divergence bound)"
     return "none (no epoch had finished)"
