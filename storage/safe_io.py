@@ -141,7 +141,13 @@ def atomic_path(path: str | os.PathLike, *, what: str = "file", suffix: str = ""
     make_dirs(final.parent, what=what + "'s folder")
     tmp = final.with_name(f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp{suffix}")
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as e:  # a library's write failure without a path (torch: "file write failed")
+            found = _errno_of(e)
+            if found is not None and found[1] is None:
+                raise OSError(found[0], os.strerror(found[0]), str(final)) from e
+            raise
         if tmp.is_symlink():  # not ours: planted between the writer's open and now
             raise _refuse_link(tmp, what)
         os.replace(tmp, final)
