@@ -81,9 +81,16 @@ def writable(path: str | os.PathLike, *, what: str = "file") -> Path:
     return full
 
 
+def _norm(path: str | os.PathLike) -> Path:
+    """The absolute path as written (nothing followed), with POSIX's leading ``//`` (what a
+    ``sqlite:////abs/path`` URI parses to) made one ``/``."""
+    p = os.path.abspath(path)
+    return Path("/" + p.lstrip("/")) if p.startswith("//") else Path(p)
+
+
 def under_home(path: str | os.PathLike) -> bool:
     """Whether ``path`` is, as written (nothing followed), the home or a path under it."""
-    p = Path(os.path.abspath(path))
+    p = _norm(path)
     return any(p == b or b in p.parents for b in {home(), _root()})
 
 
@@ -91,7 +98,7 @@ def checked(path: str | os.PathLike, *, what: str = "file") -> Path:
     """:func:`writable` for a path under the home; a path elsewhere (one a caller chose outside
     it: a test's folder, a bench script's output) as it is. The helpers below use it, and never
     write through a link in the last component either way."""
-    return writable(path, what=what) if under_home(path) else Path(os.path.abspath(path))
+    return writable(_norm(path), what=what) if under_home(path) else _norm(path)
 
 
 def make_dirs(path: str | os.PathLike, *, what: str = "folder") -> Path:
@@ -301,6 +308,7 @@ def check_artifact_copies(artifact_uri: str, paths: list[tuple[Path, str | None]
 def check_sqlite_files(db: Path) -> None:
     """SQLite creates ``<db>-journal``, ``-wal`` and ``-shm`` beside a database: none of them may be
     a symbolic link (SQLite would write through it)."""
+    db = _norm(db)
     for suffix in ("", "-journal", "-wal", "-shm", ".lock"):
         p = db.with_name(db.name + suffix)
         if p.is_symlink() and (suffix or _outside(p.resolve(), _root())):

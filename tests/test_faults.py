@@ -78,7 +78,11 @@ def test_an_mlflow_lock_linked_outside_is_refused_and_its_target_left_intact(hom
 
     (home / "mlflow.db.lock").symlink_to(outside)
     tracking._OPENED.clear()
-    with pytest.raises(SubsampleError, match=r"mlflow\.db\.lock is a symbolic link"):
+    with pytest.raises(SubsampleError, match=rf"home: {re.escape(str(home))}/mlflow\.db\.lock is a symbolic link"):
+        tracking.client()
+    (home / "mlflow.db.lock").unlink()
+    (home / "mlflow.db-journal").symlink_to(outside)  # SQLite would write its journal through it
+    with pytest.raises(SubsampleError, match=r"mlflow\.db-journal is a symbolic link"):
         tracking.client()
     assert outside.read_text() == "do not touch\n"
 
