@@ -547,3 +547,27 @@ def test_numba_caches_kernels_in_the_users_cache_folder_not_the_source_tree(tmp_
     assert (tmp_path / "cache" / "subsample-gan" / "numba") in where.parents
     assert list(where.glob("histogram.count_kernel-*.nbi"))
     assert ROOT not in where.parents
+
+
+def test_resume_refuses_a_work_folder_holding_links(toy_home, monkeypatch, capsys, outside):
+    """The re-audit: a killed run's `.work` with planted links, then `--resume`, wrote run.json,
+    metrics.jsonl, checkpoint.pt.tmp and the grids through to outside files."""
+    import shutil
+
+    monkeypatch.setenv("SUBSAMPLE_HOME", str(toy_home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = ["train", "blobs", "--preset", "smoke", "--bins", "4", "4", "--batch-size", "32", "--set", "track=false"]
+    code, out, _ = cli([*args, "--json"], capsys)
+    assert code in (0, None)
+    key = json.loads(out)["key"]
+    shutil.rmtree(toy_home / "stages" / "train" / key)
+    work = toy_home / "stages" / "train" / f"{key}.work"
+    work.mkdir()
+    (work / "checkpoint.pt").write_bytes(b"a checkpoint to resume")
+    (work / "metrics.jsonl").symlink_to(outside)
+    (work / "grids").symlink_to(outside.parent, target_is_directory=True)
+    code, _, err = cli([*args, "--resume"], capsys)
+    assert code == 2
+    assert "holds a symbolic link" in last_line(err)
+    assert outside.read_text() == "do not touch\n"
+    assert sorted(p.name for p in outside.parent.iterdir()) == ["precious.txt"]
