@@ -789,6 +789,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     except SubsampleError as e:
         print(str(e), file=sys.stderr)
         sys.exit(2)
+    except Exception as e:  # a file-system fault (read-only home, disk full, ulimit -f) is one line too
+        from storage.safe_io import fault
+
+        err = fault(e, argv[0] if argv else (sys.argv[1] if len(sys.argv) > 1 else "subsample"))
+        if err is None:
+            raise
+        print(str(err), file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

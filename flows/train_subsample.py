@@ -38,6 +38,7 @@ from prefect.states import Completed, Failed, State
 from flows.config import IngestOptions, RunConfig, Stage, build_config
 from pipeline.config import BatchesConfig, EvaluateConfig, FeaturesConfig, TablesConfig, TrainConfig
 from storage.errors import MissingArtifactError, SubsampleError
+from storage.safe_io import fault
 
 
 def _no_empty_traceback(record: logging.LogRecord) -> bool:
@@ -206,6 +207,11 @@ def _stage_state(stage: str, cfg: RunConfig, call: Callable[[], Any]) -> State:
         result = call()
     except SubsampleError as e:
         return Failed(message=str(e), data=e)
+    except Exception as e:  # a file-system fault (disk full, read-only home, ulimit -f): one line, no traceback
+        err = fault(e, stage)
+        if err is None:
+            raise
+        return Failed(message=str(err), data=err)
     _publish(stage, cfg.dataset, result.to_json())
     message = f"{'cache hit' if result.cache_hit else 'built'}: {stage}/{result.key} in {result.seconds:.1f}s"
     get_run_logger().info(message)

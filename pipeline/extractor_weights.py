@@ -29,6 +29,7 @@ import torch
 from pipeline.config import EvaluateConfig
 from storage.errors import SubsampleError, brief
 from storage.paths import home, inside_home
+from storage.safe_io import checked, make_dirs
 
 STAGE = "evaluate"
 INCEPTION = "inception-v3-compat"
@@ -121,7 +122,8 @@ def default_weights(extractor: str, *, timeout_s: float = 20.0, progress: bool =
     dest = weights_dir() / fname
     old = socket.getdefaulttimeout()
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(dest.parent, what="weights folder")
+        checked(dest, what="downloaded weights")  # inside the home; torch.hub renames its temporary file onto it
         socket.setdefaulttimeout(timeout_s)
         prefix = torch.hub.HASH_REGEX.search(fname)
         with redirect_stdout(sys.stderr):  # torch.hub announces downloads on stdout
@@ -144,12 +146,16 @@ def inception_weights(*, timeout_s: float = 20.0, progress: bool = False) -> Pat
     return default_weights(INCEPTION, timeout_s=timeout_s, progress=progress)
 
 
-def load_state_dict_safely(path: str | Path, extractor: str | None = None) -> dict[str, torch.Tensor]:
+def load_state_dict_safely(
+    path: str | Path | io.BytesIO, extractor: str | None = None, *, name: str | Path | None = None
+) -> dict[str, torch.Tensor]:
     """The tensors of a weights file, loaded weights-only (a file that would run code when
     unpickled is refused: one :class:`SubsampleError` line), checked to be a flat state dict and,
-    for a :data:`SAFE_EXTRACTORS` extractor, that extractor's."""
+    for a :data:`SAFE_EXTRACTORS` extractor, that extractor's. ``name``: the file's name for
+    messages when ``path`` is its bytes."""
+    source, path = path, name if name is not None else path
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for code, and every kind of garbled file
         raise SubsampleError(
             STAGE,
@@ -175,13 +181,19 @@ def check_inception_weights(path: Path) -> None:
     load_state_dict_safely(path, INCEPTION)
 
 
-def weights_handover(path: str | Path, extractor: str) -> io.BytesIO:
+def weights_handover(path: str | Path, extractor: str) -> tuple[io.BytesIO, str]:
     """What torch-fidelity gets as ``feature_extractor_weights_path``: the file's tensors, loaded
-    weights-only and re-serialised in memory by this process (torch.load accepts a file object)."""
+    weights-only and re-serialised in memory by this process (torch.load accepts a file object),
+    and the sha256 of the bytes they were loaded from. The file is read once, so the hash names
+    exactly the weights the extractor is built from (a file swapped after an earlier check is
+    hashed as what it now is: caches keyed by it never mix two files' statistics)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    sd = load_state_dict_safely(io.BytesIO(data), extractor, name=path)
     buf = io.BytesIO()
-    torch.save(load_state_dict_safely(path, extractor), buf)
+    torch.save(sd, buf)
     buf.seek(0)
-    return buf
+    return buf, hashlib.sha256(data).hexdigest()
 
 
 def resolve_weights(cfg: EvaluateConfig, *, progress: bool = False) -> tuple[str | None, str]:

@@ -9,12 +9,8 @@ computation. It reads a store's images and a table, never a stage's artifact.
 
 from __future__ import annotations
 
-import os
-import re
 import sys
 import time
-import uuid
-import zipfile
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,16 +42,16 @@ from pipeline.metrics import (
     selected_metrics,
     sharpness_stats,
 )
+from pipeline.reference_cache import (
+    fidelity_cache_root,
+    load_reference_cache,
+    reference_cache_file,
+    save_reference_cache,
+)
 from pipeline.registry import Registry
-from storage.errors import SubsampleError, brief, one_line
-from storage.locks import owner_tag
-from storage.paths import home, inside_home
+from storage.errors import SubsampleError, brief
 
 STAGE = "evaluate"
-
-
-def fidelity_cache_root() -> Path:
-    return inside_home(home() / "fidelity-cache", what="fidelity cache")
 
 
 # --- torch-fidelity inputs: Datasets yielding uint8 3×H×W tensors --------------------------------
@@ -148,61 +144,6 @@ class FidelityResult:
     reference_cache: str  # 'hit', 'miss' or 'off'
 
 
-_LAYER_RE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def reference_cache_file(cache_root: Path, cache_name: str, extractor: str, layers: set[str]) -> Path:
-    """``<cache root>/<cache name>-<extractor>-<layers>.npz``."""
-    parts = [cache_name, extractor, *sorted(layers)]
-    return cache_root / ("-".join(_LAYER_RE.sub("_", x) for x in parts) + ".npz")
-
-
-def _load_reference_cache(path: Path, layers: set[str], fid_layer: str, n_ref: int) -> dict | None:
-    """The cached reference features ``{layer: tensor}`` and FID statistics, or None when the file
-    is missing or is not what :func:`_save_reference_cache` writes (checked from the .npy headers
-    before any array is read: the right row count, float data, no Python objects)."""
-    if not path.is_file():
-        return None
-    keys = {f"feature__{layer}" for layer in layers} | {"fid_mu", "fid_sigma"}
-    try:
-        with zipfile.ZipFile(path) as zf:
-            for key in keys:
-                with zf.open(f"{key}.npy") as f:
-                    version = np.lib.format.read_magic(f)
-                    shape, _, dtype = (
-                        np.lib.format.read_array_header_1_0
-                        if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0
-                    )(f)
-                if dtype.kind != "f" or len(shape) not in (1, 2) or any(d > (1 << 16) for d in shape[1:]):
-                    raise ValueError(f"{key}: unexpected {dtype} {shape}")
-                if key.startswith("feature__") and shape[0] != n_ref:
-                    raise ValueError(f"{key}: {shape[0]} rows for {n_ref} reference images")
-        with np.load(path, allow_pickle=False) as z:
-            features = {layer: torch.from_numpy(z[f"feature__{layer}"].copy()) for layer in layers}
-            stats = {"mu": z["fid_mu"].copy(), "sigma": z["fid_sigma"].copy()}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        print(
-            f"{STAGE}: reference cache {path} is unreadable ({one_line(str(e))[:200]}); recomputing it", file=sys.stderr
-        )
-        return None
-    if stats["mu"].shape[0] != features[fid_layer].shape[1]:
-        return None
-    return {"features": features, "fid": stats}
-
-
-def _save_reference_cache(path: Path, features: dict, stats: dict) -> None:
-    arrays = {f"feature__{k}": v.cpu().numpy() for k, v in features.items()}
-    arrays.update(fid_mu=stats["mu"], fid_sigma=stats["sigma"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{owner_tag()}-{uuid.uuid4().hex[:8]}.tmp.npz")
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def fidelity_scores(
     generated: Dataset,
     reference: Dataset,
@@ -242,10 +183,6 @@ def fidelity_scores(
     layer_fid = cfg.feature_layer_fid or cls.get_default_feature_layer_for_metric("fid")
     layer_kid = cfg.feature_layer_kid or cls.get_default_feature_layer_for_metric("kid")
     layers = {layer_isc, layer_fid, layer_kid}
-    cache_file = None
-    if reference_cache_name is not None:
-        cache_root = Path(cache_root) if cache_root is not None else fidelity_cache_root()
-        cache_file = reference_cache_file(cache_root, reference_cache_name, fe, layers)
     kwargs: dict[str, Any] = dict(  # torch-fidelity's metric options, as calculate_metrics passes them
         isc_splits=cfg.isc_splits,
         kid_subsets=cfg.kid_subsets,
@@ -254,8 +191,13 @@ def fidelity_scores(
         verbose=progress,
     )
     fe_kwargs: dict[str, Any] = {"verbose": progress}
+    weights_sha = None  # the sha256 of the weights bytes the extractor is built from: the cache's key
     if weights_path is not None:
-        fe_kwargs["feature_extractor_weights_path"] = weights_handover(weights_path, fe)
+        fe_kwargs["feature_extractor_weights_path"], weights_sha = weights_handover(weights_path, fe)
+    cache_file = None
+    if reference_cache_name is not None:
+        cache_root = Path(cache_root) if cache_root is not None else fidelity_cache_root()
+        cache_file = reference_cache_file(cache_root, reference_cache_name, fe, layers, weights_sha)
     with redirect_stdout(sys.stderr):  # torch-fidelity prints some notes on stdout; --json owns it
         try:
             extractor = create_feature_extractor(fe, sorted(layers), cuda=cuda, **fe_kwargs)
@@ -270,14 +212,15 @@ def fidelity_scores(
         f_gen = features(generated)
         cached = None
         if FID in wanted or KID in wanted:
-            cached = _load_reference_cache(cache_file, layers, layer_fid, n_ref) if cache_file is not None else None
+            dims = {layer: int(f_gen[layer].shape[1]) for layer in layers}
+            cached = load_reference_cache(cache_file, dims, layer_fid, n_ref) if cache_file is not None else None
             if cached is not None:
                 f_ref, stats_ref = cached["features"], cached["fid"]
             else:
                 f_ref = features(reference)
                 stats_ref = fid_featuresdict_to_statistics(f_ref, layer_fid)
                 if cache_file is not None:
-                    _save_reference_cache(cache_file, f_ref, stats_ref)
+                    save_reference_cache(cache_file, f_ref, stats_ref)
         else:
             cache_file = None  # IS alone reads no reference
         raw: dict[str, Any] = {}

@@ -11,13 +11,14 @@ is then recomputed, identically (the draws are seeded from the sample size).
 from __future__ import annotations
 
 import json
-import os
-import uuid
+import sys
 from pathlib import Path
 from typing import Any
 
 from pipeline.metrics import FLOOR_REPEATS, FLOOR_SEED, PSEUDO_COUNT, feature_kl_floor
+from storage.errors import SubsampleError
 from storage.paths import home
+from storage.safe_io import make_dirs, write_atomic
 
 FLOOR_VERSION = 1  # bump when the estimator changes
 
@@ -49,12 +50,12 @@ def cached_feature_kl_floor(table: Any, table_hash: str | None, size: int) -> di
     floor = feature_kl_floor(table, size)
     cache[key] = floor
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        make_dirs(path.parent, what="floors folder")
+        write_atomic(path, json.dumps(cache, indent=1, sort_keys=True), what="feature-KL floor cache")
     except OSError:
-        pass  # a cache that cannot be written only costs a recomputation
+        pass  # a cache that cannot be written (disk full, read-only) only costs a recomputation
+    except SubsampleError as e:  # a link leading out of the home: never written through, said once
+        print(str(e), file=sys.stderr)
     return {**floor, "cache_hit": False}
 
 

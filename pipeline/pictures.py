@@ -82,7 +82,10 @@ def save(picture: Any, path: Any) -> None:
     meta = PngInfo()
     if picture.info.get("Title"):
         meta.add_text("Title", picture.info["Title"])
-    picture.save(path, format="PNG", pnginfo=meta)
+    from storage.safe_io import atomic_path
+
+    with atomic_path(path, what="picture") as tmp:  # inside the home, never through a link
+        picture.save(tmp, format="PNG", pnginfo=meta)
 
 
 def titled_grid(

@@ -96,9 +96,17 @@ def _read_holder(fd: int) -> dict:
 def file_lock(path: Path, *, wait: bool = True, message: str | None = None, poll_s: float = 0.5) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if needed) for the block. Another holder: with
     ``wait`` block until it is released (printing ``message``, with who holds it, once on
-    stderr), else raise :class:`LockBusy`. The holder's pid and host are written into the file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    stderr), else raise :class:`LockBusy`. The holder's pid and host are written into the file.
+    The file is opened with ``O_NOFOLLOW`` (a symbolic link in its place is refused in one line,
+    never truncated through) and, under ``$SUBSAMPLE_HOME``, checked by
+    :func:`storage.safe_io.writable`."""
+    from storage.safe_io import make_dirs, open_fd, under_home
+
+    if under_home(path.parent):
+        make_dirs(path.parent, what="lock folder")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd = open_fd(path, os.O_RDWR | os.O_CREAT, what="lock file")
     try:
         told = False
         while True:
@@ -133,9 +141,11 @@ def file_lock(path: Path, *, wait: bool = True, message: str | None = None, poll
 def lock_is_free(path: Path) -> bool:
     """True when nobody holds ``path``'s lock (a missing file is free)."""
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
     except FileNotFoundError:
         return True
+    except OSError:  # a link in its place (ELOOP): not ours to judge free
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -42,6 +42,7 @@ from storage.artifacts import dir_identity, replace_dir
 from storage.errors import SubsampleError, did_you_mean
 from storage.locks import owner_tag, remove_stale
 from storage.paths import dataset_path, datasets_dir
+from storage.safe_io import write_atomic
 
 FORMAT = "subsample-dataset/1"
 STORE_CODE_VERSION = "1"
@@ -178,12 +179,10 @@ class DatasetStore:
             rel: _sha256_file(self.path / rel) for rel, (_, mtime) in files.items() if mtime >= now - RACY_SECONDS * 1e9
         }
         record = {"content_hash": self.content_hash, "files": files, "racy": racy}
-        tmp = self.path / f"{VERIFIED_FILE}.{owner_tag()}-{uuid.uuid4().hex[:8]}"
         try:
-            tmp.write_text(json.dumps(record))
-            os.replace(tmp, self.path / VERIFIED_FILE)
-        except OSError:  # a read-only store: it is verified again next time
-            tmp.unlink(missing_ok=True)
+            write_atomic(self.path / VERIFIED_FILE, json.dumps(record), what="store verification record")
+        except OSError:  # a read-only store (or a full disk): it is verified again next time
+            pass
 
 
 RACY_SECONDS = 2
@@ -272,9 +271,41 @@ def _open_store(path: Path, name_or_path: str | Path, verify: bool, stage: str) 
             f"{path}: the arrays are not uint8 images (N, S, S, 3) and int64 labels (N,); re-run ingest with --refresh",
         )
     store = DatasetStore(path, group)
+    _check_extent(store, stage)
     if verify:
         store.verify(stage, use_record=True)
     return store
+
+
+MAX_CHUNK_BYTES = 256 << 20  # what one chunk may declare (the project writes ~CHUNK_TARGET_BYTES)
+
+
+def _check_extent(store: DatasetStore, stage: str) -> None:
+    """The images' declared shape against what the store holds, before any work (metadata edited to
+    declare 2^40 images would make a stage read fill values for ever): a chunk of at most
+    :data:`MAX_CHUNK_BYTES`, and a chunk file for every chunk the shape declares (a listing of
+    ``images/c/``; stores are written with ``write_empty_chunks``, so an all-black chunk has its file)."""
+    path, images, labels = store.path, store.images, store.labels
+    n, cn = int(images.shape[0]), int(images.chunks[0])
+    chunk_bytes = cn * int(images.shape[1]) * int(images.shape[2]) * 3
+    if labels is not None:
+        chunk_bytes = max(chunk_bytes, 8 * int(labels.chunks[0]))
+    if chunk_bytes > MAX_CHUNK_BYTES:
+        raise SubsampleError(
+            stage,
+            f"{path}: its metadata declare chunks of {chunk_bytes:,} bytes (at most {MAX_CHUNK_BYTES:,}); rebuild it",
+        )
+    declared = -(-n // cn)
+    try:
+        held = sum(1 for e in os.scandir(path / "images" / "c") if e.name.isdigit() and int(e.name) < declared)
+    except FileNotFoundError:
+        held = 0
+    if held < declared:
+        raise SubsampleError(
+            stage,
+            f"{path}: its metadata declare {n:,} images in {declared:,} chunks, but it holds {held:,} chunk files; "
+            f"it is damaged or was edited: rebuild it with `{store.rebuild_command()}`",
+        )
 
 
 class _ContentHasher:
@@ -325,6 +356,7 @@ class StoreBuilder:
             shape=(max(n_max, 1), size, size, 3),
             chunks=(self.chunk, size, size, 3),
             dtype="uint8",
+            config={"write_empty_chunks": True},  # every chunk has its file: open_store checks the count
             dimension_names=("n", "y", "x", "c"),
         )
         self.labels_out = (

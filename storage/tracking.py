@@ -31,6 +31,7 @@ from storage.errors import SubsampleError, redact_uri
 from storage.locks import file_lock
 from storage.owners import ENDED_BY_TAG, OWNER_TAG, mark_orphaned_runs, process_token
 from storage.paths import mlflow_artifact_root, mlflow_tracking_uri
+from storage.safe_io import check_artifact_copies, check_sqlite_files, quiet_fault_tracebacks
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -94,8 +95,10 @@ def client() -> "MlflowClient":
         return MlflowClient(tracking_uri=uri)
     db = _sqlite_path(uri)
     own = db is not None and not os.environ.get("MLFLOW_TRACKING_URI")  # the home's own database
+    quiet_fault_tracebacks()  # a full or read-only disk is said once, in one line, by the command
     with contact("open the MLflow tracking store"):
         if db is not None:
+            check_sqlite_files(db)
             with file_lock(db.with_name(db.name + ".lock")):
                 c = MlflowClient(tracking_uri=uri)  # opens the store: creates (or checks) the schema
                 if own:  # a moved or copied home: artifact locations follow it
@@ -412,8 +415,9 @@ def logged_steps(run_id: str) -> dict[str, set[int]]:
 def log_artifacts(run_id: str, paths: Iterable[tuple[Path, str | None]]) -> None:
     """Copy files or directories into the run: ``(local path, artifact sub-path or None)``."""
     c = client()
+    paths = [(Path(p), d) for p, d in paths]
+    check_artifact_copies(c.get_run(run_id).info.artifact_uri, paths)  # never through a link out of the home
     for path, dest in paths:
-        path = Path(path)
         if path.is_dir():
             c.log_artifacts(run_id, str(path), artifact_path=dest)
         elif path.exists():

@@ -140,7 +140,8 @@ def test_metrics_are_exactly_torch_fidelitys(tmp_path):
         assert m["kid120_train"] == raw[torch_fidelity.KEY_METRIC_KID_MEAN]
 
 
-def test_reference_statistics_are_cached_per_data_set(tmp_path):
+def test_reference_statistics_are_cached_per_data_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path))  # the cache is written inside the home
     x = blob_images(120, seed=2)
     gen = noisy(x, 10)
     cache = tmp_path / "fidelity-cache"

@@ -24,7 +24,14 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("stage configs", ("pipeline.config",)),
     (
         "data, presets and measures",
-        ("pipeline.data", "pipeline.presets", "pipeline.floors", "pipeline.fidelity", "pipeline.extractor_weights"),
+        (
+            "pipeline.data",
+            "pipeline.presets",
+            "pipeline.floors",
+            "pipeline.fidelity",
+            "pipeline.reference_cache",
+            "pipeline.extractor_weights",
+        ),
     ),
     ("stages", ("pipeline.stages",)),
     ("experiments", ("pipeline.experiments",)),

@@ -7,9 +7,7 @@ files (header first, then the body streamed) and npz files (each member's .npy h
 from __future__ import annotations
 
 import gzip
-import io
 import math
-import pickle
 import re
 import zipfile
 import zlib
@@ -20,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from pipeline.data.readers import ArraySource, SourceLimits, _block_records, _dims, _read_capped
+from pipeline.data.unpickle import CIFAR_PY_MAX_FILE_BYTES, CIFAR_RECORD, restricted_load
 from storage.errors import SubsampleError
 
 STAGE = "ingest"
@@ -31,131 +30,6 @@ _CIFAR_PY = re.compile(r"^(data_batch_\d+|test_batch)$")
 _IDX_IMAGES = re.compile(r"^(?P<stem>.*)images(?P<sep>[-.])idx3-ubyte(\.gz)?$")
 
 
-CIFAR_RECORD = 3072  # 3 × 32 × 32 planar RGB bytes per image
-
-
-CIFAR_PY_MAX_FILE_BYTES = 512 << 20  # a python batch is unpickled in memory: 16× the 31 MB of a real one
-
-
-# --- CIFAR-10 python batches: the restricted unpickler ---------------------------------------------
-
-
-class _NdarrayName:
-    """What a pickle gets for ``numpy.ndarray``: accepted only as ``_reconstruct``'s first argument
-    (how numpy pickles an array), never called: ``ndarray(shape)`` would allocate a declared shape
-    of uninitialised memory without any data behind it."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise pickle.UnpicklingError("refusing numpy.ndarray(...): an array must come with its data")
-
-
-_NDARRAY = _NdarrayName()
-
-
-class _CheckedArray(np.ndarray):
-    """The array ``_reconstruct`` builds; its state (shape, dtype, bytes) is checked before numpy
-    sees it: plain numeric dtypes only, at most 2-D, the declared shape exactly the bytes carried,
-    and 2-D uint8 arrays in CIFAR's record layout (N, 3072)."""
-
-    def __setstate__(self, state: Any) -> None:
-        if not isinstance(state, tuple) or len(state) not in (4, 5):
-            raise pickle.UnpicklingError("malformed array state")
-        shape, dtype, _, data = state[-4:]
-        if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape) or len(shape) > 2:
-            raise pickle.UnpicklingError(f"refusing an array of shape {shape!r}: CIFAR batches hold 1-D and 2-D arrays")
-        if (
-            not isinstance(dtype, np.dtype)
-            or dtype.kind not in "biuf"
-            or dtype.fields is not None
-            or dtype.subdtype is not None
-        ):
-            raise pickle.UnpicklingError(f"refusing an array of dtype {dtype!r}: only plain numbers are allowed")
-        if not isinstance(data, (bytes, bytearray)) or len(data) != math.prod(shape) * dtype.itemsize:
-            got = f"{len(data):,} bytes" if isinstance(data, (bytes, bytearray)) else type(data).__name__
-            raise pickle.UnpicklingError(f"refusing an array declaring shape {shape} of {dtype} but carrying {got}")
-        if dtype == np.uint8 and len(shape) == 2 and shape[1] != CIFAR_RECORD:
-            raise pickle.UnpicklingError(
-                f"refusing uint8 records of shape {shape}: CIFAR-10 records are (N, {CIFAR_RECORD})"
-            )
-        super().__setstate__(state)
-
-
-def _checked_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
-    if subtype is not _NDARRAY or shape != (0,):
-        raise pickle.UnpicklingError(f"refusing _reconstruct({subtype!r}, {shape!r}): not how numpy pickles an array")
-    return np.ndarray.__new__(
-        _CheckedArray, (0,), dtype=np.dtype(dtype.decode("latin1") if isinstance(dtype, bytes) else dtype)
-    )
-
-
-def _checked_bytearray(*args: Any) -> bytearray:
-    if len(args) > 2 or (args and not isinstance(args[0], (bytes, bytearray, str))):
-        raise pickle.UnpicklingError("refusing bytearray(size): only bytearray(bytes) is allowed")
-    return bytearray(*args)
-
-
-_UNPICKLE_ALLOWED: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _checked_reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _checked_reconstruct,
-    ("numpy", "ndarray"): _NDARRAY,
-    ("numpy.core.multiarray", "scalar"): None,  # None: the real object
-    ("numpy._core.multiarray", "scalar"): None,
-    ("numpy", "dtype"): None,
-    ("_codecs", "encode"): None,  # protocol-2 pickles written by Python 3 spell bytes this way
-    ("builtins", "bytearray"): _checked_bytearray,
-    ("builtins", "set"): None,
-    ("builtins", "frozenset"): None,
-    ("builtins", "complex"): None,
-}
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Builds numpy arrays and plain containers only: anything else a pickle names (``os.system``,
-    ``builtins.eval``, a class with ``__reduce__``) raises :class:`pickle.UnpicklingError`, and an
-    array's declared shape is checked against the bytes it carries before numpy allocates it
-    (:class:`_CheckedArray`)."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _UNPICKLE_ALLOWED:
-            raise pickle.UnpicklingError(
-                f"refusing to load {module}.{name}: only numpy arrays and plain containers are allowed"
-            )
-        replacement = _UNPICKLE_ALLOWED[(module, name)]
-        if replacement is not None:
-            return replacement
-        if module.startswith("numpy.core.") and hasattr(np, "_core"):
-            module = "numpy._core." + module[len("numpy.core.") :]  # numpy 2: avoid the deprecated alias
-        return super().find_class(module, name)
-
-
-def _plain(obj: Any) -> Any:
-    """The unpickled object with every :class:`_CheckedArray` as a plain ndarray."""
-    if isinstance(obj, _CheckedArray):
-        return obj.view(np.ndarray)
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-def restricted_load(path: Path, max_bytes: int = CIFAR_PY_MAX_FILE_BYTES) -> Any:
-    """Unpickle a CIFAR-10 python file without running code from it. The file (at most
-    ``max_bytes``) is read into memory first: a length the pickle declares can then never make
-    the unpickler read (allocate) more than the file holds."""
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise SubsampleError(
-            STAGE, f"{path}: {size:,} bytes is more than a CIFAR-10 python batch may hold ({max_bytes:,}); refusing it"
-        )
-    try:
-        with open(path, "rb") as f:
-            data = _read_capped(f, size)
-        return _plain(RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load())
-    except pickle.UnpicklingError as e:
-        raise SubsampleError(STAGE, f"{path}: {e}; not a CIFAR-10 python batch, refusing to load it") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError, OverflowError) as e:
-        raise SubsampleError(STAGE, f"{path}: not a readable CIFAR-10 python batch ({type(e).__name__}: {e})") from None
 
 
 def _get(d: dict, key: str) -> Any:

@@ -448,8 +448,10 @@ def log_json(parent_run_id: str, name: str, payload: Any) -> None:
     import tempfile
 
     from storage import tracking
+    from storage.paths import scratch_dir
 
-    with tempfile.TemporaryDirectory() as tmp:
+    scratch_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch_dir()) as tmp:  # under the home, like every write
         path = Path(tmp) / name
         path.write_text(json.dumps(payload, indent=1, default=str))
         tracking.log_artifacts(parent_run_id, [(path, None)])

@@ -6,13 +6,19 @@ to read. Drawn from :mod:`pipeline.experiments.stats`' numbers and the runs' MLf
 from __future__ import annotations
 
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from pipeline.experiments.stats import EVAL_METRICS, ReportData, _count, _quiet_downloads, epoch_kl_key
+from pipeline.experiments.stats import EVAL_METRICS, ReportData, _count, _quiet_downloads, epoch_kl_key, scratch
+from storage.safe_io import atomic_path, make_dirs
+
+
+def _savefig(fig: Any, path: Path) -> None:
+    """``fig.savefig`` inside the home, never through a link, renamed into place when complete."""
+    with atomic_path(path, what="plot", suffix=path.suffix) as tmp:
+        fig.savefig(tmp, dpi=100)
 
 
 def _plt():
@@ -97,7 +103,7 @@ def _curves(data: ReportData, key_of, title: str, ylabel: str, path: Path) -> bo
         ax.legend(fontsize=7)
     _suptitle(fig, title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _savefig(fig, path)
     plt.close(fig)
     return True
 
@@ -125,7 +131,7 @@ def _per_epoch_fid_curves(data: ReportData, plots: Path) -> dict[str, str]:
                 by_step[int(h.step)] = float(h.value)  # the last value logged at each step
             m.history[name] = sorted(by_step.items())
     n = _count(pattern.match(key).group(1))
-    plots.mkdir(parents=True, exist_ok=True)
+    make_dirs(plots, what="plots folder")
     if not _curves(
         data,
         lambda m: name if name in m.history else None,
@@ -172,7 +178,7 @@ def _vs_batch_size(summary: dict[str, Any], path: Path) -> bool:
             ax.legend(fontsize=7)
     _suptitle(fig, "final metrics against batch size (mean ± s.d. over seeds)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _savefig(fig, path)
     plt.close(fig)
     return True
 
@@ -218,7 +224,7 @@ def _montage(
             if j == 0:
                 ax.set_ylabel(row_labels[i], fontsize=11)
     _suptitle(fig, title)
-    fig.savefig(path, dpi=100)
+    _savefig(fig, path)
     plt.close(fig)
     return True
 
@@ -243,7 +249,7 @@ def _last_grid(run_id: str, dst: Path) -> Optional[Path]:
 
 def write_plots(data: ReportData, summary: dict[str, Any], plots: Path) -> dict[str, str]:
     """The PNGs (name -> caption), from the histories and artifacts MLflow holds."""
-    plots.mkdir(parents=True, exist_ok=True)
+    make_dirs(plots, what="plots folder")
     made: dict[str, str] = {}
     strategies, sizes, presets, seeds = data.axes()
     if _curves(
@@ -271,7 +277,7 @@ def write_plots(data: ReportData, summary: dict[str, Any], plots: Path) -> dict[
     if _vs_batch_size(summary, plots / "metrics_vs_batch_size.png"):
         made["metrics_vs_batch_size.png"] = "Final metrics against batch size, per preset (mean ± s.d. over seeds)."
     seed0 = seeds[0] if seeds else 0
-    with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
+    with scratch() as tmp, _quiet_downloads():
         tmp = Path(tmp)
         tiles, row_labels = [], []
         for p in presets:  # rows: preset × strategy; columns: B (each tile a run's titled grid)

@@ -404,14 +404,16 @@ def build_report(parent_run_id: str, out_dir: Optional[Path] = None, *, log_to_m
     data = collect(parent_run_id)
     out = Path(out_dir) if out_dir else reports_dir(parent_run_id)
     plots_dir = out / "plots"
-    out.mkdir(parents=True, exist_ok=True)
+    from storage.safe_io import make_dirs, write_atomic
+
+    make_dirs(out, what="report folder")
     summary = summarise(data)
     plots = write_plots(data, summary, plots_dir)
     blocks = _blocks(summary, plots)
     title = f"Subsample comparison on {summary['dataset']} ({summary['scale']})"
-    (out / "report.md").write_text(render_markdown(blocks))
-    (out / "report.html").write_text(render_html(blocks, plots_dir, title))
-    (out / "report.json").write_text(json.dumps({**summary, "plots": plots}, indent=1, default=str))
+    write_atomic(out / "report.md", render_markdown(blocks), what="report")
+    write_atomic(out / "report.html", render_html(blocks, plots_dir, title), what="report")
+    write_atomic(out / "report.json", json.dumps({**summary, "plots": plots}, indent=1, default=str), what="report")
     if log_to_mlflow:
         from storage import tracking
 

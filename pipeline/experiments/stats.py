@@ -22,6 +22,15 @@ import numpy as np
 from pipeline.experiments.compare import ERROR_TAG, FIDELITY_TAG, GRID_ARTIFACT, GridCell
 from storage.errors import SubsampleError
 
+
+def scratch() -> tempfile.TemporaryDirectory:
+    """A temporary folder for downloaded MLflow artifacts, under the home like every write."""
+    from storage.paths import scratch_dir
+
+    scratch_dir().mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(dir=scratch_dir())
+
+
 STAGE = "report"
 
 
@@ -159,7 +168,7 @@ def collect(parent_run_id: str) -> ReportData:
             "that `subsample compare` printed",
         ) from None
     grid: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
+    with scratch() as tmp, _quiet_downloads():
         try:
             grid = json.loads(Path(c.download_artifacts(parent_run_id, GRID_ARTIFACT, tmp)).read_text())
         except (MlflowException, OSError, ValueError):
@@ -341,7 +350,7 @@ def _parent_json(parent_run_id: str, name: str) -> Any:
 
     from storage import tracking
 
-    with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
+    with scratch() as tmp, _quiet_downloads():
         try:
             return json.loads(Path(tracking.client().download_artifacts(parent_run_id, name, tmp)).read_text())
         except (MlflowException, OSError, ValueError):

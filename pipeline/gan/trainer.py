@@ -10,7 +10,6 @@ the :class:`pipeline.config.TrainConfig` fields), images are a uint8 tensor, bat
 from __future__ import annotations
 
 import math
-import os
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -66,6 +65,7 @@ class Trainer:
     history: dict = field(default_factory=lambda: {"epochs": [], "loss_d": [], "loss_g": [], "g_steps_at": []})
     method: Any = None  # the pipeline.gan.methods.TrainingMethod taking the steps (make_trainer sets it)
     steps_over_bound: int = 0  # consecutive D steps with a loss above cfg.diverge_loss_max (divergence guard)
+    last_over_bound: tuple | None = None  # (which, step, value) of the latest such step
     clock: Any = None  # a RunClock: the up-front time estimate (timing only, no effect on training)
     kl_floor: dict | None = None  # the feature KL's floor at kl_samples (pipeline.floors), when known
 
@@ -197,10 +197,34 @@ def _check_divergence(t: Trainer, d: list, g_by_step: dict[int, float], first_st
         which, value = ("D", row[0]) if abs(row[0]) > bound else ("G", g_by_step.get(step, 0.0))
         if abs(value) > bound:
             t.steps_over_bound += 1
+            t.last_over_bound = (which, step, value)
             if t.steps_over_bound >= t.cfg.diverge_steps:
                 raise Diverged(which, step, value)
         else:
             t.steps_over_bound = 0
+
+
+@torch.no_grad()
+def check_weights(t: Trainer) -> None:
+    """Raise :class:`Diverged` when a weight of G or D is above ``cfg.diverge_loss_max`` in
+    magnitude (or not finite): what an absurd learning rate does even where the losses, bounded
+    by a saturated discriminator, look tame. One pass over the parameters, once an epoch."""
+    bound = t.cfg.diverge_loss_max
+    if bound is None:
+        return
+    for name, net in (("G", t.G), ("D", t.D)):
+        peaks = [p.detach().abs().max() for p in net.parameters() if p.numel()]
+        peak = float(torch.stack(peaks).max()) if peaks else 0.0
+        if not math.isfinite(peak) or peak > bound:
+            raise Diverged(f"{name} weights", t.step, peak)
+
+
+def check_divergence_at_end(t: Trainer) -> None:
+    """A run that ends while its losses are above ``cfg.diverge_loss_max`` diverged, however few
+    steps it had (fewer than ``diverge_steps`` in all, or its last steps): raise :class:`Diverged`
+    before its final checkpoint is written."""
+    if t.cfg.diverge_loss_max is not None and t.steps_over_bound > 0 and t.last_over_bound is not None:
+        raise Diverged(*t.last_over_bound)
 
 
 @torch.no_grad()
@@ -250,9 +274,10 @@ def save_checkpoint(t: Trainer, path: Path, rng_ranks: list | None = None) -> No
         "config": t.cfg.model_dump(mode="json"),
         **({"rng_ranks": rng_ranks} if rng_ranks else {}),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    from storage.safe_io import atomic_path
+
+    with atomic_path(path, what="checkpoint") as tmp:  # inside the home, never through a link
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(t: Trainer, path: Path) -> None:

@@ -290,8 +290,10 @@ def evaluate_stage(
         "total_time": seconds,
         "timestamp": time.time(),
     }
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as f:
+    from storage.safe_io import make_dirs, open_write
+
+    make_dirs(log_path.parent, what="metrics folder")
+    with open_write(log_path, "a", what="metrics log") as f:  # inside the home, never through a link
         f.write(json.dumps(line) + "\n")
 
     mlflow_logged = False

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig, TrainConfig
-from storage.artifacts import Artifact, artifact_key, open_artifact
-from storage.errors import MissingArtifactError
-from storage.paths import stage_dir
+from storage.artifacts import MANIFEST, Artifact, artifact_key, open_artifact
+from storage.errors import MissingArtifactError, SubsampleError
+from storage.paths import check_component, stage_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from storage.store import DatasetStore
@@ -273,8 +273,18 @@ def upstream_artifact(art: Artifact, stage: str) -> Artifact | None:
     """The ``stage`` artifact ``art`` was built from: by the key its manifest records; for an
     artifact made before manifests recorded keys, the one whose content hash its ``inputs`` name.
     None when it is gone or fails verification."""
-    key = art.upstream.get(stage)
+    upstream = art.upstream if isinstance(art.upstream, dict) else {}
+    key = upstream.get(stage)
     if key:
+        try:
+            check_component(key, f"{stage} key")
+        except ValueError:
+            raise SubsampleError(
+                art.stage,
+                f"{art.path / MANIFEST} names {stage} artifact {key!r} as its upstream, which is not an artifact key "
+                f"(letters, digits, '.', '_', '-'); the manifest is damaged or was edited: rebuild {art.stage} "
+                "(--refresh)",
+            ) from None
         return open_artifact(stage, key)
     want = art.inputs.get(stage)
     if not want:

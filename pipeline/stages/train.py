@@ -61,6 +61,8 @@ from pipeline.gan.trainer import (
     Diverged,
     NonFiniteLoss,
     Trainer,
+    check_divergence_at_end,
+    check_weights,
     generate,
     load_checkpoint,
     make_trainer,
@@ -85,9 +87,10 @@ from pipeline.stages.train_records import (
     save_grid,
 )
 from storage.artifacts import Artifact, build_artifact, open_artifact
-from storage.errors import SubsampleError
+from storage.errors import SubsampleError, one_line
 from storage.locks import LockBusy, file_lock, lock_is_free
 from storage.paths import inside_home, stage_dir
+from storage.safe_io import fault, links_in, make_dirs, write_atomic
 
 STAGE = "train"
 CODE_VERSION = CODE_VERSIONS[STAGE]  # bumped in pipeline/stages/lineage.py, with the key recipe
@@ -335,6 +338,12 @@ def _train_locked(dataset, cfg, batches, store, tables_art, key, base, t0, upstr
     ckpt = work / "checkpoint.pt"
     run_file = work / "run.json"
     resumed_from = None
+    if main and resume and work.exists() and (links := links_in(work)):  # planted: a run never makes links
+        raise SubsampleError(
+            STAGE,
+            f"{work} holds a symbolic link ({links[0]} -> {os.path.realpath(links[0])}); refusing to train in it: "
+            "remove the folder (its checkpoint cannot be trusted) and run again",
+        )
     if distributed.broadcast_flag(resume and ckpt.exists()):  # rank 0's view: every rank resumes or none
         load_checkpoint(t, ckpt)
         resumed_from = t.epoch
@@ -343,7 +352,7 @@ def _train_locked(dataset, cfg, batches, store, tables_art, key, base, t0, upstr
             print(f"{STAGE}: discarding the unfinished run in {work} (pass --resume to continue it)", file=sys.stderr)
         shutil.rmtree(work)
     if main:
-        work.mkdir(parents=True, exist_ok=True)
+        make_dirs(work, what="training work folder")
     distributed.barrier()
     run_id = None
     title = run_title(dataset, cfg.preset, batches.strategy, batches.batch_size, cfg.seed)
@@ -358,7 +367,9 @@ def _train_locked(dataset, cfg, batches, store, tables_art, key, base, t0, upstr
             run_id = _start_tracking(
                 cfg, batches, tables, features, dataset, key, store, tables_art, run_info.get("mlflow_run_id")
             )
-            run_file.write_text(json.dumps({"key": key, "dataset": dataset, "mlflow_run_id": run_id}))
+            write_atomic(
+                run_file, json.dumps({"key": key, "dataset": dataset, "mlflow_run_id": run_id}), what="run file"
+            )
         from pipeline.fidelity import epoch_evaluator
 
         evaluator = epoch_evaluator(cfg, store, table, cfg.z_dim, device) if main else None
@@ -366,15 +377,14 @@ def _train_locked(dataset, cfg, batches, store, tables_art, key, base, t0, upstr
         _train_loop(t, table, sampler, images, batches.batch_size, work, logger, progress, labels, evaluator, title)
     except (NonFiniteLoss, Diverged) as e:
         _end_tracking(run_id, "FAILED")
-        last = f"{ckpt} (after epoch {_ckpt_epoch(ckpt)})" if ckpt.exists() else "none (no epoch had finished)"
+        last = _last_good(ckpt, t.epoch)
         if main:
             _drop_unresumable(work)
         if isinstance(e, Diverged):
             raise SubsampleError(
                 STAGE,
-                f"diverged: |loss_{e.which.lower()}| above {cfg.diverge_loss_max:g} for {cfg.diverge_steps} consecutive "
-                f"D steps (last {e.value:.3g} at epoch {t.epoch + 1} step {e.step}); stopped. Lower lr_d / lr_g (or raise "
-                f"--set diverge_loss_max=...); last good checkpoint: {last}",
+                f"diverged: {_divergence(e, t, cfg)} (at epoch {t.epoch + 1} step {e.step}); stopped. Lower lr_d / lr_g "
+                f"(or raise --set diverge_loss_max=...); last good checkpoint: {last}",
             ) from None
         raise SubsampleError(
             STAGE, f"non-finite {e.which} loss at epoch {t.epoch + 1} step {e.step}; last good checkpoint: {last}"
@@ -548,6 +558,9 @@ def _train_loop(
             t0 = time.perf_counter()
             losses = train_epoch(t, images, batches, bar, labels)
             seconds = time.perf_counter() - t0
+        check_weights(t)
+        if epoch + 1 >= cfg.epochs or (cfg.max_steps is not None and t.step >= cfg.max_steps):
+            check_divergence_at_end(t)  # the last epoch: a run shorter than the guard's window too
         if not distributed.is_main():  # the other ranks count, and send their RNG state to checkpoints
             t.method._records.clear()  # rank 0 reports the method's per-epoch metrics
             t.epoch = epoch + 1
@@ -586,6 +599,27 @@ def _train_loop(
                 f"samples) {m['images_per_second']} img/s",
                 file=sys.stderr,
             )
+
+
+def _divergence(e: Diverged, t: Any, cfg: TrainConfig) -> str:
+    """What the divergence guard saw, in words."""
+    bound = f"{cfg.diverge_loss_max:g}"
+    if e.which.endswith("weights"):
+        return f"a weight of {e.which[0]} reached {e.value:.3g} in magnitude (above {bound})"
+    n = t.steps_over_bound
+    span = f"{n} consecutive D steps" + (", to the end of the run" if n < cfg.diverge_steps else "")
+    return f"|loss_{e.which.lower()}| above {bound} for {span} (last {e.value:.3g})"
+
+
+def _last_good(ckpt: Path, finished: int) -> str:
+    """What a failed run's message says it left: the epochs it finished and its last checkpoint
+    (none when the losses were already above the divergence bound at every epoch's end)."""
+    if ckpt.exists():
+        at = _ckpt_epoch(ckpt)
+        return f"{ckpt} (after epoch {at})" + (f"; {finished} epoch(s) finished" if at != finished else "")
+    if finished:
+        return f"none ({finished} epoch(s) finished, each with its losses above the divergence bound)"
+    return "none (no epoch had finished)"
 
 
 def _ckpt_epoch(path: Path) -> int | str:
@@ -631,7 +665,7 @@ def _end_tracking(run_id: str | None, status: str) -> None:
 
         tracking.end_run(run_id, status)
     except Exception as e:  # the training error matters more than the bookkeeping
-        print(f"{STAGE}: could not mark MLflow run {run_id} {status}: {e}", file=sys.stderr)
+        print(f"{STAGE}: could not mark MLflow run {run_id} {status}: {one_line(fault(e) or e)[:300]}", file=sys.stderr)
 
 
 def launch_train(

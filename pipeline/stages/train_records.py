@@ -101,8 +101,7 @@ def save_grid(images: Tensor, path: Path, title: str = "") -> None:
     """Fixed-z samples as a titled grid at least 512 px wide (``pipeline.pictures``)."""
     from pipeline.pictures import save, titled_grid
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save(titled_grid(to_uint8(images), title or path.stem), path)
+    save(titled_grid(to_uint8(images), title or path.stem), path)  # folders made, inside the home
 
 
 def initial_metrics(t: Trainer, table: Any) -> dict:
@@ -151,7 +150,10 @@ def plot_losses(history: dict, path: Path, title: str = "") -> None:
     fig = loss_figure(history, title)  # sets the Agg backend before pyplot is imported here
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=100, metadata={"Title": title or "training losses and feature divergences"})
+    from storage.safe_io import atomic_path
+
+    with atomic_path(path, what="loss curve", suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, metadata={"Title": title or "training losses and feature divergences"})
     plt.close(fig)
 
 
@@ -225,7 +227,9 @@ def _fmt(v: float | None) -> str:
 
 def _write_metrics(history: dict, path: Path) -> None:
     lines = ([history["initial"]] if history.get("initial") else []) + list(history["epochs"])
-    path.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    from storage.safe_io import write_atomic
+
+    write_atomic(path, "".join(json.dumps(e) + "\n" for e in lines), what="metrics file")
 
 
 def run_name(cfg: TrainConfig, batches: BatchesConfig, key: str) -> str:
