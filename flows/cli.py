@@ -529,13 +529,15 @@ def _stdout_to_stderr():
         os.close(saved)
 
 
-def _run_flow(cfg: Any, as_json: bool, dry_run: bool = False) -> None:
+def _run_flow(cfg: Any, as_json: bool, dry_run: bool = False, command: str = "run") -> None:
     """Run the validated config as the flow train-subsample: the temporary Prefect server (when no
     PREFECT_API_URL is set) starts only now, after every check that needs none. ``--json`` adds the
     resolved training config (``train_config``, as ``subsample train --json`` shows it)."""
     if dry_run:
         return show_config(config_view(cfg), as_json)
-    from flows.local_server import start_temporary_server
+    from flows.local_server import choose_server, start_temporary_server
+
+    choose_server(command)  # before Prefect is imported: it reads PREFECT_API_URL once
     from flows.train_subsample import run
 
     with _stdout_to_stderr():  # the server process inherits fd 1: keep it off --json's stdout
@@ -611,7 +613,7 @@ def demo_cmd(
     settings: a few minutes on a laptop CPU, no server needed. The same as `subsample run --dataset demo`."""
     from flows.config import demo_fields, resolve_config
 
-    _run_flow(resolve_config("demo", demo_fields(), overrides), as_json, dry_run)
+    _run_flow(resolve_config("demo", demo_fields(), overrides), as_json, dry_run, "demo")
 
 
 def _split_list(values: list[str]) -> Optional[list[str]]:
@@ -678,8 +680,11 @@ def compare_cmd(
     for p in _split_list(presets) or []:
         check_preset(p, "compare")
     check_source(dataset, source, "compare")
+    from flows.local_server import choose_server, start_temporary_server
+
+    if not dry_run:
+        choose_server("compare")  # before Prefect is imported: it reads PREFECT_API_URL once
     from flows.compare import build_compare_config, run
-    from flows.local_server import start_temporary_server
 
     sizes = _split_list(batch_sizes)
     try:
