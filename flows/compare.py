@@ -19,7 +19,7 @@ other exception stops the flow (the same bug would fail every cell), with the pa
 
 ``scale`` picks the grid defaults and the settings laid over every preset
 (:data:`pipeline.experiments.compare.SCALES`): ``smoke`` (tiny models, minutes on a CPU: checks the machinery),
-``cpu`` (small models that learn, about 10 minutes on a 2-core CPU) or ``paper`` (the paper's epochs
+``cpu`` (small models that learn, about 7 minutes on an idle 2-core CPU) or ``paper`` (the paper's epochs
 and sizes, for a GPU machine).
 """
 
@@ -69,7 +69,7 @@ class CompareConfig(BaseModel):
     scale: Literal["smoke", "cpu", "paper"] = Field(
         "smoke",
         description="smoke: tiny models, minutes on a CPU, checks the machinery; cpu: small models that learn, "
-        "about 10 minutes on a CPU; paper: the paper's settings, for a GPU",
+        "about 7 minutes on an idle 2-core CPU; paper: the paper's settings, for a GPU",
     )
     design: Literal["factorial", "paper"] = Field(
         "factorial",

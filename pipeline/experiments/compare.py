@@ -80,7 +80,8 @@ SCALES: dict[str, Scale] = {
     "cpu": Scale(
         "cpu",
         "small DCGANs (ngf=ndf=16, lr 2e-3) for 40 epochs on the demo's 2,000 images, feature metrics only: "
-        "generators that learn (their feature KL falls from the untrained value), about 10 minutes on a 2-core CPU",
+        "generators that learn (their feature KL falls from the untrained value), "
+        "about 7 minutes on an idle 2-core CPU",
         # chosen by measurement on the demo data (docs/compare.md, "The cpu scale"): B = 128 and 500 (500 divides
         # 2,000, so random batches cover every image); one recipe (the paper's DCGAN and Adam beta1 0.5, its lr 2e-3)
         batch_sizes=(128, 500),
