@@ -288,7 +288,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     with open(home / "server.log", "a") as log:
         try:
             server = start_server(args.host, args.port, log=log)
-            wait_healthy(url, proc=server)
+            try:  # a first start creates the database: 13-40 s on 2 busy cores, minutes under heavy load
+                wait_healthy(url, timeout_s=TEMPORARY_SERVER_TIMEOUT_S, proc=server)
+            except (RuntimeError, TimeoutError) as e:
+                sys.exit(f"make server: {e} (its log: {home / 'server.log'})")
             print(f"Prefect server and UI: http://{args.host}:{args.port} (log: {home / 'server.log'})", flush=True)
             port = "" if args.port == 4200 else f"PREFECT_PORT={args.port} "
             print(
