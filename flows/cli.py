@@ -26,16 +26,23 @@ JsonOpt = typer.Option(False, "--json", help="print one JSON object summarising 
 
 
 def emit(summary: dict[str, Any], as_json: bool) -> None:
-    """Print a stage summary: one JSON object with ``--json``, else aligned ``key: value`` lines."""
+    """Print a stage summary: one JSON object with ``--json``, else aligned ``key: value`` lines,
+    in full: a dict (e.g. evaluate's metrics) one ``name: value`` line per entry below its key,
+    a list as JSON."""
     if as_json:
         print(json.dumps(summary, default=str))
         return
     width = max((len(k) for k in summary), default=0)
     for k, v in summary.items():
+        if isinstance(v, dict) and v:
+            print(f"{k:>{width}}:")
+            inner = max(len(str(name)) for name in v)
+            for name, value in v.items():
+                shown = json.dumps(value, default=str) if isinstance(value, (dict, list)) else value
+                print(f"{'':>{width}}  {str(name):<{inner}}  {shown}")
+            continue
         if isinstance(v, (dict, list)):
             v = json.dumps(v, default=str)
-            if len(v) > 200:
-                v = v[:197] + "..."
         print(f"{k:>{width}}: {v}")
 
 
@@ -417,21 +424,18 @@ def train_cmd(
 
 @app.command("presets")
 def presets_cmd(as_json: bool = JsonOpt) -> None:
-    """List the training presets: name, one-line description, source; --json adds each one's values,
-    its values per data set kind, and for the paper's the sentence followed and what it leaves open."""
+    """List the training presets as a table: strategy, B, epochs, loss or method, optimizer, learning
+    rates and a one-line description (blank cells: the defaults); --json adds every value, the values
+    per data set kind, the source, and for the paper's the sentence followed and what it leaves open."""
+    from flows.terminal import presets_lines
     from pipeline.presets import KIND_NAMES, preset_table
 
     rows = preset_table()
     if as_json:
         print(json.dumps({"presets": rows}))
         return
-    width = max(len(r["name"]) for r in rows)
-    pad = " " * width
-    for r in rows:
-        print(f"{r['name']:<{width}}  {r['description']}\n{pad}  source: {r['source']}")
-        for kind, values in r.get("per_dataset", {}).items():
-            flat = ", ".join(f"{k}={v}" for section in values.values() for k, v in section.items())
-            print(f"{pad}  on {KIND_NAMES.get(kind, kind)}: {flat}")
+    print("\n".join(presets_lines(rows, KIND_NAMES)))
+    print("sources, every value and the paper's words: subsample presets --json; docs/training.md")
 
 
 def _evaluate_default(field: str) -> Any:
@@ -484,7 +488,6 @@ def evaluate_cmd(
 ) -> None:
     """Evaluate a trained generator against its training set: IS, FID, KID (torch-fidelity), feature-space KL/JS and sharpness (spec §5)."""
     from flows.config import resolve_evaluate_config
-    from pipeline.stages.generators import find_train_artifact
 
     flags = {
         "samples": samples,
@@ -498,8 +501,11 @@ def evaluate_cmd(
     }
     resolve_evaluate_config(
         flags, None, lambda _: None, sets=sets
-    )  # a wrong option or metric: one line, before the run is looked up
-    dataset = find_train_artifact(run).summary.get("dataset")  # its data set's defaults apply, as in `subsample run`
+    )  # a wrong option, metric or device: one line, before the run is looked up (and torch imported)
+    from pipeline.stages.generators import find_train_artifact
+
+    # its data set's defaults apply, as in `subsample run`
+    dataset = find_train_artifact(run, "evaluate").summary.get("dataset")
     cfg = resolve_evaluate_config(flags, dataset, sets=sets)
     from pipeline.stages.evaluate import run_evaluate
 
@@ -529,13 +535,15 @@ def _stdout_to_stderr():
         os.close(saved)
 
 
-def _run_flow(cfg: Any, as_json: bool, dry_run: bool = False) -> None:
+def _run_flow(cfg: Any, as_json: bool, dry_run: bool = False, command: str = "run") -> None:
     """Run the validated config as the flow train-subsample: the temporary Prefect server (when no
     PREFECT_API_URL is set) starts only now, after every check that needs none. ``--json`` adds the
     resolved training config (``train_config``, as ``subsample train --json`` shows it)."""
     if dry_run:
         return show_config(config_view(cfg), as_json)
-    from flows.local_server import start_temporary_server
+    from flows.local_server import choose_server, start_temporary_server
+
+    choose_server(command)  # before Prefect is imported: it reads PREFECT_API_URL once
     from flows.train_subsample import run
 
     with _stdout_to_stderr():  # the server process inherits fd 1: keep it off --json's stdout
@@ -611,13 +619,17 @@ def demo_cmd(
     settings: a few minutes on a laptop CPU, no server needed. The same as `subsample run --dataset demo`."""
     from flows.config import demo_fields, resolve_config
 
-    _run_flow(resolve_config("demo", demo_fields(), overrides), as_json, dry_run)
+    _run_flow(resolve_config("demo", demo_fields(), overrides), as_json, dry_run, "demo")
 
 
 def _split_list(values: list[str]) -> Optional[list[str]]:
     """Repeated and/or comma-separated values (``--strategies random,constructed``); None when empty."""
     out = [v.strip() for item in values for v in item.split(",") if v.strip()]
     return out or None
+
+
+_Scale = Enum("_Scale", {s: s for s in ("smoke", "cpu", "paper")}, type=str)  # flows.compare.CompareConfig's
+_Design = Enum("_Design", {s: s for s in ("factorial", "paper")}, type=str)
 
 
 @app.command("compare")
@@ -631,12 +643,13 @@ def compare_cmd(
     source: Optional[str] = typer.Option(
         None, "--source", help="source path (default: $SUBSAMPLE_<DATASET>_SOURCE; demo: the embedded data)"
     ),
-    scale: Optional[str] = typer.Option(
+    scale: Optional[_Scale] = typer.Option(
         None,
         "--scale",
-        help="(default smoke) smoke: tiny models, minutes on a CPU (checks the machinery); cpu: small models that learn, about 10 min on a 2-core CPU; paper: the paper's settings (a GPU machine)",
+        help="(default smoke) smoke: tiny models, minutes on a CPU (checks the machinery); cpu: small models that "
+        "learn, about 7 min (factorial) or 10 (paper design) on an idle 2-core CPU; paper: the paper's settings (a GPU machine)",
     ),
-    design: Optional[str] = typer.Option(
+    design: Optional[_Design] = typer.Option(
         None,
         "--design",
         help="(default factorial) factorial: strategies × batch sizes × presets; paper: exactly the paper's cells (the method at B = 2000, "
@@ -680,13 +693,16 @@ def compare_cmd(
     """The paper's comparison (Prefect flow compare-strategies): the paper's cells (--design paper) or
     strategies × batch sizes × presets, × seeds, each a train-subsample run nested under one MLflow
     parent run, and a report (HTML and markdown) built from what MLflow recorded."""
-    from flows.config import check_batch_sizes, check_preset, check_source
+    from flows.config import check_batch_sizes, check_devices, check_preset, check_source
 
     for p in _split_list(presets) or []:
         check_preset(p, "compare")
     check_source(dataset, source, "compare")
+    from flows.local_server import choose_server, start_temporary_server
+
+    if not dry_run:
+        choose_server("compare")  # before Prefect is imported: it reads PREFECT_API_URL once
     from flows.compare import build_compare_config, run
-    from flows.local_server import start_temporary_server
 
     sizes = _split_list(batch_sizes)
     try:
@@ -698,8 +714,8 @@ def compare_cmd(
     fields = {
         "dataset": dataset,
         "source": source,
-        "scale": scale,
-        "design": design,
+        "scale": scale.value if scale else None,
+        "design": design.value if design else None,
         "strategies": _split_list(strategies),
         "batch_sizes": sizes_int,
         "presets": _split_list(presets),
@@ -725,6 +741,8 @@ def compare_cmd(
         for row in view["cells"]:
             print(f"{row['cell']}: {json.dumps(row['train_config'], default=str)}")
         return
+    for cell in cfg.cells():  # a device asked for (--set train.device=cuda) that this machine lacks
+        check_devices(cfg.cell_run_config(cell).model_dump(), "compare")
     check_batch_sizes(
         cfg.dataset,
         list(cfg.grid_batch_sizes),

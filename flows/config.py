@@ -286,9 +286,9 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def build_config(fields: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """A flow run's (a deployment's) parameters, plus ``section.field=value`` overrides, as a
     RunConfig: :func:`resolve_config` without the machine's layer (the parameters say what to run;
-    a run the CLI started arrives resolved) and without the checks of this machine's files (the
-    worker resolves the source when ingest runs)."""
-    return resolve_config("run", fields, overrides, machine=False, checks=False)
+    a run the CLI started arrives resolved) and without the checks of this machine's files and
+    devices (the worker resolves the source when ingest runs; a GPU deployment's runs train there)."""
+    return resolve_config("run", fields, overrides, machine=False, checks=False, devices=False)
 
 
 def demo_fields() -> dict[str, Any]:
@@ -321,6 +321,25 @@ def run_device(requested: Optional[str]) -> str:
     if requested in ("cpu", "cuda"):
         return requested
     return "cuda" if cuda_available() else "cpu"
+
+
+def check_devices(data: dict[str, Any], stage: str) -> None:
+    """A CUDA device asked for (``train.device``, ``evaluate.device``, ``ingest.decode_device``, by
+    ``--set``, a flag, a preset or a data set) that this machine lacks is one line, before any
+    stage runs or any cached result is returned: a cache hit would otherwise hide it."""
+    instead = {
+        ("train", "device"): "train.device=auto (CUDA when there is one) or cpu",
+        ("evaluate", "device"): "cpu, or leave the device out (CUDA when there is one)",
+        ("ingest", "decode_device"): "ingest.decode_device=cpu",
+    }
+    for (section, field), hint in instead.items():
+        value = effective(data, section, field)
+        if isinstance(value, str) and value.startswith("cuda") and not cuda_available():
+            raise SubsampleError(
+                stage,
+                f"{section}.{field}={value} asked for, but this machine has no CUDA device (torch sees none): "
+                f"use {hint}, or run on a GPU machine",
+            )
 
 
 def machine_defaults(device: str) -> tuple[dict[str, Any], str]:
@@ -402,7 +421,7 @@ def check_source(dataset: str, source: Optional[str], stage: str) -> None:
 
             stores = [p.name[: -len(".zarr")] for p in datasets_dir().glob("*.zarr")] if datasets_dir().is_dir() else []
             names = sorted({*DATASETS, *stores})
-            hint = did_you_mean(dataset, names)
+            hint = "" if dataset in names else did_you_mean(dataset, names)  # a known name needs no suggestion
             what = f" ({known.note})" if known and known.note else ""
             raise SubsampleError(
                 stage,
@@ -507,6 +526,7 @@ def resolve_config(
     machine: bool = True,
     checks: bool = True,
     check_batches: bool = True,
+    devices: bool = True,
 ) -> RunConfig:
     """The one resolution of a run's configuration, for every command (``run``, ``demo``, the
     stage commands, each cell of ``compare``) and every deployment (:func:`build_config`), in one
@@ -520,7 +540,7 @@ def resolve_config(
     and data set names (each with the nearest valid name), and, with ``checks``, whether the
     source exists when the run ingests and whether the batch size fits the data set (its store, or
     the source's listing; ``check_batches=False`` leaves that to the caller, e.g. ``train`` before
-    it picks built batches)."""
+    it picks built batches), and, with ``devices``, that a CUDA device asked for exists here."""
     sets_data = parse_overrides(sets, stage, stage if stage in STAGE_SECTIONS else None)
     flag_data = drop_none(flags or {})
     given = merge(merge(as_fields(fields), sets_data), flag_data)
@@ -547,6 +567,8 @@ def resolve_config(
                 why = None
     data = merge(base, given)
     check_preset(data.get("preset"), stage)
+    if devices:
+        check_devices(data, stage)
 
     only = data.get("only")
     reads_source = only in (None, "ingest")

@@ -131,6 +131,52 @@ def home_lock(path: Path, on_wait: Callable[[], None] = lambda: None) -> Iterato
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def answers(api: str, timeout_s: float = 2.0) -> bool:
+    """Whether a Prefect API answers ``<api>/health`` with 200 within ``timeout_s``."""
+    try:
+        with urllib.request.urlopen(f"{api.rstrip('/')}/health", timeout=timeout_s) as r:
+            return r.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+LOCAL_API_MARK = "SUBSAMPLE_LOCAL_PREFECT_API"  # set by ./activate beside the PREFECT_API_URL it chose
+
+
+def no_server_message(command: str, api: str) -> str:
+    return (
+        f"{command}: no Prefect server answers at {api}: start one with `make server` in another shell "
+        "(the same PREFECT_PORT), or set PREFECT_API_URL to a running server's API"
+    )
+
+
+def choose_server(
+    stage: str, note: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)
+) -> Optional[str]:
+    """Which Prefect server ``subsample run/demo/compare`` report to, decided before Prefect is
+    imported (its settings are read once, at import) and before any stage runs: the API at
+    ``PREFECT_API_URL`` when it answers; none (so Prefect's temporary server, see
+    :func:`start_temporary_server`) when no URL is set, or when the one set by ``./activate`` (the
+    local ``make server`` URL, marked by ``SUBSAMPLE_LOCAL_PREFECT_API``) does not answer, said in
+    one line; a URL you set yourself that does not answer is one error line, before any work."""
+    api = os.environ.get("PREFECT_API_URL")
+    if not api:
+        return None
+    if answers(api):
+        return api
+    if os.environ.get(LOCAL_API_MARK) == api:
+        note(f"prefect: no server at {api} (`make server` starts one there); using Prefect's temporary server instead")
+        os.environ.pop("PREFECT_API_URL")
+        return None
+    from storage.errors import SubsampleError
+
+    raise SubsampleError(
+        stage,
+        f"no Prefect server answers at PREFECT_API_URL={api}: start one with `make server` (the same "
+        "PREFECT_PORT), or unset PREFECT_API_URL to use Prefect's temporary server",
+    )
+
+
 def temporary_server_timeout() -> tuple[int, bool]:
     """``(seconds, set by the user)``: Prefect's start-up timeout setting when the user set it
     (environment or profile), else :data:`TEMPORARY_SERVER_TIMEOUT_S`."""
@@ -259,7 +305,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4200)
+    parser.add_argument(
+        "--check", metavar="API", help="only check that a server answers at API (exit 1 with one line if not)"
+    )
+    parser.add_argument("--command", default="make server", help="the command named in --check's message")
     args = parser.parse_args(argv)
+    if args.check:
+        if not answers(args.check):
+            print(no_server_message(args.command, args.check), file=sys.stderr)
+            sys.exit(1)
+        return
     url = api_url(args.host, args.port)
     home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
     home.mkdir(parents=True, exist_ok=True)
@@ -270,11 +325,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     with open(home / "server.log", "a") as log:
         try:
             server = start_server(args.host, args.port, log=log)
-            wait_healthy(url, proc=server)
+            try:  # a first start creates the database: 13-40 s on 2 busy cores, minutes under heavy load
+                wait_healthy(url, timeout_s=TEMPORARY_SERVER_TIMEOUT_S, proc=server)
+            except (RuntimeError, TimeoutError) as e:
+                sys.exit(f"make server: {e} (its log: {home / 'server.log'})")
             print(f"Prefect server and UI: http://{args.host}:{args.port} (log: {home / 'server.log'})", flush=True)
+            port = "" if args.port == 4200 else f"PREFECT_PORT={args.port} "
             print(
-                f"In another shell: export PREFECT_API_URL={url}; make deploy; "
-                ".venv/bin/prefect deployment run train-subsample/demo",
+                f"In another shell: {port}source ./activate (PREFECT_API_URL={url}); make deploy; "
+                "prefect deployment run train-subsample/demo",
                 flush=True,
             )
             worker = start_worker(url)

@@ -250,13 +250,18 @@ def runs_table_url(experiment: str, ui: str = "http://127.0.0.1:5000") -> str:
 
 
 def print_runs_table_urls(ui: str = "http://127.0.0.1:5000") -> list[str]:
-    """One line per ``subsample/*`` experiment in the tracking store: its name and runs-table link
-    (``make mlflow-ui`` prints them before starting the UI)."""
+    """One line per ``subsample/*`` experiment in the tracking store, its name and runs-table link,
+    then one per comparison in it with the link to its runs (``make mlflow-ui`` prints them before
+    starting the UI; :mod:`storage.mlflow_views`). Each view's columns are the metrics its runs have."""
+    from storage import mlflow_views
+
     c = client()
     lines = []
     for exp in c.search_experiments(filter_string="name LIKE 'subsample/%'"):
         experiment_id(exp.name[len("subsample/") :], c)  # older experiments get the tags
+        mlflow_views.refresh_experiment_view(c, exp.experiment_id, VIEW_KEY, VIEW_NAME)
         lines.append(f"{exp.name}: {runs_table_url(exp.experiment_id, ui)}")
+        lines += mlflow_views.comparison_lines(c, exp.experiment_id, ui)
     for line in lines:
         print(line)
     return lines

@@ -178,7 +178,9 @@ def test_each_stage_command_hands_its_stage_what_run_resolves(
 
     module = importlib.import_module(f"pipeline.stages.{stage}")
     monkeypatch.setattr(module, f"run_{stage}", capture)
-    monkeypatch.setattr(generators, "find_train_artifact", lambda run: SimpleNamespace(summary={"dataset": dataset}))
+    monkeypatch.setattr(
+        generators, "find_train_artifact", lambda run, stage="train": SimpleNamespace(summary={"dataset": dataset})
+    )
     src = home.parent / "cifar-src"
     argv = [a.replace("{dataset}", dataset).replace("SRC", str(src)) for a in args]
     for form in (sets, [s.split(".", 1)[1] if s.startswith(stage + ".") else s for s in sets]):  # dotted, then bare

@@ -466,3 +466,54 @@ def test_the_readme_is_short_and_opens_with_the_two_commands():
     first = [ln.split("#")[0].strip() for ln in lines[:6] if ln.strip() and not ln.startswith(("#", "```"))]
     assert first[:2] == ["make demo", "make test"]
     assert all(re.search(rf"\]\(docs/{p.name}\)", "\n".join(lines)) for p in (REPO_ROOT / "docs").glob("*.md"))
+
+
+def readme_by_hand_block() -> tuple[str, list[str]]:
+    """The README's activation line and its by-hand stage block (the code block that ingests data/demo)."""
+    text = (REPO_ROOT / "README.md").read_text()
+    blocks = FENCE.findall(text)
+    activation = next(ln for b in blocks for ln in b.splitlines() if ln.startswith("source ./activate"))
+    block = next(b for b in blocks if "subsample ingest data/demo" in b)
+    return activation.split("#")[0].strip(), [ln.split("  #")[0].strip() for ln in block.splitlines() if ln.strip()]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REPO_ROOT / ".venv" / "bin" / "subsample").exists(), reason="no .venv (make setup)")
+def test_the_readme_by_hand_block_runs_in_a_new_shell_after_its_activation(tmp_path):
+    """As the README says: a new shell (none of the project's variables, no .venv on PATH), the
+    activation line, then each command of the by-hand block as written; `evaluate KEY` with the key
+    `train` printed. Only the homes are chosen (activate keeps them; the checkout's own stay untouched)."""
+    import os
+    import subprocess
+
+    activation, commands = readme_by_hand_block()
+    assert activation == "source ./activate" and commands[0].startswith("subsample ingest data/demo")
+    path = ":".join(p for p in os.environ.get("PATH", "/usr/bin:/bin").split(":") if ".venv" not in p)
+    env = {
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "PATH": path,
+        "SUBSAMPLE_HOME": str(tmp_path / "home"),
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+    }
+
+    def shell(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", "-c", f"{activation} && {command}"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+
+    assert shell("command -v subsample").stdout.strip() == str(REPO_ROOT / ".venv" / "bin" / "subsample")
+    key = None
+    for command in commands:
+        if "KEY" in command:
+            assert key, "train printed no key"
+            command = command.replace("KEY", key)
+        r = shell(command)
+        assert r.returncode == 0, f"`{command}` exited {r.returncode}: {r.stderr[-1500:]}"
+        if command.startswith("subsample train"):
+            key = re.search(r"^\s*key: ([0-9a-f]{16})$", r.stdout, re.M).group(1)
+    assert (tmp_path / "home" / "stages" / "evaluate").is_dir()

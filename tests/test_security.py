@@ -274,7 +274,7 @@ def test_run_as_a_path_is_refused_and_nothing_is_written_outside_the_home(in_hom
     for run in (str(evil), rel, f"../../../..{evil}"):
         code, out, err = cli(["evaluate", run, "--samples", "32", "--no-fidelity"], capsys)
         assert code == 2 and out == ""
-        assert "never a path" in one_line_error(err, "train")
+        assert "never a path" in one_line_error(err, "evaluate")
     assert set(files_outside(tmp_path, home)) == before
 
 
@@ -292,7 +292,7 @@ def test_a_generator_naming_another_key_is_refused(in_home, tmp_path, capsys):
         b.summary = {"stage": "train"}
     code, _, err = cli(["evaluate", fake_key, "--samples", "32", "--no-fidelity"], capsys)
     assert code == 2
-    assert "names train key" in one_line_error(err, "train")
+    assert "names train key" in one_line_error(err, "evaluate")
     assert not outside.exists() and not (home / "metrics" / "pwned.jsonl").exists()
 
 
@@ -574,7 +574,7 @@ def test_a_payload_generator_is_refused_in_one_line(in_home, tmp_path, capsys):
         b.summary = {"stage": "train"}
     code, _, err = cli(["evaluate", key, "--samples", "32", "--no-fidelity"], capsys)
     assert code == 2
-    line = one_line_error(err, "train")
+    line = one_line_error(err, "evaluate")
     assert "not a generator this project wrote" in line and "posix.system" in line
     assert not marker.exists()
 

@@ -118,8 +118,8 @@ SCALES: dict[str, Scale] = {
         "cpu",
         "small DCGANs (ngf=ndf=16) on the demo's 2,000 images, each recipe's own optimiser and learning rate, "
         "feature metrics only: generators that learn (their feature KL falls from the untrained value); "
-        "factorial 40 epochs (about 10 minutes on a 2-core CPU), paper design B × 500/2048 and each preset's "
-        "epochs × 0.12 (about 15 minutes on an idle 2-core CPU)",
+        "factorial 40 epochs (about 7 minutes on an idle 2-core CPU), paper design B × 500/2048 and each preset's "
+        "epochs × 0.12 (about 10 minutes on an idle 2-core CPU)",
         # chosen by measurement on the demo data (docs/compare.md, "The cpu scale"): B = 128 and 500 (500 divides
         # 2,000, so random batches cover every image); the paper's DCGAN and Adam beta1 0.5 at its lr 2e-3
         batch_sizes=(128, 500),

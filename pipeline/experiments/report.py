@@ -421,6 +421,9 @@ def build_report(parent_run_id: str, out_dir: Optional[Path] = None, *, log_to_m
             parent_run_id,
             [(out / f, "report") for f in ("report.html", "report.md", "report.json")] + [(plots_dir, "report/plots")],
         )
+        from pipeline.experiments.mlflow_record import record_on_parent
+
+        record_on_parent(parent_run_id, summary)  # the verdict and summary metrics on the parent, its runs' view
     return {
         "html": str(out / "report.html"),
         "md": str(out / "report.md"),

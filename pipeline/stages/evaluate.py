@@ -149,7 +149,7 @@ def run_evaluate(run: str, cfg: EvaluateConfig, *, refresh: bool = False, progre
     the ``fidelity`` status."""
     from pipeline.stages.generators import find_train_artifact
 
-    return evaluate_stage(find_train_artifact(run), cfg, run=run, refresh=refresh, progress=progress).to_json()
+    return evaluate_stage(find_train_artifact(run, STAGE), cfg, run=run, refresh=refresh, progress=progress).to_json()
 
 
 def evaluate_stage(
@@ -165,7 +165,7 @@ def evaluate_stage(
     run = run or train.key
     chosen = selected_metrics(cfg.metrics, cfg.samples)  # UnknownName before anything is loaded
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    G, info = open_generator(train, map_location=device)
+    G, info = open_generator(train, map_location=device, stage=STAGE)
     dataset, train_key = info["dataset"], info["key"]
     upstream = {"train": train.key}
 

@@ -19,16 +19,17 @@ from storage.paths import check_name, is_run_id, is_train_key, stage_dir
 STAGE = "train"
 
 
-def find_train_artifact(run: str):
+def find_train_artifact(run: str, stage: str = STAGE):
     """The train artifact for ``run``: a train key, or an MLflow run id (found by the manifests'
     ``mlflow_run_id``, else by the MLflow run's ``subsample.train_key`` tag). ``run`` is never a
-    path: anything but 16 or 32 hex digits is refused before it is joined to one."""
+    path: anything but 16 or 32 hex digits is refused before it is joined to one. ``stage`` names
+    the command in the error lines (``evaluate`` for ``subsample evaluate``)."""
     from storage.paths import home
 
     root = stage_dir(STAGE)
     if not (is_train_key(run) or is_run_id(run)):
         raise SubsampleError(
-            STAGE,
+            stage,
             f"RUN {run!r} is neither a train key (16 hex digits) nor an MLflow run id (32 hex digits); "
             f"RUN names a finished `subsample train` run under {home()}, never a path",
         )
@@ -36,7 +37,7 @@ def find_train_artifact(run: str):
         art = open_artifact(STAGE, run)
         if art is None:
             raise SubsampleError(
-                STAGE, f"train artifact {root / run} fails its content hash; re-run the training with --refresh"
+                stage, f"train artifact {root / run} fails its content hash; re-run the training with --refresh"
             )
         return art
     if is_run_id(run):
@@ -45,35 +46,37 @@ def find_train_artifact(run: str):
                 if json.loads(manifest.read_text()).get("summary", {}).get("mlflow_run_id") == run and is_train_key(
                     manifest.parent.name
                 ):
-                    return find_train_artifact(manifest.parent.name)
+                    return find_train_artifact(manifest.parent.name, stage)
             except (OSError, ValueError):
                 continue
         from storage import tracking
 
         key = tracking.run_tag(run, tracking.TRAIN_KEY_TAG)
         if key and is_train_key(key) and (root / key / "manifest.json").exists():
-            return find_train_artifact(key)
+            return find_train_artifact(key, stage)
     raise SubsampleError(
-        STAGE,
+        stage,
         f"no finished training run {run!r} under {home()}: give a train key (a directory of {root}) or the MLflow "
         "run id of a finished `subsample train` run",
     )
 
 
-def load_generator(run: str, *, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def load_generator(run: str, *, map_location: str | torch.device = "cpu", stage: str = STAGE) -> tuple[nn.Module, dict]:
     """The trained generator of ``run`` (train key or MLflow run id), in eval mode, and its info:
     ``dataset, key, mlflow_run_id, z_dim, image_size, tables, features, batches, train, model, path``.
     G maps z (N, z_dim) to images (N, 3, S, S) in [-1, 1]. ``generator.pt`` is loaded weights-only
     and its contents checked: the key it names must be its artifact's, the data set a valid name."""
-    return open_generator(find_train_artifact(run), map_location=map_location)
+    return open_generator(find_train_artifact(run, stage), map_location=map_location, stage=stage)
 
 
-def open_generator(art: Artifact, *, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def open_generator(
+    art: Artifact, *, map_location: str | torch.device = "cpu", stage: str = STAGE
+) -> tuple[nn.Module, dict]:
     """:func:`load_generator` for a train artifact already found."""
     path = art.path / "generator.pt"
 
     def refuse(why: str) -> SubsampleError:
-        return SubsampleError(STAGE, f"{path}: {why}; refusing to load it (re-run `subsample train` with --refresh)")
+        return SubsampleError(stage, f"{path}: {why}; refusing to load it (re-run `subsample train` with --refresh)")
 
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
