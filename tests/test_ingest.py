@@ -22,8 +22,8 @@ import pipeline.data.readers as readers_mod
 import pipeline.stages.ingest as ingest_mod
 from flows.cli import main
 from pipeline.config import IngestConfig
-from pipeline.data.unpickle import RestrictedUnpickler
 from pipeline.data.images import CropPolicy
+from pipeline.data.unpickle import RestrictedUnpickler
 from pipeline.stages.ingest import run_ingest
 from storage.errors import SubsampleError
 from storage.paths import dataset_path

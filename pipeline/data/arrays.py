@@ -30,8 +30,6 @@ _CIFAR_PY = re.compile(r"^(data_batch_\d+|test_batch)$")
 _IDX_IMAGES = re.compile(r"^(?P<stem>.*)images(?P<sep>[-.])idx3-ubyte(\.gz)?$")
 
 
-
-
 def _get(d: dict, key: str) -> Any:
     return d.get(key.encode(), d.get(key))
 
