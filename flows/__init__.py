@@ -1,6 +1,7 @@
 """The top layer: the Prefect flows and deployments' entry points (``train_subsample``,
-``compare``), the one config resolution every command uses (``config``), the temporary Prefect
-server (``local_server``) and, above them all, the ``subsample`` command line (``cli``)."""
+``compare``), the run config (``config``) and the one resolution of it every command uses
+(``resolve``, with ``checks`` and ``machine``), the temporary Prefect server (``local_server``)
+and, above them all, the ``subsample`` command line (``cli``, its commands in ``commands``)."""
 
 import os as _os
 

@@ -14,7 +14,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flows.config import IngestOptions, RunConfig, as_fields, build_config, dataset_defaults, merge, parse_overrides
+from flows.config import IngestOptions, RunConfig, as_fields, dataset_defaults, merge, parse_overrides
+from flows.resolve import build_config
 from pipeline.config import FeaturesConfig, TablesConfig, validation_message
 from pipeline.experiments.compare import (
     DEFAULT_SEEDS,
@@ -313,7 +314,7 @@ def build_compare_config(fields: dict[str, Any], overrides: list[str] | tuple[st
     """Validate ``fields`` plus ``--set`` overrides in the grammar of every command
     (:func:`flows.config.parse_overrides`: ``train.epochs=2``, ``evaluate.samples=1000``,
     ``tables.bins=[16,16]``, ``batch_scale=0.5``) into a CompareConfig; each cell's run resolves
-    through :func:`flows.config.resolve_config` like ``subsample run``'s. A validation error becomes
+    through :func:`flows.resolve.resolve_config` like ``subsample run``'s. A validation error becomes
     a one-line :class:`SubsampleError` naming the field."""
     data = merge(as_fields(fields), parse_overrides(overrides, "compare"))
     try:

@@ -35,7 +35,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from flows.config import IngestOptions, RunConfig, Stage, build_config
+from flows.config import IngestOptions, RunConfig, Stage
+from flows.resolve import build_config
 from pipeline.config import BatchesConfig, EvaluateConfig, FeaturesConfig, TablesConfig, TrainConfig
 from storage.errors import MissingArtifactError, SubsampleError
 from storage.safe_io import fault

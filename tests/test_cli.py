@@ -13,14 +13,15 @@ import sys
 import numpy as np
 import pytest
 
-import flows.config as fc
-from flows.config import DEMO_SOURCE, REPO_ROOT, demo_fields, resolve_config
+import flows.machine as fm
+from flows.config import DEMO_SOURCE, REPO_ROOT, demo_fields
+from flows.resolve import build_config, resolve_config
 from storage.errors import SubsampleError
 
 
 @pytest.fixture
 def cpu(monkeypatch):
-    monkeypatch.setattr(fc, "cuda_available", lambda: False)
+    monkeypatch.setattr(fm, "cuda_available", lambda: False)
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def test_defaults_fit_the_machine_under_the_data_set_preset_sets_and_flags(cpu, 
     )
     assert notes == [] and cfg.evaluate.samples == 10_000
     # on a GPU the paper's preset and the full evaluation
-    monkeypatch.setattr(fc, "cuda_available", lambda: True)
+    monkeypatch.setattr(fm, "cuda_available", lambda: True)
     cfg = resolve_config("run", {"dataset": "cifar10"}, note=quiet)
     assert (cfg.preset, cfg.batches.batch_size, cfg.evaluate.samples, cfg.evaluate.fidelity) == (
         "paper-constructed",
@@ -83,10 +84,10 @@ def test_run_dataset_demo_is_the_demo_on_any_machine(cpu, home, monkeypatch):
     assert notes == []  # the data set says what to run: nothing to default
     assert (demo.preset, demo.tables.bins, demo.train.ngf, demo.train.epochs) == ("demo", (16, 16), 16, 10)
     assert (demo.evaluate.samples, demo.evaluate.fidelity, demo.batches.batch_size) == (2000, False, 64)
-    monkeypatch.setattr(fc, "cuda_available", lambda: True)
+    monkeypatch.setattr(fm, "cuda_available", lambda: True)
     assert resolve_config("run", {"dataset": "demo"}, note=quiet) == demo
     # the deployment `demo` (prefect.yaml) gives the same parameters through build_config
-    assert fc.build_config({"dataset": "demo"}) == demo
+    assert build_config({"dataset": "demo"}) == demo
 
 
 # --- unknown names: one line, the nearest valid one, all valid ones -----------------------------
@@ -214,7 +215,8 @@ def toy(tmp_path_factory):
 
 def _train_cfg(flags: dict, sets=(), notes=None):
     """What `subsample train toy` resolves (flows.cli.train_cmd's steps)."""
-    from flows.config import check_batch_sizes, train_batches
+    from flows.checks import check_batch_sizes
+    from flows.resolve import train_batches
 
     full = {"preset": None, "train": {}, "batches": {}, "tables": {"bins": [8, 8]}, **flags}
     chose = any(v is not None for v in full["batches"].values())
@@ -258,7 +260,7 @@ def test_train_uses_the_batches_just_built_and_says_which(cpu, toy, monkeypatch)
     cfg = _train_cfg({"batches": {"batch_size": 32}}, notes=notes)
     assert (cfg.batches.batch_size, cfg.batches.seed) == (32, 0) and "from the options given" in notes[0]
     # on a GPU the default preset's B = 2000 does not fit 256 images, the built batches do
-    monkeypatch.setattr(fc, "cuda_available", lambda: True)
+    monkeypatch.setattr(fm, "cuda_available", lambda: True)
     cfg = _train_cfg({})
     assert (cfg.preset, cfg.batches.batch_size) == ("paper-constructed", 16)
     with pytest.raises(SubsampleError, match="batch size 2000 is larger than data set 'toy'"):

@@ -13,7 +13,9 @@ import pytest
 import yaml
 
 import flows.config as fc
-from flows.config import REPO_ROOT, build_config, parse_overrides, resolve_config
+import flows.machine as fm
+from flows.config import REPO_ROOT, parse_overrides
+from flows.resolve import build_config, resolve_config, resolve_evaluate_config
 from storage.errors import SubsampleError
 
 
@@ -27,7 +29,7 @@ def home(tmp_path, monkeypatch):
     count) and `cifar10` (1,100): `train` checks its batch size against the store."""
     from storage.store import write_store
 
-    monkeypatch.setattr(fc, "cuda_available", lambda: False)
+    monkeypatch.setattr(fm, "cuda_available", lambda: False)
     monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "cifar-src").mkdir()
@@ -309,7 +311,7 @@ def test_every_layer_renders_a_validation_error_the_same_way(home, capsys):
     ):
         build_compare_config({}, ["batches.topk=4"])
     with pytest.raises(SubsampleError, match=r"^evaluate: --batch-size: Input should be greater than or equal to 1"):
-        fc.resolve_evaluate_config({"batch_size": 0, "device": "cpu"}, "mydata", note=quiet)
+        resolve_evaluate_config({"batch_size": 0, "device": "cpu"}, "mydata", note=quiet)
     # the commands print it as one line and exit 2
     for args, line in (
         (

@@ -296,7 +296,8 @@ def test_the_flow_and_the_8_gpu_deployment_set_the_world_size_not_the_key():
     stage for 8 ranks; both name the artifact a one-process run of the configuration names."""
     import yaml
 
-    from flows.config import REPO_ROOT, build_config
+    from flows.config import REPO_ROOT
+    from flows.resolve import build_config
 
     deployments = {d["name"]: d for d in yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())["deployments"]}
     gpu8 = build_config(deployments["celeba-8gpu"]["parameters"])

@@ -405,19 +405,20 @@ def test_offline_evaluation_says_so_in_one_line_and_keeps_feature_metrics(traine
 def test_evaluate_defaults_fit_the_device(monkeypatch, capsys):
     """On a CPU, evaluate's defaults are 2,000 samples without Inception (one line says so); what
     the user gives wins; on a GPU the full protocol (10,000 samples, IS/FID/KID)."""
-    import flows.config as fc
+    import flows.machine as fm
+    import flows.resolve as fr
 
-    monkeypatch.setattr(fc, "cuda_available", lambda: False)
-    cfg = fc.resolve_evaluate_config({"samples": None, "fidelity": None, "seed": 0}, "mydata")
+    monkeypatch.setattr(fm, "cuda_available", lambda: False)
+    cfg = fr.resolve_evaluate_config({"samples": None, "fidelity": None, "seed": 0}, "mydata")
     assert (cfg.samples, cfg.fidelity) == (2000, False)
     note = capsys.readouterr().err.strip().splitlines()
     assert len(note) == 1 and note[0].startswith("evaluate: no GPU: 2,000 samples")
-    cfg = fc.resolve_evaluate_config({"samples": 500, "fidelity": True}, "mydata")
+    cfg = fr.resolve_evaluate_config({"samples": 500, "fidelity": True}, "mydata")
     assert (cfg.samples, cfg.fidelity) == (500, True) and capsys.readouterr().err == ""  # nothing defaulted
-    monkeypatch.setattr(fc, "cuda_available", lambda: True)
-    cfg = fc.resolve_evaluate_config({"samples": None, "fidelity": None}, "mydata")
+    monkeypatch.setattr(fm, "cuda_available", lambda: True)
+    cfg = fr.resolve_evaluate_config({"samples": None, "fidelity": None}, "mydata")
     assert (cfg.samples, cfg.fidelity) == (10_000, True) and capsys.readouterr().err == ""
-    assert fc.resolve_evaluate_config({"device": "cpu"}, "mydata").samples == 2000  # asked for the CPU: CPU-sized
+    assert fr.resolve_evaluate_config({"device": "cpu"}, "mydata").samples == 2000  # asked for the CPU: CPU-sized
 
 
 def test_no_fidelity_and_missing_run_from_the_cli(trained, monkeypatch, capsys):

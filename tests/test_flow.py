@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import STAGES, RunConfig, build_config, parse_overrides
+from flows.config import STAGES, RunConfig, parse_overrides
+from flows.resolve import build_config
 from storage.errors import MissingArtifactError, SubsampleError
 
 TINY = [

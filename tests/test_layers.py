@@ -36,7 +36,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("stages", ("pipeline.stages",)),
     ("experiments", ("pipeline.experiments",)),
     ("flows", ("flows",)),
-    ("CLI", ("flows.cli",)),
+    ("CLI", ("flows.cli", "flows.commands")),  # flows.commands: the CLI's commands, only it imports them
     ("public library", ("subsample",)),  # on top: nothing imports it (tests/test_library.py: nor does it need prefect)
 )
 
@@ -206,6 +206,8 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
         ("pipeline.gan.trainer", "GAN library"),
         ("pipeline.stages.train", "stages"),
         ("flows.cli", "CLI"),
+        ("flows.commands.train", "CLI"),
+        ("flows.resolve", "flows"),
         ("flows.train_subsample", "flows"),
         ("pipeline.data.sampler", "data, presets and measures"),
         ("subsample.sampler", "public library"),

@@ -247,19 +247,20 @@ def test_metric_names_carry_the_sample_count():
 
 
 def test_evaluate_flags_infer_samples_and_fidelity_from_metric_names(monkeypatch):
-    import flows.config as fc
+    import flows.machine as fm
+    import flows.resolve as fr
 
-    monkeypatch.setattr(fc, "cuda_available", lambda: False)  # CPU defaults: 2,000 samples, no IS/FID/KID
+    monkeypatch.setattr(fm, "cuda_available", lambda: False)  # CPU defaults: 2,000 samples, no IS/FID/KID
     notes = []
-    cfg = fc.resolve_evaluate_config({"metrics": "fid10k_train,kid10k_train"}, note=notes.append)
+    cfg = fr.resolve_evaluate_config({"metrics": "fid10k_train,kid10k_train"}, note=notes.append)
     assert (cfg.samples, cfg.fidelity, cfg.metrics) == (10_000, True, ("fid10k_train", "kid10k_train"))
-    cfg = fc.resolve_evaluate_config({"metrics": "feature_kl1234_train"}, note=notes.append)
+    cfg = fr.resolve_evaluate_config({"metrics": "feature_kl1234_train"}, note=notes.append)
     assert (cfg.samples, cfg.fidelity) == (1234, False)
     with pytest.raises(Exception, match=re.escape(metrics_for(500).message("fid2k_train"))):
-        fc.resolve_evaluate_config({"metrics": "fid2k_train", "samples": 500}, note=notes.append)
+        fr.resolve_evaluate_config({"metrics": "fid2k_train", "samples": 500}, note=notes.append)
     # a misspelt name is told the names for the count it was written for, the nearest first
     with pytest.raises(Exception, match=re.escape("unknown metric 'fid10k_trian' (did you mean 'fid10k_train'?)")):
-        fc.resolve_evaluate_config({"metrics": "fid10k_trian"}, note=notes.append)
+        fr.resolve_evaluate_config({"metrics": "fid10k_trian"}, note=notes.append)
 
 
 def _context(n: int = 64, **cfg) -> fidelity.EvalContext:

@@ -128,28 +128,29 @@ def test_make_deploy_and_worker_without_a_server_say_so_in_one_line(target):
 
 
 def test_a_missing_cuda_device_is_refused_before_any_work(monkeypatch, tmp_path):
-    import flows.config as fc
+    import flows.machine as fm
+    import flows.resolve as fr
 
     monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path))
-    monkeypatch.setattr(fc, "cuda_available", lambda: False)
+    monkeypatch.setattr(fm, "cuda_available", lambda: False)
     quiet = lambda _: None
     with pytest.raises(SubsampleError) as e:
-        fc.resolve_config("run", {"dataset": "demo"}, ["train.device=cuda"], note=quiet)
+        fr.resolve_config("run", {"dataset": "demo"}, ["train.device=cuda"], note=quiet)
     assert str(e.value).startswith("run: train.device=cuda asked for, but this machine has no CUDA device")
     with pytest.raises(SubsampleError) as e:  # evaluate's own option, its own name in the message
-        fc.resolve_evaluate_config({"device": "cuda"}, None, quiet)
+        fr.resolve_evaluate_config({"device": "cuda"}, None, quiet)
     assert str(e.value).startswith("evaluate: evaluate.device=cuda asked for")
     with pytest.raises(SubsampleError, match="ingest.decode_device=cuda"):
-        fc.resolve_config("ingest", {"dataset": "x", "only": "ingest"}, ["ingest.decode_device=cuda"], note=quiet)
+        fr.resolve_config("ingest", {"dataset": "x", "only": "ingest"}, ["ingest.decode_device=cuda"], note=quiet)
     # with a device there, or none asked for, nothing is refused; a deployment resolves on its worker
-    assert fc.resolve_config("run", {"dataset": "demo"}, ["train.device=cpu"], note=quiet).train.device == "cpu"
-    assert fc.build_config({"dataset": "celeba", "train": {"device": "cuda"}}).train.device == "cuda"
-    monkeypatch.setattr(fc, "cuda_available", lambda: True)
-    assert fc.resolve_config("run", {"dataset": "demo"}, ["train.device=cuda"], note=quiet).train.device == "cuda"
+    assert fr.resolve_config("run", {"dataset": "demo"}, ["train.device=cpu"], note=quiet).train.device == "cpu"
+    assert fr.build_config({"dataset": "celeba", "train": {"device": "cuda"}}).train.device == "cuda"
+    monkeypatch.setattr(fm, "cuda_available", lambda: True)
+    assert fr.resolve_config("run", {"dataset": "demo"}, ["train.device=cuda"], note=quiet).train.device == "cuda"
 
 
 def test_a_known_data_set_without_a_source_is_not_answered_with_its_own_name(monkeypatch, tmp_path):
-    from flows.config import check_source
+    from flows.checks import check_source
 
     monkeypatch.setenv("SUBSAMPLE_HOME", str(tmp_path))
     monkeypatch.delenv("SUBSAMPLE_CIFAR10_SOURCE", raising=False)
@@ -181,7 +182,7 @@ def test_telemetry_is_off_unless_the_user_turned_it_on():
 
 
 def test_summaries_are_printed_in_full(capsys):
-    from flows.cli import emit
+    from flows.commands.common import emit
 
     metrics = {f"metric_number_{i}_with_a_long_name": i / 7 for i in range(30)}
     emit({"stage": "evaluate", "metrics": metrics, "grids": ["a" * 150, "b" * 150]}, False)

@@ -280,7 +280,7 @@ def cell_sections(
     scale_train: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The run-config sections of one cell, the layers a cell adds between its preset's values and
-    :func:`flows.config.resolve_config`'s validation: the user's batches values (top-k, fill, top-up)
+    :func:`flows.resolve.resolve_config`'s validation: the user's batches values (top-k, fill, top-up)
     under the cell's (strategy, B, seed, epochs of diagnostics); the scale's (``scale_train``, the
     cell's recipe as the scale changes it, :meth:`Scale.recipe_train`; else ``scale.train``) then the user's
     training values, then the cell's seed (tracked, so the child run exists); the scale's then the

@@ -11,7 +11,7 @@ rendering (``paper``), and lists what the paper leaves open with the value taken
 Resolution order: TrainConfig defaults < preset < the preset's values for the data set's kind
 (:func:`dataset_kind`, known when the data set is) < overrides (command line ``--set key=value``
 and the dedicated flags), see :func:`resolve_train_config` and :func:`resolve_batches_config`; the
-commands resolve whole runs with :func:`flows.config.resolve_config`, which also picks the default
+commands resolve whole runs with :func:`flows.resolve.resolve_config`, which also picks the default
 preset for the machine (:data:`DEVICE_PRESETS`).
 """
 
