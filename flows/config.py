@@ -16,7 +16,6 @@ command's run from them (:func:`flows.resolve.resolve_config`), after the checks
 :mod:`flows.checks` and with the defaults of :mod:`flows.machine`.
 """
 
-
 from __future__ import annotations
 
 import json

@@ -56,7 +56,8 @@ def _run_flow(cfg: Any, as_json: bool, dry_run: bool = False, command: str = "ru
     print(f"flow run {report['flow_run']} on data set {report['dataset']} ({report['seconds']:.1f} s)")
     for s in report["stages"]:
         print(
-            f"  {s['stage']:<9} {'cache hit' if s['cache_hit'] else 'built':<9} {s['seconds']:8.1f} s  {s['key']}  {s['path']}"
+            f"  {s['stage']:<9} {'cache hit' if s['cache_hit'] else 'built':<9} {s['seconds']:8.1f} s  "
+            f"{s['key']}  {s['path']}"
         )
     for k, v in report.items():
         if k not in {"flow_run", "flow_run_id", "dataset", "stages", "seconds"} and v is not None:
@@ -145,18 +146,21 @@ def compare_cmd(
         None,
         "--scale",
         help="(default smoke) smoke: tiny models, minutes on a CPU (checks the machinery); cpu: small models that "
-        "learn, about 7 min (factorial) or 10 (paper design) on an idle 2-core CPU; paper: the paper's settings (a GPU machine)",
+        "learn, about 7 min (factorial) or 10 (paper design) on an idle 2-core CPU; paper: the paper's settings "
+        "(a GPU machine)",
     ),
     design: Optional[_Design] = typer.Option(
         None,
         "--design",
-        help="(default factorial) factorial: strategies × batch sizes × presets; paper: exactly the paper's cells (the method at B = 2000, "
+        help="(default factorial) factorial: strategies × batch sizes × presets; paper: exactly the paper's cells "
+        "(the method at B = 2000, "
         "2048 on CIFAR-10, and 1024; strategies (a)-(d) at 128), each at its preset's B and epochs",
     ),
     strategies: list[str] = typer.Option(
         [],
         "--strategies",
-        help="batch strategies trained (factorial) and diagnosed (both designs); default: random, constructed, dealt; repeat or comma-separate",
+        help="batch strategies trained (factorial) and diagnosed (both designs); default: random, constructed, "
+        "dealt; repeat or comma-separate",
     ),
     batch_sizes: list[str] = typer.Option(
         [],
@@ -257,7 +261,8 @@ def compare_cmd(
         emit(summary, True)
         return
     print(
-        f"compare-strategies on {summary['dataset']} ({summary['scale']}, {summary.get('design', 'factorial')} design): "
+        f"compare-strategies on {summary['dataset']} ({summary['scale']}, "
+        f"{summary.get('design', 'factorial')} design): "
         f"{summary['cells']} runs, "
         f"{summary['cells_failed']} failed, {summary['cells_trained_now']} trained now, {summary['seconds']:.1f} s"
     )

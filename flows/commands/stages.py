@@ -36,7 +36,8 @@ def _resolve(stage: str, name: str, sets: list[str], flags: dict[str, Any], **fi
 def ingest_cmd(
     source: str = typer.Argument(
         ...,
-        help="folder of images, .zip of images, CIFAR-10 .bin/python batches (folder or file), MNIST-style IDX file or folder, or .npz",
+        help="folder of images, .zip of images, CIFAR-10 .bin/python batches (folder or file), "
+        "MNIST-style IDX file or folder, or .npz",
     ),
     name: str = typer.Option(..., "--name", help="data set name: the store is $SUBSAMPLE_HOME/datasets/NAME.zarr"),
     size: Optional[int] = typer.Option(
@@ -189,7 +190,8 @@ def batches_cmd(
     topup: Optional[_BatchTopup] = typer.Option(
         None,
         "--topup",
-        help="constructed: spread the shortfall over the k most frequent cells in proportion ('topk', the default: every batch alike) "
+        help="constructed: spread the shortfall over the k most frequent cells in proportion "
+        "('topk', the default: every batch alike) "
         "or by a random multinomial draw per batch ('random', the paper's reading; the paper-* presets use it)",
     ),
     bins: Optional[tuple[int, int]] = typer.Option(

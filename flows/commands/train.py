@@ -18,12 +18,14 @@ def train_cmd(
         None,
         "--preset",
         "-p",
-        help="named configuration (`subsample presets`; default: the data set's, else demo on a CPU, paper-constructed on a GPU)",
+        help="named configuration (`subsample presets`; default: the data set's, else demo on a CPU, "
+        "paper-constructed on a GPU)",
     ),
     strategy: Optional[str] = typer.Option(
         None,
         "--strategy",
-        help="batches: random, constructed or dealt (default: the batches `subsample batches` built, else the preset's)",
+        help="batches: random, constructed or dealt "
+        "(default: the batches `subsample batches` built, else the preset's)",
     ),
     batch_size: Optional[int] = typer.Option(
         None,
@@ -67,7 +69,8 @@ def train_cmd(
     nproc_per_node: Optional[int] = typer.Option(
         None,
         "--nproc-per-node",
-        help="data-parallel ranks on this node (GPUs, or CPU processes); launches torchrun's elastic agent (docs/distributed.md)",
+        help="data-parallel ranks on this node (GPUs, or CPU processes); "
+        "launches torchrun's elastic agent (docs/distributed.md)",
     ),
     nnodes: Optional[int] = typer.Option(None, "--nnodes", help="nodes of a multi-node run (each runs this command)"),
     node_rank: Optional[int] = typer.Option(
@@ -154,7 +157,8 @@ def evaluate_cmd(
         "--samples",
         "-n",
         min=2,
-        help="generated images N (names: fid10k_train, is10k, ...; default: EvaluateConfig's with a GPU, 2,000 on a CPU)",
+        help="generated images N (names: fid10k_train, is10k, ...; "
+        "default: EvaluateConfig's with a GPU, 2,000 on a CPU)",
     ),
     batch_size: Optional[int] = typer.Option(
         None,
@@ -168,12 +172,14 @@ def evaluate_cmd(
     fidelity: Optional[bool] = typer.Option(
         None,
         "--fidelity/--no-fidelity",
-        help="IS/FID/KID with torch-fidelity (default: on with a GPU, off on a CPU); --no-fidelity: feature-space metrics only",
+        help="IS/FID/KID with torch-fidelity (default: on with a GPU, off on a CPU); "
+        "--no-fidelity: feature-space metrics only",
     ),
     feature_extractor: Optional[str] = typer.Option(
         None,
         "--feature-extractor",
-        help="torch-fidelity extractor (default inception-v3-compat); giving it, or --weights, turns IS/FID/KID on unless --no-fidelity",
+        help="torch-fidelity extractor (default inception-v3-compat); giving it, or --weights, "
+        "turns IS/FID/KID on unless --no-fidelity",
     ),
     seed: Optional[int] = typer.Option(
         None, "--seed", help=f"seed of the latent codes (default {_evaluate_default('seed')})"
@@ -182,13 +188,15 @@ def evaluate_cmd(
     metrics: Optional[str] = typer.Option(
         None,
         "--metrics",
-        help="only these, comma-separated, e.g. fid10k_train,kid10k_train (names for N = --samples, which they set when it is not given; docs/evaluate.md lists them); default: all",
+        help="only these, comma-separated, e.g. fid10k_train,kid10k_train (names for N = --samples, "
+        "which they set when it is not given; docs/evaluate.md lists them); default: all",
     ),
     sets: list[str] = SetOpt,
     refresh: bool = typer.Option(False, "--refresh", help="recompute even if this evaluation is cached"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Evaluate a trained generator against its training set: IS, FID, KID (torch-fidelity), feature-space KL/JS and sharpness (spec §5)."""
+    """Evaluate a trained generator against its training set: IS, FID, KID (torch-fidelity), feature-space KL/JS \
+and sharpness (spec §5)."""
     from flows.resolve import resolve_evaluate_config
 
     flags = {
