@@ -63,8 +63,9 @@ def render(home: Path, demo: str, demo_s: float, again: str, again_s: float) -> 
     return {
         "demo": (
             f"`subsample demo` in a fresh checkout and fresh homes, {when}, {demo_s:.0f} s wall on {machine()} "
-            "(timings, the MLflow run id and two keys will differ on your machine: ingest's hashes the source's absolute "
-            "path, evaluate's the train artifact's files, which record timings; features, tables, batches and train "
+            "(timings, the MLflow run id and two keys will differ on your machine: "
+            "ingest's hashes the source's absolute path, evaluate's the train artifact's "
+            "files, which record timings; features, tables, batches and train "
             "depend only on content, parameters and code version):\n\n```\n" + rel(demo).rstrip() + "\n```\n"
         ),
         "run-json": (

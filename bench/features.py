@@ -143,7 +143,8 @@ def through_store(n: int, size: int, rng, home: Path) -> None:
             )
         kind = "processes" if processes else "threads  "
         print(
-            f"  LocalCluster {kind}: start {t_start:5.2f} s, features {t_cl * 1e3:8.1f} ms, read-only {t_clr * 1e3:8.1f} ms"
+            f"  LocalCluster {kind}: start {t_start:5.2f} s, features {t_cl * 1e3:8.1f} ms, "
+            f"read-only {t_clr * 1e3:8.1f} ms"
         )
 
     # Peak memory of the whole stage in a fresh process: VmHWM (the peak RSS of this process image;

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                 check=True,
             )
             print(
-                f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs{', 2 spinning processes' if hogs else ''}"
+                f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+                f"{', 2 spinning processes' if hogs else ''}"
             )
             for command in COMMANDS:
                 walls, cpus = [], []

@@ -97,7 +97,8 @@ def main() -> None:
                 if key not in best or r["seconds"] < best[key][0]["seconds"]:
                     best[key] = (r, cpu)
         print(
-            f"{'decoder':>8} {'scheduler':>10} {'workers':>7} {'images/s':>9} {'wall s':>7} {'CPU s':>6} {'cores busy':>10} {'CPU µs/img':>10}"
+            f"{'decoder':>8} {'scheduler':>10} {'workers':>7} {'images/s':>9} "
+            f"{'wall s':>7} {'CPU s':>6} {'cores busy':>10} {'CPU µs/img':>10}"
         )
         ips = {}
         for (decoder, scheduler, workers), (r, cpu) in best.items():
@@ -108,7 +109,8 @@ def main() -> None:
             )
         for decoder, scheduler in dict.fromkeys((d, s) for d, s, _ in configs):
             print(
-                f"{decoder}/{scheduler}: 2 workers / 1 worker = {ips[decoder, scheduler, 2] / ips[decoder, scheduler, 1]:.2f}×"
+                f"{decoder}/{scheduler}: 2 workers / 1 worker = "
+                f"{ips[decoder, scheduler, 2] / ips[decoder, scheduler, 1]:.2f}×"
             )
         if "pillow" in hashes and "fast" in hashes:
             old = {w: max(v for (d, _, ww), v in ips.items() if d == "pillow" and ww == w) for w in (1, 2)}
@@ -121,8 +123,8 @@ def main() -> None:
             cpu = {k: c / r["n_images"] * 1e6 for k, (r, c) in best.items() if k[2] == 2}
             for (d, sch, _), us in cpu.items():
                 print(
-                    f"CPU per image at 2 workers, {d}/{sch}: {us:.0f} µs (all processes; other jobs on the machine barely "
-                    f"change it) -> two idle cores could do at most {2e6 / us:.0f} images/s"
+                    f"CPU per image at 2 workers, {d}/{sch}: {us:.0f} µs (all processes; other jobs on the machine "
+                    f"barely change it) -> two idle cores could do at most {2e6 / us:.0f} images/s"
                     + (" (threads: less, the GIL serialises part of it)" if sch == "threads" else "")
                 )
             a, b = open_store("bench-fast").images[:], open_store("bench-pillow").images[:]

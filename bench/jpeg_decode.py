@@ -163,12 +163,14 @@ def main() -> None:
         for k, fn in live.items():
             times[k].append(cpu_us(fn, data))
     print(
-        f"{args.n} CelebA-like JPEGs ({np.mean([len(d) for d in data]) / 1e3:.1f} KB mean), crop {args.crop} -> {args.size} px; "
+        f"{args.n} CelebA-like JPEGs ({np.mean([len(d) for d in data]) / 1e3:.1f} KB mean), "
+        f"crop {args.crop} -> {args.size} px; "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (the 2-thread figures need two idle cores)"
     )
     rows = []
     print(
-        f"{'candidate':<52} {'CPU µs/img':>10} {'img/s/core':>10} {'2 threads':>9} {'cores':>6} {'PSNR dB':>8} {'= pillow':>8}"
+        f"{'candidate':<52} {'CPU µs/img':>10} {'img/s/core':>10} {'2 threads':>9} "
+        f"{'cores':>6} {'PSNR dB':>8} {'= pillow':>8}"
     )
     for k, v in cands.items():
         if not callable(v):

@@ -232,15 +232,18 @@ def main() -> None:
         rows.append(bench_size(a, b, device))
         print(json.dumps(rows[-1]), flush=True)
     print(
-        f"\nDCGAN-32 ngf={args.ngf} ndf={args.ndf} on {device} ({torch.get_num_threads()} threads); medians of {args.rounds} rounds"
+        f"\nDCGAN-32 ngf={args.ngf} ndf={args.ndf} on {device} ({torch.get_num_threads()} threads); "
+        f"medians of {args.rounds} rounds"
     )
     print(
-        f"{'B':>6} {'ours img/s':>11} {'ms/step':>9} {'gather ms':>10} {'model ms':>9} {'outside':>8} {'baseline img/s':>15} {'ratio':>6}"
+        f"{'B':>6} {'ours img/s':>11} {'ms/step':>9} {'gather ms':>10} "
+        f"{'model ms':>9} {'outside':>8} {'baseline img/s':>15} {'ratio':>6}"
     )
     for r in rows:
         print(
-            f"{r['batch_size']:>6} {r['ours_images_per_second']:>11} {r['ours_ms_per_step']:>9} {r['gather_convert_ms_per_step']:>10} "
-            f"{r['model_ms_per_step']:>9} {r['outside_share']:>8.2%} {r['baseline_images_per_second']:>15} {r['ours_over_baseline']:>6}"
+            f"{r['batch_size']:>6} {r['ours_images_per_second']:>11} {r['ours_ms_per_step']:>9} "
+            f"{r['gather_convert_ms_per_step']:>10} {r['model_ms_per_step']:>9} {r['outside_share']:>8.2%} "
+            f"{r['baseline_images_per_second']:>15} {r['ours_over_baseline']:>6}"
         )
 
 

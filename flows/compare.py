@@ -48,7 +48,7 @@ UPSTREAM = ("ingest", "features", "tables")  # once per comparison
 PER_CELL = ("batches", "train", "evaluate")
 
 
-# --- tasks (plain functions of pipeline.experiments.compare and pipeline.experiments.report) ------------------------------
+# --- tasks (plain functions of pipeline.experiments.compare and pipeline.experiments.report) ------
 
 
 @task(name="record", cache_policy=NO_CACHE)
@@ -229,7 +229,8 @@ def compare_strategies(
         compare.note(f"no held-out floors: {e}")
     if cfg.scale == "paper" and not _has_cuda():
         compare.note(
-            "paper scale without a GPU: the paper's epochs and sizes take days on a CPU (a GPU work pool: docs/compare.md)"
+            "paper scale without a GPU: the paper's epochs and sizes "
+            "take days on a CPU (a GPU work pool: docs/compare.md)"
         )
     rows: list[dict] = []
     status = "KILLED"

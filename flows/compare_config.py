@@ -45,7 +45,8 @@ class CompareConfig(BaseModel):
     scale: Literal["smoke", "cpu", "paper"] = Field(
         "smoke",
         description="smoke: tiny models, minutes on a CPU, checks the machinery; cpu: small models that learn, "
-        "about 7 minutes (factorial) or 10 (paper design) on an idle 2-core CPU; paper: the paper's settings, for a GPU",
+        "about 7 minutes (factorial) or 10 (paper design) on an "
+        "idle 2-core CPU; paper: the paper's settings, for a GPU",
     )
     design: Literal["factorial", "paper"] = Field(
         "factorial",

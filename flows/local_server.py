@@ -217,7 +217,8 @@ def start_temporary_server(
     db = Path(db_url.split(":///", 1)[1]) if db_url.startswith("sqlite") and ":///" in db_url else None
     first = db is not None and not db.exists()
     note(
-        f"prefect: starting Prefect's temporary server{' (first start in this PREFECT_HOME: it creates its database)' if first else ''}; "
+        "prefect: starting Prefect's temporary server"
+        f"{' (first start in this PREFECT_HOME: it creates its database)' if first else ''}; "
         f"waiting up to {timeout} s for it to answer"
         f"{' (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)' if by_user else ''}; PREFECT_HOME={home}"
     )

@@ -49,7 +49,8 @@ class IngestConfig(StageConfig):
     max_pixels: int = Field(
         64_000_000,
         ge=1,
-        description="larger source images are quarantined; an array source (IDX, npz) whose images are larger is refused",
+        description="larger source images are quarantined; "
+        "an array source (IDX, npz) whose images are larger is refused",
     )
     max_bytes: int = Field(
         64 << 30,
@@ -239,7 +240,8 @@ class TrainConfig(StageConfig):
     )
     lr_schedule: Literal["constant", "igan"] = Field(
         "constant",
-        description="igan: lr_d(t) = igan_end_lr + 1/(igan_init_set + igan_gamma·t), lr_g = igan_g_lr_ratio·lr_d, t = D step",
+        description="igan: lr_d(t) = igan_end_lr + 1/(igan_init_set + igan_gamma·t), "
+        "lr_g = igan_g_lr_ratio·lr_d, t = D step",
     )
     igan_end_lr: float = Field(2e-4, gt=0)
     igan_init_set: float = Field(3000.0, gt=0)
@@ -315,9 +317,11 @@ class TrainConfig(StageConfig):
     rdzv_endpoint: str | None = Field(None, description="HOST:PORT of the rendezvous (node 0) when nnodes > 1")
     sync_batchnorm: bool = Field(
         True,
-        description="under DDP, batch norm over the global batch; false: per-rank statistics (result depends on the rank count)",
+        description="under DDP, batch norm over the global batch; "
+        "false: per-rank statistics (result depends on the rank count)",
     )
-    # per-epoch fidelity curves (execution only: they read G, never change it; see pipeline.stages.evaluate.EpochEvaluator)
+    # per-epoch fidelity curves (execution only: they read G, never change it;
+    # see pipeline.stages.evaluate.EpochEvaluator)
     eval_every: int | None = Field(
         None,
         ge=0,

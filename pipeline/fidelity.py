@@ -174,7 +174,8 @@ def fidelity_scores(
     if fe not in FEATURE_EXTRACTORS_REGISTRY:
         raise SubsampleError(
             STAGE,
-            f"feature extractor {fe!r} is not registered with torch-fidelity; known: {sorted(FEATURE_EXTRACTORS_REGISTRY)}",
+            f"feature extractor {fe!r} is not registered with torch-fidelity; "
+            f"known: {sorted(FEATURE_EXTRACTORS_REGISTRY)}",
         )
     n, n_ref = len(generated), len(reference)
     kid_subset = min(cfg.kid_subset_size, n, n_ref)
@@ -306,7 +307,10 @@ def fidelity_metrics(ctx: EvalContext, wanted: frozenset[Metric]) -> dict[str, f
             wanted=wanted,
         )
     except _NETWORK_ERRORS as e:  # an extractor other than Inception fetching its own weights
-        reason = f"{ctx.cfg.feature_extractor} weights not available offline ({getattr(e, 'reason', None) or e}); pass --weights PATH"
+        reason = (
+            f"{ctx.cfg.feature_extractor} weights not available offline ({getattr(e, 'reason', None) or e}); "
+            "pass --weights PATH"
+        )
         ctx.notes["fidelity"] = f"skipped: {reason}"
         print(f"{STAGE}: {reason}; IS/FID/KID skipped", file=sys.stderr)
         return {}

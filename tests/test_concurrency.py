@@ -269,7 +269,10 @@ CHAIN = """
     run("features", "tiny", "--workers", "1")
     run("tables", "tiny", "--bins", "4", "4")
     run("batches", "tiny", "--batch-size", "64", "--bins", "4", "4")
-    run("train", "tiny", "--preset", "smoke", "--bins", "4", "4", "--batch-size", "64", "--set", "kl_samples=32", "--set", "sample_grid=4")
+    run(
+        "train", "tiny", "--preset", "smoke", "--bins", "4", "4", "--batch-size", "64",
+        "--set", "kl_samples=32", "--set", "sample_grid=4",
+    )
 """
 
 

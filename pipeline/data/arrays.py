@@ -153,7 +153,8 @@ def _stream_idx(path: Path, ndim: int, dims: tuple[int, ...], records: int) -> I
                 if len(raw) != k * rec_bytes:
                     raise SubsampleError(
                         STAGE,
-                        f"{path}: header says {_dims(dims)} = {math.prod(dims):,} bytes, file holds {start * rec_bytes + len(raw):,}",
+                        f"{path}: header says {_dims(dims)} = {math.prod(dims):,} bytes, "
+                        f"file holds {start * rec_bytes + len(raw):,}",
                     )
                 yield np.frombuffer(raw, np.uint8).reshape((k, *rec_shape))
             if f.read(1):
@@ -244,12 +245,14 @@ def _npy_member(zf: zipfile.ZipFile, npz: Path, key: str) -> _NpyMember | None:
     if fortran and len(shape) > 1:
         raise SubsampleError(
             STAGE,
-            f"{npz}: {name} is stored in Fortran order; save it C-ordered: np.savez(path, {key}=np.ascontiguousarray(a))",
+            f"{npz}: {name} is stored in Fortran order; "
+            f"save it C-ordered: np.savez(path, {key}=np.ascontiguousarray(a))",
         )
     if info.file_size != offset + math.prod(shape) * dtype.itemsize:
         raise SubsampleError(
             STAGE,
-            f"{npz}: {name} declares {info.file_size:,} bytes but its header describes {_dims(shape) or 'a scalar'} {dtype}; the file is corrupt",
+            f"{npz}: {name} declares {info.file_size:,} bytes but its header describes "
+            f"{_dims(shape) or 'a scalar'} {dtype}; the file is corrupt",
         )
     return _NpyMember(name, tuple(shape), dtype, offset)
 

@@ -235,7 +235,8 @@ class SourceLimits:
         if h * w > self.max_pixels:
             raise SubsampleError(
                 STAGE,
-                f"{path}: images of {h:,}×{w:,} = {h * w:,} pixels exceed --max-pixels {self.max_pixels:,}; refusing the source",
+                f"{path}: images of {h:,}×{w:,} = {h * w:,} pixels exceed --max-pixels {self.max_pixels:,}; "
+                "refusing the source",
             )
         self.check_bytes(path, math.prod(shape) * itemsize, f"{_dims(shape)} images")
 

@@ -12,8 +12,8 @@ Two sources of batches, which agree for the same (seed, epoch):
   table when it is iterated (:func:`pipeline.data.strategies.construct_epoch`, well under a second for
   200k images), for as many epochs as you like;
 * **stored**: ``SubsampleBatchSampler.from_array(epochs × m × B)``, e.g. the ``batches`` stage's
-  ``batches.npy`` (``pipeline.stages.batches.stored_sampler(dataset, batches_cfg, ...)``). Asking for an epoch beyond those
-  stored raises an error, unless ``cycle=True``: then epoch e uses stored epoch ``e mod E``
+  ``batches.npy`` (``pipeline.stages.batches.stored_sampler(dataset, batches_cfg, ...)``). Asking for an
+  epoch beyond those stored raises an error, unless ``cycle=True``: then epoch e uses stored epoch ``e mod E``
   (the same batches again, in the same order — say so when you report results).
 
 Distributed: with ``num_replicas`` k (default: the torch.distributed world size when it is

@@ -265,8 +265,8 @@ def _power_line(summary: dict[str, Any], s: str, paper: bool) -> Optional[dict[s
         c = max(need, key=lambda c: int(_b_of(c["configuration_a"])))
         n = c["power"]["seeds_needed"]
         text += (
-            f"; the paper's {c['paper_row_b']} vs {c['paper_row_a']} difference ({fmt(abs(c['power']['paper_delta']), 3)}, "
-            f"{c['paper_a']['table']}) would need "
+            f"; the paper's {c['paper_row_b']} vs {c['paper_row_a']} difference "
+            f"({fmt(abs(c['power']['paper_delta']), 3)}, {c['paper_a']['table']}) would need "
             + (f"{n:,} seeds per cell" if n else "more than 10,000 seeds per cell")
             + " at this spread"
         )

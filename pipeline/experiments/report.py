@@ -99,8 +99,8 @@ SCALE_NOTES = {
 
 
 def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[tuple]:
-    """The report as blocks: ("h", level, text), ("p", text), ("ul", items), ("table", head, rows), ("img", name, caption).
-    The first paragraph answers the question; each section after it is one function."""
+    """The report as blocks: ("h", level, text), ("p", text), ("ul", items), ("table", head, rows),
+    ("img", name, caption). The first paragraph answers the question; each section after it is one function."""
     out: list[tuple] = [("h", 1, f"Subsample comparison on {summary['dataset']} ({summary['scale']} scale)")]
     out.append(("p", summary["answer"]))
     out += _setup_blocks(summary)
@@ -363,10 +363,15 @@ def render_markdown(blocks: list[tuple]) -> str:
     return "\n".join(lines)
 
 
-CSS = """body{font-family:system-ui,sans-serif,"Noto Sans CJK SC","Source Han Sans SC","PingFang SC","Microsoft YaHei";max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
-table{border-collapse:collapse;margin:0.6em 0 1.2em;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #ddd}
-figcaption{font-size:0.85em;color:#555;margin-bottom:1.5em}code{background:#f5f5f5;padding:0 3px}li{margin:0.2em 0}"""
+CSS = (
+    'body{font-family:system-ui,sans-serif,"Noto Sans CJK SC","Source Han Sans SC","PingFang SC","Microsoft YaHei";'
+    "max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}\n"
+    "table{border-collapse:collapse;margin:0.6em 0 1.2em;font-size:0.9em}"
+    "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}\n"
+    "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #ddd}\n"
+    "figcaption{font-size:0.85em;color:#555;margin-bottom:1.5em}code{background:#f5f5f5;padding:0 3px}"
+    "li{margin:0.2em 0}"
+)
 
 
 def render_html(blocks: list[tuple], plots_dir: Path, title: str) -> str:

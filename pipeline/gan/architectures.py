@@ -202,7 +202,8 @@ class IGANNClassDiscriminator(nn.Module):
 register_architecture(
     Architecture(
         "igan",
-        "IGAN (Meng et al. 2021): multi-scale residual G (4×4 and S/4 projections, PixelShuffle, dropout), residual D, LeakyReLU 0.02",
+        "IGAN (Meng et al. 2021): multi-scale residual G (4×4 "
+        "and S/4 projections, PixelShuffle, dropout), residual D, LeakyReLU 0.02",
         IGANGenerator,
         IGANDiscriminator,
     )
@@ -296,7 +297,8 @@ register_architecture(
 register_architecture(
     Architecture(
         "dcgan-semi",
-        "DCGAN with an (N+1)-class D: N real classes and 'generated' (Salimans et al. 2016 §5; PL-GAN's semi-supervised D)",
+        "DCGAN with an (N+1)-class D: N real classes and 'generated' "
+        "(Salimans et al. 2016 §5; PL-GAN's semi-supervised D)",
         DCGANGenerator,
         lambda spec: HeadedDiscriminator(spec, _need_classes(spec) + 1),
         labels=True,
@@ -378,7 +380,8 @@ class BEGANDiscriminator(nn.Module):
 register_architecture(
     Architecture(
         "began",
-        "BEGAN (Berthelot et al. 2017): auto-encoder D (ELU, linear channel growth, embedding h = z_dim), G = its decoder + tanh",
+        "BEGAN (Berthelot et al. 2017): auto-encoder D (ELU, linear "
+        "channel growth, embedding h = z_dim), G = its decoder + tanh",
         BEGANGenerator,
         BEGANDiscriminator,
         d_output="reconstruction",

@@ -90,7 +90,8 @@ def start_size(image_size: int) -> tuple[int, int]:
         k += 1
     if start not in (3, 4) or k < 2:
         raise ValueError(
-            f"DCGAN needs an image size of 3·2^k or 4·2^k with k >= 2 (12, 16, 24, 32, 48, 64, 96, ...), got {image_size}"
+            "DCGAN needs an image size of 3·2^k or 4·2^k with k >= 2 "
+            f"(12, 16, 24, 32, 48, 64, 96, ...), got {image_size}"
         )
     return start, k
 

@@ -57,7 +57,10 @@ class PlGanMethod(TrainingMethod):
     """
 
     name = "pl-gan"
-    description = "PL-GAN: piecewise G loss exp(-10(1-t)²)-mixed towards log(1-D(G(z))) + feature matching; optional (N+1)-class D"
+    description = (
+        "PL-GAN: piecewise G loss exp(-10(1-t)²)-mixed towards log(1-D(G(z))) + feature matching; "
+        "optional (N+1)-class D"
+    )
     d_outputs = frozenset({"logit", "classes+fake"})
     unsupported = GAN_ONLY_OPTIONS
 

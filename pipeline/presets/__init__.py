@@ -60,7 +60,8 @@ _IGAN_SOURCE = (
 register_preset(
     Preset(
         "igan",
-        "IGAN: multi-scale residual G + residual D, dynamic LR, label smoothing 0.9, instance noise, GP λ=5, 3 D steps per G step",
+        "IGAN: multi-scale residual G + residual D, dynamic LR, label "
+        "smoothing 0.9, instance noise, GP λ=5, 3 D steps per G step",
         _IGAN_SOURCE,
         train=_IGAN,
         batches={"batch_size": 64},
@@ -79,9 +80,11 @@ register_preset(
 register_preset(
     Preset(
         "pl-gan",
-        "PL-GAN: G loss mixed from -log D(G(z)) towards log(1-D(G(z))) by w=exp(-10(1-t)²), + feature matching (α=β=0.5)",
-        "patent CN108665058B (spec 'Other seed methods'): w(t) = exp(-10(1-t)^2), t = epoch/T_switch, alpha = beta = 0.5; "
-        "our choices: T_switch = the run's epochs, D's last hidden layer as the feature layer, DCGAN with Adam 2e-4 beta1 0.5, B=64",
+        "PL-GAN: G loss mixed from -log D(G(z)) towards log(1-D(G(z))) "
+        "by w=exp(-10(1-t)²), + feature matching (α=β=0.5)",
+        "patent CN108665058B (spec 'Other seed methods'): w(t) = exp(-10(1-t)^2), "
+        "t = epoch/T_switch, alpha = beta = 0.5; our choices: T_switch = the run's epochs, "
+        "D's last hidden layer as the feature layer, DCGAN with Adam 2e-4 beta1 0.5, B=64",
         train={"method": "pl-gan", "arch": "dcgan", "optimizer": "adam", "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5},
         batches={"batch_size": 64},
     )
@@ -90,8 +93,8 @@ register_preset(
     Preset(
         "pl-gan-semi",
         "PL-GAN with its semi-supervised (N+1)-class D: 10% of the labels, test accuracy on a held-out 10% per epoch",
-        "patent CN108665058B (optional (N+1)-class discriminator); the (N+1)-class formulation of Salimans et al. 2016 §5; "
-        "labelled_fraction 0.1 and the held-out 10% are our choices",
+        "patent CN108665058B (optional (N+1)-class discriminator); the (N+1)-class formulation "
+        "of Salimans et al. 2016 §5; labelled_fraction 0.1 and the held-out 10% are our choices",
         train={
             "method": "pl-gan",
             "arch": "dcgan-semi",
@@ -108,10 +111,12 @@ register_preset(
 register_preset(
     Preset(
         "decoding-constrained",
-        "DCGAN + an encoder/G auto-encoder: one joint L2 reconstruction step of G on the batch's codes before each adversarial step",
-        "seed paper 004 (decoding-constrained GAN; spec 'Other seed methods'): codes of z's dimension from a U-Net-style encoder, "
-        "G trained as the decoder (L2) before each adversarial step; our choices: no skip connections (G decodes the code "
-        "alone), encoder trained jointly with G, codes batch-normalised to z's moments, DCGAN with Adam 2e-4 beta1 0.5, B=64",
+        "DCGAN + an encoder/G auto-encoder: one joint L2 reconstruction "
+        "step of G on the batch's codes before each adversarial step",
+        "seed paper 004 (decoding-constrained GAN; spec 'Other seed methods'): codes of z's "
+        "dimension from a U-Net-style encoder, G trained as the decoder (L2) before each adversarial "
+        "step; our choices: no skip connections (G decodes the code alone), encoder trained jointly "
+        "with G, codes batch-normalised to z's moments, DCGAN with Adam 2e-4 beta1 0.5, B=64",
         train={
             "method": "decoding-constrained",
             "arch": "dcgan",
@@ -127,8 +132,8 @@ register_preset(
     Preset(
         "lsgan",
         "LSGAN: least-squares loss (a=0, b=1, c=1) on DCGAN, Adam 2e-4 beta1 0.5",
-        "Mao et al. 2017 (Least squares GAN), the 0-1 coding (a, b, c) = (0, 1, 1); Adam beta1 0.5 as in their experiments, "
-        "lr 2e-4 and B=64 the DCGAN values",
+        "Mao et al. 2017 (Least squares GAN), the 0-1 coding (a, b, c) = (0, 1, 1); "
+        "Adam beta1 0.5 as in their experiments, lr 2e-4 and B=64 the DCGAN values",
         train={"loss": "lsgan", "optimizer": "adam", "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5},
         batches={"batch_size": 64},
     )
@@ -137,8 +142,8 @@ register_preset(
     Preset(
         "wgan",
         "WGAN: critic loss, weight clipping 0.01, RMSProp 5e-5, 5 critic steps per G step",
-        "Arjovsky et al. 2017, Algorithm 1: alpha = 5e-5, c = 0.01, m = 64, n_critic = 5, RMSProp; DCGAN critic with batch norm "
-        "as in their DCGAN experiments",
+        "Arjovsky et al. 2017, Algorithm 1: alpha = 5e-5, c = 0.01, m = 64, "
+        "n_critic = 5, RMSProp; DCGAN critic with batch norm as in their DCGAN experiments",
         train={"loss": "wasserstein", "clip": 0.01, "optimizer": "rmsprop", "lr_g": 5e-5, "lr_d": 5e-5, "d_steps": 5},
         batches={"batch_size": 64},
     )
@@ -147,8 +152,8 @@ register_preset(
     Preset(
         "wgan-gp",
         "WGAN-GP: critic loss + 1-centred gradient penalty λ=10, no BN in D, Adam 1e-4 (0, 0.9), 5 critic steps",
-        "Gulrajani et al. 2017, Algorithm 1: lambda = 10, n_critic = 5, alpha = 1e-4, beta1 = 0, beta2 = 0.9, m = 64; no batch norm "
-        "in the critic (§4)",
+        "Gulrajani et al. 2017, Algorithm 1: lambda = 10, n_critic = 5, "
+        "alpha = 1e-4, beta1 = 0, beta2 = 0.9, m = 64; no batch norm in the critic (§4)",
         train={
             "loss": "wasserstein",
             "gp_weight": 10.0,
@@ -167,8 +172,8 @@ register_preset(
     Preset(
         "sngan",
         "SNGAN: hinge loss, spectral norm on D (no BN), Adam 2e-4 (0.5, 0.999), 1 D step",
-        "Miyato et al. 2018: spectral normalisation, hinge loss (their Eq. 17 is from Lim & Ye 2017), standard CNN, setting C "
-        "(alpha = 2e-4, beta1 = 0.5, beta2 = 0.999, n_dis = 1), B=64",
+        "Miyato et al. 2018: spectral normalisation, hinge loss (their Eq. 17 is from "
+        "Lim & Ye 2017), standard CNN, setting C (alpha = 2e-4, beta1 = 0.5, beta2 = 0.999, n_dis = 1), B=64",
         train={
             "loss": "hinge",
             "spectral_norm": True,
@@ -184,9 +189,10 @@ register_preset(
 register_preset(
     Preset(
         "began",
-        "BEGAN: auto-encoder D, k_t equilibrium (γ=0.5, λ_k=0.001), convergence measure M logged, Adam 1e-4, z=h=64, B=16",
-        "Berthelot et al. 2017: gamma = 0.5, lambda_k = 0.001, k_0 = 0, N_z = N_h = 64, n = 64 filters, batch 16, Adam lr 1e-4 "
-        "(of their 5e-5-1e-4; the lr halving on stalls is left out), beta1 0.5 our choice",
+        "BEGAN: auto-encoder D, k_t equilibrium (γ=0.5, λ_k=0.001), "
+        "convergence measure M logged, Adam 1e-4, z=h=64, B=16",
+        "Berthelot et al. 2017: gamma = 0.5, lambda_k = 0.001, k_0 = 0, N_z = N_h = 64, n = 64 filters, "
+        "batch 16, Adam lr 1e-4 (of their 5e-5-1e-4; the lr halving on stalls is left out), beta1 0.5 our choice",
         train={
             "method": "began",
             "arch": "began",
@@ -206,10 +212,11 @@ register_preset(
 register_preset(
     Preset(
         "sagan",
-        "SAGAN for 64-pixel data: self-attention at the 32×32 maps of G and D, spectral norm in both, hinge, TTUR 1e-4/4e-4",
-        "Zhang et al. 2019: self-attention (Eqs. 1-3, gamma initialised to 0), spectral norm in G and D, hinge loss, "
-        "two time-scale update rule lr_g = 1e-4, lr_d = 4e-4, Adam beta1 = 0, beta2 = 0.9, batch 256; on DCGAN's layers "
-        "(theirs are residual, 128 px, with conditional batch norm)",
+        "SAGAN for 64-pixel data: self-attention at the 32×32 maps "
+        "of G and D, spectral norm in both, hinge, TTUR 1e-4/4e-4",
+        "Zhang et al. 2019: self-attention (Eqs. 1-3, gamma initialised to 0), spectral norm in G and "
+        "D, hinge loss, two time-scale update rule lr_g = 1e-4, lr_d = 4e-4, Adam beta1 = 0, "
+        "beta2 = 0.9, batch 256; on DCGAN's layers (theirs are residual, 128 px, with conditional batch norm)",
         train={
             "arch": "sagan",
             "loss": "hinge",
@@ -237,7 +244,8 @@ register_preset(
     Preset(
         "acgan",
         "ACGAN: class-conditional G, D with a source logit and an auxiliary classifier (source + class cross-entropy)",
-        "Odena et al. 2017: L_S + L_C for D, L_C - L_S for G (Eqs. 2-3), Adam lr 2e-4 beta1 0.5, batch 100; on DCGAN's layers",
+        "Odena et al. 2017: L_S + L_C for D, L_C - L_S for G "
+        "(Eqs. 2-3), Adam lr 2e-4 beta1 0.5, batch 100; on DCGAN's layers",
         train={"method": "acgan", "arch": "acgan", "optimizer": "adam", "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5},
         batches={"batch_size": 100},
     )

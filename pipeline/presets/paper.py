@@ -61,7 +61,8 @@ _PC_OPEN = (
 register_preset(
     Preset(
         "paper-constructed",
-        "the paper's method: constructed batches (random top-up), B=2000 (2048 on CIFAR-10), DCGAN, Adam lr 2e-3 beta1 0.5, 200 epochs",
+        "the paper's method: constructed batches (random top-up), B=2000 "
+        "(2048 on CIFAR-10), DCGAN, Adam lr 2e-3 beta1 0.5, 200 epochs",
         _paper_source(
             _CONSTRUCTED_QUOTE,
             "constructed batches with the paper's random top-up, B = 2000 and 2048 on CIFAR-10, Adam beta1 0.5",
@@ -129,7 +130,8 @@ _B_OPEN = (
 register_preset(
     Preset(
         "paper-128b",
-        "comparison (b): Wasserstein loss, weight clipping 0.01 + 1-centred GP λ=10, RMSProp 5e-5 momentum 0.9, 5 D steps, random B=128, 25 epochs",
+        "comparison (b): Wasserstein loss, weight clipping 0.01 + 1-centred "
+        "GP λ=10, RMSProp 5e-5 momentum 0.9, 5 D steps, random B=128, 25 epochs",
         _paper_source(
             _COMPARED_QUOTE,
             "strategy (b): random batches, B = 128, 25 epochs, weight clipping with a 1-centred "
@@ -191,7 +193,8 @@ _D_OPEN = (
 register_preset(
     Preset(
         "paper-128d",
-        "comparison (d): R1 zero-centred penalty on real data γ=10, no BN in D, RMSProp 1e-4 momentum 0.9, random B=128, 25 epochs",
+        "comparison (d): R1 zero-centred penalty on real data γ=10, "
+        "no BN in D, RMSProp 1e-4 momentum 0.9, random B=128, 25 epochs",
         _paper_source(
             _COMPARED_QUOTE,
             "strategy (d): random batches, B = 128, 25 epochs, zero-centred gradient penalty on "

@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from storage.store import DatasetStore
 
 STAGE = "batches"
-CODE_VERSION = "2"  # 2: label KL and random-sample references in the diagnostics; top-up modes; never_drawn.png titled, >= 512 px wide
+# 2: label KL and random-sample references in the diagnostics; top-up modes; never_drawn.png titled, >= 512 px wide
+CODE_VERSION = "2"
 REFERENCE_REPEATS = 20  # random samples behind each random-sample reference
 GRID_MAX_IMAGES = 64
 

@@ -136,7 +136,8 @@ def _log_to_mlflow(run_id: str, metrics: dict[str, float], files: list[Path], ke
         tracking.log_artifacts(run_id, [(f, f"eval/{key}") for f in files])
     except (MlflowException, SubsampleError) as e:
         print(
-            f"{STAGE}: could not log to MLflow run {run_id} ({one_line(redact_uri(e.message))}); metrics are in the artifact",
+            f"{STAGE}: could not log to MLflow run {run_id} ({one_line(redact_uri(e.message))}); "
+            "metrics are in the artifact",
             file=sys.stderr,
         )
         return False

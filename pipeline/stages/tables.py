@@ -220,7 +220,8 @@ def tables_stage(
     if len(cfg.bins) != len(names):
         raise SubsampleError(
             STAGE,
-            f"--bins gives {len(cfg.bins)} bin counts but the features artifact has {len(names)} features {list(names)}",
+            f"--bins gives {len(cfg.bins)} bin counts but the features artifact has "
+            f"{len(names)} features {list(names)}",
         )
     table = build_table(values, names, cfg.bins)
     with build_artifact(
