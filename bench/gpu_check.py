@@ -1,7 +1,7 @@
 """The GPU check: training and evaluation throughput and a paper-constructed run, on one device.
 
-    .venv/bin/python bench/gpu_check.py                        # one CUDA GPU: minutes (estimated: not run on a GPU yet)
-    .venv/bin/python bench/gpu_check.py --device cpu --tiny    # the same code paths, tiny, on a CPU (the tests run this)
+    .venv/bin/python bench/gpu_check.py                      # one CUDA GPU: minutes (estimated: not run on a GPU yet)
+    .venv/bin/python bench/gpu_check.py --device cpu --tiny  # the same code paths, tiny, on a CPU (the tests run this)
 
 Three parts, each reported in one JSON object printed on stdout at the end (progress goes to
 stderr; ``--out FILE`` also writes the JSON to a file):
@@ -169,7 +169,10 @@ def inception_throughput(args, device: torch.device, tmp: Path) -> dict:
         note = f"pretrained ({weights.name})"
         extractor = FeatureExtractorInceptionV3(INCEPTION, features, feature_extractor_weights_path=str(weights))
     else:
-        note = "random init: the pretrained weights are not on disk, so throughput only (the IS/FID/KID values mean nothing)"
+        note = (
+            "random init: the pretrained weights are not on disk, so throughput only "
+            "(the IS/FID/KID values mean nothing)"
+        )
         torch.manual_seed(0)
         with _no_download():
             extractor = FeatureExtractorInceptionV3(INCEPTION, features)
@@ -205,7 +208,8 @@ def inception_throughput(args, device: torch.device, tmp: Path) -> dict:
     seconds = time.perf_counter() - t0
     finite = all(math.isfinite(v) for v in res.metrics.values())
     log(
-        f"(b) evaluate's fidelity_scores (IS+FID+KID, {n} + {n} images): {2 * n / seconds:.0f} images/s, {seconds:.1f} s"
+        f"(b) evaluate's fidelity_scores (IS+FID+KID, {n} + {n} images): {2 * n / seconds:.0f} images/s, "
+        f"{seconds:.1f} s"
     )
     return {
         "weights": note,
@@ -252,13 +256,14 @@ def paper_constructed(args, device: torch.device, tmp: Path) -> dict:
     from pipeline.gan.trainer import load_checkpoint, make_trainer
     from pipeline.presets import resolve_batches_config, resolve_train_config
     from pipeline.stages.tables import build_table
-    from pipeline.stages.train import _train_loop, make_sampler
+    from pipeline.stages.train_loop import _train_loop, make_sampler
 
     t0 = time.perf_counter()
     images_np = synthetic_images(args.store_images, args.size)
     table = build_table(compute_features(images_np, names=DEFAULT_FEATURES), DEFAULT_FEATURES, (32, 32))
     log(
-        f"(c) synthetic data set: {args.store_images:,} images {args.size} px, features and table in {time.perf_counter() - t0:.1f} s"
+        f"(c) synthetic data set: {args.store_images:,} images {args.size} px, "
+        f"features and table in {time.perf_counter() - t0:.1f} s"
     )
     overrides = {"track": False, "device": device.type, "epochs": 2, "eval_every": 0}
     if args.tiny:

@@ -178,7 +178,7 @@ HOLD_LOCK = """
 
 
 def test_a_live_runs_work_folder_is_never_removed_and_a_dead_ones_is(tmp_path, monkeypatch):
-    from pipeline.stages.train import remove_stale_work, run_lock, work_dir
+    from pipeline.stages.train_work import remove_stale_work, run_lock, work_dir
 
     home = tmp_path / "home"
     monkeypatch.setenv("SUBSAMPLE_HOME", str(home))
@@ -209,7 +209,8 @@ def test_a_second_run_of_the_same_key_waits_for_the_first(tmp_path, monkeypatch,
     from pipeline.presets import resolve_batches_config, resolve_train_config
     from pipeline.stages.features import run_features
     from pipeline.stages.tables import run_tables
-    from pipeline.stages.train import run_lock, run_train, train_key, work_dir
+    from pipeline.stages.train import run_train, train_key
+    from pipeline.stages.train_work import run_lock, work_dir
     from storage.store import open_store, write_store
 
     home = tmp_path / "home"
@@ -269,7 +270,8 @@ CHAIN = """
     run("features", "tiny", "--workers", "1")
     run("tables", "tiny", "--bins", "4", "4")
     run("batches", "tiny", "--batch-size", "64", "--bins", "4", "4")
-    run("train", "tiny", "--preset", "smoke", "--bins", "4", "4", "--batch-size", "64", "--set", "kl_samples=32", "--set", "sample_grid=4")
+    run("train", "tiny", "--preset", "smoke", "--bins", "4", "4", "--batch-size", "64",
+        "--set", "kl_samples=32", "--set", "sample_grid=4")
 """
 
 
