@@ -22,6 +22,7 @@ from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
 from pipeline.gan import distributed
 from pipeline.presets import resolve_train_config
 from pipeline.stages import train
+from pipeline.stages.train_work import work_dir
 from storage.errors import SubsampleError
 
 TABLES = TablesConfig(bins=(4, 4))
@@ -100,8 +101,9 @@ def _max_diff(a: dict, b: dict) -> float:
 def _recording_worker(payload: dict) -> dict:
     """A rank that saves the index batches the training loop gets (then trains as usual)."""
     import pipeline.stages.train as train
+    import pipeline.stages.train_loop as train_loop
 
-    real = train.epoch_indices
+    real = train_loop.epoch_indices
 
     def record(sampler, epoch, device):
         out = real(sampler, epoch, device)
@@ -111,7 +113,7 @@ def _recording_worker(payload: dict) -> dict:
         )
         return out
 
-    train.epoch_indices = record
+    train_loop.epoch_indices = record
     return train._train_worker(payload)
 
 
@@ -148,7 +150,7 @@ def test_two_ranks_train_the_weights_of_one_process(home, tmp_path, monkeypatch,
 
     # the rank split the loop used: rows r::2 of each batch of the one-process sampler
     from pipeline.stages.tables import load_table, tables_artifact
-    from pipeline.stages.train import make_sampler
+    from pipeline.stages.train_loop import make_sampler
 
     table = load_table(tables_artifact("toy", TABLES, FeaturesConfig()))
     whole = make_sampler(table, BATCHES)
@@ -182,8 +184,9 @@ def test_two_ranks_train_the_weights_of_one_process(home, tmp_path, monkeypatch,
 def _dying_worker(payload: dict) -> dict:
     """Rank 1 dies (exit code 3) once rank 0 has written the epoch-1 checkpoint."""
     import pipeline.stages.train as train
+    import pipeline.stages.train_loop as train_loop
 
-    real = train.epoch_indices
+    real = train_loop.epoch_indices
 
     def die_in_epoch_2(sampler, epoch, device):
         if epoch == 1 and os.environ["RANK"] == "1":
@@ -197,7 +200,7 @@ def _dying_worker(payload: dict) -> dict:
             os._exit(3)
         return real(sampler, epoch, device)
 
-    train.epoch_indices = die_in_epoch_2
+    train_loop.epoch_indices = die_in_epoch_2
     return train._train_worker(payload)
 
 
@@ -223,7 +226,7 @@ def test_a_killed_rank_leaves_a_checkpoint_that_resumes_to_the_same_weights(home
     with pytest.raises(SubsampleError) as e:
         _train(cfg, nproc=2)
     msg = str(e.value)
-    work = train.work_dir(straight["key"])
+    work = work_dir(straight["key"])
     assert msg.startswith("train: rank 1 of 2 died (exit code 3)") and "\n" not in msg
     assert f"{work / 'checkpoint.pt'} is kept; rerun with --resume" in msg
     ck = torch.load(work / "checkpoint.pt", weights_only=True)

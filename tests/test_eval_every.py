@@ -58,20 +58,21 @@ def test_resume_logs_every_point_exactly_once(toy_home, monkeypatch):
     """Killed (1) after epoch 2's checkpoint but before its MLflow log, then (2) after epoch 3's
     log but before its checkpoint (checkpoints every 2 epochs): after the resumes every metric
     has exactly the points 1..4, the missing one logged, none twice."""
-    import pipeline.stages.train as train
+    import pipeline.stages.train_loop as train_loop
+    import pipeline.stages.train_tracking as train_tracking
 
     cfg = _cfg(epochs=4, track=True, eval_every=1, seed=13, checkpoint_every=2, **EVAL)
-    real_save, real_log = train.save_checkpoint, train.StepLogger.log
+    real_save, real_log = train_loop.save_checkpoint, train_tracking.StepLogger.log
 
     def save_then_die(t, path):
         real_save(t, path)
         if t.epoch == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(train_loop, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         _train(cfg, refresh=True)
-    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    monkeypatch.setattr(train_loop, "save_checkpoint", real_save)
     run_id = __import__("json").loads(next((toy_home / "stages/train").glob("*.work/run.json")).read_text())[
         "mlflow_run_id"
     ]
@@ -82,10 +83,10 @@ def test_resume_logs_every_point_exactly_once(toy_home, monkeypatch):
         if m["epoch"] == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train.StepLogger, "log", log_then_die)
+    monkeypatch.setattr(train_tracking.StepLogger, "log", log_then_die)
     with pytest.raises(KeyboardInterrupt):
         _train(cfg, resume=True)
-    monkeypatch.setattr(train.StepLogger, "log", real_log)
+    monkeypatch.setattr(train_tracking.StepLogger, "log", real_log)
     assert histories(run_id)["fid64_train"] == [1, 2, 3]  # epoch 2 back-filled; 3 logged, not checkpointed
 
     s = _train(cfg, resume=True)  # resumes from epoch 2, runs 3 again and 4

@@ -317,7 +317,7 @@ def test_a_short_run_with_an_absurd_learning_rate_fails(toy_home, monkeypatch, c
 
 
 def test_the_divergence_message_names_the_epochs_finished(tmp_path):
-    from pipeline.stages.train import _last_good
+    from pipeline.stages.train_work import _last_good
 
     assert _last_good(tmp_path / "checkpoint.pt", 0) == "none (no epoch had finished)"
     assert _last_good(tmp_path / "checkpoint.pt", 2).startswith("none (2 epoch(s) finished")

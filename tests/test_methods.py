@@ -342,21 +342,21 @@ def test_presets_through_the_stage(home, monkeypatch, preset, metrics):
 def test_kill_and_resume_covers_the_methods_state(home, monkeypatch, preset):
     """An extra module and optimiser (decoding-constrained's encoder) or buffer (BEGAN's k_t):
     one epoch, a kill, --resume, bit-for-bit the losses and weights of an uninterrupted run."""
-    import pipeline.stages.train as train
+    import pipeline.stages.train_loop as train_loop
 
     monkeypatch.setenv("SUBSAMPLE_HOME", str(home))
     straight = _train(preset, seed=4)
     a = torch.load(f"{straight['path']}/checkpoint.pt", weights_only=True)
-    real_save = train.save_checkpoint
+    real_save = train_loop.save_checkpoint
 
     def save_then_die(t, path):
         real_save(t, path)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(train_loop, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         _train(preset, seed=4, refresh=True)
-    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    monkeypatch.setattr(train_loop, "save_checkpoint", real_save)
     resumed = _train(preset, seed=4, refresh=True, resume=True)
     b = torch.load(f"{resumed['path']}/checkpoint.pt", weights_only=True)
     assert resumed["resumed_from_epoch"] == 1

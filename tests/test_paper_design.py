@@ -194,7 +194,7 @@ def _names_an_existing_section(line: dict, md: str) -> bool:
 
 
 def test_answer_claims_name_their_sections_and_never_say_data_is_missing_when_it_is_there():
-    from test_compare import _synthetic
+    from test_compare_report import _synthetic
 
     from pipeline.experiments.report import _blocks, render_markdown
     from pipeline.experiments.summary import summarise
@@ -232,7 +232,7 @@ def _sentences(text: str) -> list[str]:
 
 
 def test_a_comparison_with_a_generator_that_did_not_learn_gives_no_verdict_factorial():
-    from test_compare import _synthetic
+    from test_compare_report import _synthetic
 
     from pipeline.experiments.report import _blocks, render_markdown
     from pipeline.experiments.summary import summarise
@@ -259,7 +259,7 @@ def test_a_comparison_with_a_generator_that_did_not_learn_gives_no_verdict_facto
 
 def _paper_data(stuck=()):
     """The paper design at the cpu scale's batch sizes: 8 configurations × 3 seeds."""
-    from test_compare import _member
+    from test_compare_report import _member
 
     from pipeline.experiments.stats import ReportData
 

@@ -149,7 +149,8 @@ def test_kill_and_resume_gives_the_same_losses(toy_home, monkeypatch):
     """Two epochs straight vs one epoch, a kill, and --resume for the second: on a CPU every
     step's losses and the final weights are bit-for-bit equal (RNG, optimiser and sampler state
     all restored). A gradient penalty and 2 D steps per G step exercise the RNG and counters."""
-    import pipeline.stages.train as train
+    import pipeline.stages.train_loop as train_loop
+    from pipeline.stages.train_work import work_dir
 
     cfg = _cfg(
         epochs=2,
@@ -168,18 +169,18 @@ def test_kill_and_resume_gives_the_same_losses(toy_home, monkeypatch):
     straight = _train(cfg, batches)
     a = _checkpoint(straight["path"])
 
-    real_save = train.save_checkpoint
+    real_save = train_loop.save_checkpoint
 
     def save_then_die(t, path):
         real_save(t, path)
         raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
 
-    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(train_loop, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         _train(cfg, batches, refresh=True)
-    work = train.work_dir(straight["key"])
+    work = work_dir(straight["key"])
     assert (work / "checkpoint.pt").exists() and (work / "grids/epoch_0001.png").exists()
-    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    monkeypatch.setattr(train_loop, "save_checkpoint", real_save)
 
     resumed = _train(cfg, batches, refresh=True, resume=True)
     b = _checkpoint(resumed["path"])
