@@ -68,3 +68,35 @@ def stage_home(
         run_features(name, FeaturesConfig(), progress=False)
         run_tables(name, tables or TablesConfig(), FeaturesConfig())
         yield home
+
+
+# --- tiny images the tests share ----------------------------------------------------------------
+
+
+def patterns(n: int = 256, s: int = 32, seed: int = 0) -> np.ndarray:
+    """Structured toy images: a bright disc or vertical stripes of a random colour on a dark ground."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:s, :s]
+    out = np.zeros((n, s, s, 3), np.uint8)
+    for i in range(n):
+        if i % 2:
+            cy, cx = rng.integers(8, s - 8, 2)
+            mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= int(rng.integers(4, 9)) ** 2
+        else:
+            mask = (xx // int(rng.integers(3, 8))) % 2 == 0
+        out[i][mask] = rng.integers(60, 256, 3)
+        out[i][~mask] = rng.integers(0, 40)
+    return out
+
+
+def blob_images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
+    """A bright square at a random place on a flat random colour."""
+    """Smooth mid-grey images with a random colour and a random bright square (values 60..200,
+    so added noise is rarely clipped)."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((n, size, size, 3), np.float64)
+    img[:] = rng.uniform(60, 140, (n, 1, 1, 3))
+    for i in range(n):
+        y, x = rng.integers(0, size - 6, 2)
+        img[i, y : y + 6, x : x + 6] += rng.uniform(20, 60, 3)
+    return np.clip(img, 0, 255).astype(np.uint8)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import blob_images
 
 from storage.errors import SubsampleError
 
@@ -28,15 +29,6 @@ def home(tmp_path, monkeypatch) -> Path:
     h.mkdir()
     monkeypatch.setenv("SUBSAMPLE_HOME", str(h))
     return h
-
-
-def blob_images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = rng.uniform(60, 140, (n, 1, 1, 3)) + np.zeros((n, size, size, 3))
-    for i in range(n):
-        y, x = rng.integers(0, size - 6, 2)
-        img[i, y : y + 6, x : x + 6] += rng.uniform(20, 60, 3)
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 # --- 3. bounded hostile inputs ----------------------------------------------------------------------

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import blob_images
 from torch_fidelity import register_feature_extractor
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
@@ -54,18 +55,6 @@ if TINY not in FEATURE_EXTRACTORS_REGISTRY:
     register_feature_extractor(TINY, TinyExtractor)
 
 CFG = EvaluateConfig(samples=200, feature_extractor=TINY, kid_subsets=20, batch_size=100)
-
-
-def blob_images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
-    """Smooth mid-grey images with a random colour and a random bright square (values 60..200,
-    so added noise is rarely clipped)."""
-    rng = np.random.default_rng(seed)
-    img = np.empty((n, size, size, 3), np.float64)
-    img[:] = rng.uniform(60, 140, (n, 1, 1, 3))
-    for i in range(n):
-        y, x = rng.integers(0, size - 6, 2)
-        img[i, y : y + 6, x : x + 6] += rng.uniform(20, 60, 3)
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def noisy(images: np.ndarray, sigma: float, seed: int = 1) -> np.ndarray:

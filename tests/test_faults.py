@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import blob_images
 
 from flows.cli import main
 from storage.errors import SubsampleError
@@ -56,15 +57,6 @@ def outside(tmp_path) -> Path:
     p.parent.mkdir()
     p.write_text("do not touch\n")
     return p
-
-
-def blob_images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = rng.uniform(60, 140, (n, 1, 1, 3)) + np.zeros((n, size, size, 3))
-    for i in range(n):
-        y, x = rng.integers(0, size - 6, 2)
-        img[i, y : y + 6, x : x + 6] += rng.uniform(20, 60, 3)
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 # --- 1. every write resolves inside the home -------------------------------------------------------

@@ -19,10 +19,9 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from conftest import stage_home
+from conftest import patterns, stage_home
 
 from pipeline.config import TablesConfig
 
@@ -62,22 +61,6 @@ STALL_HOOK = """
 
     torch.save = save
 """
-
-
-def shapes(n: int = 256, s: int = 32, seed: int = 0) -> np.ndarray:
-    """Discs and stripes of random colours on a dark ground (features spread over the table's cells)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:s, :s]
-    out = np.zeros((n, s, s, 3), np.uint8)
-    for i in range(n):
-        if i % 2:
-            cy, cx = rng.integers(8, s - 8, 2)
-            mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= int(rng.integers(4, 9)) ** 2
-        else:
-            mask = (xx // int(rng.integers(3, 8))) % 2 == 0
-        out[i][mask] = rng.integers(60, 256, 3)
-        out[i][~mask] = rng.integers(0, 40)
-    return out
 
 
 def _env(home: Path, **extra: str) -> dict:
@@ -152,13 +135,13 @@ def checkpoint(summary: dict) -> dict:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     """The uninterrupted run, through the CLI: its summary, final checkpoint and per-epoch seconds."""
-    with stage_home(tmp_path_factory, "kill-straight", "toy", shapes(), tables=TablesConfig(bins=(8, 8))) as home:
+    with stage_home(tmp_path_factory, "kill-straight", "toy", patterns(), tables=TablesConfig(bins=(8, 8))) as home:
         s = cli_train(home, "--set", "track=false")
         yield s, checkpoint(s)
 
 
 def fresh_home(tmp_path_factory, prefix: str) -> Path:
-    with stage_home(tmp_path_factory, prefix, "toy", shapes(), tables=TablesConfig(bins=(8, 8))) as home:
+    with stage_home(tmp_path_factory, prefix, "toy", patterns(), tables=TablesConfig(bins=(8, 8))) as home:
         return home
 
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import stage_home
+from conftest import patterns, stage_home
 
 from pipeline.config import BatchesConfig, FeaturesConfig, TablesConfig
 from pipeline.presets import resolve_train_config
@@ -17,22 +17,6 @@ from storage.errors import SubsampleError
 TABLES = TablesConfig(bins=(8, 8))
 BATCHES = BatchesConfig(batch_size=32, strategy="constructed", seed=0)
 SMALL = dict(ngf=16, ndf=16, sample_grid=16, kl_samples=128)
-
-
-def patterns(n: int = 256, s: int = 32, seed: int = 0) -> np.ndarray:
-    """Structured toy images: a bright disc or vertical stripes of a random colour on a dark ground."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:s, :s]
-    out = np.zeros((n, s, s, 3), np.uint8)
-    for i in range(n):
-        if i % 2:
-            cy, cx = rng.integers(8, s - 8, 2)
-            mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= int(rng.integers(4, 9)) ** 2
-        else:
-            mask = (xx // int(rng.integers(3, 8))) % 2 == 0
-        out[i][mask] = rng.integers(60, 256, 3)
-        out[i][~mask] = rng.integers(0, 40)
-    return out
 
 
 @pytest.fixture(scope="module")
