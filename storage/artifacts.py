@@ -20,6 +20,7 @@ the next build in the same stage folder.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import json
@@ -214,13 +215,33 @@ def dir_identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def exchange_dirs(a: Path, b: Path) -> bool:
+    """Swap ``a`` and ``b`` in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``), so a reader of
+    ``b`` sees the old copy or the new one, never neither. False where the C library, the kernel or
+    the file system cannot (then :func:`replace_dir` falls back to two renames and readers retry)."""
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))  # ENOENT: FileNotFoundError
+
+
 def replace_dir(src: Path, dst: Path, *, replaces: tuple[int, int] | None | str = "current") -> bool:
     """Move ``src`` to ``dst``, never leaving ``dst`` half-written, safe against other processes
     doing the same. ``replaces`` is the :func:`dir_identity` of the ``dst`` the caller set out to
     replace (taken when its build started; ``"current"``: whatever is there now). A ``dst`` that is
     something else was put there by another process meanwhile: it wins, ``src`` is discarded and
-    the result is False. Each rename is atomic; a rename that loses a race is retried, so no
-    FileNotFoundError or ENOTEMPTY reaches the caller."""
+    the result is False. Replacing a copy is one atomic swap where the file system allows it, else
+    two renames; a rename that loses a race is retried, so no FileNotFoundError or ENOTEMPTY
+    reaches the caller."""
     if replaces == "current":
         replaces = dir_identity(dst)
     for _ in range(100):
@@ -236,6 +257,12 @@ def replace_dir(src: Path, dst: Path, *, replaces: tuple[int, int] | None | str 
         if current != replaces:  # another process's finished copy: keep it
             shutil.rmtree(src, ignore_errors=True)
             return False
+        try:
+            if exchange_dirs(src, dst):  # one atomic swap: readers never find dst missing
+                shutil.rmtree(src, ignore_errors=True)  # the old copy, now at src
+                return True
+        except FileNotFoundError:
+            continue  # another process moved it first
         trash = dst.parent / f".trash-{dst.name}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
         try:
             os.rename(dst, trash)

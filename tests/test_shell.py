@@ -112,7 +112,9 @@ def test_the_server_a_command_reports_to(monkeypatch, answering_api):
 def test_make_deploy_and_worker_without_a_server_say_so_in_one_line(target):
     api = free_api()
     port = api.split(":")[2].split("/")[0]
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    # as typed in a shell: not a sub-make of `make test` (whose MAKELEVEL adds "Entering directory" lines)
+    drop = {"PREFECT_API_URL", "MAKELEVEL", "MAKEFLAGS", "MFLAGS"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     r = subprocess.run(
         ["make", "-o", "setup", target, f"PREFECT_PORT={port}"],
         cwd=REPO_ROOT,
