@@ -106,7 +106,7 @@ def open_artifact(stage: str, key: str, *, verify: bool = True) -> Artifact | No
     """The finished artifact, or None when it is missing, unfinished or fails its content hash.
     A read that another process's replacement of the directory cut short is read again."""
     path = artifact_path(stage, key)
-    for attempt in range(5):
+    for attempt in range(40):  # more than 5 only while another process keeps replacing it under the read
         before = dir_identity(path)
         try:
             manifest = json.loads((path / MANIFEST).read_text())
@@ -116,7 +116,7 @@ def open_artifact(stage: str, key: str, *, verify: bool = True) -> Artifact | No
         after = dir_identity(path)
         if after == before and (after is not None or attempt >= 2):
             return Artifact(stage, key, path, manifest) if ok else None
-        time.sleep(0.02 * (attempt + 1))  # None: between the two renames of a replacement
+        time.sleep(min(0.1, 0.02 * (attempt + 1)))  # None: between the two renames of a replacement
     return None
 
 
